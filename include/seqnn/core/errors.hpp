@@ -1,0 +1,75 @@
+// The exceptions seqnn throws. Every message names the layer and the shapes involved.
+#pragma once
+
+#include "seqnn/core/types.hpp"
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace seqnn {
+
+// Wrong shape, empty batch or another misuse of a layer's API.
+class shape_error : public std::invalid_argument {
+public:
+    using std::invalid_argument::invalid_argument;
+};
+
+// A weight file or checkpoint that cannot be read.
+class format_error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+inline std::string shape_string(Index rows, Index cols) {
+    return "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+}
+
+template <typename Derived>
+std::string shape_string(const Eigen::EigenBase<Derived>& m) {
+    return shape_string(m.rows(), m.cols());
+}
+
+template <typename Scalar>
+std::string shape_string(const Sequence<Scalar>& x) {
+    return "(B=" + std::to_string(x.batch) + ", T=" + std::to_string(x.steps) + ", D=" +
+           std::to_string(x.features()) + ")";
+}
+
+// Throws shape_error("<where>: <what>").
+[[noreturn]] inline void fail(const std::string& where, const std::string& what) {
+    throw shape_error(where + ": " + what);
+}
+
+// A sequence batch whose matrix agrees with its B and T, is not empty and has `features` columns.
+template <typename Scalar>
+void check_sequence(const std::string& where, const std::string& what, const Sequence<Scalar>& x,
+                    Index features) {
+    if (x.batch <= 0 || x.steps <= 0)
+        fail(where, what + " " + shape_string(x) + " is empty: B and T must be positive");
+    if (x.data.rows() != x.batch * x.steps)
+        fail(where, what + " matrix " + shape_string(x.data) + " does not hold B*T = " +
+                        std::to_string(x.batch * x.steps) + " rows for " + shape_string(x));
+    if (x.features() != features)
+        fail(where, what + " " + shape_string(x) + " has D=" + std::to_string(x.features()) +
+                        ", expected D=" + std::to_string(features));
+}
+
+// A matrix of exactly (rows, cols).
+template <typename Derived>
+void check_matrix(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m,
+                  Index rows, Index cols) {
+    if (m.rows() != rows || m.cols() != cols)
+        fail(where, what + " has shape " + shape_string(m) + ", expected " + shape_string(rows, cols));
+}
+
+template <typename Scalar>
+const Matrix<Scalar>& Context<Scalar>::get(const std::string& name) const {
+    auto it = saved.find(name);
+    if (it == saved.end())
+        throw shape_error("Context: no saved tensor '" + name +
+                          "': was forward run in training mode (with a Context) before backward?");
+    return it->second;
+}
+
+}  // namespace seqnn

@@ -1,0 +1,101 @@
+// Core value types: the (B*T, D) sequence batch of DESIGN.md, recurrent state and
+// the training context a layer fills in forward and reads in backward.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace seqnn {
+
+using Index = Eigen::Index;
+
+// Every activation, weight and gradient is a dense row-major matrix.
+template <typename Scalar>
+using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <typename Scalar>
+using RowVector = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+
+// Function arguments that accept a matrix, a block of one, or a strided step view.
+template <typename Scalar>
+using MatrixRef = Eigen::Ref<Matrix<Scalar>>;
+template <typename Scalar>
+using ConstMatrixRef = Eigen::Ref<const Matrix<Scalar>>;
+
+// A row-major view whose rows are `stride` scalars apart: the B rows of one time step.
+template <typename Scalar>
+using StridedRows = Eigen::Map<Matrix<Scalar>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <typename Scalar>
+using ConstStridedRows = Eigen::Map<const Matrix<Scalar>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// The B rows of step t of a (B*T, D) matrix, (B, D), as a strided view.
+template <typename Scalar>
+StridedRows<Scalar> step_rows(Matrix<Scalar>& m, Index steps, Index t) {
+    return StridedRows<Scalar>(m.data() + t * m.cols(), m.rows() / steps, m.cols(), Eigen::OuterStride<>(steps * m.cols()));
+}
+template <typename Scalar>
+ConstStridedRows<Scalar> step_rows(const Matrix<Scalar>& m, Index steps, Index t) {
+    return ConstStridedRows<Scalar>(m.data() + t * m.cols(), m.rows() / steps, m.cols(),
+                                    Eigen::OuterStride<>(steps * m.cols()));
+}
+
+// The random engine every initialiser takes; seed it for reproducible models.
+using Rng = std::mt19937_64;
+
+// A batch of B sequences of T steps with D features: one (B*T, D) matrix,
+// row b*T + t is step t of sequence b. B and T travel with the data.
+template <typename Scalar>
+struct Sequence {
+    Matrix<Scalar> data;  // (B*T, D)
+    Index batch = 0;      // B
+    Index steps = 0;      // T
+
+    Sequence() = default;
+    Sequence(Index batch_size, Index num_steps, Index features)
+        : data(Matrix<Scalar>::Zero(batch_size * num_steps, features)), batch(batch_size), steps(num_steps) {}
+    Sequence(Matrix<Scalar> values, Index batch_size, Index num_steps)
+        : data(std::move(values)), batch(batch_size), steps(num_steps) {}
+
+    Index features() const { return data.cols(); }
+
+    // The B rows of step t, (B, D), as a strided view into `data`.
+    StridedRows<Scalar> at_step(Index t) { return step_rows(data, steps, t); }
+    ConstStridedRows<Scalar> at_step(Index t) const { return step_rows(data, steps, t); }
+
+    // The T rows of sequence b, (T, D): a contiguous block.
+    auto sequence(Index b) { return data.middleRows(b * steps, steps); }
+    auto sequence(Index b) const { return data.middleRows(b * steps, steps); }
+};
+
+// The recurrent state a layer carries from one call to the next, owned by the caller.
+// `tensors` is the state's value, e.g. {h (L*B, H), c (L*B, H)} for a stacked LSTM,
+// laid out like PyTorch's (L, B, H). `workspace` is scratch for step(), made once by
+// Layer::initial_state so that streaming never allocates.
+template <typename Scalar>
+struct State {
+    std::vector<Matrix<Scalar>> tensors;
+    std::vector<Matrix<Scalar>> workspace;
+    Index position = 0;  // steps consumed so far (a KV cache's fill level)
+
+    bool empty() const { return tensors.empty(); }
+};
+
+// What forward in training mode keeps for backward. The layer that filled it
+// names its tensors; composite layers keep one child context per sub-layer.
+template <typename Scalar>
+struct Context {
+    Index batch = 0;
+    Index steps = 0;
+    std::map<std::string, Matrix<Scalar>> saved;
+    std::vector<Context> children;
+
+    void save(const std::string& name, Matrix<Scalar> value) { saved[name] = std::move(value); }
+    const Matrix<Scalar>& get(const std::string& name) const;
+};
+
+}  // namespace seqnn

@@ -1,0 +1,76 @@
+// Linear: y = x W^T + b, PyTorch's nn.Linear (weight (out, in), bias (out)).
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/parameter.hpp"
+
+#include <cmath>
+#include <string>
+
+namespace seqnn {
+
+template <typename Scalar>
+class Linear {
+public:
+    Parameter<Scalar> weight;  // (out, in)
+    Parameter<Scalar> bias;    // (out), empty when has_bias() is false
+
+    Linear() = default;
+    // PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+    Linear(Index in_features, Index out_features, bool with_bias, Rng& rng)
+        : weight(out_features, in_features) {
+        if (in_features <= 0 || out_features <= 0)
+            fail("Linear", "sizes must be positive, got in=" + std::to_string(in_features) +
+                               ", out=" + std::to_string(out_features));
+        const Scalar bound = Scalar(1) / std::sqrt(Scalar(in_features));
+        weight.init_uniform(bound, rng);
+        if (with_bias) {
+            bias = Parameter<Scalar>(out_features);
+            bias.init_uniform(bound, rng);
+        }
+    }
+
+    Index in_features() const { return weight.value.cols(); }
+    Index out_features() const { return weight.value.rows(); }
+    bool has_bias() const { return bias.size() > 0; }
+
+    // y = x W^T + b: (N, in) -> (N, out). y may be a view (one step of a sequence).
+    void forward(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) const {
+        check_input(x.rows(), x.cols());
+        y.noalias() = x * weight.value.transpose();  // (N, in) x (in, out)
+        if (has_bias()) y.rowwise() += bias.row();
+    }
+
+    Matrix<Scalar> forward(ConstMatrixRef<Scalar> x) const {
+        Matrix<Scalar> y(x.rows(), out_features());
+        forward(x, y);
+        return y;
+    }
+
+    // Given x (N, in) and dL/dy (N, out): dW += dy^T x, db += sum_rows dy, and
+    // returns dL/dx = dy W (N, in).
+    Matrix<Scalar> backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy) {
+        check_input(x.rows(), x.cols());
+        if (dy.rows() != x.rows() || dy.cols() != out_features())
+            fail("Linear.backward", "dy has shape " + shape_string(dy) + ", expected " +
+                                        shape_string(x.rows(), out_features()));
+        weight.grad.noalias() += dy.transpose() * x;  // (out, N) x (N, in)
+        if (has_bias()) bias.grad += dy.colwise().sum();
+        return dy * weight.value;  // (N, out) x (out, in)
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
+        out.push_back({prefix + "weight", &weight});
+        if (has_bias()) out.push_back({prefix + "bias", &bias});
+    }
+
+private:
+    void check_input(Index rows, Index cols) const {
+        (void)rows;
+        if (cols != in_features())
+            fail("Linear", "input has shape " + shape_string(rows, cols) + ", expected (N, " +
+                               std::to_string(in_features()) + ")");
+    }
+};
+
+}  // namespace seqnn

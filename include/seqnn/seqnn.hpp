@@ -1,0 +1,15 @@
+// seqnn: header-only sequence models on Eigen and OpenMP. Include this for everything.
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/layer.hpp"
+#include "seqnn/core/parameter.hpp"
+#include "seqnn/core/threading.hpp"
+#include "seqnn/core/types.hpp"
+
+#include "seqnn/nn/activations.hpp"
+#include "seqnn/nn/linear.hpp"
+
+#include "seqnn/layers/gru.hpp"
+#include "seqnn/layers/lstm.hpp"
+#include "seqnn/layers/rnn.hpp"

@@ -1,0 +1,178 @@
+// Shared test helpers: random data, tolerances and a finite-difference gradient
+// check that works for any seqnn::Layer.
+#pragma once
+
+#include <seqnn/core/layer.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace seqnn::testing {
+
+template <typename Scalar>
+Matrix<Scalar> random_matrix(Index rows, Index cols, Rng& rng, double scale = 1.0) {
+    std::uniform_real_distribution<double> dist(-scale, scale);
+    Matrix<Scalar> m(rows, cols);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(dist(rng));
+    return m;
+}
+
+template <typename Scalar>
+Sequence<Scalar> random_sequence(Index batch, Index steps, Index features, Rng& rng, double scale = 1.0) {
+    return Sequence<Scalar>(random_matrix<Scalar>(batch * steps, features, rng, scale), batch, steps);
+}
+
+// A random state shaped like layer.initial_state(batch).
+template <typename Scalar>
+State<Scalar> random_state(const Layer<Scalar>& layer, Index batch, Rng& rng, double scale = 0.5) {
+    State<Scalar> s = layer.initial_state(batch);
+    for (auto& t : s.tensors) t = random_matrix<Scalar>(t.rows(), t.cols(), rng, scale);
+    return s;
+}
+
+// max |a - b| / max(1, max |b|): relative to the reference's magnitude, absolute near zero.
+template <typename A, typename B>
+double relative_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+    EXPECT_EQ(a.rows(), b.rows());
+    EXPECT_EQ(a.cols(), b.cols());
+    if (a.rows() != b.rows() || a.cols() != b.cols() || a.size() == 0) return a.size() == b.size() ? 0.0 : 1e30;
+    const double diff = (a.template cast<double>() - b.template cast<double>()).cwiseAbs().maxCoeff();
+    const double ref = std::max(1.0, b.template cast<double>().cwiseAbs().maxCoeff());
+    return diff / ref;
+}
+
+// Tolerance for a float result that accumulates `length` rounding errors.
+inline double float_tolerance(Index length) {
+    return 16 * 1.19e-7 * std::sqrt(static_cast<double>(std::max<Index>(length, 1)));
+}
+
+// Finite-difference gradient check of a layer in double. The loss is
+// L = sum(y .* Wy) + sum_k sum(final_k .* Wk) with fixed random weights, so
+// every output and every final-state tensor carries gradient.
+struct GradientReport {
+    std::string name;
+    double relative_error;
+};
+
+class GradientChecker {
+public:
+    explicit GradientChecker(Layer<double>& layer, std::uint64_t seed = 7) : layer_(layer), rng_(seed) {}
+
+    // At most `max_entries` entries of each tensor are perturbed (spread evenly).
+    std::vector<GradientReport> check(const Sequence<double>& x, const State<double>& initial,
+                                      Index max_entries = 60) {
+        // Loss weights.
+        State<double> probe = initial;
+        Sequence<double> y = layer_.forward(x, &probe);
+        out_weight_ = random_matrix<double>(y.data.rows(), y.data.cols(), rng_);
+        state_weights_.clear();
+        for (const auto& t : probe.tensors) state_weights_.push_back(random_matrix<double>(t.rows(), t.cols(), rng_));
+
+        // Analytic gradients.
+        layer_.zero_grad();
+        Context<double> ctx;
+        State<double> final_state = initial;
+        layer_.forward(x, &final_state, &ctx);
+        State<double> d_final;
+        d_final.tensors = state_weights_;
+        State<double> d_initial;
+        Sequence<double> dy(out_weight_, x.batch, x.steps);
+        Sequence<double> dx = layer_.backward(dy, ctx, &d_final, &d_initial);
+
+        std::vector<GradientReport> reports;
+        for (auto& named : layer_.parameters()) {
+            Matrix<double> analytic = named.param->grad;
+            reports.push_back({named.name, compare(named.param->value, analytic, x, initial, max_entries)});
+        }
+        Sequence<double> x_mut = x;
+        reports.push_back({"input", compare_input(x_mut, dx.data, initial, max_entries)});
+        if (!initial.empty()) {
+            State<double> init_mut = initial;
+            for (std::size_t k = 0; k < init_mut.tensors.size(); ++k) {
+                const Matrix<double> analytic = d_initial.tensors.at(k);
+                reports.push_back({"initial_state[" + std::to_string(k) + "]",
+                                   compare_state(init_mut, k, analytic, x, max_entries)});
+            }
+        }
+        for (const auto& r : reports) std::printf("  grad %-28s rel.err %.3e\n", r.name.c_str(), r.relative_error);
+        return reports;
+    }
+
+private:
+    double loss(const Sequence<double>& x, const State<double>& initial) {
+        State<double> s = initial;
+        Sequence<double> y = layer_.forward(x, &s);
+        double l = (y.data.array() * out_weight_.array()).sum();
+        for (std::size_t k = 0; k < s.tensors.size(); ++k) l += (s.tensors[k].array() * state_weights_[k].array()).sum();
+        return l;
+    }
+
+    // Perturbs entries of `tensor` in place and compares dL/d(entry) with `analytic`.
+    double perturb(Matrix<double>& tensor, const Matrix<double>& analytic, Index max_entries,
+                   const std::function<double()>& eval) {
+        EXPECT_EQ(tensor.rows(), analytic.rows());
+        EXPECT_EQ(tensor.cols(), analytic.cols());
+        if (tensor.size() != analytic.size()) return 1e30;
+        const Index n = tensor.size();
+        const Index stride = std::max<Index>(1, n / max_entries);
+        double num = 0, den = 0;
+        for (Index i = 0; i < n; i += stride) {
+            double& v = tensor.data()[i];
+            const double saved = v;
+            const double h = 1e-6 * std::max(1.0, std::abs(saved));
+            v = saved + h;
+            const double up = eval();
+            v = saved - h;
+            const double down = eval();
+            v = saved;
+            const double numeric = (up - down) / (2 * h);
+            const double a = analytic.data()[i];
+            num = std::max(num, std::abs(a - numeric));
+            den = std::max(den, std::max(std::abs(a), std::abs(numeric)));
+        }
+        return num / std::max(den, 1e-8);
+    }
+
+    double compare(Matrix<double>& value, const Matrix<double>& analytic, const Sequence<double>& x,
+                   const State<double>& initial, Index max_entries) {
+        return perturb(value, analytic, max_entries, [&] { return loss(x, initial); });
+    }
+    double compare_input(Sequence<double>& x, const Matrix<double>& analytic, const State<double>& initial,
+                         Index max_entries) {
+        return perturb(x.data, analytic, max_entries, [&] { return loss(x, initial); });
+    }
+    double compare_state(State<double>& initial, std::size_t k, const Matrix<double>& analytic,
+                         const Sequence<double>& x, Index max_entries) {
+        return perturb(initial.tensors[k], analytic, max_entries, [&] { return loss(x, initial); });
+    }
+
+    Layer<double>& layer_;
+    Rng rng_;
+    Matrix<double> out_weight_;
+    std::vector<Matrix<double>> state_weights_;
+};
+
+// Asserts every reported gradient matches its finite difference within `tol`.
+inline void expect_gradients_match(const std::vector<GradientReport>& reports, double tol = 1e-6) {
+    for (const auto& r : reports) EXPECT_LT(r.relative_error, tol) << "gradient of " << r.name;
+}
+
+// Runs `body` expecting a shape_error whose message contains every string in `needles`.
+template <typename Body>
+void expect_shape_error(Body body, const std::vector<std::string>& needles) {
+    try {
+        body();
+        ADD_FAILURE() << "expected seqnn::shape_error";
+    } catch (const shape_error& e) {
+        const std::string msg = e.what();
+        for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message: " << msg << "\nmissing: " << n;
+    }
+}
+
+}  // namespace seqnn::testing
