@@ -1,0 +1,34 @@
+// Shared helpers for seqnn's benchmarks: random inputs and the counters every
+// benchmark reports (items_per_second, a FLOPS rate, bytes_per_second).
+#pragma once
+
+#include <seqnn/seqnn.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <random>
+
+namespace seqnn::bench {
+
+inline Matrix<float> random_matrix(Index rows, Index cols, std::uint64_t seed = 1, float scale = 1.0f) {
+    Rng rng(seed);
+    std::uniform_real_distribution<float> dist(-scale, scale);
+    Matrix<float> m(rows, cols);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = dist(rng);
+    return m;
+}
+
+inline Sequence<float> random_sequence(Index B, Index T, Index D, std::uint64_t seed = 1) {
+    return Sequence<float>(random_matrix(B * T, D, seed), B, T);
+}
+
+// items = time steps x batch; flops and bytes are per iteration.
+inline void set_counters(benchmark::State& state, double items, double flops, double bytes) {
+    const auto iters = static_cast<double>(state.iterations());
+    state.SetItemsProcessed(static_cast<int64_t>(items * iters));
+    state.SetBytesProcessed(static_cast<int64_t>(bytes * iters));
+    state.counters["FLOPS"] = benchmark::Counter(flops * iters, benchmark::Counter::kIsRate);
+    state.counters["threads"] = static_cast<double>(num_threads());
+}
+
+}  // namespace seqnn::bench

@@ -1,0 +1,91 @@
+// Streaming is real-time safe: once a state exists, step() allocates nothing.
+// This file replaces the global operator new to count allocations.
+#include "testing.hpp"
+
+#include <seqnn/seqnn.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+namespace {
+std::atomic<long> g_allocations{0};
+std::atomic<bool> g_counting{false};
+
+void* counted_alloc(std::size_t size) {
+    if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+    if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+    throw std::bad_alloc();
+}
+}  // namespace
+
+void* operator new(std::size_t size) { return counted_alloc(size); }
+void* operator new[](std::size_t size) { return counted_alloc(size); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+using namespace seqnn;
+
+namespace {
+
+// Counts the heap allocations made by `steps` calls of layer.step after the state exists.
+template <typename Scalar>
+long allocations_per_stream(const Layer<Scalar>& layer, Index batch, Index steps) {
+    Rng rng(3);
+    const Matrix<Scalar> x = seqnn::testing::random_matrix<Scalar>(batch, layer.input_size(), rng);
+    State<Scalar> state = layer.initial_state(batch);
+    Matrix<Scalar> y(batch, layer.output_size());
+    layer.step(x, state, y);  // warm-up outside the counted region
+    g_allocations = 0;
+    g_counting = true;
+    for (Index t = 0; t < steps; ++t) layer.step(x, state, y);
+    g_counting = false;
+    return g_allocations.load();
+}
+
+}  // namespace
+
+TEST(StepAllocation, CounterSeesAllocations) {
+    // The counter itself works: a vector allocation is seen.
+    g_allocations = 0;
+    g_counting = true;
+    auto* v = new std::vector<int>(100);
+    g_counting = false;
+    delete v;
+    EXPECT_GE(g_allocations.load(), 2);
+}
+
+TEST(StepAllocation, RecurrentLayersStepWithoutAllocating) {
+    Rng rng(1);
+    const GRU<float> gru({.input_size = 5, .hidden_size = 7, .num_layers = 2}, rng);
+    const LSTM<float> lstm({.input_size = 5, .hidden_size = 7, .num_layers = 2}, rng);
+    const RNN<double> rnn({.input_size = 5, .hidden_size = 7, .num_layers = 3, .nonlinearity = Activation::ReLU}, rng);
+    EXPECT_EQ(allocations_per_stream(gru, 3, 50), 0);
+    EXPECT_EQ(allocations_per_stream(lstm, 3, 50), 0);
+    EXPECT_EQ(allocations_per_stream(rnn, 3, 50), 0);
+}
+
+TEST(StepAllocation, OneLargeStreamStepsWithoutAllocating) {
+    Rng rng(2);
+    const GRU<float> gru({.input_size = 256, .hidden_size = 256}, rng);
+    const LSTM<float> lstm({.input_size = 256, .hidden_size = 256}, rng);
+    EXPECT_EQ(allocations_per_stream(gru, 1, 20), 0);
+    EXPECT_EQ(allocations_per_stream(lstm, 1, 20), 0);
+}
+
+TEST(StepAllocation, StateFromForwardStepsWithoutAllocatingAfterFirstStep) {
+    Rng rng(4);
+    const GRU<float> gru({.input_size = 5, .hidden_size = 7}, rng);
+    const Sequence<float> x = seqnn::testing::random_sequence<float>(3, 10, 5, rng);
+    State<float> state;
+    gru.forward(x, &state);
+    Matrix<float> xt = seqnn::testing::random_matrix<float>(3, 5, rng), y(3, 7);
+    gru.step(xt, state, y);  // the first step makes the workspace the forward state lacks
+    g_allocations = 0;
+    g_counting = true;
+    for (int t = 0; t < 20; ++t) gru.step(xt, state, y);
+    g_counting = false;
+    EXPECT_EQ(g_allocations.load(), 0);
+}
