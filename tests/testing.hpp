@@ -175,4 +175,61 @@ void expect_shape_error(Body body, const std::vector<std::string>& needles) {
     }
 }
 
+// Finite-difference error of one tensor: perturbs entries of `tensor` in place (central
+// differences, step 1e-6 relative), compares dL/d(entry) with `analytic` and returns
+// max |analytic - numeric| / max(|analytic|, |numeric|), maxima over the entries tried.
+// At most `max_entries` entries are perturbed, spread evenly.
+inline double finite_difference_error(Matrix<double>& tensor, const Matrix<double>& analytic,
+                                      const std::function<double()>& loss, Index max_entries = 1000) {
+    EXPECT_EQ(tensor.rows(), analytic.rows());
+    EXPECT_EQ(tensor.cols(), analytic.cols());
+    if (tensor.rows() != analytic.rows() || tensor.cols() != analytic.cols()) return 1e30;
+    const Index n = tensor.size();
+    const Index stride = std::max<Index>(1, n / std::max<Index>(max_entries, 1));
+    double num = 0, den = 0;
+    for (Index i = 0; i < n; i += stride) {
+        double& v = tensor.data()[i];
+        const double saved = v;
+        const double h = 1e-6 * std::max(1.0, std::abs(saved));
+        v = saved + h;
+        const double up = loss();
+        v = saved - h;
+        const double down = loss();
+        v = saved;
+        const double numeric = (up - down) / (2 * h);
+        num = std::max(num, std::abs(analytic.data()[i] - numeric));
+        den = std::max(den, std::max(std::abs(analytic.data()[i]), std::abs(numeric)));
+    }
+    return num / std::max(den, 1e-8);
+}
+
+// Finite-difference gradient check of a matrix-in, matrix-out block in double (Linear,
+// LayerNorm, an activation, ...), the counterpart of GradientChecker for what is not a
+// Layer. forward(x) returns y; backward(x, dy) adds the gradients of `params` into
+// their .grad and returns dL/dx, or an empty matrix when x takes no gradient (token
+// ids). The loss is L = sum(y .* W) with a fixed random W; the parameters' gradients
+// are zeroed first. Each report is printed.
+template <typename Forward, typename Backward>
+std::vector<GradientReport> check_block_gradients(Forward forward, Backward backward,
+                                                  const ParameterList<double>& params, const Matrix<double>& x,
+                                                  std::uint64_t seed = 7, Index max_entries = 1000) {
+    Rng rng(seed);
+    const Matrix<double> y = forward(x);
+    const Matrix<double> w = random_matrix<double>(y.rows(), y.cols(), rng);
+    Matrix<double> x_mut = x;
+    const auto loss = [&] { return (Matrix<double>(forward(x_mut)).array() * w.array()).sum(); };
+
+    zero_grad(params);
+    const Matrix<double> dx = backward(x, w);
+
+    std::vector<GradientReport> reports;
+    for (const auto& named : params) {
+        const Matrix<double> analytic = named.param->grad;
+        reports.push_back({named.name, finite_difference_error(named.param->value, analytic, loss, max_entries)});
+    }
+    if (dx.size() > 0) reports.push_back({"input", finite_difference_error(x_mut, dx, loss, max_entries)});
+    for (const auto& r : reports) std::printf("  grad %-28s rel.err %.3e\n", r.name.c_str(), r.relative_error);
+    return reports;
+}
+
 }  // namespace seqnn::testing

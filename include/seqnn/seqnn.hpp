@@ -8,7 +8,10 @@
 #include "seqnn/core/types.hpp"
 
 #include "seqnn/nn/activations.hpp"
+#include "seqnn/nn/embedding.hpp"
+#include "seqnn/nn/layer_norm.hpp"
 #include "seqnn/nn/linear.hpp"
+#include "seqnn/nn/rms_norm.hpp"
 
 #include "seqnn/layers/gru.hpp"
 #include "seqnn/layers/lstm.hpp"

@@ -17,11 +17,12 @@ public:
 
     Linear() = default;
     // PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
-    Linear(Index in_features, Index out_features, bool with_bias, Rng& rng)
-        : weight(out_features, in_features) {
+    Linear(Index in_features, Index out_features, bool with_bias, Rng& rng) {
+        // Checked before anything is allocated: a negative size must not reach Eigen.
         if (in_features <= 0 || out_features <= 0)
             fail("Linear", "sizes must be positive, got in=" + std::to_string(in_features) +
                                ", out=" + std::to_string(out_features));
+        weight = Parameter<Scalar>(out_features, in_features);
         const Scalar bound = Scalar(1) / std::sqrt(Scalar(in_features));
         weight.init_uniform(bound, rng);
         if (with_bias) {
@@ -37,6 +38,7 @@ public:
     // y = x W^T + b: (N, in) -> (N, out). y may be a view (one step of a sequence).
     void forward(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) const {
         check_input(x.rows(), x.cols());
+        check_matrix("Linear", "output y", y, x.rows(), out_features());
         y.noalias() = x * weight.value.transpose();  // (N, in) x (in, out)
         if (has_bias()) y.rowwise() += bias.row();
     }

@@ -1,0 +1,82 @@
+// Embedding: a lookup table, PyTorch's nn.Embedding(num_embeddings, embedding_dim):
+// y[i] = weight[ids[i]], weight (num_embeddings, embedding_dim), initialised N(0, 1).
+//
+// Token ids are a std::span<const int>, so a std::vector<int> or a C array passes as
+// it is and an Eigen::VectorXi v as {v.data(), static_cast<std::size_t>(v.size())}.
+// For a (B*T, D) sequence batch the ids are laid out the same way: id b*T + t is
+// step t of sequence b.
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/parameter.hpp"
+
+#include <cstddef>
+#include <random>
+#include <span>
+#include <string>
+
+namespace seqnn {
+
+template <typename Scalar>
+class Embedding {
+public:
+    Parameter<Scalar> weight;  // (num_embeddings, embedding_dim)
+
+    Embedding() = default;
+    // PyTorch's default initialisation: every entry N(0, 1).
+    Embedding(Index num_embeddings, Index embedding_dim, Rng& rng) {
+        if (num_embeddings <= 0 || embedding_dim <= 0)
+            fail("Embedding", "sizes must be positive, got num_embeddings=" + std::to_string(num_embeddings) +
+                                  ", embedding_dim=" + std::to_string(embedding_dim));
+        weight = Parameter<Scalar>(num_embeddings, embedding_dim);
+        std::normal_distribution<double> normal(0.0, 1.0);
+        for (Index i = 0; i < weight.value.size(); ++i) weight.value.data()[i] = static_cast<Scalar>(normal(rng));
+    }
+
+    Index num_embeddings() const { return weight.value.rows(); }
+    Index embedding_dim() const { return weight.value.cols(); }
+
+    // y[i] = weight[ids[i]]: N ids -> (N, dim). y may be a view (one step of a sequence).
+    // Every id is checked before y is written.
+    void forward(std::span<const int> ids, MatrixRef<Scalar> y) const {
+        check_ids(ids);
+        check_matrix("Embedding", "output y", y, static_cast<Index>(ids.size()), embedding_dim());
+        for (std::size_t i = 0; i < ids.size(); ++i)
+            y.row(static_cast<Index>(i)) = weight.value.row(ids[i]);  // (1, dim)
+    }
+
+    Matrix<Scalar> forward(std::span<const int> ids) const {
+        Matrix<Scalar> y(static_cast<Index>(ids.size()), embedding_dim());
+        forward(ids, y);
+        return y;
+    }
+
+    // Given the ids of the forward and dL/dy (N, dim): weight.grad[ids[i]] += dy[i],
+    // so an id that occurs several times gathers all its rows. Ids are not
+    // differentiable, so there is no dL/dx to return.
+    void backward(std::span<const int> ids, ConstMatrixRef<Scalar> dy) {
+        check_ids(ids);
+        if (dy.rows() != static_cast<Index>(ids.size()) || dy.cols() != embedding_dim())
+            fail("Embedding.backward", "dy has shape " + shape_string(dy) + ", expected " +
+                                           shape_string(static_cast<Index>(ids.size()), embedding_dim()));
+        for (std::size_t i = 0; i < ids.size(); ++i)
+            weight.grad.row(ids[i]) += dy.row(static_cast<Index>(i));  // (1, dim)
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
+        out.push_back({prefix + "weight", &weight});
+    }
+
+private:
+    void check_ids(std::span<const int> ids) const {
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            if (ids[i] < 0 || ids[i] >= num_embeddings())
+                fail("Embedding", "id " + std::to_string(ids[i]) + " at position " + std::to_string(i) +
+                                      " is out of range for a vocabulary of " + std::to_string(num_embeddings()) +
+                                      " (valid ids are 0.." + std::to_string(num_embeddings() - 1) +
+                                      "); the table is " + shape_string(weight.value));
+        }
+    }
+};
+
+}  // namespace seqnn
