@@ -23,6 +23,11 @@ std::vector<Maker> all_layers() {
         {"RNN", [](Rng& r) { return std::make_unique<RNN<double>>(RNNOptions{.input_size = 5, .hidden_size = 7}, r); }},
         {"LSTM", [](Rng& r) { return std::make_unique<LSTM<double>>(RecurrentOptions{5, 7, 2, true}, r); }},
         {"GRU", [](Rng& r) { return std::make_unique<GRU<double>>(RecurrentOptions{5, 7, 1, true}, r); }},
+        {"MinGRU", [](Rng& r) { return std::make_unique<MinGRU<double>>(MinRNNOptions{.input_size = 5, .hidden_size = 7}, r); }},
+        {"MinLSTM", [](Rng& r) {
+             return std::make_unique<MinLSTM<double>>(
+                 MinRNNOptions{.input_size = 5, .expansion = 2.0, .mode = MinRNNMode::LogSpace}, r);
+         }},
     };
 }
 

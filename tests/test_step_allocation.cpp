@@ -67,12 +67,22 @@ TEST(StepAllocation, RecurrentLayersStepWithoutAllocating) {
     EXPECT_EQ(allocations_per_stream(rnn, 3, 50), 0);
 }
 
+TEST(StepAllocation, MinRnnLayersStepWithoutAllocating) {
+    Rng rng(5);
+    const MinGRU<float> mingru({.input_size = 5, .expansion = 1.6}, rng);
+    const MinLSTM<double> minlstm({.input_size = 5, .hidden_size = 7, .mode = MinRNNMode::LogSpace}, rng);
+    EXPECT_EQ(allocations_per_stream(mingru, 3, 50), 0);
+    EXPECT_EQ(allocations_per_stream(minlstm, 3, 50), 0);
+}
+
 TEST(StepAllocation, OneLargeStreamStepsWithoutAllocating) {
     Rng rng(2);
     const GRU<float> gru({.input_size = 256, .hidden_size = 256}, rng);
     const LSTM<float> lstm({.input_size = 256, .hidden_size = 256}, rng);
     EXPECT_EQ(allocations_per_stream(gru, 1, 20), 0);
     EXPECT_EQ(allocations_per_stream(lstm, 1, 20), 0);
+    const MinGRU<float> mingru({.input_size = 256, .expansion = 2.0}, rng);
+    EXPECT_EQ(allocations_per_stream(mingru, 1, 20), 0);
 }
 
 TEST(StepAllocation, StateFromForwardStepsWithoutAllocatingAfterFirstStep) {

@@ -7,6 +7,8 @@
 #include "seqnn/core/threading.hpp"
 #include "seqnn/core/types.hpp"
 
+#include "seqnn/kernels/scan.hpp"
+
 #include "seqnn/nn/activations.hpp"
 #include "seqnn/nn/embedding.hpp"
 #include "seqnn/nn/layer_norm.hpp"
@@ -15,4 +17,6 @@
 
 #include "seqnn/layers/gru.hpp"
 #include "seqnn/layers/lstm.hpp"
+#include "seqnn/layers/mingru.hpp"
+#include "seqnn/layers/minlstm.hpp"
 #include "seqnn/layers/rnn.hpp"

@@ -22,7 +22,10 @@ public:
 };
 
 inline std::string shape_string(Index rows, Index cols) {
-    return "(" + std::to_string(rows) + ", " + std::to_string(cols) + ")";
+    // Built with a stream: g++ 12 warns falsely (-Wrestrict) on chains of string '+'.
+    std::ostringstream out;
+    out << '(' << rows << ", " << cols << ')';
+    return out.str();
 }
 
 template <typename Derived>

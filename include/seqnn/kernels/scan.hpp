@@ -1,0 +1,851 @@
+// The linear recurrence h_t = a_t * h_{t-1} + b_t (element-wise), the kernel under
+// minGRU and minLSTM, over B sequences of T steps with D channels stored as seqnn's
+// (B*T, D) row-major matrices: row b*T + t is step t of sequence b.
+//
+//   scan_forward       h, h_last  <- a, b, h0                       (linear space)
+//   scan_backward      da, db, dh0 <- dh, dh_last, a, h, h0
+//   log_scan_forward   log h, log h_last <- log a, log b, log h0     (Heinsen 2023)
+//   log_scan_backward  dlog_a, dlog_b, dlog_h0 <- dlog_h, dlog_h_last, log a, log b, log h0
+//
+// plus `scan`, `scan_grad`, `log_scan`, `log_scan_grad` that take and return seqnn::Sequence.
+// The low-level functions take Eigen::Ref views (so blocks of a wider GEMM output work
+// without a copy) and need the scalar spelled out: scan_forward<float>(h, h_last, a, b, h0, B, T).
+// An optional matrix (h0, h_last, dh_last, dh0, ...) is passed as an empty one: Matrix<S>().
+//
+// Parallel algorithms (ScanMode::Parallel, OpenMP; DESIGN.md "The scan kernel"):
+// * Channels split: the B*D recurrences are independent, so threads take (sequence,
+//   channel block) pairs and run time in order, SIMD over the block's channels. One
+//   pass over memory. Chosen when B fills the threads or rows are wide enough to share.
+// * Time split: for few long streams (B=1). Time is cut into pieces, one per thread:
+//   (1) each piece scans from zero and keeps the product of its a's (the first piece
+//       knows its carry and scans from it),
+//   (2) carries pass from piece to piece: carry' = prod(a) * carry + local end,
+//   (3) each piece adds prod(a up to t) * carry; this fix-up is shared out evenly over
+//       all threads (the first piece has none), and stops where prod(a) has decayed
+//       below float's range, so with forgetting gates it touches a few rows only.
+//   Step (1) is one pass over memory; step (3) is a second pass at worst (a near 1).
+//   ScanOptions::time_block cuts time into rounds of smaller pieces (one barrier each),
+//   so that step (3) finds step (1)'s data in cache; on the machines measured (see
+//   bench/README.md) one round was as fast, and it is the default.
+// The reverse scan (backward) runs the same way, backwards in time.
+// In linear space there is no exp/log and no division by a vanishing product, so fp32
+// stays accurate at any T (a in (0,1)); the log-space form is kept for fidelity to the
+// paper and for comparison (its fp32 error grows with T, see tests/test_scan.cpp).
+// Never nests parallel regions: inside one it runs sequentially. Without OpenMP every
+// mode runs the sequential code.
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/threading.hpp"
+#include "seqnn/core/types.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace seqnn {
+
+enum class ScanMode { Sequential, Parallel };
+enum class ScanSplit { Auto, Channels, Time };
+
+struct ScanOptions {
+    ScanMode mode = ScanMode::Parallel;
+    // Parallel only. Auto: sequential for tiny inputs, Channels when B fills the
+    // threads (or rows are wide), Time otherwise. The log-space scan always splits
+    // over channels.
+    ScanSplit split = ScanSplit::Auto;
+    // Rows per piece of the time split; 0 sizes a piece's a, b and h to fit in L2.
+    Index time_block = 0;
+};
+
+namespace scan_detail {
+
+// The rows of a row-major matrix whose rows are `stride` scalars apart.
+template <typename S>
+struct Rows {
+    S* data = nullptr;
+    Index stride = 0;
+    S* row(Index r) const { return data + r * stride; }
+    // The same rows from row r0 and channel c on.
+    Rows at(Index r0, Index c) const { return {data + r0 * stride + c, stride}; }
+};
+
+template <typename S>
+Rows<S> rows_of(MatrixRef<S>& m) {
+    return {m.data(), m.outerStride()};
+}
+template <typename S>
+Rows<const S> rows_of(const ConstMatrixRef<S>& m) {
+    return {m.data(), m.outerStride()};
+}
+// Row b of an optional (B, D) matrix from channel c on, or nullptr when it is absent.
+template <typename Ref>
+auto state_row(Ref& m, Index b, Index c) -> decltype(m.data()) {
+    return m.size() == 0 ? nullptr : m.data() + b * m.outerStride() + c;
+}
+
+template <typename S>
+using Row = Eigen::Map<Eigen::Array<S, 1, Eigen::Dynamic>>;
+template <typename S>
+using CRow = Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>;
+template <typename S>
+using Buf = Eigen::Array<S, 1, Eigen::Dynamic>;
+
+inline bool in_parallel() {
+#ifdef _OPENMP
+    return omp_in_parallel() != 0;
+#else
+    return false;
+#endif
+}
+
+// How a call runs: `threads` == 1 means sequentially.
+struct Plan {
+    ScanSplit split = ScanSplit::Channels;
+    int threads = 1;
+    Index width = 0;   // channels per block (Channels split)
+    Index blocks = 1;  // channel blocks per sequence
+    Index rows = 0;    // rows per piece (Time split)
+};
+
+constexpr Index kSmallScan = Index(1) << 15;  // below this many elements Auto runs sequentially
+constexpr Index kWideBlock = 2048;            // bytes of a row a thread must get for Auto to split channels
+
+template <typename S>
+Plan make_plan(const ScanOptions& o, Index B, Index T, Index D, bool allow_time = true) {
+    Plan plan;
+    plan.width = D;
+    int threads = 1;
+    if (o.mode == ScanMode::Parallel && !in_parallel()) threads = num_threads();
+    if (threads <= 1 || D == 0) return plan;
+    ScanSplit split = o.split;
+    if (!allow_time) split = split == ScanSplit::Auto ? ScanSplit::Auto : ScanSplit::Channels;
+    // Channel blocks are whole cache lines, at least two (one for the log space, which is compute-bound).
+    const Index line = std::max<Index>(1, Index(64) / Index(sizeof(S)));
+    const Index max_blocks = std::max<Index>(1, D / (allow_time ? 2 * line : line));  // log space: compute-bound
+    if (split == ScanSplit::Auto) {
+        if (B * T * D < kSmallScan) return plan;
+        // Channels when every thread gets whole sequences, or row segments of at least
+        // kWideBlock bytes (long contiguous runs stream well); time otherwise. Splitting
+        // a row of 1 KiB between threads streamed at half the speed of the time split.
+        const Index per_sequence = (threads + B - 1) / B;
+        const bool wide = per_sequence <= max_blocks && D / per_sequence * Index(sizeof(S)) >= kWideBlock;
+        split = (!allow_time || B >= threads || wide || T < 8 * Index(threads)) ? ScanSplit::Channels
+                                                                                : ScanSplit::Time;
+    }
+    if (split == ScanSplit::Channels) {
+        // The fewest blocks per sequence that share the items out within 25% of even.
+        const Index P = threads;
+        Index blocks = 1;
+        while (blocks < max_blocks && 4 * ((B * blocks + P - 1) / P * P) > 5 * B * blocks) ++blocks;
+        plan.width = ((D + blocks - 1) / blocks + line - 1) / line * line;  // rounded up to whole lines
+        if (plan.width > D) plan.width = D;
+        plan.blocks = (D + plan.width - 1) / plan.width;
+        plan.split = ScanSplit::Channels;
+        plan.threads = static_cast<int>(std::min<Index>(threads, B * plan.blocks));
+    } else {
+        // One round of P pieces by default: measured on 2..16 cores, cache-sized rounds
+        // (L2 or L3) were no faster, and every round costs a barrier.
+        const Index rows = std::min(o.time_block > 0 ? o.time_block : T, (T + threads - 1) / threads);
+        plan.split = ScanSplit::Time;
+        plan.rows = rows;
+        plan.threads = static_cast<int>(std::min<Index>(threads, (T + rows - 1) / rows));
+    }
+    if (plan.threads <= 1) plan = Plan{ScanSplit::Channels, 1, D, 1, 0};
+    return plan;
+}
+
+// Runs body(i) for i in [0, n) on plan.threads threads (static schedule) or in a plain loop.
+template <typename Body>
+void parallel_items(int threads, Index n, const Body& body) {
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (Index i = 0; i < n; ++i) body(i);
+        return;
+    }
+#endif
+    (void)threads;
+    for (Index i = 0; i < n; ++i) body(i);
+}
+
+// ---------------------------------------------------------------------------------
+// Linear-space row kernels. Every Rows argument already points at (row 0 of the
+// sequence, first channel of the block); n is the block's width; r indexes time.
+
+// h_r = a_r * h_{r-1} + b_r for r in [r0, r1), from h_{r0-1} = carry (nullptr: zero).
+template <typename S>
+void forward_run(Rows<S> h, Rows<const S> a, Rows<const S> b, Index r0, Index r1, Index n, const S* carry) {
+    if (r0 >= r1) return;
+    if (carry)
+        Row<S>(h.row(r0), n) = CRow<S>(a.row(r0), n) * CRow<S>(carry, n) + CRow<S>(b.row(r0), n);
+    else
+        Row<S>(h.row(r0), n) = CRow<S>(b.row(r0), n);
+    for (Index r = r0 + 1; r < r1; ++r)
+        Row<S>(h.row(r), n) = CRow<S>(a.row(r), n) * CRow<S>(h.row(r - 1), n) + CRow<S>(b.row(r), n);
+}
+
+// Running products of a's shrink geometrically when |a| < 1. The time split flushes
+// entries below min_normal / epsilon to zero every few rows: that keeps them out of
+// the denormal range, where x86 arithmetic is ~100x slower, and a fix-up whose product
+// is all zero has nothing left to add, so it stops there. What it skips is below
+// 1e-31 |carry| in float (1e-292 in double), far under the rounding of h.
+constexpr Index kFlushEvery = 8;
+
+// Zeroes the entries of m[0, n) below the threshold; returns whether any is left.
+template <typename S>
+bool flush_tiny(S* m, Index n) {
+    constexpr S tiny = std::numeric_limits<S>::min() / std::numeric_limits<S>::epsilon();
+    bool alive = false;
+    for (Index c = 0; c < n; ++c) {
+        const bool small = std::abs(m[c]) < tiny;
+        m[c] = small ? S(0) : m[c];
+        alive = alive || !small;
+    }
+    return alive;
+}
+
+// Time split step (1): rows [r0, r1) scanned from zero (fresh) or on from h_{r0-1}
+// (a later segment of the same piece); prod *= a_{r0} ... a_{r1-1} (fresh: prod = that).
+template <typename S>
+void forward_local(Rows<S> h, Rows<const S> a, Rows<const S> b, Index r0, Index r1, Index n, S* prod, bool fresh) {
+    Row<S> p(prod, n);
+    if (fresh) {
+        Row<S>(h.row(r0), n) = CRow<S>(b.row(r0), n);
+        p = CRow<S>(a.row(r0), n);
+    } else {
+        Row<S>(h.row(r0), n) = CRow<S>(a.row(r0), n) * CRow<S>(h.row(r0 - 1), n) + CRow<S>(b.row(r0), n);
+        p *= CRow<S>(a.row(r0), n);
+    }
+    for (Index r = r0 + 1; r < r1; ++r) {
+        const CRow<S> ar(a.row(r), n);
+        Row<S>(h.row(r), n) = ar * CRow<S>(h.row(r - 1), n) + CRow<S>(b.row(r), n);
+        p *= ar;
+        if ((r - r0) % kFlushEvery == 0) flush_tiny(prod, n);
+    }
+}
+
+// Time split step (3): h_r += m_r * carry for r in [r0, r1), m_r = before * a_{r0} ... a_r,
+// where `before` is the piece's product up to r0 - 1 (nullptr: r0 starts the piece).
+template <typename S>
+void forward_fixup(Rows<S> h, Rows<const S> a, Index r0, Index r1, Index n, const S* carry, const S* before, S* m) {
+    const CRow<S> c(carry, n);
+    Row<S> mr(m, n);
+    if (before) {
+        mr = CRow<S>(before, n) * CRow<S>(a.row(r0), n);
+        if (!flush_tiny(m, n)) return;  // the carry has decayed away before this part
+    } else {
+        mr = CRow<S>(a.row(r0), n);
+    }
+    Row<S>(h.row(r0), n) += mr * c;
+    for (Index r = r0 + 1; r < r1; ++r) {
+        mr *= CRow<S>(a.row(r), n);
+        Row<S>(h.row(r), n) += mr * c;
+        if ((r - r0) % kFlushEvery == 0 && !flush_tiny(m, n)) break;  // decayed away
+    }
+}
+
+// dL/da_r = g_r * h_{r-1}, with h_{-1} = h0 (nullptr: zero).
+template <typename S>
+void grad_a_row(Rows<S> da, Rows<const S> db, Rows<const S> h, const S* h0, Index r, Index n) {
+    if (r > 0)
+        Row<S>(da.row(r), n) = CRow<S>(db.row(r), n) * CRow<S>(h.row(r - 1), n);
+    else if (h0)
+        Row<S>(da.row(0), n) = CRow<S>(db.row(0), n) * CRow<S>(h0, n);
+    else
+        Row<S>(da.row(0), n).setZero();
+}
+
+// Descending streams prefetch poorly on some CPUs (half the speed of ascending ones
+// measured on AMD Zen 3; on par on Intel), so the reverse scan walks memory up in
+// blocks of kReverseBlock rows: per block, an ascending pass copies dh into db and
+// h_{r-1} into da and prefetches a; a descending pass then finishes them in L1.
+constexpr Index kReverseBlock = kFlushEvery;
+
+template <typename S>
+void prefetch_row(const S* p, Index n) {
+#if defined(__GNUC__) || defined(__clang__)
+    for (Index c = 0; c < n; c += Index(64 / sizeof(S))) __builtin_prefetch(p + c);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+// The reverse recurrence over r in [r0, r1), last row first:
+//   g_r = dh_r + a_{r+1} g_{r+1},  where for r = r1 - 1 the second term is `incoming`
+//   (nullptr: zero), or a_{r1} db_{r1} when `above` (a segment continuing one that
+//   ended at r1);  db_r = g_r,  da_r = g_r * h_{r-1}.
+// With `prod`, also prod *= a_{r0} ... a_{r1-1} (the time split's step (1)).
+template <typename S>
+void backward_run(Rows<S> da, Rows<S> db, Rows<const S> dh, Rows<const S> a, Rows<const S> h, const S* h0,
+                  Index r0, Index r1, Index n, const S* incoming, bool above = false, S* prod = nullptr) {
+    for (Index hi = r1; hi > r0; hi -= kReverseBlock) {
+        const Index lo = std::max(r0, hi - kReverseBlock);
+        for (Index r = lo; r < hi; ++r) {  // ascending: db_r = dh_r, da_r = h_{r-1}
+            Row<S>(db.row(r), n) = CRow<S>(dh.row(r), n);
+            if (r > 0)
+                Row<S>(da.row(r), n) = CRow<S>(h.row(r - 1), n);
+            else if (h0)
+                Row<S>(da.row(0), n) = CRow<S>(h0, n);
+            else
+                Row<S>(da.row(0), n).setZero();
+            if (prod)
+                Row<S>(prod, n) *= CRow<S>(a.row(r), n);
+            else
+                prefetch_row(a.row(r), n);
+        }
+        if (prod) flush_tiny(prod, n);  // kReverseBlock == kFlushEvery rows
+        for (Index r = hi - 1; r >= lo; --r) {  // descending: g_r, then da_r = g_r h_{r-1}
+            if (r + 1 < r1 || above)
+                Row<S>(db.row(r), n) += CRow<S>(a.row(r + 1), n) * CRow<S>(db.row(r + 1), n);
+            else if (incoming)
+                Row<S>(db.row(r), n) += CRow<S>(incoming, n);
+            Row<S>(da.row(r), n) *= CRow<S>(db.row(r), n);
+        }
+    }
+}
+
+// Time split step (1), reversed: rows [r0, r1) from zero (fresh) or on from the rows
+// above (a later segment of the same piece), with prod *= a_{r0} ... a_{r1-1}
+// (fresh: prod = that).
+template <typename S>
+void backward_local(Rows<S> da, Rows<S> db, Rows<const S> dh, Rows<const S> a, Rows<const S> h, const S* h0,
+                    Index r0, Index r1, Index n, S* prod, bool fresh) {
+    if (fresh) Row<S>(prod, n).setOnes();
+    backward_run<S>(da, db, dh, a, h, h0, r0, r1, n, nullptr, !fresh, prod);
+}
+
+// Time split step (3), reversed: for r from r1 - 1 down to r0, with k_r = m_r * carry,
+// g_r += k_r and da_r += k_r h_{r-1}; m_r = before * a_{r1} ... a_{r+1}, where `before`
+// is the piece's product of the a's after r1 - 1 (nullptr: r1 - 1 ends the piece).
+template <typename S>
+void backward_fixup(Rows<S> da, Rows<S> db, Rows<const S> a, Rows<const S> h, const S* h0, Index r0, Index r1,
+                    Index n, const S* carry, const S* before, S* m, S* k) {
+    const CRow<S> c(carry, n);
+    Row<S> mr(m, n), kr(k, n);
+    if (before) {
+        mr = CRow<S>(before, n);
+        if (!flush_tiny(m, n)) return;
+    } else {
+        mr.setOnes();
+    }
+    for (Index r = r1 - 1; r >= r0; --r) {
+        kr = mr * c;
+        Row<S>(db.row(r), n) += kr;
+        if (r > 0)
+            Row<S>(da.row(r), n) += kr * CRow<S>(h.row(r - 1), n);
+        else if (h0)
+            Row<S>(da.row(0), n) += kr * CRow<S>(h0, n);
+        mr *= CRow<S>(a.row(r), n);
+        if ((r1 - 1 - r) % kFlushEvery == kFlushEvery - 1 && !flush_tiny(m, n)) break;  // decayed away
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The time split, for both directions. Positions u count steps in scan order (forward:
+// u = t; reverse: u = T-1-t). A round covers P pieces of R steps (one round unless
+// ScanOptions::time_block asks for smaller pieces); thread p owns piece p.
+//   (1) piece 0 scans from the round's carry; piece p > 0 scans from zero and keeps
+//       the product of its a's and its local end;
+//   (2) every thread composes the carries: carry_{p+1} = prod_p * carry_p + end_p;
+//   (3) the fix-up of pieces 1.. is shared out evenly: thread q fixes up part q of
+//       [R, round end), which may start inside a piece (step (1) recorded the running
+//       product there) and cross into the next.
+// One barrier per round; the summaries are double-buffered by round parity, since a
+// buffer is rewritten two rounds later, after the next barrier, when every thread has
+// finished reading it.
+struct Round {
+    Index start, end, R, P;
+    Index piece_begin(Index p) const { return std::min(end, start + p * R); }
+    Index piece_end(Index p) const { return std::min(end, start + (p + 1) * R); }
+    Index part_begin(Index q) const {
+        const Index f0 = piece_begin(1);
+        return f0 + (end - f0) * q / P;
+    }
+};
+
+#ifdef _OPENMP
+// Kernel: start(s, carry) -> bool (a nonzero initial carry?), first(s, u0, u1, carry or
+// nullptr, end), local(s, x0, x1, prod, fresh), edge(s, u0, u1, end),
+// fixup(s, y0, y1, carry, before or nullptr, m, k), finish(s, carry).
+template <typename S, typename Kernel>
+void time_split(const Kernel& kernel, Index B, Index T, Index D, const Plan& plan) {
+    const Index R = plan.rows;
+    std::vector<S> shared(static_cast<std::size_t>(2 * 3 * plan.threads * D));
+#pragma omp parallel num_threads(plan.threads)
+    {
+        const Index P = omp_get_num_threads(), p = omp_get_thread_num();
+        Matrix<S> carries(P + 1, D);  // row q: the carry into piece q of the round
+        Buf<S> m(D), k(D);
+        auto carry = [&](Index q) { return carries.data() + q * D; };
+        Index round = 0;
+        for (Index s = 0; s < B; ++s) {
+            bool known = kernel.start(s, carry(0));
+            for (Index start = 0; start < T; start += P * R, ++round) {
+                const Round g{start, std::min(T, start + P * R), R, P};
+                S* base = shared.data() + (round % 2) * 3 * P * D;
+                auto prod = [&](Index q) { return base + q * D; };
+                auto end = [&](Index q) { return base + (P + q) * D; };
+                auto mark = [&](Index q) { return base + (2 * P + q) * D; };
+                const Index u0 = g.piece_begin(p), u1 = g.piece_end(p);
+                if (p == 0) {  // (1) the first piece knows its carry
+                    kernel.first(s, u0, u1, known ? carry(0) : nullptr, end(0));
+                } else if (u0 < u1) {  // (1) the others scan from zero, in segments cut at the parts' starts
+                    Index x = u0;
+                    for (Index q = 1; q < P; ++q) {
+                        const Index xq = g.part_begin(q);
+                        if (xq <= u0 || xq >= u1) continue;
+                        if (xq > x) {
+                            kernel.local(s, x, xq, prod(p), x == u0);
+                            x = xq;
+                        }
+                        Row<S>(mark(q), D) = CRow<S>(prod(p), D);  // the product of a over [u0, xq)
+                    }
+                    kernel.local(s, x, u1, prod(p), x == u0);
+                    kernel.edge(s, u0, u1, end(p));
+                }
+#pragma omp barrier
+                // (2) carries, piece to piece.
+                Row<S>(carry(1), D) = CRow<S>(end(0), D);
+                Index q = 1;
+                for (; q < P && g.piece_begin(q) < g.end; ++q)
+                    Row<S>(carry(q + 1), D) = CRow<S>(prod(q), D) * CRow<S>(carry(q), D) + CRow<S>(end(q), D);
+                // (3) fix-up of this thread's part.
+                const Index x0 = g.part_begin(p), x1 = g.part_begin(p + 1);
+                for (Index piece = 1; piece < P && x0 < x1; ++piece) {
+                    const Index y0 = std::max(x0, g.piece_begin(piece)), y1 = std::min(x1, g.piece_end(piece));
+                    if (y0 < y1)
+                        kernel.fixup(s, y0, y1, carry(piece), y0 > g.piece_begin(piece) ? mark(p) : nullptr, m.data(),
+                                     k.data());
+                }
+                Row<S>(carry(0), D) = CRow<S>(carry(q), D);  // into the next round
+                known = true;
+            }
+            if (p == 0) kernel.finish(s, carry(0));
+        }
+    }
+}
+
+// h_t = a_t h_{t-1} + b_t; u = t.
+template <typename S>
+struct ForwardKernel {
+    Rows<S> h;
+    Rows<const S> a, b;
+    const ConstMatrixRef<S>& h0;
+    Index T, D;
+
+    bool start(Index s, S* carry) const {
+        const S* init = state_row(h0, s, 0);
+        if (init) Row<S>(carry, D) = CRow<S>(init, D);
+        return init != nullptr;
+    }
+    void first(Index s, Index u0, Index u1, const S* carry, S* end) const {
+        forward_run(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), u0, u1, D, carry);
+        edge(s, u0, u1, end);
+    }
+    void local(Index s, Index x0, Index x1, S* prod, bool fresh) const {
+        forward_local(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), x0, x1, D, prod, fresh);
+    }
+    void edge(Index s, Index, Index u1, S* end) const { Row<S>(end, D) = CRow<S>(h.at(s * T, 0).row(u1 - 1), D); }
+    void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, S* m, S*) const {
+        forward_fixup(h.at(s * T, 0), a.at(s * T, 0), y0, y1, D, carry, before, m);
+    }
+    void finish(Index, const S*) const {}
+};
+
+// g_t = dh_t + a_{t+1} g_{t+1}; u = T-1-t, so steps [u0, u1) are rows [T-u1, T-u0).
+// What a piece passes on (its "end") is a_{first row} g_{first row}.
+template <typename S>
+struct BackwardKernel {
+    Rows<S> da, db;
+    Rows<const S> dh, a, h;
+    const ConstMatrixRef<S>& h0;
+    const ConstMatrixRef<S>& dh_last;
+    MatrixRef<S>& dh0;
+    Index T, D;
+
+    bool start(Index s, S* carry) const {
+        const S* init = state_row(dh_last, s, 0);
+        if (init) Row<S>(carry, D) = CRow<S>(init, D);
+        return init != nullptr;
+    }
+    void first(Index s, Index u0, Index u1, const S* carry, S* end) const {
+        backward_run(da.at(s * T, 0), db.at(s * T, 0), dh.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0),
+                     state_row(h0, s, 0), T - u1, T - u0, D, carry);
+        edge(s, u0, u1, end);
+    }
+    void local(Index s, Index x0, Index x1, S* prod, bool fresh) const {
+        backward_local(da.at(s * T, 0), db.at(s * T, 0), dh.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0),
+                       state_row(h0, s, 0), T - x1, T - x0, D, prod, fresh);
+    }
+    void edge(Index s, Index, Index u1, S* end) const {
+        const Index r = T - u1;
+        Row<S>(end, D) = CRow<S>(a.at(s * T, 0).row(r), D) * CRow<S>(db.at(s * T, 0).row(r), D);
+    }
+    void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, S* m, S* k) const {
+        backward_fixup(da.at(s * T, 0), db.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0), state_row(h0, s, 0),
+                       T - y1, T - y0, D, carry, before, m, k);
+    }
+    // What flows out of row 0 is a_0 g_0 = dL/dh0.
+    void finish(Index s, const S* carry) const {
+        if (dh0.size() != 0) dh0.row(s) = Eigen::Map<const RowVector<S>>(carry, D);
+    }
+};
+#endif
+
+inline std::string dims(Index B, Index T) {
+    std::string s = "B=";
+    s += std::to_string(B);
+    s += ", T=";
+    s += std::to_string(T);
+    return s;
+}
+inline std::string shape(Index rows, Index cols) {
+    std::string s = "(";
+    s += std::to_string(rows);
+    s += ", ";
+    s += std::to_string(cols);
+    s += ")";
+    return s;
+}
+template <typename Derived>
+std::string shape(const Eigen::EigenBase<Derived>& m) {
+    return shape(m.rows(), m.cols());
+}
+template <typename Scalar>
+std::string shape(const Sequence<Scalar>& x) {
+    std::string s = "(";
+    s += dims(x.batch, x.steps);
+    s += ", D=";
+    s += std::to_string(x.features());
+    s += ")";
+    return s;
+}
+
+inline void check_batch(const std::string& where, Index B, Index T) {
+    if (B <= 0 || T <= 0) fail(where, "empty batch: B and T must be positive, got " + dims(B, T));
+}
+
+// A (B*T, D) operand.
+template <typename Derived>
+void check_steps(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m, Index B,
+                 Index T, Index D) {
+    if (m.rows() != B * T || m.cols() != D)
+        fail(where, what + " has shape " + shape(m) + ", expected (B*T, D) = " + shape(B * T, D) +
+                        " for " + dims(B, T) + ", D=" + std::to_string(D));
+}
+
+// An optional (B, D) operand: empty or exactly (B, D).
+template <typename Derived>
+void check_state(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m, Index B,
+                 Index D) {
+    if (m.size() != 0 && (m.rows() != B || m.cols() != D))
+        fail(where, what + " has shape " + shape(m) + ", expected (B, D) = " + shape(B, D) +
+                        " or empty");
+}
+
+template <typename S>
+void copy_last(MatrixRef<S>& last, const Rows<const S>& h, Index B, Index T) {
+    if (last.size() == 0) return;
+    for (Index s = 0; s < B; ++s) last.row(s) = Eigen::Map<const RowVector<S>>(h.row(s * T + T - 1), last.cols());
+}
+
+// log(exp(acc) + exp(v)) = max + log1p(exp(-|acc - v|)), computed in place; -inf + -inf = -inf.
+template <typename S, typename V>
+void log_add_exp(Buf<S>& acc, const V& v) {
+    constexpr S ninf = -std::numeric_limits<S>::infinity();
+    acc = (acc.max(v) == ninf).select(ninf, acc.max(v) + (-(acc - v).abs()).exp().log1p());
+}
+
+}  // namespace scan_detail
+
+// ---------------------------------------------------------------------------------
+// Linear space.
+
+// h_t = a_t * h_{t-1} + b_t for every sequence and channel, h_{-1} = h0 (empty: zero).
+//   h (B*T, D) out, may be b itself; h_last (B, D) out, h at t = T-1 (empty: skipped);
+//   a, b (B*T, D); h0 (B, D) or empty.
+template <typename Scalar>
+void scan_forward(MatrixRef<Scalar> h, MatrixRef<Scalar> h_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> b,
+                  ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {}) {
+    using namespace scan_detail;
+    const std::string where = "scan_forward";
+    check_batch(where, B, T);
+    const Index D = a.cols();
+    check_steps(where, "a", a, B, T, D);
+    check_steps(where, "b", b, B, T, D);
+    check_steps(where, "h", h, B, T, D);
+    check_state(where, "h0", h0, B, D);
+    check_state(where, "h_last", h_last, B, D);
+
+    const Rows<Scalar> hr = rows_of(h);
+    const Rows<const Scalar> ar = rows_of(a), br = rows_of(b);
+    const Plan plan = make_plan<Scalar>(options, B, T, D);
+#ifdef _OPENMP
+    if (plan.split == ScanSplit::Time) {
+        time_split<Scalar>(ForwardKernel<Scalar>{hr, ar, br, h0, T, D}, B, T, D, plan);
+        copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
+        return;
+    }
+#endif
+    // Sequential, or the channels split: item i is (sequence s, channel block j).
+    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
+        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
+        forward_run(hr.at(s * T, c), ar.at(s * T, c), br.at(s * T, c), 0, T, n, state_row(h0, s, c));
+    });
+    copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
+}
+
+// The reverse scan: with g_t = dL/dh_t + a_{t+1} g_{t+1} (g_{T-1} gets dh_last too),
+//   dL/db_t = g_t,  dL/da_t = g_t * h_{t-1} (h_{-1} = h0),  dL/dh0 = a_0 g_0.
+//   da, db (B*T, D) out (db may be dh itself); dh0 (B, D) out (empty: skipped);
+//   dh (B*T, D); dh_last (B, D) or empty; a, h (B*T, D) as in the forward; h0 as in the forward.
+template <typename Scalar>
+void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar> dh0, ConstMatrixRef<Scalar> dh,
+                   ConstMatrixRef<Scalar> dh_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> h,
+                   ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {}) {
+    using namespace scan_detail;
+    const std::string where = "scan_backward";
+    check_batch(where, B, T);
+    const Index D = a.cols();
+    check_steps(where, "a", a, B, T, D);
+    check_steps(where, "h", h, B, T, D);
+    check_steps(where, "dh", dh, B, T, D);
+    check_steps(where, "da", da, B, T, D);
+    check_steps(where, "db", db, B, T, D);
+    check_state(where, "h0", h0, B, D);
+    check_state(where, "dh_last", dh_last, B, D);
+    check_state(where, "dh0", dh0, B, D);
+
+    const Rows<Scalar> dar = rows_of(da), dbr = rows_of(db);
+    const Rows<const Scalar> dhr = rows_of(dh), ar = rows_of(a), hr = rows_of(h);
+    const Plan plan = make_plan<Scalar>(options, B, T, D);
+#ifdef _OPENMP
+    if (plan.split == ScanSplit::Time) {
+        time_split<Scalar>(BackwardKernel<Scalar>{dar, dbr, dhr, ar, hr, h0, dh_last, dh0, T, D}, B, T, D, plan);
+        return;
+    }
+#endif
+    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
+        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
+        const Rows<Scalar> dbs = dbr.at(s * T, c);
+        const Rows<const Scalar> as = ar.at(s * T, c);
+        backward_run(dar.at(s * T, c), dbs, dhr.at(s * T, c), as, hr.at(s * T, c), state_row(h0, s, c), 0, T, n,
+                     state_row(dh_last, s, c));
+        if (Scalar* out = state_row(dh0, s, c)) Row<Scalar>(out, n) = CRow<Scalar>(as.row(0), n) * CRow<Scalar>(dbs.row(0), n);
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Log space (Heinsen 2023), for a in (0, 1] and b > 0:
+//   a*_t = sum_{s<=t} log a_s,   v_s = log b_s - a*_s   (v_{-1} = log h0, a*_{-1} = 0),
+//   log h_t = a*_t + LSE_t,      LSE_t = log sum_{-1<=s<=t} exp(v_s)  (logcumsumexp).
+// Sequential in time per channel (as the paper's cumsum/logcumsumexp evaluate it on
+// a CPU), vectorised over channels and parallel across (sequence, channel block).
+
+//   log_h (B*T, D) out; log_h_last (B, D) out (empty: skipped); log_a, log_b (B*T, D);
+//   log_h0 (B, D) or empty (h0 = 0).
+template <typename Scalar>
+void log_scan_forward(MatrixRef<Scalar> log_h, MatrixRef<Scalar> log_h_last, ConstMatrixRef<Scalar> log_a,
+                      ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0, Index B, Index T,
+                      ScanOptions options = {}) {
+    using namespace scan_detail;
+    const std::string where = "log_scan_forward";
+    check_batch(where, B, T);
+    const Index D = log_a.cols();
+    check_steps(where, "log_a", log_a, B, T, D);
+    check_steps(where, "log_b", log_b, B, T, D);
+    check_steps(where, "log_h", log_h, B, T, D);
+    check_state(where, "log_h0", log_h0, B, D);
+    check_state(where, "log_h_last", log_h_last, B, D);
+
+    const Rows<Scalar> lhr = rows_of(log_h);
+    const Rows<const Scalar> lar = rows_of(log_a), lbr = rows_of(log_b);
+    const Plan plan = make_plan<Scalar>(options, B, T, D, false);
+    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
+        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
+        const Rows<Scalar> lh = lhr.at(s * T, c);
+        const Rows<const Scalar> la = lar.at(s * T, c), lb = lbr.at(s * T, c);
+        const Scalar* lh0 = state_row(log_h0, s, c);
+        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);  // a*_0
+        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;  // v_0
+        if (lh0) log_add_exp(lse, CRow<Scalar>(lh0, n));
+        Row<Scalar>(lh.row(0), n) = astar + lse;
+        for (Index t = 1; t < T; ++t) {
+            astar += CRow<Scalar>(la.row(t), n);
+            log_add_exp(lse, CRow<Scalar>(lb.row(t), n) - astar);
+            Row<Scalar>(lh.row(t), n) = astar + lse;
+        }
+    });
+    copy_last(log_h_last, Rows<const Scalar>{lhr.data, lhr.stride}, B, T);
+}
+
+// Gradients of the log-space scan, as autograd takes them through cumsum and
+// logcumsumexp (the latter in log space, split by the sign of the gradient):
+//   dL/dv_s    = sum_{t>=s} G_t exp(v_s - LSE_t),   G_t = dL/dlog h_t
+//   dL/dlog b  = dL/dv,   dL/dlog h0 = dL/dv_{-1},
+//   dL/dlog a_r = sum_{t>=r} (G_t - dL/dv_t)        (a*_t enters log h_t and v_t).
+// The forward is recomputed (a* and LSE) into the outputs' memory, so nothing is saved.
+//   dlog_a, dlog_b (B*T, D) out, distinct from the inputs; dlog_h0 (B, D) out (empty:
+//   skipped); dlog_h (B*T, D); dlog_h_last (B, D) or empty; log_a, log_b, log_h0 as in the forward.
+template <typename Scalar>
+void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, MatrixRef<Scalar> dlog_h0,
+                       ConstMatrixRef<Scalar> dlog_h, ConstMatrixRef<Scalar> dlog_h_last,
+                       ConstMatrixRef<Scalar> log_a, ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0,
+                       Index B, Index T, ScanOptions options = {}) {
+    using namespace scan_detail;
+    const std::string where = "log_scan_backward";
+    check_batch(where, B, T);
+    const Index D = log_a.cols();
+    check_steps(where, "log_a", log_a, B, T, D);
+    check_steps(where, "log_b", log_b, B, T, D);
+    check_steps(where, "dlog_h", dlog_h, B, T, D);
+    check_steps(where, "dlog_a", dlog_a, B, T, D);
+    check_steps(where, "dlog_b", dlog_b, B, T, D);
+    check_state(where, "log_h0", log_h0, B, D);
+    check_state(where, "dlog_h_last", dlog_h_last, B, D);
+    check_state(where, "dlog_h0", dlog_h0, B, D);
+
+    const Rows<Scalar> dar = rows_of(dlog_a), dbr = rows_of(dlog_b);
+    const Rows<const Scalar> gr = rows_of(dlog_h), lar = rows_of(log_a), lbr = rows_of(log_b);
+    const Plan plan = make_plan<Scalar>(options, B, T, D, false);
+    constexpr Scalar ninf = -std::numeric_limits<Scalar>::infinity();
+    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
+        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
+        const Rows<Scalar> da = dar.at(s * T, c), db = dbr.at(s * T, c);
+        const Rows<const Scalar> g = gr.at(s * T, c), la = lar.at(s * T, c), lb = lbr.at(s * T, c);
+        const Scalar* lh0 = state_row(log_h0, s, c);
+        const Scalar* glast = state_row(dlog_h_last, s, c);
+        // Recompute the forward: a*_t into dlog_a, LSE_t into dlog_b.
+        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);
+        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;
+        if (lh0) log_add_exp(lse, CRow<Scalar>(lh0, n));
+        Row<Scalar>(da.row(0), n) = astar;
+        Row<Scalar>(db.row(0), n) = lse;
+        for (Index t = 1; t < T; ++t) {
+            astar += CRow<Scalar>(la.row(t), n);
+            log_add_exp(lse, CRow<Scalar>(lb.row(t), n) - astar);
+            Row<Scalar>(da.row(t), n) = astar;
+            Row<Scalar>(db.row(t), n) = lse;
+        }
+        // Reverse: R+-_s = log sum_{t>=s, +-G_t>0} |G_t| exp(-LSE_t); dL/dv_s = exp(R+_s + v_s) - exp(R-_s + v_s).
+        Buf<Scalar> rpos = Buf<Scalar>::Constant(n, ninf), rneg = rpos, w(n), grad(n), v(n), dv(n);
+        Buf<Scalar> sum = Buf<Scalar>::Zero(n);
+        for (Index t = T - 1; t >= 0; --t) {
+            grad = CRow<Scalar>(g.row(t), n);
+            if (t == T - 1 && glast) grad += CRow<Scalar>(glast, n);
+            v = CRow<Scalar>(lb.row(t), n) - CRow<Scalar>(da.row(t), n);
+            w = grad.abs().log() - CRow<Scalar>(db.row(t), n);
+            log_add_exp(rpos, (grad > Scalar(0)).select(w, ninf));
+            log_add_exp(rneg, (grad < Scalar(0)).select(w, ninf));
+            dv = (rpos + v).exp() - (rneg + v).exp();
+            sum += grad - dv;
+            Row<Scalar>(db.row(t), n) = dv;
+            Row<Scalar>(da.row(t), n) = sum;
+        }
+        if (Scalar* out = state_row(dlog_h0, s, c)) {
+            if (lh0) {
+                const CRow<Scalar> l0(lh0, n);
+                Row<Scalar>(out, n) = (rpos + l0).exp() - (rneg + l0).exp();
+            } else {
+                Row<Scalar>(out, n).setZero();  // h0 = 0 is not a point log space can differentiate at
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Whole-sequence conveniences.
+
+template <typename Scalar>
+struct ScanResult {
+    Sequence<Scalar> h;     // (B*T, D)
+    Matrix<Scalar> h_last;  // (B, D)
+};
+
+template <typename Scalar>
+struct ScanGrad {
+    Sequence<Scalar> da;  // (B*T, D)
+    Sequence<Scalar> db;  // (B*T, D)
+    Matrix<Scalar> dh0;   // (B, D); empty when no h0 was given
+};
+
+namespace scan_detail {
+template <typename Scalar>
+void check_pair(const std::string& where, const std::string& what, const Sequence<Scalar>& x,
+                const Sequence<Scalar>& ref, const std::string& ref_name) {
+    if (ref.batch <= 0 || ref.steps <= 0 || ref.data.rows() != ref.batch * ref.steps)
+        fail(where, ref_name + " " + shape(ref) + " with a matrix of " + shape(ref.data) +
+                        " is not a batch of B*T rows with B, T > 0");
+    if (x.batch != ref.batch || x.steps != ref.steps || x.data.rows() != ref.data.rows() ||
+        x.features() != ref.features())
+        fail(where, what + " " + shape(x) + " does not match " + ref_name + " " + shape(ref));
+}
+template <typename Scalar>
+ConstMatrixRef<Scalar> optional_ref(const Matrix<Scalar>* m) {
+    static const Matrix<Scalar> none;
+    return m ? ConstMatrixRef<Scalar>(*m) : ConstMatrixRef<Scalar>(none);
+}
+}  // namespace scan_detail
+
+// h_t = a_t * h_{t-1} + b_t; h0 (B, D) or nullptr for zeros.
+template <typename Scalar>
+ScanResult<Scalar> scan(const Sequence<Scalar>& a, const Sequence<Scalar>& b, const Matrix<Scalar>* h0 = nullptr,
+                        ScanOptions options = {}) {
+    scan_detail::check_pair("scan", "b", b, a, "a");
+    ScanResult<Scalar> out{Sequence<Scalar>(Matrix<Scalar>(a.data.rows(), a.features()), a.batch, a.steps),
+                           Matrix<Scalar>(a.batch, a.features())};
+    scan_forward<Scalar>(out.h.data, out.h_last, a.data, b.data, scan_detail::optional_ref(h0), a.batch, a.steps,
+                         options);
+    return out;
+}
+
+// Gradients of scan(a, b, h0) given dL/dh and dL/dh_last (nullptr: zero).
+template <typename Scalar>
+ScanGrad<Scalar> scan_grad(const Sequence<Scalar>& dh, const Matrix<Scalar>* dh_last, const Sequence<Scalar>& a,
+                           const Sequence<Scalar>& h, const Matrix<Scalar>* h0 = nullptr, ScanOptions options = {}) {
+    scan_detail::check_pair("scan_grad", "h", h, a, "a");
+    scan_detail::check_pair("scan_grad", "dh", dh, a, "a");
+    ScanGrad<Scalar> out{Sequence<Scalar>(Matrix<Scalar>(a.data.rows(), a.features()), a.batch, a.steps),
+                         Sequence<Scalar>(Matrix<Scalar>(a.data.rows(), a.features()), a.batch, a.steps),
+                         h0 ? Matrix<Scalar>(a.batch, a.features()) : Matrix<Scalar>()};
+    scan_backward<Scalar>(out.da.data, out.db.data, out.dh0, dh.data, scan_detail::optional_ref(dh_last), a.data,
+                          h.data, scan_detail::optional_ref(h0), a.batch, a.steps, options);
+    return out;
+}
+
+// log h from log a, log b and log h0 (nullptr: h0 = 0). h is ScanResult::h, in log space.
+template <typename Scalar>
+ScanResult<Scalar> log_scan(const Sequence<Scalar>& log_a, const Sequence<Scalar>& log_b,
+                            const Matrix<Scalar>* log_h0 = nullptr, ScanOptions options = {}) {
+    scan_detail::check_pair("log_scan", "log_b", log_b, log_a, "log_a");
+    ScanResult<Scalar> out{
+        Sequence<Scalar>(Matrix<Scalar>(log_a.data.rows(), log_a.features()), log_a.batch, log_a.steps),
+        Matrix<Scalar>(log_a.batch, log_a.features())};
+    log_scan_forward<Scalar>(out.h.data, out.h_last, log_a.data, log_b.data, scan_detail::optional_ref(log_h0),
+                             log_a.batch, log_a.steps, options);
+    return out;
+}
+
+// Gradients of log_scan w.r.t. log a, log b and log h0 (ScanGrad's da, db, dh0).
+template <typename Scalar>
+ScanGrad<Scalar> log_scan_grad(const Sequence<Scalar>& dlog_h, const Matrix<Scalar>* dlog_h_last,
+                               const Sequence<Scalar>& log_a, const Sequence<Scalar>& log_b,
+                               const Matrix<Scalar>* log_h0 = nullptr, ScanOptions options = {}) {
+    scan_detail::check_pair("log_scan_grad", "log_b", log_b, log_a, "log_a");
+    scan_detail::check_pair("log_scan_grad", "dlog_h", dlog_h, log_a, "log_a");
+    const Index BT = log_a.data.rows(), D = log_a.features();
+    ScanGrad<Scalar> out{Sequence<Scalar>(Matrix<Scalar>(BT, D), log_a.batch, log_a.steps),
+                         Sequence<Scalar>(Matrix<Scalar>(BT, D), log_a.batch, log_a.steps),
+                         log_h0 ? Matrix<Scalar>(log_a.batch, D) : Matrix<Scalar>()};
+    log_scan_backward<Scalar>(out.da.data, out.db.data, out.dh0, dlog_h.data, scan_detail::optional_ref(dlog_h_last),
+                              log_a.data, log_b.data, scan_detail::optional_ref(log_h0), log_a.batch, log_a.steps,
+                              options);
+    return out;
+}
+
+}  // namespace seqnn

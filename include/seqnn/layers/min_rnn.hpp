@@ -1,0 +1,280 @@
+// What minGRU and minLSTM ("Were RNNs All We Needed?", Feng et al. 2024) share.
+// Their gates read only x_t, never h_{t-1}, so a whole sequence is
+//   1. one GEMM:            pre = x W^T (+ b)                  (B*T, D) -> (B*T, G*E)
+//   2. element-wise gates:  a_t, b_t from pre                   (B*T, E) each
+//   3. a linear recurrence: h_t = a_t * h_{t-1} + b_t           the prefix scan
+//   4. optionally one GEMM: y = h W_out^T back to D features    (B*T, E) -> (B*T, D)
+// The cells (mingru.hpp, minlstm.hpp) define step 2 and its derivative; this
+// class does the rest, in any of three scan modes that all give the same result.
+//
+// Parameter names follow lucidrains/minGRU-pytorch, so its checkpoints load:
+// the input projection's rows are [hidden, gate(s)], and `to_out` exists only
+// when projecting back to the input size.
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/layer.hpp"
+#include "seqnn/kernels/scan.hpp"
+#include "seqnn/nn/linear.hpp"
+
+#include <cmath>
+#include <string>
+
+namespace seqnn {
+
+// The candidate state's activation: identity (the paper's linear form) or the
+// paper's g, which keeps h positive so the log-space scan applies:
+//   g(x) = x + 0.5 for x >= 0, sigmoid(x) for x < 0.
+enum class HiddenActivation { Identity, PositiveG };
+
+// How the recurrence is evaluated; all three give the same outputs.
+enum class MinRNNMode {
+    Sequential,  // time in order (the serial baseline)
+    Parallel,    // the linear-space parallel scan (OpenMP)
+    LogSpace,    // the paper's log-space scan (Heinsen 2023); needs PositiveG and h0 > 0
+};
+
+struct MinRNNOptions {
+    Index input_size = 0;         // D
+    Index hidden_size = 0;        // E; 0 means input_size * expansion
+    double expansion = 1.0;       // E = D * expansion when hidden_size is 0
+    bool project_out = false;     // add to_out (E -> D); forced on when E != D
+    bool bias = false;            // lucidrains uses none
+    HiddenActivation activation = HiddenActivation::PositiveG;
+    MinRNNMode mode = MinRNNMode::Parallel;
+};
+
+namespace min_rnn_math {
+
+// softplus(x) = log(1 + e^x), without overflow.
+template <typename Derived>
+auto softplus(const Eigen::ArrayBase<Derived>& x) {
+    using Scalar = typename Derived::Scalar;
+    return x.cwiseMax(Scalar(0)) + (-x.abs()).exp().log1p();
+}
+
+// v = act(pre).
+template <typename Scalar, typename Derived>
+auto activate(HiddenActivation act, const Eigen::ArrayBase<Derived>& pre) -> Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> {
+    if (act == HiddenActivation::Identity) return pre;
+    return (pre >= Scalar(0)).select(pre + Scalar(0.5), pre.logistic());
+}
+
+// dv/dpre.
+template <typename Scalar, typename Derived>
+auto activate_derivative(HiddenActivation act, const Eigen::ArrayBase<Derived>& pre)
+    -> Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> {
+    if (act == HiddenActivation::Identity) return Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Ones(pre.rows(), pre.cols());
+    const auto s = pre.logistic();
+    return (pre >= Scalar(0)).select(Scalar(1), s * (Scalar(1) - s));
+}
+
+// log g(pre), stable in both branches: log(x + 0.5) or -softplus(-x).
+template <typename Scalar, typename Derived>
+auto log_positive_g(const Eigen::ArrayBase<Derived>& pre) -> Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> {
+    return (pre >= Scalar(0)).select((pre + Scalar(0.5)).log(), -softplus(-pre));
+}
+
+}  // namespace min_rnn_math
+
+template <typename Scalar>
+class MinRNN : public Layer<Scalar> {
+public:
+    using Array = Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+    const MinRNNOptions& options() const { return options_; }
+    Index input_size() const override { return options_.input_size; }
+    Index output_size() const override { return projects() ? options_.input_size : hidden_size_; }
+    Index hidden_size() const { return hidden_size_; }
+    bool projects() const { return to_out_.weight.size() > 0; }
+    MinRNNMode mode() const { return options_.mode; }
+    void set_mode(MinRNNMode mode) {
+        check_mode(mode);
+        options_.mode = mode;
+    }
+
+    Linear<Scalar>& in_projection() { return in_proj_; }
+    Linear<Scalar>& out_projection() { return to_out_; }
+
+    // State {h (B, E)}; workspace: pre (B, G*E), a and b (B, E), y (B, E).
+    State<Scalar> initial_state(Index batch) const override {
+        if (batch <= 0) fail(this->kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+        State<Scalar> s;
+        s.tensors.push_back(Matrix<Scalar>::Zero(batch, hidden_size_));
+        s.workspace = {Matrix<Scalar>(batch, gate_count_ * hidden_size_), Matrix<Scalar>(batch, hidden_size_),
+                       Matrix<Scalar>(batch, hidden_size_)};
+        return s;
+    }
+
+    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
+                             Context<Scalar>* ctx = nullptr) const override {
+        const std::string where = this->kind() + ".forward";
+        check_sequence(where, "input", x, input_size());
+        const Index B = x.batch, T = x.steps, E = hidden_size_;
+        State<Scalar> zeros;
+        State<Scalar>& s = state ? *state : zeros;
+        if (s.empty()) s = initial_state(B);
+        check_state(where, s, B);
+        const Matrix<Scalar>& h0 = s.tensors[0];  // (B, E)
+
+        Matrix<Scalar> pre(B * T, gate_count_ * E);
+        in_proj_.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
+
+        Matrix<Scalar> h(B * T, E), h_final(B, E);
+        if (options_.mode == MinRNNMode::LogSpace) {
+            Matrix<Scalar> log_a(B * T, E), log_b(B * T, E);
+            log_coefficients(pre, log_a, log_b);
+            // A zero state contributes nothing and has no logarithm: scan without it.
+            const bool zero_start = h0.isZero(0);
+            if (!zero_start) check_positive(where, h0);
+            const Matrix<Scalar> log_h0 = zero_start ? Matrix<Scalar>() : Matrix<Scalar>(h0.array().log().matrix());
+            log_scan_forward<Scalar>(h, h_final, log_a, log_b, log_h0, B, T);  // log h, log h_T
+            h = h.array().exp().matrix();
+            h_final = h_final.array().exp().matrix();
+        } else {
+            Matrix<Scalar> a(B * T, E), b(B * T, E);
+            coefficients(pre, a, b);
+            scan_forward<Scalar>(h, h_final, a, b, h0, B, T, {.mode = scan_mode()});
+        }
+
+        if (ctx) {
+            ctx->batch = B;
+            ctx->steps = T;
+            ctx->save("input", x.data);
+            ctx->save("pre", pre);
+            ctx->save("h0", h0);
+            ctx->save("h", h);
+        }
+        s.tensors[0] = h_final;
+        s.position += T;
+        if (!projects()) return Sequence<Scalar>(std::move(h), B, T);
+        Sequence<Scalar> y(B, T, output_size());
+        to_out_.forward(h, y.data);  // (B*T, E) x (E, D)
+        return y;
+    }
+
+    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
+        const std::string where = this->kind() + ".backward";
+        const Index B = ctx.batch, T = ctx.steps, E = hidden_size_;
+        const Matrix<Scalar>& x = ctx.get("input");
+        const Matrix<Scalar>& pre = ctx.get("pre");
+        const Matrix<Scalar>& h0 = ctx.get("h0");
+        const Matrix<Scalar>& h = ctx.get("h");
+        check_sequence(where, "dy", dy, output_size());
+        if (dy.batch != B || dy.steps != T)
+            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
+                            ", T=" + std::to_string(T) + ")");
+        if (d_final && !d_final->empty()) check_state(where + " d_final", *d_final, B);
+
+        // dL/dh (B*T, E), through to_out when projecting.
+        const Matrix<Scalar> dh = projects() ? to_out_.backward(h, dy.data) : dy.data;
+
+        // The reverse scan: dL/da and dL/db of h_t = a_t h_{t-1} + b_t, and dL/dh0.
+        // The log-space mode computes the same function, so it shares this gradient.
+        Matrix<Scalar> a(B * T, E), b(B * T, E), da(B * T, E), db(B * T, E), dh0(B, E);
+        coefficients(pre, a, b);
+        const Matrix<Scalar> dh_final = d_final && !d_final->empty() ? d_final->tensors[0] : Matrix<Scalar>();
+        scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, {.mode = scan_mode()});
+
+        Matrix<Scalar> d_pre(B * T, gate_count_ * E);
+        coefficients_backward(pre, da, db, d_pre);
+        Matrix<Scalar> dx = in_proj_.backward(x, d_pre);  // (B*T, G*E) x (G*E, D)
+        if (d_initial) {
+            *d_initial = initial_state(B);
+            d_initial->tensors[0] = dh0;
+        }
+        return Sequence<Scalar>(std::move(dx), B, T);
+    }
+
+    // One step; the same recurrence, h = a h + b, whatever the mode.
+    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        const std::string where = this->kind() + ".step";
+        if (x.cols() != input_size() || x.rows() <= 0)
+            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
+                            ") with B > 0");
+        const Index B = x.rows();
+        if (state.empty()) state = initial_state(B);
+        check_state(where, state, B);
+        if (state.workspace.size() != 3 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
+        Matrix<Scalar>& pre = state.workspace[0];  // (B, G*E)
+        Matrix<Scalar>& a = state.workspace[1];    // (B, E)
+        Matrix<Scalar>& b = state.workspace[2];    // (B, E)
+        in_proj_.forward(x, pre);                  // (B, D) x (D, G*E)
+        coefficients(pre, a, b);
+        Matrix<Scalar>& h = state.tensors[0];
+        h.array() = a.array() * h.array() + b.array();
+        if (y.rows() != B || y.cols() != output_size()) y.resize(B, output_size());
+        if (projects())
+            to_out_.forward(h, y);  // (B, E) x (E, D)
+        else
+            y = h;
+        state.position += 1;
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
+        in_proj_.collect_parameters(prefix + in_proj_name_ + ".", out);
+        if (projects()) to_out_.collect_parameters(prefix + "to_out.", out);
+    }
+
+protected:
+    // gate_count: 2 for minGRU (hidden, gate), 3 for minLSTM (hidden, f, i).
+    MinRNN(const std::string& kind, MinRNNOptions options, int gate_count, const std::string& in_proj_name, Rng& rng)
+        : options_(options), gate_count_(gate_count), in_proj_name_(in_proj_name) {
+        if (options.input_size <= 0)
+            fail(kind, "input_size must be positive, got " + std::to_string(options.input_size));
+        hidden_size_ = options.hidden_size > 0
+                           ? options.hidden_size
+                           : static_cast<Index>(static_cast<double>(options.input_size) * options.expansion);
+        if (hidden_size_ <= 0)
+            fail(kind, "hidden size must be positive, got " + std::to_string(hidden_size_) + " (hidden_size " +
+                           std::to_string(options.hidden_size) + ", expansion " + std::to_string(options.expansion) +
+                           ")");
+        check_mode(options.mode, kind);
+        in_proj_ = Linear<Scalar>(options.input_size, gate_count * hidden_size_, options.bias, rng);
+        if (options.project_out || hidden_size_ != options.input_size)
+            to_out_ = Linear<Scalar>(hidden_size_, options.input_size, options.bias, rng);
+    }
+
+    // pre (N, G*E) -> the recurrence's coefficients a, b (N, E).
+    virtual void coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const = 0;
+    // pre (N, G*E) -> log a, log b (N, E), computed stably in log space.
+    virtual void log_coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& log_a, Matrix<Scalar>& log_b) const = 0;
+    // dL/da, dL/db (N, E) -> dL/dpre (N, G*E).
+    virtual void coefficients_backward(const Matrix<Scalar>& pre, const Matrix<Scalar>& da, const Matrix<Scalar>& db,
+                                       Matrix<Scalar>& d_pre) const = 0;
+
+    HiddenActivation activation() const { return options_.activation; }
+
+private:
+    ScanMode scan_mode() const {
+        return options_.mode == MinRNNMode::Sequential ? ScanMode::Sequential : ScanMode::Parallel;
+    }
+
+    void check_mode(MinRNNMode mode, const std::string& kind = "") const {
+        if (mode == MinRNNMode::LogSpace && options_.activation != HiddenActivation::PositiveG)
+            fail(kind.empty() ? this->kind() : kind,
+                 "the log-space scan needs h > 0: use HiddenActivation::PositiveG, not Identity");
+    }
+
+    void check_state(const std::string& where, const State<Scalar>& s, Index B) const {
+        if (s.tensors.size() != 1)
+            fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected 1");
+        check_matrix(where, "state tensor", s.tensors[0], B, hidden_size_);
+    }
+
+    static void check_positive(const std::string& where, const Matrix<Scalar>& h0) {
+        if ((h0.array() <= Scalar(0)).any())
+            fail(where, "the log-space scan needs an initial state that is all positive or all zero; h0 " +
+                            shape_string(h0) + " has entries <= 0 (use a linear-space mode for such states)");
+    }
+
+    MinRNNOptions options_;
+    int gate_count_;
+    std::string in_proj_name_;
+    Index hidden_size_ = 0;
+    Linear<Scalar> in_proj_;  // (G*E, D): rows [hidden; gates]
+    Linear<Scalar> to_out_;   // (D, E), empty when not projecting
+};
+
+}  // namespace seqnn

@@ -1,0 +1,262 @@
+// minGRU and minLSTM: the paper's equations against a plain loop reference in
+// double, every scan mode agreeing, streaming, chunking, gradients, names.
+#include "testing.hpp"
+
+#include <seqnn/seqnn.hpp>
+
+#include <memory>
+
+using namespace seqnn;
+using seqnn::testing::random_sequence;
+using seqnn::testing::relative_error;
+
+namespace {
+
+enum class Cell { MinGru, MinLstm };
+
+struct Config {
+    Cell cell;
+    MinRNNMode mode;
+    HiddenActivation activation;
+    Index hidden;  // E; 5 = no projection (D = 5)
+    bool bias;
+};
+
+std::string config_name(const ::testing::TestParamInfo<Config>& info) {
+    const Config& c = info.param;
+    const char* modes[] = {"Sequential", "Parallel", "LogSpace"};
+    return std::string(c.cell == Cell::MinGru ? "MinGRU" : "MinLSTM") + "_" + modes[static_cast<int>(c.mode)] +
+           (c.activation == HiddenActivation::PositiveG ? "_g" : "_linear") + "_E" + std::to_string(c.hidden) +
+           (c.bias ? "_bias" : "");
+}
+
+template <typename Scalar>
+std::unique_ptr<MinRNN<Scalar>> make_layer(const Config& c, Rng& rng) {
+    const MinRNNOptions o{.input_size = 5, .hidden_size = c.hidden, .bias = c.bias, .activation = c.activation,
+                          .mode = c.mode};
+    if (c.cell == Cell::MinGru) return std::make_unique<MinGRU<Scalar>>(o, rng);
+    return std::make_unique<MinLSTM<Scalar>>(o, rng);
+}
+
+double sigm(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+double g(double v) { return v >= 0 ? v + 0.5 : sigm(v); }
+
+// The paper's sequential equations, one scalar at a time.
+Matrix<double> reference_forward(const Config& c, MinRNN<double>& layer, const Sequence<double>& x,
+                                 const Matrix<double>& h0, Matrix<double>& h_final) {
+    const Index B = x.batch, T = x.steps, D = x.features(), E = layer.hidden_size();
+    const Linear<double>& in = layer.in_projection();
+    const Linear<double>& out = layer.out_projection();
+    const Index G = c.cell == Cell::MinGru ? 2 : 3;
+    Matrix<double> y(B * T, layer.output_size());
+    h_final = h0;
+    for (Index b = 0; b < B; ++b) {
+        std::vector<double> h(E);
+        for (Index j = 0; j < E; ++j) h[j] = h0(b, j);
+        for (Index t = 0; t < T; ++t) {
+            std::vector<double> pre(G * E);
+            for (Index r = 0; r < G * E; ++r) {
+                pre[r] = c.bias ? in.bias.value(0, r) : 0.0;
+                for (Index q = 0; q < D; ++q) pre[r] += in.weight.value(r, q) * x.data(b * T + t, q);
+            }
+            for (Index j = 0; j < E; ++j) {
+                const double cand = c.activation == HiddenActivation::PositiveG ? g(pre[j]) : pre[j];
+                if (c.cell == Cell::MinGru) {
+                    const double z = sigm(pre[E + j]);
+                    h[j] = (1 - z) * h[j] + z * cand;
+                } else {
+                    const double f = sigm(pre[E + j]), i = sigm(pre[2 * E + j]);
+                    h[j] = f / (f + i) * h[j] + i / (f + i) * cand;
+                }
+            }
+            for (Index q = 0; q < layer.output_size(); ++q) {
+                if (!layer.projects()) {
+                    y(b * T + t, q) = h[q];
+                    continue;
+                }
+                double s = c.bias ? out.bias.value(0, q) : 0.0;
+                for (Index j = 0; j < E; ++j) s += out.weight.value(q, j) * h[j];
+                y(b * T + t, q) = s;
+            }
+        }
+        for (Index j = 0; j < E; ++j) h_final(b, j) = h[j];
+    }
+    return y;
+}
+
+// A random initial state; positive, as the log-space mode requires.
+Matrix<double> random_h0(Index B, Index E, Rng& rng) {
+    return (seqnn::testing::random_matrix<double>(B, E, rng).array().abs() + 0.1).matrix();
+}
+
+class MinRNNLayer : public ::testing::TestWithParam<Config> {};
+
+}  // namespace
+
+TEST_P(MinRNNLayer, MatchesThePapersEquationsInDouble) {
+    const Config c = GetParam();
+    Rng rng(31);
+    auto layer = make_layer<double>(c, rng);
+    for (Index T : {1, 300}) {
+        const Sequence<double> x = random_sequence<double>(3, T, 5, rng, 2.0);
+        for (bool with_state : {false, true}) {
+            const Matrix<double> h0 = with_state ? random_h0(3, c.hidden, rng) : Matrix<double>::Zero(3, c.hidden);
+            Matrix<double> expected_final;
+            const Matrix<double> expected = reference_forward(c, *layer, x, h0, expected_final);
+            State<double> state;
+            if (with_state) state.tensors = {h0};
+            const Sequence<double> y = layer->forward(x, &state);
+            const double tol = c.mode == MinRNNMode::LogSpace ? 1e-11 : 1e-13;
+            EXPECT_LT(relative_error(y.data, expected), tol) << "T=" << T << " with_state=" << with_state;
+            EXPECT_LT(relative_error(state.tensors[0], expected_final), tol);
+        }
+    }
+}
+
+TEST_P(MinRNNLayer, FloatAgreesWithDouble) {
+    const Config c = GetParam();
+    Rng rng_d(5), rng_f(5), data_rng(6);
+    auto layer_d = make_layer<double>(c, rng_d);
+    auto layer_f = make_layer<float>(c, rng_f);
+    const Sequence<double> x = random_sequence<double>(3, 1000, 5, data_rng);
+    const Sequence<float> xf(x.data.cast<float>(), x.batch, x.steps);
+    // The log-space scan's fp32 error grows with T (exp of a running log-sum);
+    // the linear-space modes stay at rounding level.
+    const double tol = c.mode == MinRNNMode::LogSpace ? 2e-4 : 1e-5;
+    EXPECT_LT(relative_error(layer_f->forward(xf).data, layer_d->forward(x).data), tol);
+}
+
+TEST_P(MinRNNLayer, EveryModeGivesTheSameOutputs) {
+    const Config c = GetParam();
+    Rng rng(32);
+    auto layer = make_layer<double>(c, rng);
+    const Sequence<double> x = random_sequence<double>(3, 1000, 5, rng);
+    const Matrix<double> h0 = random_h0(3, c.hidden, rng);
+    State<double> s_ref;
+    s_ref.tensors = {h0};
+    layer->set_mode(MinRNNMode::Sequential);
+    const Sequence<double> reference = layer->forward(x, &s_ref);
+    for (MinRNNMode m : {MinRNNMode::Parallel, MinRNNMode::LogSpace}) {
+        if (m == MinRNNMode::LogSpace && c.activation != HiddenActivation::PositiveG) continue;
+        layer->set_mode(m);
+        State<double> s;
+        s.tensors = {h0};
+        EXPECT_LT(relative_error(layer->forward(x, &s).data, reference.data), 1e-11);
+        EXPECT_LT(relative_error(s.tensors[0], s_ref.tensors[0]), 1e-11);
+    }
+}
+
+TEST_P(MinRNNLayer, StepEqualsForward) {
+    const Config c = GetParam();
+    Rng rng(33);
+    auto layer = make_layer<double>(c, rng);
+    const Sequence<double> x = random_sequence<double>(3, 11, 5, rng);
+    State<double> whole_state;
+    whole_state.tensors = {random_h0(3, c.hidden, rng)};
+    State<double> state = whole_state;
+    const Sequence<double> whole = layer->forward(x, &whole_state);
+    Matrix<double> y;
+    for (Index t = 0; t < x.steps; ++t) {
+        layer->step(Matrix<double>(x.at_step(t)), state, y);
+        EXPECT_LT(relative_error(y, Matrix<double>(whole.at_step(t))), 1e-12) << "t=" << t;
+    }
+    EXPECT_LT(relative_error(state.tensors[0], whole_state.tensors[0]), 1e-12);
+}
+
+// Continuing a parallel pass from a nonzero state equals the sequential result
+// (the trap of minGRU-pytorch issue #9).
+TEST_P(MinRNNLayer, ChunkedEqualsWholeWithStateCarried) {
+    const Config c = GetParam();
+    Rng rng(34);
+    auto layer = make_layer<double>(c, rng);
+    const Sequence<double> x = random_sequence<double>(3, 1000, 5, rng);
+    State<double> whole_state;
+    const Sequence<double> whole = layer->forward(x, &whole_state);
+    State<double> state;
+    Index start = 0;
+    for (Index len : {1, 333, 7, 659}) {
+        Sequence<double> chunk(3, len, 5);
+        for (Index b = 0; b < 3; ++b) chunk.sequence(b) = x.sequence(b).middleRows(start, len);
+        const Sequence<double> y = layer->forward(chunk, &state);
+        for (Index b = 0; b < 3; ++b)
+            EXPECT_LT(relative_error(y.sequence(b), whole.sequence(b).middleRows(start, len)), 1e-11)
+                << "chunk at " << start;
+        start += len;
+    }
+    EXPECT_LT(relative_error(state.tensors[0], whole_state.tensors[0]), 1e-11);
+}
+
+TEST_P(MinRNNLayer, GradientsMatchFiniteDifferences) {
+    const Config c = GetParam();
+    Rng rng(35);
+    auto layer = make_layer<double>(c, rng);
+    const Sequence<double> x = random_sequence<double>(3, 7, 5, rng, 2.0);
+    State<double> initial;
+    initial.tensors = {random_h0(3, c.hidden, rng)};
+    seqnn::testing::GradientChecker checker(*layer);
+    seqnn::testing::expect_gradients_match(checker.check(x, initial), 1e-6);
+}
+
+TEST_P(MinRNNLayer, ParametersHaveMinGruPytorchNames) {
+    const Config c = GetParam();
+    Rng rng(36);
+    auto layer = make_layer<float>(c, rng);
+    const auto params = layer->parameters();
+    const Index G = c.cell == Cell::MinGru ? 2 : 3;
+    const std::string in = c.cell == Cell::MinGru ? "to_hidden_and_gate" : "to_hidden_and_f_i_gate";
+    std::vector<std::string> names;
+    for (const auto& p : params) names.push_back(p.name);
+    std::vector<std::string> expected{in + ".weight"};
+    if (c.bias) expected.push_back(in + ".bias");
+    if (c.hidden != 5) {
+        expected.push_back("to_out.weight");
+        if (c.bias) expected.push_back("to_out.bias");
+    }
+    EXPECT_EQ(names, expected);
+    EXPECT_EQ(params[0].param->shape, (std::vector<Index>{G * c.hidden, 5}));
+    if (c.hidden != 5) {
+        EXPECT_EQ(params[c.bias ? 2 : 1].param->shape, (std::vector<Index>{5, c.hidden}));
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cells, MinRNNLayer,
+    ::testing::Values(
+        Config{Cell::MinGru, MinRNNMode::Sequential, HiddenActivation::Identity, 7, false},
+        Config{Cell::MinGru, MinRNNMode::Parallel, HiddenActivation::Identity, 7, true},
+        Config{Cell::MinGru, MinRNNMode::Parallel, HiddenActivation::PositiveG, 5, false},
+        Config{Cell::MinGru, MinRNNMode::LogSpace, HiddenActivation::PositiveG, 7, false},
+        Config{Cell::MinGru, MinRNNMode::LogSpace, HiddenActivation::PositiveG, 5, true},
+        Config{Cell::MinLstm, MinRNNMode::Sequential, HiddenActivation::PositiveG, 7, false},
+        Config{Cell::MinLstm, MinRNNMode::Parallel, HiddenActivation::Identity, 5, true},
+        Config{Cell::MinLstm, MinRNNMode::Parallel, HiddenActivation::PositiveG, 7, false},
+        Config{Cell::MinLstm, MinRNNMode::LogSpace, HiddenActivation::PositiveG, 7, true}),
+    config_name);
+
+TEST(MinRNNOptionsTest, ExpansionSetsTheHiddenSizeAndProjectsBack) {
+    Rng rng(1);
+    MinGRU<float> layer({.input_size = 6, .expansion = 1.5}, rng);
+    EXPECT_EQ(layer.hidden_size(), 9);
+    EXPECT_TRUE(layer.projects());
+    EXPECT_EQ(layer.output_size(), 6);
+    MinLSTM<float> same({.input_size = 6}, rng);
+    EXPECT_FALSE(same.projects());
+    MinLSTM<float> forced({.input_size = 6, .project_out = true}, rng);
+    EXPECT_TRUE(forced.projects());
+}
+
+TEST(MinRNNOptionsTest, LogSpaceNeedsThePositiveActivation) {
+    Rng rng(1);
+    seqnn::testing::expect_shape_error(
+        [&] { MinGRU<float>({.input_size = 4, .activation = HiddenActivation::Identity, .mode = MinRNNMode::LogSpace}, rng); },
+        {"MinGRU", "log-space", "PositiveG"});
+}
+
+TEST(MinRNNOptionsTest, LogSpaceRejectsANegativeInitialState) {
+    Rng rng(1);
+    MinLSTM<double> layer({.input_size = 4, .mode = MinRNNMode::LogSpace}, rng);
+    State<double> state = layer.initial_state(2);
+    state.tensors[0](1, 2) = -0.5;
+    seqnn::testing::expect_shape_error([&] { layer.forward(random_sequence<double>(2, 3, 4, rng), &state); },
+                                       {"MinLSTM", "(2, 4)", "positive"});
+}
