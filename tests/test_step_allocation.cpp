@@ -1,5 +1,17 @@
 // Streaming is real-time safe: once a state exists, step() allocates nothing.
-// This file replaces the global operator new to count allocations.
+// This file counts both kinds of heap allocation: operator new (replaced below)
+// and Eigen's own, which go through malloc. For the latter Eigen's runtime check
+// is switched on and its failed assertions are counted instead of aborting.
+#define EIGEN_RUNTIME_NO_MALLOC
+#include <atomic>
+namespace seqnn_test {
+inline std::atomic<long> eigen_failed_checks{0};
+}
+#define eigen_assert(x)                                                 \
+    do {                                                                \
+        if (!(x)) seqnn_test::eigen_failed_checks.fetch_add(1);         \
+    } while (false)
+
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
@@ -30,6 +42,20 @@ using namespace seqnn;
 
 namespace {
 
+void start_counting() {
+    g_allocations = 0;
+    seqnn_test::eigen_failed_checks = 0;
+    Eigen::internal::set_is_malloc_allowed(false);
+    g_counting = true;
+}
+
+// Allocations through operator new plus Eigen's heap allocations.
+long stop_counting() {
+    g_counting = false;
+    Eigen::internal::set_is_malloc_allowed(true);
+    return g_allocations.load() + seqnn_test::eigen_failed_checks.load();
+}
+
 // Counts the heap allocations made by `steps` calls of layer.step after the state exists.
 template <typename Scalar>
 long allocations_per_stream(const Layer<Scalar>& layer, Index batch, Index steps) {
@@ -38,23 +64,22 @@ long allocations_per_stream(const Layer<Scalar>& layer, Index batch, Index steps
     State<Scalar> state = layer.initial_state(batch);
     Matrix<Scalar> y(batch, layer.output_size());
     layer.step(x, state, y);  // warm-up outside the counted region
-    g_allocations = 0;
-    g_counting = true;
+    start_counting();
     for (Index t = 0; t < steps; ++t) layer.step(x, state, y);
-    g_counting = false;
-    return g_allocations.load();
+    return stop_counting();
 }
 
 }  // namespace
 
 TEST(StepAllocation, CounterSeesAllocations) {
-    // The counter itself works: a vector allocation is seen.
-    g_allocations = 0;
-    g_counting = true;
+    // The counter itself works: a std::vector and an Eigen matrix are both seen.
+    start_counting();
     auto* v = new std::vector<int>(100);
-    g_counting = false;
+    EXPECT_EQ(stop_counting(), 2);
     delete v;
-    EXPECT_GE(g_allocations.load(), 2);
+    start_counting();
+    Matrix<float> m(40, 40);
+    EXPECT_EQ(stop_counting(), 1);
 }
 
 TEST(StepAllocation, RecurrentLayersStepWithoutAllocating) {
@@ -93,9 +118,7 @@ TEST(StepAllocation, StateFromForwardStepsWithoutAllocatingAfterFirstStep) {
     gru.forward(x, &state);
     Matrix<float> xt = seqnn::testing::random_matrix<float>(3, 5, rng), y(3, 7);
     gru.step(xt, state, y);  // the first step makes the workspace the forward state lacks
-    g_allocations = 0;
-    g_counting = true;
+    start_counting();
     for (int t = 0; t < 20; ++t) gru.step(xt, state, y);
-    g_counting = false;
-    EXPECT_EQ(g_allocations.load(), 0);
+    EXPECT_EQ(stop_counting(), 0);
 }

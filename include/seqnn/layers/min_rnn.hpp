@@ -53,26 +53,27 @@ auto softplus(const Eigen::ArrayBase<Derived>& x) {
     return x.cwiseMax(Scalar(0)) + (-x.abs()).exp().log1p();
 }
 
-// v = act(pre).
-template <typename Scalar, typename Derived>
-auto activate(HiddenActivation act, const Eigen::ArrayBase<Derived>& pre) -> Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> {
-    if (act == HiddenActivation::Identity) return pre;
-    return (pre >= Scalar(0)).select(pre + Scalar(0.5), pre.logistic());
+// out *= act(pre): the candidate state h~, multiplied in without a temporary.
+template <typename Scalar, typename Pre, typename Out>
+void multiply_by_candidate(HiddenActivation act, const Eigen::ArrayBase<Pre>& pre, Eigen::ArrayBase<Out>& out) {
+    if (act == HiddenActivation::Identity)
+        out *= pre;
+    else
+        out *= (pre >= Scalar(0)).select(pre + Scalar(0.5), pre.logistic());
 }
 
-// dv/dpre.
-template <typename Scalar, typename Derived>
-auto activate_derivative(HiddenActivation act, const Eigen::ArrayBase<Derived>& pre)
-    -> Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> {
-    if (act == HiddenActivation::Identity) return Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Ones(pre.rows(), pre.cols());
-    const auto s = pre.logistic();
-    return (pre >= Scalar(0)).select(Scalar(1), s * (Scalar(1) - s));
+// out *= d act / d pre.
+template <typename Scalar, typename Pre, typename Out>
+void multiply_by_candidate_derivative(HiddenActivation act, const Eigen::ArrayBase<Pre>& pre,
+                                      Eigen::ArrayBase<Out>& out) {
+    if (act == HiddenActivation::PositiveG)
+        out *= (pre >= Scalar(0)).select(Scalar(1), pre.logistic() * (-pre).logistic());
 }
 
-// log g(pre), stable in both branches: log(x + 0.5) or -softplus(-x).
-template <typename Scalar, typename Derived>
-auto log_positive_g(const Eigen::ArrayBase<Derived>& pre) -> Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> {
-    return (pre >= Scalar(0)).select((pre + Scalar(0.5)).log(), -softplus(-pre));
+// out += log g(pre), stable in both branches: log(x + 0.5) or -softplus(-x).
+template <typename Scalar, typename Pre, typename Out>
+void add_log_positive_g(const Eigen::ArrayBase<Pre>& pre, Eigen::ArrayBase<Out>& out) {
+    out += (pre >= Scalar(0)).select((pre.cwiseMax(Scalar(0)) + Scalar(0.5)).log(), -softplus(-pre));
 }
 
 }  // namespace min_rnn_math

@@ -22,11 +22,14 @@ public:
     std::string kind() const override { return "MinGRU"; }
 
 protected:
+    // a = 1 - z = sigmoid(-k),  b = z * act(h~),  with pre = [h~ | k].
     void coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const override {
         const Index E = this->hidden_size();
-        const auto z = pre.rightCols(E).array().logistic();
-        a.array() = Scalar(1) - z;
-        b.array() = z * min_rnn_math::activate<Scalar>(this->activation(), pre.leftCols(E).array());
+        const auto k = pre.rightCols(E).array();
+        a.array() = (-k).logistic();
+        b.array() = k.logistic();
+        auto b_array = b.array();
+        min_rnn_math::multiply_by_candidate<Scalar>(this->activation(), pre.leftCols(E).array(), b_array);
     }
 
     // log a = log(1 - z) = -softplus(k),  log b = log z + log g(h~) = -softplus(-k) + log g(h~).
@@ -34,19 +37,23 @@ protected:
         const Index E = this->hidden_size();
         const auto k = pre.rightCols(E).array();
         log_a.array() = -min_rnn_math::softplus(k);
-        log_b.array() = -min_rnn_math::softplus(-k) + min_rnn_math::log_positive_g<Scalar>(pre.leftCols(E).array());
+        log_b.array() = -min_rnn_math::softplus(-k);
+        auto log_b_array = log_b.array();
+        min_rnn_math::add_log_positive_g<Scalar>(pre.leftCols(E).array(), log_b_array);
     }
 
     // With z = sigmoid(k), v = act(h~): da/dk = -z(1-z), db/dk = z(1-z) v, db/dv = z.
     void coefficients_backward(const Matrix<Scalar>& pre, const Matrix<Scalar>& da, const Matrix<Scalar>& db,
                                Matrix<Scalar>& d_pre) const override {
         const Index E = this->hidden_size();
-        const Array z = pre.rightCols(E).array().logistic();
         const auto hidden = pre.leftCols(E).array();
-        const Array v = min_rnn_math::activate<Scalar>(this->activation(), hidden);
-        d_pre.rightCols(E).array() = z * (Scalar(1) - z) * (db.array() * v - da.array());
-        d_pre.leftCols(E).array() =
-            db.array() * z * min_rnn_math::activate_derivative<Scalar>(this->activation(), hidden);
+        const Array z = pre.rightCols(E).array().logistic();
+        Array db_v = db.array();  // dL/db * v
+        min_rnn_math::multiply_by_candidate<Scalar>(this->activation(), hidden, db_v);
+        d_pre.rightCols(E).array() = z * (Scalar(1) - z) * (db_v - da.array());
+        auto d_hidden = d_pre.leftCols(E).array();
+        d_hidden = db.array() * z;
+        min_rnn_math::multiply_by_candidate_derivative<Scalar>(this->activation(), hidden, d_hidden);
     }
 };
 

@@ -23,22 +23,28 @@ public:
     std::string kind() const override { return "MinLSTM"; }
 
 protected:
+    // With d = log(i / f) = softplus(-k_f) - softplus(-k_i):
+    //   a = f / (f + i) = sigmoid(-d),  b = i / (f + i) * act(h~) = sigmoid(d) * act(h~).
+    // Through d both stay accurate when one gate is tiny, and no temporary is needed.
     void coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const override {
         const Index E = this->hidden_size();
-        const Array f = pre.middleCols(E, E).array().logistic();
-        const Array i = pre.rightCols(E).array().logistic();
-        a.array() = f / (f + i);
-        b.array() = i / (f + i) * min_rnn_math::activate<Scalar>(this->activation(), pre.leftCols(E).array());
+        b.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
+                    min_rnn_math::softplus(-pre.rightCols(E).array());  // d
+        a.array() = (-b.array()).logistic();
+        b.array() = b.array().logistic();
+        auto b_array = b.array();
+        min_rnn_math::multiply_by_candidate<Scalar>(this->activation(), pre.leftCols(E).array(), b_array);
     }
 
-    // log f' = log f - log(f + i) = -softplus(d),  log i' = -softplus(-d),
-    // with d = softplus(-k_f) - softplus(-k_i) = log(i / f) computed stably.
+    // log f' = -softplus(d),  log i' = -softplus(-d), then + log g(h~).
     void log_coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& log_a, Matrix<Scalar>& log_b) const override {
         const Index E = this->hidden_size();
-        const Array d = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
-                        min_rnn_math::softplus(-pre.rightCols(E).array());
-        log_a.array() = -min_rnn_math::softplus(d);
-        log_b.array() = -min_rnn_math::softplus(-d) + min_rnn_math::log_positive_g<Scalar>(pre.leftCols(E).array());
+        log_b.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
+                        min_rnn_math::softplus(-pre.rightCols(E).array());  // d
+        log_a.array() = -min_rnn_math::softplus(log_b.array());
+        log_b.array() = -min_rnn_math::softplus(-log_b.array());
+        auto log_b_array = log_b.array();
+        min_rnn_math::add_log_positive_g<Scalar>(pre.leftCols(E).array(), log_b_array);
     }
 
     // With s = f + i, a = f/s and c = i/s: da/df = i/s^2, da/di = -f/s^2, dc = -da;
@@ -50,12 +56,14 @@ protected:
         const Array f = pre.middleCols(E, E).array().logistic();
         const Array i = pre.rightCols(E).array().logistic();
         const Array s = f + i;
-        const Array v = min_rnn_math::activate<Scalar>(this->activation(), hidden);
-        const Array d_a_minus_c = (da.array() - db.array() * v) / s.square();  // dL/da - dL/dc, over s^2
+        Array db_v = db.array();  // dL/db * v
+        min_rnn_math::multiply_by_candidate<Scalar>(this->activation(), hidden, db_v);
+        const Array d_a_minus_c = (da.array() - db_v) / s.square();  // (dL/da - dL/dc) / s^2
         d_pre.middleCols(E, E).array() = i * d_a_minus_c * f * (Scalar(1) - f);
         d_pre.rightCols(E).array() = -f * d_a_minus_c * i * (Scalar(1) - i);
-        d_pre.leftCols(E).array() =
-            db.array() * (i / s) * min_rnn_math::activate_derivative<Scalar>(this->activation(), hidden);
+        auto d_hidden = d_pre.leftCols(E).array();
+        d_hidden = db.array() * (i / s);
+        min_rnn_math::multiply_by_candidate_derivative<Scalar>(this->activation(), hidden, d_hidden);
     }
 };
 
