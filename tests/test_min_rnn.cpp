@@ -186,6 +186,31 @@ TEST_P(MinRNNLayer, ChunkedEqualsWholeWithStateCarried) {
     EXPECT_LT(relative_error(state.tensors[0], whole_state.tensors[0]), 1e-11);
 }
 
+// Large enough that the gates, the scan and the GEMMs split across threads.
+TEST_P(MinRNNLayer, ThreadedEqualsSingleThreaded) {
+    const Config c = GetParam();
+    Rng rng(37);
+    auto layer = make_layer<double>(c, rng);
+    const Sequence<double> x = random_sequence<double>(5, 1000, 5, rng);
+    const Sequence<double> dy = random_sequence<double>(5, 1000, layer->output_size(), rng);
+    auto run = [&](int threads, Matrix<double>& dx, Matrix<double>& dw) {
+        set_num_threads(threads);
+        Context<double> ctx;
+        const Sequence<double> y = layer->forward(x, nullptr, &ctx);
+        layer->zero_grad();
+        dx = layer->backward(dy, ctx).data;
+        dw = layer->parameters()[0].param->grad;
+        return y.data;
+    };
+    Matrix<double> dx1, dw1, dx3, dw3;
+    const Matrix<double> y1 = run(1, dx1, dw1);
+    const Matrix<double> y3 = run(2, dx3, dw3);
+    set_num_threads(2);
+    EXPECT_LT(relative_error(y3, y1), 1e-12);
+    EXPECT_LT(relative_error(dx3, dx1), 1e-12);
+    EXPECT_LT(relative_error(dw3, dw1), 1e-10);
+}
+
 TEST_P(MinRNNLayer, GradientsMatchFiniteDifferences) {
     const Config c = GetParam();
     Rng rng(35);

@@ -14,6 +14,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/threading.hpp"
 #include "seqnn/kernels/scan.hpp"
 #include "seqnn/nn/linear.hpp"
 
@@ -124,7 +125,10 @@ public:
         Matrix<Scalar> h(B * T, E), h_final(B, E);
         if (options_.mode == MinRNNMode::LogSpace) {
             Matrix<Scalar> log_a(B * T, E), log_b(B * T, E);
-            log_coefficients(pre, log_a, log_b);
+            parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
+                log_coefficients(pre.middleRows(r0, r1 - r0), log_a.middleRows(r0, r1 - r0),
+                                 log_b.middleRows(r0, r1 - r0));
+            });
             // A zero state contributes nothing and has no logarithm: scan without it.
             const bool zero_start = h0.isZero(0);
             if (!zero_start) check_positive(where, h0);
@@ -134,7 +138,7 @@ public:
             h_final = h_final.array().exp().matrix();
         } else {
             Matrix<Scalar> a(B * T, E), b(B * T, E);
-            coefficients(pre, a, b);
+            all_coefficients(pre, a, b);
             scan_forward<Scalar>(h, h_final, a, b, h0, B, T, {.mode = scan_mode()});
         }
 
@@ -174,12 +178,16 @@ public:
         // The reverse scan: dL/da and dL/db of h_t = a_t h_{t-1} + b_t, and dL/dh0.
         // The log-space mode computes the same function, so it shares this gradient.
         Matrix<Scalar> a(B * T, E), b(B * T, E), da(B * T, E), db(B * T, E), dh0(B, E);
-        coefficients(pre, a, b);
+        all_coefficients(pre, a, b);
         const Matrix<Scalar> dh_final = d_final && !d_final->empty() ? d_final->tensors[0] : Matrix<Scalar>();
         scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, {.mode = scan_mode()});
 
         Matrix<Scalar> d_pre(B * T, gate_count_ * E);
-        coefficients_backward(pre, da, db, d_pre);
+        parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
+            const Index n = r1 - r0;
+            coefficients_backward(pre.middleRows(r0, n), da.middleRows(r0, n), db.middleRows(r0, n),
+                                  d_pre.middleRows(r0, n));
+        });
         Matrix<Scalar> dx = in_proj_.backward(x, d_pre);  // (B*T, G*E) x (G*E, D)
         if (d_initial) {
             *d_initial = initial_state(B);
@@ -238,16 +246,23 @@ protected:
     }
 
     // pre (N, G*E) -> the recurrence's coefficients a, b (N, E).
-    virtual void coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const = 0;
+    virtual void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const = 0;
     // pre (N, G*E) -> log a, log b (N, E), computed stably in log space.
-    virtual void log_coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& log_a, Matrix<Scalar>& log_b) const = 0;
+    virtual void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const = 0;
     // dL/da, dL/db (N, E) -> dL/dpre (N, G*E).
-    virtual void coefficients_backward(const Matrix<Scalar>& pre, const Matrix<Scalar>& da, const Matrix<Scalar>& db,
-                                       Matrix<Scalar>& d_pre) const = 0;
+    virtual void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da,
+                                       ConstMatrixRef<Scalar> db, MatrixRef<Scalar> d_pre) const = 0;
 
     HiddenActivation activation() const { return options_.activation; }
 
 private:
+    // The coefficients of every step, the rows split across threads.
+    void all_coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const {
+        parallel_row_blocks(pre.rows(), a.cols(), [&](Index r0, Index r1) {
+            coefficients(pre.middleRows(r0, r1 - r0), a.middleRows(r0, r1 - r0), b.middleRows(r0, r1 - r0));
+        });
+    }
+
     ScanMode scan_mode() const {
         return options_.mode == MinRNNMode::Sequential ? ScanMode::Sequential : ScanMode::Parallel;
     }

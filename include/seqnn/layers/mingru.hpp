@@ -23,7 +23,7 @@ public:
 
 protected:
     // a = 1 - z = sigmoid(-k),  b = z * act(h~),  with pre = [h~ | k].
-    void coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const override {
+    void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const override {
         const Index E = this->hidden_size();
         const auto k = pre.rightCols(E).array();
         a.array() = (-k).logistic();
@@ -33,7 +33,7 @@ protected:
     }
 
     // log a = log(1 - z) = -softplus(k),  log b = log z + log g(h~) = -softplus(-k) + log g(h~).
-    void log_coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& log_a, Matrix<Scalar>& log_b) const override {
+    void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const override {
         const Index E = this->hidden_size();
         const auto k = pre.rightCols(E).array();
         log_a.array() = -min_rnn_math::softplus(k);
@@ -43,8 +43,8 @@ protected:
     }
 
     // With z = sigmoid(k), v = act(h~): da/dk = -z(1-z), db/dk = z(1-z) v, db/dv = z.
-    void coefficients_backward(const Matrix<Scalar>& pre, const Matrix<Scalar>& da, const Matrix<Scalar>& db,
-                               Matrix<Scalar>& d_pre) const override {
+    void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da, ConstMatrixRef<Scalar> db,
+                               MatrixRef<Scalar> d_pre) const override {
         const Index E = this->hidden_size();
         const auto hidden = pre.leftCols(E).array();
         const Array z = pre.rightCols(E).array().logistic();

@@ -26,7 +26,7 @@ protected:
     // With d = log(i / f) = softplus(-k_f) - softplus(-k_i):
     //   a = f / (f + i) = sigmoid(-d),  b = i / (f + i) * act(h~) = sigmoid(d) * act(h~).
     // Through d both stay accurate when one gate is tiny, and no temporary is needed.
-    void coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const override {
+    void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const override {
         const Index E = this->hidden_size();
         b.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
                     min_rnn_math::softplus(-pre.rightCols(E).array());  // d
@@ -37,7 +37,7 @@ protected:
     }
 
     // log f' = -softplus(d),  log i' = -softplus(-d), then + log g(h~).
-    void log_coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& log_a, Matrix<Scalar>& log_b) const override {
+    void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const override {
         const Index E = this->hidden_size();
         log_b.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
                         min_rnn_math::softplus(-pre.rightCols(E).array());  // d
@@ -49,8 +49,8 @@ protected:
 
     // With s = f + i, a = f/s and c = i/s: da/df = i/s^2, da/di = -f/s^2, dc = -da;
     // b = c v, so dL/dc = db v and dL/dv = db c.
-    void coefficients_backward(const Matrix<Scalar>& pre, const Matrix<Scalar>& da, const Matrix<Scalar>& db,
-                               Matrix<Scalar>& d_pre) const override {
+    void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da, ConstMatrixRef<Scalar> db,
+                               MatrixRef<Scalar> d_pre) const override {
         const Index E = this->hidden_size();
         const auto hidden = pre.leftCols(E).array();
         const Array f = pre.middleCols(E, E).array().logistic();
