@@ -54,13 +54,22 @@ auto softplus(const Eigen::ArrayBase<Derived>& x) {
     return x.cwiseMax(Scalar(0)) + (-x.abs()).exp().log1p();
 }
 
+// out = gate * act(pre), one element-wise pass, so `out` may be `pre` itself.
+template <typename Scalar, typename Gate, typename Pre, typename Out>
+void set_gate_times_candidate(HiddenActivation act, const Gate& gate, const Pre& pre, Out&& out) {
+    if (act == HiddenActivation::Identity)
+        out = gate * pre;
+    else  // g(x) = max(x, 0) + sigmoid(min(x, 0)), written without a select so that it vectorises
+        out = gate * (pre.cwiseMax(Scalar(0)) + pre.cwiseMin(Scalar(0)).logistic());
+}
+
 // out *= act(pre): the candidate state h~, multiplied in without a temporary.
 template <typename Scalar, typename Pre, typename Out>
 void multiply_by_candidate(HiddenActivation act, const Eigen::ArrayBase<Pre>& pre, Eigen::ArrayBase<Out>& out) {
     if (act == HiddenActivation::Identity)
         out *= pre;
     else
-        out *= (pre >= Scalar(0)).select(pre + Scalar(0.5), pre.logistic());
+        out *= pre.cwiseMax(Scalar(0)) + pre.cwiseMin(Scalar(0)).logistic();
 }
 
 // out *= d act / d pre.
@@ -71,10 +80,10 @@ void multiply_by_candidate_derivative(HiddenActivation act, const Eigen::ArrayBa
         out *= (pre >= Scalar(0)).select(Scalar(1), pre.logistic() * (-pre).logistic());
 }
 
-// out += log g(pre), stable in both branches: log(x + 0.5) or -softplus(-x).
-template <typename Scalar, typename Pre, typename Out>
-void add_log_positive_g(const Eigen::ArrayBase<Pre>& pre, Eigen::ArrayBase<Out>& out) {
-    out += (pre >= Scalar(0)).select((pre.cwiseMax(Scalar(0)) + Scalar(0.5)).log(), -softplus(-pre));
+// log g(pre), stable in both branches: log(x + 0.5) or -softplus(-x).
+template <typename Scalar, typename Pre>
+auto log_positive_g(const Eigen::ArrayBase<Pre>& pre) {
+    return (pre >= Scalar(0)).select((pre.cwiseMax(Scalar(0)) + Scalar(0.5)).log(), -softplus(-pre));
 }
 
 }  // namespace min_rnn_math
@@ -98,13 +107,12 @@ public:
     Linear<Scalar>& in_projection() { return in_proj_; }
     Linear<Scalar>& out_projection() { return to_out_; }
 
-    // State {h (B, E)}; workspace: pre (B, G*E), a and b (B, E), y (B, E).
+    // State {h (B, E)}; workspace: pre (B, G*E), where step computes its gates in place.
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail(this->kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
         State<Scalar> s;
         s.tensors.push_back(Matrix<Scalar>::Zero(batch, hidden_size_));
-        s.workspace = {Matrix<Scalar>(batch, gate_count_ * hidden_size_), Matrix<Scalar>(batch, hidden_size_),
-                       Matrix<Scalar>(batch, hidden_size_)};
+        s.workspace = {Matrix<Scalar>(batch, gate_count_ * hidden_size_)};
         return s;
     }
 
@@ -122,37 +130,45 @@ public:
         Matrix<Scalar> pre(B * T, gate_count_ * E);
         in_proj_.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
 
-        Matrix<Scalar> h(B * T, E), h_final(B, E);
+        if (ctx) {
+            ctx->batch = B;
+            ctx->steps = T;
+            ctx->save("input", x.data);
+            ctx->save("pre", pre);  // backward recomputes the gates from it
+            ctx->save("h0", h0);
+        }
+
+        // The gates in place: b over the hidden block of pre, a over its first gate block,
+        // then the scan writes h over b. No other (B*T, E) buffer is needed.
+        auto b = pre.leftCols(E);      // (B*T, E), row stride G*E
+        auto a = pre.middleCols(E, E);  // (B*T, E)
+        Matrix<Scalar> h_final(B, E);
         if (options_.mode == MinRNNMode::LogSpace) {
-            Matrix<Scalar> log_a(B * T, E), log_b(B * T, E);
             parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
-                log_coefficients(pre.middleRows(r0, r1 - r0), log_a.middleRows(r0, r1 - r0),
-                                 log_b.middleRows(r0, r1 - r0));
+                const Index n = r1 - r0;
+                log_coefficients(pre.middleRows(r0, n), a.middleRows(r0, n), b.middleRows(r0, n));
             });
             // A zero state contributes nothing and has no logarithm: scan without it.
             const bool zero_start = h0.isZero(0);
             if (!zero_start) check_positive(where, h0);
             const Matrix<Scalar> log_h0 = zero_start ? Matrix<Scalar>() : Matrix<Scalar>(h0.array().log().matrix());
-            log_scan_forward<Scalar>(h, h_final, log_a, log_b, log_h0, B, T);  // log h, log h_T
-            h = h.array().exp().matrix();
+            Matrix<Scalar> log_h(B * T, E);
+            log_scan_forward<Scalar>(log_h, h_final, a, b, log_h0, B, T);  // log h, log h_T
+            b = log_h.array().exp().matrix();
             h_final = h_final.array().exp().matrix();
         } else {
-            Matrix<Scalar> a(B * T, E), b(B * T, E);
-            all_coefficients(pre, a, b);
-            scan_forward<Scalar>(h, h_final, a, b, h0, B, T, {.mode = scan_mode()});
+            parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
+                const Index n = r1 - r0;
+                coefficients(pre.middleRows(r0, n), a.middleRows(r0, n), b.middleRows(r0, n));
+            });
+            scan_forward<Scalar>(b, h_final, a, b, h0, B, T, {.mode = scan_mode()});  // h over b
         }
+        const auto h = pre.leftCols(E);  // (B*T, E)
 
-        if (ctx) {
-            ctx->batch = B;
-            ctx->steps = T;
-            ctx->save("input", x.data);
-            ctx->save("pre", pre);
-            ctx->save("h0", h0);
-            ctx->save("h", h);
-        }
+        if (ctx) ctx->save("h", h);
         s.tensors[0] = h_final;
         s.position += T;
-        if (!projects()) return Sequence<Scalar>(std::move(h), B, T);
+        if (!projects()) return Sequence<Scalar>(Matrix<Scalar>(h), B, T);
         Sequence<Scalar> y(B, T, output_size());
         to_out_.forward(h, y.data);  // (B*T, E) x (E, D)
         return y;
@@ -177,8 +193,13 @@ public:
 
         // The reverse scan: dL/da and dL/db of h_t = a_t h_{t-1} + b_t, and dL/dh0.
         // The log-space mode computes the same function, so it shares this gradient.
-        Matrix<Scalar> a(B * T, E), b(B * T, E), da(B * T, E), db(B * T, E), dh0(B, E);
-        all_coefficients(pre, a, b);
+        Matrix<Scalar> gates = pre, da(B * T, E), db(B * T, E), dh0(B, E);
+        parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
+            const Index n = r1 - r0;
+            coefficients(gates.middleRows(r0, n), gates.middleCols(E, E).middleRows(r0, n),
+                         gates.leftCols(E).middleRows(r0, n));
+        });
+        const auto a = gates.middleCols(E, E);
         const Matrix<Scalar> dh_final = d_final && !d_final->empty() ? d_final->tensors[0] : Matrix<Scalar>();
         scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, {.mode = scan_mode()});
 
@@ -205,14 +226,13 @@ public:
         const Index B = x.rows();
         if (state.empty()) state = initial_state(B);
         check_state(where, state, B);
-        if (state.workspace.size() != 3 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
+        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
         Matrix<Scalar>& pre = state.workspace[0];  // (B, G*E)
-        Matrix<Scalar>& a = state.workspace[1];    // (B, E)
-        Matrix<Scalar>& b = state.workspace[2];    // (B, E)
         in_proj_.forward(x, pre);                  // (B, D) x (D, G*E)
-        coefficients(pre, a, b);
+        const Index E = hidden_size_;
+        coefficients(pre, pre.middleCols(E, E), pre.leftCols(E));  // a, b in place
         Matrix<Scalar>& h = state.tensors[0];
-        h.array() = a.array() * h.array() + b.array();
+        h.array() = pre.middleCols(E, E).array() * h.array() + pre.leftCols(E).array();
         if (y.rows() != B || y.cols() != output_size()) y.resize(B, output_size());
         if (projects())
             to_out_.forward(h, y);  // (B, E) x (E, D)
@@ -245,9 +265,11 @@ protected:
             to_out_ = Linear<Scalar>(hidden_size_, options.input_size, options.bias, rng);
     }
 
-    // pre (N, G*E) -> the recurrence's coefficients a, b (N, E).
+    // pre (N, G*E) -> the recurrence's coefficients a, b (N, E). In place is
+    // allowed and is how forward and step call it: b may be pre's hidden block
+    // and a its first gate block.
     virtual void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const = 0;
-    // pre (N, G*E) -> log a, log b (N, E), computed stably in log space.
+    // pre (N, G*E) -> log a, log b (N, E), computed stably in log space; in place as above.
     virtual void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const = 0;
     // dL/da, dL/db (N, E) -> dL/dpre (N, G*E).
     virtual void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da,
@@ -256,13 +278,6 @@ protected:
     HiddenActivation activation() const { return options_.activation; }
 
 private:
-    // The coefficients of every step, the rows split across threads.
-    void all_coefficients(const Matrix<Scalar>& pre, Matrix<Scalar>& a, Matrix<Scalar>& b) const {
-        parallel_row_blocks(pre.rows(), a.cols(), [&](Index r0, Index r1) {
-            coefficients(pre.middleRows(r0, r1 - r0), a.middleRows(r0, r1 - r0), b.middleRows(r0, r1 - r0));
-        });
-    }
-
     ScanMode scan_mode() const {
         return options_.mode == MinRNNMode::Sequential ? ScanMode::Sequential : ScanMode::Parallel;
     }

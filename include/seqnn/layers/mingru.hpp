@@ -22,24 +22,24 @@ public:
     std::string kind() const override { return "MinGRU"; }
 
 protected:
-    // a = 1 - z = sigmoid(-k),  b = z * act(h~),  with pre = [h~ | k].
+    // b = z * act(h~), then a = 1 - z = sigmoid(-k), with pre = [h~ | k]. Each
+    // output is one element-wise pass over inputs at the same index, so both may
+    // overwrite pre (b the h~ block, a the k block) in this order.
     void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const override {
         const Index E = this->hidden_size();
         const auto k = pre.rightCols(E).array();
+        min_rnn_math::set_gate_times_candidate<Scalar>(this->activation(), k.logistic(), pre.leftCols(E).array(),
+                                                       b.array());
         a.array() = (-k).logistic();
-        b.array() = k.logistic();
-        auto b_array = b.array();
-        min_rnn_math::multiply_by_candidate<Scalar>(this->activation(), pre.leftCols(E).array(), b_array);
     }
 
-    // log a = log(1 - z) = -softplus(k),  log b = log z + log g(h~) = -softplus(-k) + log g(h~).
+    // log b = log z + log g(h~) = -softplus(-k) + log g(h~),  log a = log(1 - z) = -softplus(k);
+    // in place as above.
     void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const override {
         const Index E = this->hidden_size();
         const auto k = pre.rightCols(E).array();
+        log_b.array() = min_rnn_math::log_positive_g<Scalar>(pre.leftCols(E).array()) - min_rnn_math::softplus(-k);
         log_a.array() = -min_rnn_math::softplus(k);
-        log_b.array() = -min_rnn_math::softplus(-k);
-        auto log_b_array = log_b.array();
-        min_rnn_math::add_log_positive_g<Scalar>(pre.leftCols(E).array(), log_b_array);
     }
 
     // With z = sigmoid(k), v = act(h~): da/dk = -z(1-z), db/dk = z(1-z) v, db/dv = z.

@@ -25,26 +25,25 @@ public:
 protected:
     // With d = log(i / f) = softplus(-k_f) - softplus(-k_i):
     //   a = f / (f + i) = sigmoid(-d),  b = i / (f + i) * act(h~) = sigmoid(d) * act(h~).
-    // Through d both stay accurate when one gate is tiny, and no temporary is needed.
+    // Through d both stay accurate when one gate is tiny. d is kept in a, and every
+    // pass reads and writes one index, so a may overwrite pre's k_f block and b its h~ block.
     void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const override {
         const Index E = this->hidden_size();
-        b.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
+        a.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
                     min_rnn_math::softplus(-pre.rightCols(E).array());  // d
-        a.array() = (-b.array()).logistic();
-        b.array() = b.array().logistic();
-        auto b_array = b.array();
-        min_rnn_math::multiply_by_candidate<Scalar>(this->activation(), pre.leftCols(E).array(), b_array);
+        min_rnn_math::set_gate_times_candidate<Scalar>(this->activation(), a.array().logistic(),
+                                                       pre.leftCols(E).array(), b.array());
+        a.array() = (-a.array()).logistic();
     }
 
-    // log f' = -softplus(d),  log i' = -softplus(-d), then + log g(h~).
+    // log b = -softplus(-d) + log g(h~),  log a = -softplus(d); in place as above.
     void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const override {
         const Index E = this->hidden_size();
-        log_b.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
+        log_a.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
                         min_rnn_math::softplus(-pre.rightCols(E).array());  // d
-        log_a.array() = -min_rnn_math::softplus(log_b.array());
-        log_b.array() = -min_rnn_math::softplus(-log_b.array());
-        auto log_b_array = log_b.array();
-        min_rnn_math::add_log_positive_g<Scalar>(pre.leftCols(E).array(), log_b_array);
+        log_b.array() = min_rnn_math::log_positive_g<Scalar>(pre.leftCols(E).array()) -
+                        min_rnn_math::softplus(-log_a.array());
+        log_a.array() = -min_rnn_math::softplus(log_a.array());
     }
 
     // With s = f + i, a = f/s and c = i/s: da/df = i/s^2, da/di = -f/s^2, dc = -da;
