@@ -57,7 +57,8 @@ struct ScanOptions {
     // threads (or rows are wide), Time otherwise. The log-space scan always splits
     // over channels.
     ScanSplit split = ScanSplit::Auto;
-    // Rows per piece of the time split; 0 sizes a piece's a, b and h to fit in L2.
+    // Steps per piece of the time split; 0: T / threads (one round). Smaller pieces run
+    // in rounds of `threads` pieces, one barrier per round.
     Index time_block = 0;
 };
 
@@ -125,7 +126,7 @@ Plan make_plan(const ScanOptions& o, Index B, Index T, Index D, bool allow_time 
     if (!allow_time) split = split == ScanSplit::Auto ? ScanSplit::Auto : ScanSplit::Channels;
     // Channel blocks are whole cache lines, at least two (one for the log space, which is compute-bound).
     const Index line = std::max<Index>(1, Index(64) / Index(sizeof(S)));
-    const Index max_blocks = std::max<Index>(1, D / (allow_time ? 2 * line : line));  // log space: compute-bound
+    const Index max_blocks = std::max<Index>(1, D / (allow_time ? 2 * line : line));
     if (split == ScanSplit::Auto) {
         if (B * T * D < kSmallScan) return plan;
         // Channels when every thread gets whole sequences, or row segments of at least
@@ -554,11 +555,17 @@ void copy_last(MatrixRef<S>& last, const Rows<const S>& h, Index B, Index T) {
     for (Index s = 0; s < B; ++s) last.row(s) = Eigen::Map<const RowVector<S>>(h.row(s * T + T - 1), last.cols());
 }
 
-// log(exp(acc) + exp(v)) = max + log1p(exp(-|acc - v|)), computed in place; -inf + -inf = -inf.
-template <typename S, typename V>
-void log_add_exp(Buf<S>& acc, const V& v) {
+// acc = log(exp(acc) + exp(v)) = max + log1p(exp(-|acc - v|)), in place, vectorised;
+// -inf + -inf = -inf (the formula gives NaN there: such entries are patched afterwards).
+// mx is scratch.
+template <typename S>
+void log_add_exp(Buf<S>& acc, const Buf<S>& v, Buf<S>& mx) {
     constexpr S ninf = -std::numeric_limits<S>::infinity();
-    acc = (acc.max(v) == ninf).select(ninf, acc.max(v) + (-(acc - v).abs()).exp().log1p());
+    mx = acc.max(v);
+    acc = mx + (-(acc - v).abs()).exp().log1p();
+    if (std::isnan(acc.sum()))
+        for (Index c = 0; c < acc.size(); ++c)
+            if (std::isnan(acc[c]) && mx[c] == ninf) acc[c] = ninf;
 }
 
 }  // namespace scan_detail
@@ -673,11 +680,13 @@ void log_scan_forward(MatrixRef<Scalar> log_h, MatrixRef<Scalar> log_h_last, Con
         const Scalar* lh0 = state_row(log_h0, s, c);
         Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);  // a*_0
         Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;  // v_0
-        if (lh0) log_add_exp(lse, CRow<Scalar>(lh0, n));
+        Buf<Scalar> v(n), mx(n);
+        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
         Row<Scalar>(lh.row(0), n) = astar + lse;
         for (Index t = 1; t < T; ++t) {
             astar += CRow<Scalar>(la.row(t), n);
-            log_add_exp(lse, CRow<Scalar>(lb.row(t), n) - astar);
+            v = CRow<Scalar>(lb.row(t), n) - astar;
+            log_add_exp(lse, v, mx);
             Row<Scalar>(lh.row(t), n) = astar + lse;
         }
     });
@@ -723,25 +732,29 @@ void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, Matri
         // Recompute the forward: a*_t into dlog_a, LSE_t into dlog_b.
         Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);
         Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;
-        if (lh0) log_add_exp(lse, CRow<Scalar>(lh0, n));
+        Buf<Scalar> v(n), mx(n);
+        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
         Row<Scalar>(da.row(0), n) = astar;
         Row<Scalar>(db.row(0), n) = lse;
         for (Index t = 1; t < T; ++t) {
             astar += CRow<Scalar>(la.row(t), n);
-            log_add_exp(lse, CRow<Scalar>(lb.row(t), n) - astar);
+            v = CRow<Scalar>(lb.row(t), n) - astar;
+            log_add_exp(lse, v, mx);
             Row<Scalar>(da.row(t), n) = astar;
             Row<Scalar>(db.row(t), n) = lse;
         }
         // Reverse: R+-_s = log sum_{t>=s, +-G_t>0} |G_t| exp(-LSE_t); dL/dv_s = exp(R+_s + v_s) - exp(R-_s + v_s).
-        Buf<Scalar> rpos = Buf<Scalar>::Constant(n, ninf), rneg = rpos, w(n), grad(n), v(n), dv(n);
+        // log(max(+-G, 0)) is -inf where G has the other sign (or is 0), so neither sum sees it.
+        Buf<Scalar> rpos = Buf<Scalar>::Constant(n, ninf), rneg = rpos, w(n), grad(n), dv(n);
         Buf<Scalar> sum = Buf<Scalar>::Zero(n);
         for (Index t = T - 1; t >= 0; --t) {
             grad = CRow<Scalar>(g.row(t), n);
             if (t == T - 1 && glast) grad += CRow<Scalar>(glast, n);
             v = CRow<Scalar>(lb.row(t), n) - CRow<Scalar>(da.row(t), n);
-            w = grad.abs().log() - CRow<Scalar>(db.row(t), n);
-            log_add_exp(rpos, (grad > Scalar(0)).select(w, ninf));
-            log_add_exp(rneg, (grad < Scalar(0)).select(w, ninf));
+            w = grad.max(Scalar(0)).log() - CRow<Scalar>(db.row(t), n);
+            log_add_exp(rpos, w, mx);
+            w = (-grad).max(Scalar(0)).log() - CRow<Scalar>(db.row(t), n);
+            log_add_exp(rneg, w, mx);
             dv = (rpos + v).exp() - (rneg + v).exp();
             sum += grad - dv;
             Row<Scalar>(db.row(t), n) = dv;
