@@ -1,95 +1,226 @@
 // Optimizers over a ParameterList: every layer exposes its parameters the same
-// way, so one optimizer serves them all.
+// way, so one optimizer serves them all. The updates are PyTorch's, operation for
+// operation (torch/optim/sgd.py and adamw.py, the single-tensor path), so a model
+// trained in double here follows the same trajectory as in PyTorch.
+//
+// Hyperparameters are doubles, like PyTorch's Python floats: derived factors such
+// as 1 - beta1 and the bias corrections are computed in double and then applied in
+// the parameters' precision.
+//
+// An optimizer's state is a set of named tensors, for checkpoints:
+//   SGD:   <prefix>momentum_buffer.<parameter name>                 (when momentum != 0)
+//   AdamW: <prefix>exp_avg.<parameter name>, <prefix>exp_avg_sq.<parameter name>
+// with PyTorch's state keys, plus the step count (steps(), set_steps()).
 #pragma once
 
+#include "seqnn/core/errors.hpp"
 #include "seqnn/core/parameter.hpp"
 
 #include <cmath>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace seqnn {
 
+// Named tensors: an optimizer's state, a state_dict's weights.
+template <typename Scalar>
+using NamedTensors = std::map<std::string, Matrix<Scalar>>;
+
 // Scales all gradients so that their global L2 norm is at most max_norm, like
-// torch.nn.utils.clip_grad_norm_. Returns the norm before clipping.
+// torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when
+// coef < 1. The norm is summed in double. Returns the norm before clipping.
 template <typename Scalar>
 Scalar clip_grad_norm(const ParameterList<Scalar>& params, Scalar max_norm) {
     double sum = 0;
     for (const auto& p : params) sum += p.param->grad.template cast<double>().squaredNorm();
-    const Scalar norm = static_cast<Scalar>(std::sqrt(sum));
-    if (norm > max_norm) {
-        const Scalar scale = max_norm / (norm + Scalar(1e-6));
-        for (const auto& p : params) p.param->grad *= scale;
-    }
-    return norm;
+    const double norm = std::sqrt(sum);
+    const double coef = static_cast<double>(max_norm) / (norm + 1e-6);
+    if (coef < 1.0)
+        for (const auto& p : params) p.param->grad *= static_cast<Scalar>(coef);
+    return static_cast<Scalar>(norm);
 }
 
-// Plain SGD with optional momentum: v = mu v + g; w -= lr v.
+// What every optimizer offers: one update from the gradients in .grad, the
+// learning rate (for schedules), and its state as named tensors plus a step count.
 template <typename Scalar>
-class SGD {
+class Optimizer {
 public:
-    SGD(ParameterList<Scalar> params, Scalar lr, Scalar momentum = 0) : params_(std::move(params)), lr_(lr), momentum_(momentum) {
-        for (const auto& p : params_) velocity_.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
+    virtual ~Optimizer() = default;
+    virtual void step() = 0;
+    virtual double lr() const = 0;
+    virtual void set_lr(double lr) = 0;
+    // Appends the state tensors, named <prefix><key>.<parameter name>.
+    virtual void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const = 0;
+    // Reads them back; every tensor must be present with its parameter's shape.
+    virtual void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") = 0;
+
+    void zero_grad() { seqnn::zero_grad(params_); }
+    long steps() const { return steps_; }
+    void set_steps(long steps) { steps_ = steps; }
+    const ParameterList<Scalar>& parameters() const { return params_; }
+
+protected:
+    explicit Optimizer(ParameterList<Scalar> params) : params_(std::move(params)) {}
+
+    std::vector<Matrix<Scalar>> zeros_like_parameters() const {
+        std::vector<Matrix<Scalar>> out;
+        for (const auto& p : params_) out.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
+        return out;
     }
-    void step() {
+    void save_slots(NamedTensors<Scalar>& out, const std::string& key, const std::vector<Matrix<Scalar>>& slots) const {
+        for (std::size_t i = 0; i < params_.size(); ++i) out[key + "." + params_[i].name] = slots[i];
+    }
+    void load_slots(const NamedTensors<Scalar>& in, const std::string& where, const std::string& key,
+                    std::vector<Matrix<Scalar>>& slots) const {
         for (std::size_t i = 0; i < params_.size(); ++i) {
-            Parameter<Scalar>& p = *params_[i].param;
-            velocity_[i] = momentum_ * velocity_[i] + p.grad;
-            p.value -= lr_ * velocity_[i];
+            const std::string name = key + "." + params_[i].name;
+            const auto it = in.find(name);
+            if (it == in.end()) throw format_error(where + ": optimizer state '" + name + "' is missing");
+            const Matrix<Scalar>& v = params_[i].param->value;
+            if (it->second.rows() != v.rows() || it->second.cols() != v.cols())
+                throw format_error(where + ": optimizer state '" + name + "' has shape " + shape_string(it->second) +
+                                   ", expected " + shape_string(v) + " like the parameter");
+            slots[i] = it->second;
         }
     }
-    void zero_grad() { seqnn::zero_grad(params_); }
-    void set_lr(Scalar lr) { lr_ = lr; }
 
-private:
     ParameterList<Scalar> params_;
-    Scalar lr_, momentum_;
-    std::vector<Matrix<Scalar>> velocity_;
+    long steps_ = 0;
 };
 
-// AdamW (Loshchilov & Hutter), PyTorch's torch.optim.AdamW update:
-//   w -= lr * wd * w;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
-//   w -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
-// With weight_decay = 0 this is Adam.
+// SGD with momentum, dampening, weight decay and Nesterov, PyTorch's torch.optim.SGD:
+//   g = grad + weight_decay * w
+//   buf = g on the first step, else momentum * buf + (1 - dampening) * g
+//   g = g + momentum * buf (nesterov) or buf
+//   w -= lr * g
 template <typename Scalar>
-class AdamW {
+class SGD : public Optimizer<Scalar> {
+    using Base = Optimizer<Scalar>;
+
 public:
     struct Options {
-        Scalar lr = Scalar(1e-3);
-        Scalar beta1 = Scalar(0.9);
-        Scalar beta2 = Scalar(0.999);
-        Scalar eps = Scalar(1e-8);
-        Scalar weight_decay = Scalar(0.01);
+        double lr = 1e-3;
+        double momentum = 0;
+        double dampening = 0;
+        double weight_decay = 0;
+        bool nesterov = false;
     };
 
-    AdamW(ParameterList<Scalar> params, Options options) : params_(std::move(params)), opt_(options) {
-        for (const auto& p : params_) {
-            m_.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
-            v_.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
+    SGD(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
+        if (opt_.nesterov && (opt_.momentum <= 0 || opt_.dampening != 0))
+            fail("SGD", "Nesterov momentum requires a momentum and zero dampening");
+        buffers_ = this->zeros_like_parameters();
+    }
+    SGD(ParameterList<Scalar> params, double lr, double momentum = 0)
+        : SGD(std::move(params), Options{.lr = lr, .momentum = momentum}) {}
+
+    void step() override {
+        const Scalar lr = static_cast<Scalar>(opt_.lr), mu = static_cast<Scalar>(opt_.momentum);
+        const Scalar wd = static_cast<Scalar>(opt_.weight_decay);
+        const Scalar keep = static_cast<Scalar>(1.0 - opt_.dampening);
+        for (std::size_t i = 0; i < this->params_.size(); ++i) {
+            Parameter<Scalar>& p = *this->params_[i].param;
+            Matrix<Scalar> g = p.grad;
+            if (opt_.weight_decay != 0) g += wd * p.value;
+            if (opt_.momentum != 0) {
+                Matrix<Scalar>& buf = buffers_[i];
+                if (this->steps_ == 0)
+                    buf = g;
+                else
+                    buf = buf * mu + keep * g;
+                if (opt_.nesterov)
+                    g += mu * buf;
+                else
+                    g = buf;
+            }
+            p.value += -lr * g;
         }
+        ++this->steps_;
     }
 
-    void step() {
-        ++t_;
-        const Scalar c1 = Scalar(1) - static_cast<Scalar>(std::pow(opt_.beta1, t_));
-        const Scalar c2 = Scalar(1) - static_cast<Scalar>(std::pow(opt_.beta2, t_));
-        for (std::size_t i = 0; i < params_.size(); ++i) {
-            Parameter<Scalar>& p = *params_[i].param;
-            p.value *= Scalar(1) - opt_.lr * opt_.weight_decay;
-            m_[i] = opt_.beta1 * m_[i] + (Scalar(1) - opt_.beta1) * p.grad;
-            v_[i] = opt_.beta2 * v_[i] + (Scalar(1) - opt_.beta2) * p.grad.cwiseAbs2();
-            p.value.array() -= opt_.lr * (m_[i].array() / c1) / ((v_[i].array() / c2).sqrt() + opt_.eps);
-        }
+    double lr() const override { return opt_.lr; }
+    void set_lr(double lr) override { opt_.lr = lr; }
+    const Options& options() const { return opt_; }
+
+    void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const override {
+        if (opt_.momentum != 0) this->save_slots(out, prefix + "momentum_buffer", buffers_);
     }
-    void zero_grad() { seqnn::zero_grad(params_); }
-    void set_lr(Scalar lr) { opt_.lr = lr; }
-    Scalar lr() const { return opt_.lr; }
-    long steps() const { return t_; }
+    void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") override {
+        if (opt_.momentum != 0) this->load_slots(in, "SGD.load_state", prefix + "momentum_buffer", buffers_);
+    }
 
 private:
-    ParameterList<Scalar> params_;
+    Options opt_;
+    std::vector<Matrix<Scalar>> buffers_;
+};
+
+// AdamW (Loshchilov & Hutter), PyTorch's torch.optim.AdamW (amsgrad off):
+//   t += 1
+//   w *= 1 - lr * weight_decay
+//   m = lerp(m, g, 1 - beta1)                      = m + (1 - beta1) (g - m)
+//   v = v * beta2 + (1 - beta2) g^2
+//   w += -(lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// With weight_decay = 0 this is Adam.
+template <typename Scalar>
+class AdamW : public Optimizer<Scalar> {
+    using Base = Optimizer<Scalar>;
+
+public:
+    struct Options {
+        double lr = 1e-3;
+        double beta1 = 0.9;
+        double beta2 = 0.999;
+        double eps = 1e-8;
+        double weight_decay = 0.01;
+    };
+
+    AdamW(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
+        m_ = this->zeros_like_parameters();
+        v_ = this->zeros_like_parameters();
+    }
+
+    void step() override {
+        ++this->steps_;
+        const double t = static_cast<double>(this->steps_);
+        const Scalar decay = static_cast<Scalar>(1.0 - opt_.lr * opt_.weight_decay);
+        const double w1 = 1.0 - opt_.beta1;  // torch.lerp's weight
+        const Scalar beta2 = static_cast<Scalar>(opt_.beta2), one_minus_beta2 = static_cast<Scalar>(1.0 - opt_.beta2);
+        const Scalar step_size = static_cast<Scalar>(opt_.lr / (1.0 - std::pow(opt_.beta1, t)));
+        const Scalar bc2_sqrt = static_cast<Scalar>(std::sqrt(1.0 - std::pow(opt_.beta2, t)));
+        const Scalar eps = static_cast<Scalar>(opt_.eps);
+        for (std::size_t i = 0; i < this->params_.size(); ++i) {
+            Parameter<Scalar>& p = *this->params_[i].param;
+            auto m = m_[i].array();
+            auto v = v_[i].array();
+            const auto g = p.grad.array();
+            if (opt_.weight_decay != 0) p.value *= decay;
+            // torch.lerp: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w).
+            if (w1 < 0.5)
+                m = m + static_cast<Scalar>(w1) * (g - m);
+            else
+                m = g - (g - m) * static_cast<Scalar>(1.0 - w1);
+            v = v * beta2 + one_minus_beta2 * g * g;
+            p.value.array() += -step_size * (m / (v.sqrt() / bc2_sqrt + eps));
+        }
+    }
+
+    double lr() const override { return opt_.lr; }
+    void set_lr(double lr) override { opt_.lr = lr; }
+    const Options& options() const { return opt_; }
+
+    void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const override {
+        this->save_slots(out, prefix + "exp_avg", m_);
+        this->save_slots(out, prefix + "exp_avg_sq", v_);
+    }
+    void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") override {
+        this->load_slots(in, "AdamW.load_state", prefix + "exp_avg", m_);
+        this->load_slots(in, "AdamW.load_state", prefix + "exp_avg_sq", v_);
+    }
+
+private:
     Options opt_;
     std::vector<Matrix<Scalar>> m_, v_;
-    long t_ = 0;
 };
 
 }  // namespace seqnn
