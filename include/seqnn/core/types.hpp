@@ -81,6 +81,10 @@ struct State {
     std::vector<Matrix<Scalar>> tensors;
     std::vector<Matrix<Scalar>> workspace;
     Index position = 0;  // steps consumed so far (a KV cache's fill level)
+    // Composite layers (models/): one state per child, made by initial_state, so that
+    // step() can hand each child a State without allocating. The composite's value
+    // stays in `tensors`; the children's tensors are swapped in only during a step.
+    std::vector<State> children;
 
     bool empty() const { return tensors.empty(); }
 };
@@ -95,6 +99,14 @@ struct Context {
     std::vector<Context> children;
 
     void save(const std::string& name, Matrix<Scalar> value) { saved[name] = std::move(value); }
+    // The saved tensor `name`, shaped (rows, cols), for the layer to fill in place. A
+    // context reused from one training step to the next keeps its memory, so a
+    // training loop that reuses its Context does not allocate these again.
+    Matrix<Scalar>& buffer(const std::string& name, Index rows, Index cols) {
+        Matrix<Scalar>& m = saved[name];
+        m.resize(rows, cols);  // a no-op when the shape is unchanged
+        return m;
+    }
     const Matrix<Scalar>& get(const std::string& name) const;
 };
 

@@ -1,0 +1,248 @@
+// Causal depthwise convolution over time, the short convolution of the minGRU
+// language model (kernel 4 in the paper, 3 in lucidrains/minGRU-pytorch), followed by
+// a pointwise (1x1) convolution that mixes channels:
+//   u[t] = b0 + sum_{k<K} w0[:, k] * x[t + k - (K-1)]      (per channel; x[s < 0] from the state)
+//   y[t] = u[t] W1^T + b1                                   (pointwise, W1 (D, D))
+// which is PyTorch's nn.Sequential(nn.Conv1d(D, D, K, groups=D), nn.Conv1d(D, D, 1))
+// applied to x left-padded with K-1 zeros (a cross-correlation, as Conv1d computes).
+//
+// Parameters, named as lucidrains' CausalDepthWiseConv1d.net:
+//   net.0.weight  (D, 1, K), stored as a (D, K) matrix      net.0.bias (D)
+//   net.1.weight  (D, D, 1), stored as a (D, D) matrix      net.1.bias (D)
+// (both omitted for net.1 when pointwise is false).
+//
+// State: {window (B*(K-1), D)}: the last K-1 inputs of each stream, oldest first
+// (row b*(K-1) + j). Zeros are PyTorch's zero padding, so a stream can be fed in
+// chunks and step by step, which lucidrains' version cannot (it disables caching
+// with a conv).
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/layer.hpp"
+#include "seqnn/core/threading.hpp"
+#include "seqnn/nn/linear.hpp"
+
+#include <cmath>
+#include <string>
+
+namespace seqnn {
+
+struct CausalConvOptions {
+    Index channels = 0;     // D
+    Index kernel_size = 4;  // K
+    bool pointwise = true;  // the 1x1 channel-mixing conv after the depthwise one
+    bool bias = true;
+};
+
+template <typename Scalar>
+class CausalDepthwiseConv1d : public Layer<Scalar> {
+public:
+    Parameter<Scalar> weight;            // (D, K), PyTorch shape (D, 1, K)
+    Parameter<Scalar> bias;              // (D), empty without bias
+    Parameter<Scalar> pointwise_weight;  // (D, D), PyTorch shape (D, D, 1); empty without pointwise
+    Parameter<Scalar> pointwise_bias;    // (D), empty without pointwise or bias
+
+    // PyTorch's Conv1d initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight
+    // and bias, fan_in = K for the depthwise conv and D for the pointwise one.
+    CausalDepthwiseConv1d(CausalConvOptions options, Rng& rng) : options_(options) {
+        const Index D = options.channels, K = options.kernel_size;
+        if (D <= 0 || K <= 0)
+            fail("CausalDepthwiseConv1d", "channels and kernel_size must be positive, got " + std::to_string(D) +
+                                              ", " + std::to_string(K));
+        weight = Parameter<Scalar>(D, K);
+        weight.shape = {D, 1, K};
+        const Scalar bound0 = Scalar(1) / std::sqrt(Scalar(K));
+        weight.init_uniform(bound0, rng);
+        if (options.bias) {
+            bias = Parameter<Scalar>(D);
+            bias.init_uniform(bound0, rng);
+        }
+        if (options.pointwise) {
+            pointwise_weight = Parameter<Scalar>(D, D);
+            pointwise_weight.shape = {D, D, 1};
+            const Scalar bound1 = Scalar(1) / std::sqrt(Scalar(D));
+            pointwise_weight.init_uniform(bound1, rng);
+            if (options.bias) {
+                pointwise_bias = Parameter<Scalar>(D);
+                pointwise_bias.init_uniform(bound1, rng);
+            }
+        }
+    }
+
+    std::string kind() const override { return "CausalDepthwiseConv1d"; }
+    Index input_size() const override { return options_.channels; }
+    Index output_size() const override { return options_.channels; }
+    Index kernel_size() const { return options_.kernel_size; }
+    const CausalConvOptions& options() const { return options_; }
+
+    // {window (B*(K-1), D)} of zeros; workspace: u (B, D) for step.
+    State<Scalar> initial_state(Index batch) const override {
+        if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+        State<Scalar> s;
+        s.tensors.push_back(Matrix<Scalar>::Zero(batch * (kernel_size() - 1), options_.channels));
+        s.workspace = {Matrix<Scalar>(batch, options_.channels)};
+        return s;
+    }
+
+    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
+                             Context<Scalar>* ctx = nullptr) const override {
+        const std::string where = kind() + ".forward";
+        check_sequence(where, "input", x, input_size());
+        const Index B = x.batch, T = x.steps, D = options_.channels, K = kernel_size();
+        State<Scalar> zeros;
+        State<Scalar>& s = state ? *state : zeros;
+        if (s.empty()) s = initial_state(B);
+        check_state(where, s, B);
+        const Matrix<Scalar> window = s.tensors[0];  // (B*(K-1), D)
+
+        Matrix<Scalar> u(B * T, D);  // the depthwise conv's output, (B*T, D)
+        parallel_row_blocks(B, T * D * K, [&](Index b0, Index b1) {
+            for (Index b = b0; b < b1; ++b)
+                for (Index t = 0; t < T; ++t) {
+                    auto u_t = u.row(b * T + t);
+                    if (options_.bias)
+                        u_t = bias.row();
+                    else
+                        u_t.setZero();
+                    for (Index k = 0; k < K; ++k)
+                        u_t.array() += weight.value.col(k).transpose().array() * input_row(x.data, window, b, T, K, t + k - (K - 1)).array();
+                }
+        });
+        update_window(s.tensors[0], x.data, window, B, T, K);
+
+        if (ctx) {
+            ctx->batch = B;
+            ctx->steps = T;
+            ctx->save("input", x.data);
+            ctx->save("window", window);
+            if (options_.pointwise) ctx->save("u", u);
+        }
+        s.position += T;
+        if (!options_.pointwise) return Sequence<Scalar>(std::move(u), B, T);
+        Sequence<Scalar> y(B, T, D);
+        pointwise_forward(u, y.data);  // (B*T, D) x (D, D)
+        return y;
+    }
+
+    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
+        const std::string where = kind() + ".backward";
+        const Index B = ctx.batch, T = ctx.steps, D = options_.channels, K = kernel_size();
+        check_sequence(where, "dy", dy, D);
+        if (dy.batch != B || dy.steps != T)
+            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
+                            ", T=" + std::to_string(T) + ")");
+        const Matrix<Scalar>& x = ctx.get("input");       // (B*T, D)
+        const Matrix<Scalar>& window = ctx.get("window");  // (B*(K-1), D)
+        const bool has_final = d_final && !d_final->empty();
+        if (has_final) check_state(where + " d_final", *d_final, B);
+
+        // Through the pointwise conv: du = dy W1 (B*T, D).
+        Matrix<Scalar> du;
+        if (options_.pointwise) {
+            const Matrix<Scalar>& u = ctx.get("u");
+            pointwise_weight.grad.noalias() += dy.data.transpose() * u;  // (D, B*T) x (B*T, D)
+            if (options_.bias) pointwise_bias.grad += dy.data.colwise().sum();
+            du.noalias() = dy.data * pointwise_weight.value;  // (B*T, D) x (D, D)
+        } else {
+            du = dy.data;
+        }
+        if (options_.bias) bias.grad += du.colwise().sum();
+
+        // Through the depthwise conv: dx[s] += du[t] * w0[:, k] and dw0[:, k] += du[t] * x[s],
+        // s = t + k - (K-1); s < 0 reaches the initial window.
+        Sequence<Scalar> dx(B, T, D);
+        Matrix<Scalar> d_window = Matrix<Scalar>::Zero(B * (K - 1), D);
+        // dL/d(final window) flows to the inputs it holds: row j is step T-(K-1)+j.
+        if (has_final)
+            for (Index b = 0; b < B; ++b)
+                for (Index j = 0; j < K - 1; ++j)
+                    grad_row(dx.data, d_window, b, T, K, T - (K - 1) + j) += d_final->tensors[0].row(b * (K - 1) + j);
+        for (Index b = 0; b < B; ++b)
+            for (Index t = 0; t < T; ++t) {
+                const auto du_t = du.row(b * T + t).array();
+                for (Index k = 0; k < K; ++k) {
+                    const Index src = t + k - (K - 1);
+                    weight.grad.col(k).array() += (du_t * input_row(x, window, b, T, K, src).array()).transpose();
+                    grad_row(dx.data, d_window, b, T, K, src).array() += du_t * weight.value.col(k).transpose().array();
+                }
+            }
+        if (d_initial) {
+            *d_initial = initial_state(B);
+            d_initial->tensors[0] = std::move(d_window);
+        }
+        return dx;
+    }
+
+    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        const std::string where = kind() + ".step";
+        if (x.cols() != input_size() || x.rows() <= 0)
+            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
+                            ") with B > 0");
+        const Index B = x.rows(), D = options_.channels, K = kernel_size();
+        if (state.empty()) state = initial_state(B);
+        check_state(where, state, B);
+        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
+        Matrix<Scalar>& window = state.tensors[0];  // (B*(K-1), D)
+        Matrix<Scalar>& u = state.workspace[0];     // (B, D)
+        for (Index b = 0; b < B; ++b) {
+            auto u_b = u.row(b);
+            if (options_.bias)
+                u_b = bias.row();
+            else
+                u_b.setZero();
+            for (Index k = 0; k + 1 < K; ++k)
+                u_b.array() += weight.value.col(k).transpose().array() * window.row(b * (K - 1) + k).array();
+            u_b.array() += weight.value.col(K - 1).transpose().array() * x.row(b).array();
+            // Shift the window by one step, oldest out, x in.
+            for (Index j = 0; j + 1 < K - 1; ++j) window.row(b * (K - 1) + j) = window.row(b * (K - 1) + j + 1);
+            if (K > 1) window.row(b * (K - 1) + K - 2) = x.row(b);
+        }
+        if (y.rows() != B || y.cols() != D) y.resize(B, D);
+        if (options_.pointwise)
+            pointwise_forward(u, y);  // (B, D) x (D, D)
+        else
+            y = u;
+        state.position += 1;
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
+        out.push_back({prefix + "net.0.weight", &weight});
+        if (options_.bias) out.push_back({prefix + "net.0.bias", &bias});
+        if (options_.pointwise) {
+            out.push_back({prefix + "net.1.weight", &pointwise_weight});
+            if (options_.bias) out.push_back({prefix + "net.1.bias", &pointwise_bias});
+        }
+    }
+
+private:
+    // y = u W1^T + b1.
+    void pointwise_forward(const Matrix<Scalar>& u, Matrix<Scalar>& y) const {
+        y.noalias() = u * pointwise_weight.value.transpose();  // (N, D) x (D, D)
+        if (options_.bias) y.rowwise() += pointwise_bias.row();
+    }
+
+    // Input step s of stream b: x's row for s >= 0, the window's for -(K-1) <= s < 0.
+    static auto input_row(const Matrix<Scalar>& x, const Matrix<Scalar>& window, Index b, Index T, Index K, Index s) {
+        return s >= 0 ? x.row(b * T + s) : window.row(b * (K - 1) + (K - 1) + s);
+    }
+    static auto grad_row(Matrix<Scalar>& dx, Matrix<Scalar>& d_window, Index b, Index T, Index K, Index s) {
+        return s >= 0 ? dx.row(b * T + s) : d_window.row(b * (K - 1) + (K - 1) + s);
+    }
+
+    // The last K-1 inputs of each stream after x: the old window followed by x, cut.
+    static void update_window(Matrix<Scalar>& out, const Matrix<Scalar>& x, const Matrix<Scalar>& window, Index B,
+                              Index T, Index K) {
+        for (Index b = 0; b < B; ++b)
+            for (Index j = 0; j < K - 1; ++j) out.row(b * (K - 1) + j) = input_row(x, window, b, T, K, T - (K - 1) + j);
+    }
+
+    void check_state(const std::string& where, const State<Scalar>& s, Index B) const {
+        if (s.tensors.size() != 1) fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected 1");
+        check_matrix(where, "state window", s.tensors[0], B * (kernel_size() - 1), options_.channels);
+    }
+
+    CausalConvOptions options_;
+};
+
+}  // namespace seqnn

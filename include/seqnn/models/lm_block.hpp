@@ -1,0 +1,251 @@
+// One block of the minGRU paper's language model (Feng et al. 2024, and
+// lucidrains/minGRU-pytorch's minLM), pre-norm with residuals:
+//   h1 = x + conv(x)                  optional causal depthwise conv
+//   h2 = h1 + drop(mixer(norm1(h1)))  any mixer kind (mixer.hpp)
+//   y  = h2 + drop(ff(norm2(h2)))     MLP: Linear(D, mult*D) -> GELU -> Linear(mult*D, D)
+// Norms are RMSNorm(D) with PyTorch's default eps, as torch.nn.RMSNorm(dim) in minLM.
+// Dropout is active only in training mode (forward with a Context).
+//
+// Names, as lucidrains' ModuleList([conv, norm, mixer, ff_norm, ff]):
+//   0.net.0.weight, 0.net.0.bias, 0.net.1.weight, 0.net.1.bias   (conv, when present)
+//   1.weight                                                      (norm1)
+//   2.<mixer's names>, e.g. 2.to_hidden_and_gate.weight, 2.to_out.weight
+//   3.weight                                                      (norm2)
+//   4.0.weight, 4.0.bias, 4.2.weight, 4.2.bias                    (ff)
+// State: the conv's window (when present) then the mixer's state tensors.
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/layer.hpp"
+#include "seqnn/layers/causal_conv.hpp"
+#include "seqnn/models/composite_state.hpp"
+#include "seqnn/models/mixer.hpp"
+#include "seqnn/models/rowwise.hpp"
+#include "seqnn/nn/dropout.hpp"
+#include "seqnn/nn/rms_norm.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace seqnn {
+
+struct LMBlockOptions {
+    Index dim = 0;                  // D
+    MixerOptions mixer;             // the kind and its options
+    double ff_mult = 4.0;           // the MLP's hidden size is D * ff_mult
+    bool conv = false;              // lucidrains' enable_conv
+    Index conv_kernel = 3;          // 3 in lucidrains, 4 in the paper
+    double dropout = 0.0;           // on the mixer's and the MLP's outputs, training only
+    std::uint64_t dropout_seed = 0;
+};
+
+template <typename Scalar>
+class LMBlock : public Layer<Scalar> {
+public:
+    LMBlock(const LMBlockOptions& o, Rng& rng)
+        : options_(o),
+          norm1_(checked_dim(o.dim)),
+          norm2_(o.dim),
+          mixer_drop_(o.dim, o.dropout, dropout_detail::mix64(o.dropout_seed * 2 + 1)),
+          ff_drop_(o.dim, o.dropout, dropout_detail::mix64(o.dropout_seed * 2 + 2)) {
+        if (o.conv) conv_.emplace(CausalConvOptions{.channels = o.dim, .kernel_size = o.conv_kernel}, rng);
+        mixer_ = make_mixer<Scalar>(o.mixer, o.dim, rng);
+        if (mixer_->input_size() != o.dim || mixer_->output_size() != o.dim)
+            fail("LMBlock", "the mixer (" + mixer_->kind() + ") maps " + std::to_string(mixer_->input_size()) + " -> " +
+                                std::to_string(mixer_->output_size()) + " features, expected " + std::to_string(o.dim) +
+                                " -> " + std::to_string(o.dim));
+        ff_.emplace(o.dim, o.ff_mult, rng);
+        layout_ = CompositeState<Scalar>(stateful());
+    }
+
+    std::string kind() const override { return "LMBlock(" + mixer_->kind() + ")"; }
+    Index input_size() const override { return options_.dim; }
+    Index output_size() const override { return options_.dim; }
+    Layer<Scalar>& mixer() { return *mixer_; }
+    const Layer<Scalar>& mixer() const { return *mixer_; }
+    FeedForward<Scalar>& feed_forward() { return *ff_; }
+    std::optional<CausalDepthwiseConv1d<Scalar>>& conv() { return conv_; }
+    const Dropout<Scalar>& mixer_dropout() const { return mixer_drop_; }
+    const Dropout<Scalar>& ff_dropout() const { return ff_drop_; }
+    Dropout<Scalar>& mixer_dropout() { return mixer_drop_; }
+    Dropout<Scalar>& ff_dropout() { return ff_drop_; }
+
+    // The conv's and the mixer's states; workspace for step: h, n, m (B, D) and the
+    // MLP's pre, act (B, mult*D).
+    State<Scalar> initial_state(Index batch) const override {
+        if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+        State<Scalar> s = layout_.initial(stateful(), batch);
+        const Index D = options_.dim, H = ff_->hidden_size();
+        s.workspace = {Matrix<Scalar>(batch, D), Matrix<Scalar>(batch, D), Matrix<Scalar>(batch, D),
+                       Matrix<Scalar>(batch, H), Matrix<Scalar>(batch, H)};
+        return s;
+    }
+
+    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
+                             Context<Scalar>* ctx = nullptr) const override {
+        const std::string where = kind() + ".forward";
+        check_sequence(where, "input", x, input_size());
+        const Index B = x.batch, T = x.steps;
+        State<Scalar> zeros;
+        State<Scalar>& s = state ? *state : zeros;
+        if (s.empty()) s = initial_state(B);
+        layout_.check(where, s);
+        if (ctx) {
+            ctx->batch = B;
+            ctx->steps = T;
+            ctx->children.assign(4, Context<Scalar>{});  // conv, mixer, mixer dropout, ff dropout
+        }
+        Context<Scalar>* conv_ctx = ctx ? &ctx->children[0] : nullptr;
+        Context<Scalar>* mixer_ctx = ctx ? &ctx->children[1] : nullptr;
+        std::size_t child = 0;
+
+        // h1 = x + conv(x)   (B*T, D)
+        Sequence<Scalar> h = x;
+        if (conv_) {
+            State<Scalar> cs = layout_.child(s, child);
+            h.data += conv_->forward(x, &cs, conv_ctx).data;
+            layout_.set_child(s, child++, std::move(cs), *conv_, B);
+        }
+        if (ctx) ctx->save("h1", h.data);
+
+        // h2 = h1 + drop(mixer(norm1(h1)))
+        const Sequence<Scalar> n1(norm1_.forward(h.data), B, T);  // (B*T, D)
+        State<Scalar> ms = layout_.child(s, child);
+        Sequence<Scalar> m = mixer_->forward(n1, &ms, mixer_ctx);  // (B*T, D)
+        layout_.set_child(s, child, std::move(ms), *mixer_, B);
+        mixer_drop_.apply(m.data, ctx ? &ctx->children[2] : nullptr);
+        h.data += m.data;
+        if (ctx) ctx->save("h2", h.data);
+
+        // y = h2 + drop(ff(norm2(h2)))
+        const Matrix<Scalar> n2 = norm2_.forward(h.data);  // (B*T, D)
+        Matrix<Scalar> pre(B * T, ff_->hidden_size()), act, f(B * T, options_.dim);
+        ff_->forward_rows(n2, pre, act, f);  // (B*T, D) -> (B*T, H) -> (B*T, D)
+        ff_drop_.apply(f, ctx ? &ctx->children[3] : nullptr);
+        h.data += f;
+        if (ctx) {
+            ctx->save("n2", n2);
+            ctx->save("pre", std::move(pre));
+            ctx->save("act", std::move(act));
+        }
+        s.position += T;
+        return h;
+    }
+
+    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
+        const std::string where = kind() + ".backward";
+        if (ctx.children.size() != 4) fail(where, "the context holds no training forward of this block");
+        check_sequence(where, "dy", dy, output_size());
+        const Index B = ctx.batch, T = ctx.steps;
+        if (dy.batch != B || dy.steps != T)
+            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
+                            ", T=" + std::to_string(T) + ")");
+        const bool has_final = d_final && !d_final->empty();
+        if (has_final) layout_.check(where + " d_final", *d_final);
+        if (d_initial) {
+            *d_initial = State<Scalar>{};
+            d_initial->tensors.resize(static_cast<std::size_t>(layout_.total()));
+        }
+        const std::size_t mixer_child = conv_ ? 1 : 0;
+
+        // y = h2 + drop(ff(norm2(h2))): dh2 = dy + norm2'(ff'(drop'(dy)))
+        Matrix<Scalar> df = dy.data;  // (B*T, D)
+        ff_drop_.apply_backward(df, ctx.children[3]);
+        const Matrix<Scalar> dn2 = ff_->backward_rows(ctx.get("n2"), ctx.get("pre"), ctx.get("act"), df);
+        Matrix<Scalar> dh = dy.data + norm2_.backward(ctx.get("h2"), dn2);  // (B*T, D)
+
+        // h2 = h1 + drop(mixer(norm1(h1))): dh1 = dh2 + norm1'(mixer'(drop'(dh2)))
+        Matrix<Scalar> dm = dh;
+        mixer_drop_.apply_backward(dm, ctx.children[2]);
+        State<Scalar> m_final = has_final ? layout_.child(*d_final, mixer_child) : State<Scalar>{};
+        State<Scalar> m_initial;
+        const Sequence<Scalar> dn1 = mixer_->backward(Sequence<Scalar>(std::move(dm), B, T), ctx.children[1],
+                                                      has_final ? &m_final : nullptr, d_initial ? &m_initial : nullptr);
+        dh += norm1_.backward(ctx.get("h1"), dn1.data);
+        if (d_initial) layout_.set_child(*d_initial, mixer_child, std::move(m_initial), *mixer_, B);
+
+        // h1 = x + conv(x): dx = dh1 + conv'(dh1)
+        if (conv_) {
+            State<Scalar> c_final = has_final ? layout_.child(*d_final, 0) : State<Scalar>{};
+            State<Scalar> c_initial;
+            const Sequence<Scalar> dc = conv_->backward(Sequence<Scalar>(dh, B, T), ctx.children[0],
+                                                        has_final ? &c_final : nullptr, d_initial ? &c_initial : nullptr);
+            dh += dc.data;
+            if (d_initial) layout_.set_child(*d_initial, 0, std::move(c_initial), *conv_, B);
+        }
+        return Sequence<Scalar>(std::move(dh), B, T);
+    }
+
+    // The same block on one step, through the buffers in the state's workspace.
+    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        const std::string where = kind() + ".step";
+        if (x.cols() != input_size() || x.rows() <= 0)
+            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
+                            ") with B > 0");
+        const Index B = x.rows();
+        if (state.empty()) state = initial_state(B);
+        layout_.check(where, state);
+        if (!layout_.has_shells(state)) layout_.make_shells(state, stateful(), B);
+        if (state.workspace.size() != 5 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
+        Matrix<Scalar>& h = state.workspace[0];    // (B, D): the residual stream
+        Matrix<Scalar>& n = state.workspace[1];    // (B, D): normed
+        Matrix<Scalar>& m = state.workspace[2];    // (B, D): a branch's output
+        Matrix<Scalar>& pre = state.workspace[3];  // (B, H)
+        Matrix<Scalar>& act = state.workspace[4];  // (B, H)
+        std::size_t child = 0;
+        if (conv_) {
+            layout_.swap(state, child);
+            conv_->step(x, state.children[child], m);
+            layout_.swap(state, child++);
+            h = x + m;
+        } else {
+            h = x;
+        }
+        norm1_.forward(h, n);
+        layout_.swap(state, child);
+        mixer_->step(n, state.children[child], m);
+        layout_.swap(state, child);
+        h += m;
+        norm2_.forward(h, n);
+        if (y.rows() != B || y.cols() != output_size()) y.resize(B, output_size());
+        ff_->forward_rows(n, pre, act, y);
+        y += h;
+        state.position += 1;
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
+        if (conv_) conv_->collect_parameters(prefix + "0.", out);
+        norm1_.collect_parameters(prefix + "1.", out);
+        mixer_->collect_parameters(prefix + "2.", out);
+        norm2_.collect_parameters(prefix + "3.", out);
+        ff_->collect_parameters(prefix + "4.", out);
+    }
+
+private:
+    static Index checked_dim(Index dim) {
+        if (dim <= 0) fail("LMBlock", "dim must be positive, got " + std::to_string(dim));
+        return dim;
+    }
+    // The children that carry state, in state order.
+    std::vector<const Layer<Scalar>*> stateful() const {
+        std::vector<const Layer<Scalar>*> out;
+        if (conv_) out.push_back(&*conv_);
+        out.push_back(mixer_.get());
+        return out;
+    }
+
+    LMBlockOptions options_;
+    std::optional<CausalDepthwiseConv1d<Scalar>> conv_;
+    RMSNorm<Scalar> norm1_;
+    std::unique_ptr<Layer<Scalar>> mixer_;
+    RMSNorm<Scalar> norm2_;
+    std::optional<FeedForward<Scalar>> ff_;
+    Dropout<Scalar> mixer_drop_;
+    Dropout<Scalar> ff_drop_;
+    CompositeState<Scalar> layout_;
+};
+
+}  // namespace seqnn
