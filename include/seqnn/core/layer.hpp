@@ -30,7 +30,8 @@ public:
     //        zeros and a non-empty one is the initial state. Either way it holds
     //        the final state on return, so a long stream can be fed in chunks.
     // ctx:   non-null puts the layer in training mode: it keeps there what
-    //        backward needs. The caller owns it.
+    //        backward needs. The caller owns it; reusing one Context from step to
+    //        step lets a layer reuse its buffers (see Context::buffer).
     // forward is const: one layer object may serve several threads at once.
     virtual Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
                                      Context<Scalar>* ctx = nullptr) const = 0;

@@ -14,6 +14,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/scratch.hpp"
 #include "seqnn/core/threading.hpp"
 #include "seqnn/kernels/scan.hpp"
 #include "seqnn/nn/linear.hpp"
@@ -127,50 +128,51 @@ public:
         check_state(where, s, B);
         const Matrix<Scalar>& h0 = s.tensors[0];  // (B, E)
 
-        Matrix<Scalar> pre(B * T, gate_count_ * E);
-        in_proj_.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
-
+        // Training mode keeps the pre-activations for backward in the context's own buffer
+        // and writes the gates to scratch; otherwise the gates overwrite them in scratch.
+        const Index N = B * T, GE = gate_count_ * E;
+        Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
         if (ctx) {
             ctx->batch = B;
             ctx->steps = T;
-            ctx->save("input", x.data);
-            ctx->save("pre", pre);  // backward recomputes the gates from it
-            ctx->save("h0", h0);
+            ctx->buffer("input", N, input_size()) = x.data;
+            ctx->buffer("h0", B, E) = h0;
+            Matrix<Scalar>& pre = ctx->buffer("pre", N, GE);
+            in_proj_.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
+            compute_coefficients(pre, coeffs);
+        } else {
+            in_proj_.forward(x.data, coeffs);  // (B*T, D) x (D, G*E), then the gates in place
+            compute_coefficients(coeffs, coeffs);
         }
+        const auto b = coeffs.leftCols(E);      // (B*T, E), row stride G*E
+        const auto a = coeffs.middleCols(E, E);  // (B*T, E)
 
-        // The gates in place: b over the hidden block of pre, a over its first gate block,
-        // then the scan writes h over b. No other (B*T, E) buffer is needed.
-        auto b = pre.leftCols(E);      // (B*T, E), row stride G*E
-        auto a = pre.middleCols(E, E);  // (B*T, E)
+        // h goes straight where it is needed: the output, or (projecting) the context or scratch.
+        Sequence<Scalar> y(B, T, output_size());
         Matrix<Scalar> h_final(B, E);
+        MatrixRef<Scalar> h = !projects() ? MatrixRef<Scalar>(y.data)
+                              : ctx       ? MatrixRef<Scalar>(ctx->buffer("h", N, E))
+                                          : MatrixRef<Scalar>(scratch_matrix<Scalar>(ScratchSlot::B, N, E));
         if (options_.mode == MinRNNMode::LogSpace) {
-            parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
-                const Index n = r1 - r0;
-                log_coefficients(pre.middleRows(r0, n), a.middleRows(r0, n), b.middleRows(r0, n));
-            });
-            // A zero state contributes nothing and has no logarithm: scan without it.
+            // a, b hold log a, log b. A zero state contributes nothing and has no logarithm: scan without it.
             const bool zero_start = h0.isZero(0);
             if (!zero_start) check_positive(where, h0);
             const Matrix<Scalar> log_h0 = zero_start ? Matrix<Scalar>() : Matrix<Scalar>(h0.array().log().matrix());
-            Matrix<Scalar> log_h(B * T, E);
-            log_scan_forward<Scalar>(log_h, h_final, a, b, log_h0, B, T);  // log h, log h_T
-            b = log_h.array().exp().matrix();
+            log_scan_forward<Scalar>(h, h_final, a, b, log_h0, B, T);  // log h, log h_T
+            parallel_row_blocks(N, E, [&](Index r0, Index r1) {
+                h.middleRows(r0, r1 - r0).array() = h.middleRows(r0, r1 - r0).array().exp();
+            });
             h_final = h_final.array().exp().matrix();
         } else {
-            parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
-                const Index n = r1 - r0;
-                coefficients(pre.middleRows(r0, n), a.middleRows(r0, n), b.middleRows(r0, n));
-            });
-            scan_forward<Scalar>(b, h_final, a, b, h0, B, T, {.mode = scan_mode()});  // h over b
+            scan_forward<Scalar>(h, h_final, a, b, h0, B, T, {.mode = scan_mode()});
         }
-        const auto h = pre.leftCols(E);  // (B*T, E)
 
-        if (ctx) ctx->save("h", h);
+        if (projects())
+            to_out_.forward(h, y.data);  // (B*T, E) x (E, D)
+        else if (ctx)
+            ctx->buffer("h", N, E) = y.data;
         s.tensors[0] = h_final;
         s.position += T;
-        if (!projects()) return Sequence<Scalar>(Matrix<Scalar>(h), B, T);
-        Sequence<Scalar> y(B, T, output_size());
-        to_out_.forward(h, y.data);  // (B*T, E) x (E, D)
         return y;
     }
 
@@ -187,34 +189,38 @@ public:
             fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
                             ", T=" + std::to_string(T) + ")");
         if (d_final && !d_final->empty()) check_state(where + " d_final", *d_final, B);
+        const Index N = B * T, GE = gate_count_ * E;
 
-        // dL/dh (B*T, E), through to_out when projecting.
-        const Matrix<Scalar> dh = projects() ? to_out_.backward(h, dy.data) : dy.data;
+        // The forward's coefficients a, b again, from the saved pre-activations.
+        Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
+        compute_coefficients(pre, coeffs, /*log_space=*/false);
+        const auto a = coeffs.middleCols(E, E);  // (B*T, E)
+
+        // dL/dh (B*T, E), through to_out when projecting; the reverse scan then writes dL/db over it.
+        Eigen::Map<Matrix<Scalar>> d_coeffs = scratch_matrix<Scalar>(ScratchSlot::B, N, 2 * E);  // [da | db]
+        auto da = d_coeffs.leftCols(E), db = d_coeffs.rightCols(E);
+        if (projects()) to_out_.backward(h, dy.data, db);  // (B*T, D) x (D, E)
+        const ConstMatrixRef<Scalar> dh = projects() ? ConstMatrixRef<Scalar>(db) : ConstMatrixRef<Scalar>(dy.data);
 
         // The reverse scan: dL/da and dL/db of h_t = a_t h_{t-1} + b_t, and dL/dh0.
         // The log-space mode computes the same function, so it shares this gradient.
-        Matrix<Scalar> gates = pre, da(B * T, E), db(B * T, E), dh0(B, E);
-        parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
-            const Index n = r1 - r0;
-            coefficients(gates.middleRows(r0, n), gates.middleCols(E, E).middleRows(r0, n),
-                         gates.leftCols(E).middleRows(r0, n));
-        });
-        const auto a = gates.middleCols(E, E);
+        Matrix<Scalar> dh0(B, E);
         const Matrix<Scalar> dh_final = d_final && !d_final->empty() ? d_final->tensors[0] : Matrix<Scalar>();
         scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, {.mode = scan_mode()});
 
-        Matrix<Scalar> d_pre(B * T, gate_count_ * E);
-        parallel_row_blocks(B * T, E, [&](Index r0, Index r1) {
+        Eigen::Map<Matrix<Scalar>> d_pre = scratch_matrix<Scalar>(ScratchSlot::C, N, GE);
+        parallel_row_blocks(N, E, [&](Index r0, Index r1) {
             const Index n = r1 - r0;
             coefficients_backward(pre.middleRows(r0, n), da.middleRows(r0, n), db.middleRows(r0, n),
                                   d_pre.middleRows(r0, n));
         });
-        Matrix<Scalar> dx = in_proj_.backward(x, d_pre);  // (B*T, G*E) x (G*E, D)
+        Sequence<Scalar> dx(B, T, input_size());
+        in_proj_.backward(x, d_pre, dx.data);  // (B*T, G*E) x (G*E, D)
         if (d_initial) {
             *d_initial = initial_state(B);
             d_initial->tensors[0] = dh0;
         }
-        return Sequence<Scalar>(std::move(dx), B, T);
+        return dx;
     }
 
     // One step; the same recurrence, h = a h + b, whatever the mode.
@@ -278,6 +284,23 @@ protected:
     HiddenActivation activation() const { return options_.activation; }
 
 private:
+    // pre (N, G*E) -> coeffs (N, G*E) with b in the first E columns and a in the next E
+    // (log a, log b in the log-space mode), split across threads; coeffs may be pre.
+    void compute_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> coeffs) const {
+        compute_coefficients(pre, coeffs, options_.mode == MinRNNMode::LogSpace);
+    }
+    void compute_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> coeffs, bool log_space) const {
+        const Index E = hidden_size_;
+        parallel_row_blocks(pre.rows(), E, [&](Index r0, Index r1) {
+            const Index n = r1 - r0;
+            auto a = coeffs.middleCols(E, E).middleRows(r0, n), b = coeffs.leftCols(E).middleRows(r0, n);
+            if (log_space)
+                log_coefficients(pre.middleRows(r0, n), a, b);
+            else
+                coefficients(pre.middleRows(r0, n), a, b);
+        });
+    }
+
     ScanMode scan_mode() const {
         return options_.mode == MinRNNMode::Sequential ? ScanMode::Sequential : ScanMode::Parallel;
     }

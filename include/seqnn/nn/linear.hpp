@@ -52,13 +52,21 @@ public:
     // Given x (N, in) and dL/dy (N, out): dW += dy^T x, db += sum_rows dy, and
     // returns dL/dx = dy W (N, in).
     Matrix<Scalar> backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy) {
+        Matrix<Scalar> dx(x.rows(), in_features());
+        backward(x, dy, dx);
+        return dx;
+    }
+
+    // The same, writing dL/dx into dx (N, in), which may be a view.
+    void backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy, MatrixRef<Scalar> dx) {
         check_input(x.rows(), x.cols());
         if (dy.rows() != x.rows() || dy.cols() != out_features())
             fail("Linear.backward", "dy has shape " + shape_string(dy) + ", expected " +
                                         shape_string(x.rows(), out_features()));
+        check_matrix("Linear.backward", "dx", dx, x.rows(), in_features());
         weight.grad.noalias() += dy.transpose() * x;  // (out, N) x (N, in)
         if (has_bias()) bias.grad += dy.colwise().sum();
-        return dy * weight.value;  // (N, out) x (out, in)
+        dx.noalias() = dy * weight.value;  // (N, out) x (out, in)
     }
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {

@@ -1,0 +1,54 @@
+// Scratch matrices that live on the calling thread and are reused from call to call.
+//
+// A whole-sequence layer needs large temporaries for one call only: minGRU's gate
+// pre-activations are (B*T, 2E), 32 MiB at B=16, T=1024, E=256. Allocating them
+// afresh every call is not free: glibc hands blocks of 32 MiB and more straight to
+// the kernel (mmap) and returns them on free, so every call page-faults its
+// temporaries in again, which measured up to half of minGRU's forward time on 16
+// threads. Scratch keeps one growing buffer per (thread, slot) instead.
+//
+// Rules: a slot's contents are valid until the same thread asks for that slot
+// again, so a layer uses its slots within one call and never across a call into
+// another layer that might use them (slots are numbered per use below). Each
+// thread holds at most the largest size it has asked for; release_scratch() frees
+// the calling thread's buffers.
+#pragma once
+
+#include "seqnn/core/types.hpp"
+
+#include <array>
+#include <vector>
+
+namespace seqnn {
+
+// The slots, one per concurrent use inside a layer's call.
+enum class ScratchSlot { A = 0, B = 1, C = 2, Count = 3 };
+
+namespace scratch_detail {
+template <typename Scalar>
+std::array<std::vector<Scalar>, static_cast<std::size_t>(ScratchSlot::Count)>& buffers() {
+    thread_local std::array<std::vector<Scalar>, static_cast<std::size_t>(ScratchSlot::Count)> per_thread;
+    return per_thread;
+}
+}  // namespace scratch_detail
+
+// A (rows, cols) row-major matrix in the calling thread's buffer for `slot`;
+// uninitialised. Its memory is reused by the next request for the same slot.
+template <typename Scalar>
+Eigen::Map<Matrix<Scalar>> scratch_matrix(ScratchSlot slot, Index rows, Index cols) {
+    std::vector<Scalar>& buffer = scratch_detail::buffers<Scalar>()[static_cast<std::size_t>(slot)];
+    const auto needed = static_cast<std::size_t>(rows * cols);
+    if (buffer.size() < needed) {
+        buffer = std::vector<Scalar>();  // free the old block before taking the larger one
+        buffer.resize(needed);
+    }
+    return Eigen::Map<Matrix<Scalar>>(buffer.data(), rows, cols);
+}
+
+// Frees the calling thread's scratch buffers of this scalar type.
+template <typename Scalar>
+void release_scratch() {
+    for (auto& buffer : scratch_detail::buffers<Scalar>()) buffer = std::vector<Scalar>();
+}
+
+}  // namespace seqnn
