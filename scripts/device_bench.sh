@@ -44,7 +44,8 @@ fi
 if has layers; then
   for n in 1 16; do
     echo "== layers, $n threads" | tee -a "$OUT/summary.txt"
-    run bench_min_rnn 'BM_MinGRU_(Forward|Train)/|BM_MinLSTM_(Forward|Train)/' "$n" "min_rnn_t$n"
+    run bench_scan 'BM_Gemm/' "$n" "gemm_t$n"
+    run bench_min_rnn 'BM_MinGRU_(Forward|Train|ForwardSequential|ForwardLogSpace|TrainLogSpace)/|BM_MinLSTM_(Forward|Train)/' "$n" "min_rnn_t$n"
     run bench_recurrent '(GRU|LSTM)_(Forward|Train)/B:16/T:(64|256|1024)/' "$n" "recurrent_t$n"
   done
 fi
