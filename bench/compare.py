@@ -14,9 +14,10 @@ def seqnn_times(path):
         data = json.load(f)
     out = {}
     for b in data["benchmarks"]:
-        if b.get("run_type") == "aggregate":
+        # Plain runs, or the median of repetitions (--benchmark_repetitions).
+        if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
             continue
-        name = b["name"].replace("/real_time", "")
+        name = b.get("run_name", b["name"]).replace("/real_time", "")
         scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
         out[name] = b["real_time"] * scale
     return out

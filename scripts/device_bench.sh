@@ -31,7 +31,8 @@ fi
 
 run() {  # run BIN FILTER THREADS NAME
   OMP_NUM_THREADS=$3 $D/bin/$1 --benchmark_filter="$2" --benchmark_min_time=${MIN_TIME:-0.3} \
-    --benchmark_out="$OUT/$4.json" --benchmark_out_format=json | grep -E "^BM_" | tee -a "$OUT/summary.txt"
+    --benchmark_repetitions=${REPS:-3} --benchmark_report_aggregates_only=true \
+    --benchmark_out="$OUT/$4.json" --benchmark_out_format=json | grep -E "^BM_.*_(median|min) " | tee -a "$OUT/summary.txt"
 }
 
 if has scan; then
