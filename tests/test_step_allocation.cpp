@@ -15,6 +15,8 @@ inline std::atomic<long> eigen_failed_checks{0};
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
+#include <seqnn/layers/transformer.hpp>
+#include <seqnn/nn/positional.hpp>
 
 #include <atomic>
 #include <cstdlib>
@@ -121,4 +123,34 @@ TEST(StepAllocation, StateFromForwardStepsWithoutAllocatingAfterFirstStep) {
     start_counting();
     for (int t = 0; t < 20; ++t) gru.step(xt, state, y);
     EXPECT_EQ(stop_counting(), 0);
+}
+
+// A Transformer block appends to its preallocated KV cache: no allocation per step, also
+// once the cache is long enough for the attention kernel to split heads across threads
+// (its scratch is part of the state's workspace), and from a cache that forward filled.
+TEST(StepAllocation, TransformerBlockStepsWithoutAllocating) {
+    Rng rng(6);
+    const TransformerBlock<float> small({.d_model = 24, .num_heads = 3, .rotary = true, .max_cache_length = 64}, rng);
+    EXPECT_EQ(allocations_per_stream(small, 3, 50), 0);
+    const TransformerBlock<double> plain({.d_model = 24, .num_heads = 3, .max_cache_length = 64}, rng);
+    EXPECT_EQ(allocations_per_stream(plain, 2, 50), 0);
+
+    const TransformerBlock<float> block({.d_model = 64, .num_heads = 8, .rotary = true, .max_cache_length = 2100},
+                                        rng);
+    State<float> state;
+    block.forward(seqnn::testing::random_sequence<float>(1, 2000, 64, rng), &state);  // 2000 positions cached
+    Matrix<float> x = seqnn::testing::random_matrix<float>(1, 64, rng), y(1, 64);
+    block.step(x, state, y);  // the first step makes the workspace forward's state lacks
+    start_counting();
+    for (int t = 0; t < 20; ++t) block.step(x, state, y);
+    EXPECT_EQ(stop_counting(), 0);
+    EXPECT_EQ(state.position, 2021);
+}
+
+TEST(StepAllocation, PositionEmbeddingsStepWithoutAllocating) {
+    Rng rng(7);
+    const LearnedPositionalEmbedding<float> learned(60, 5, rng);
+    const SinusoidalPositionalEncoding<double> sinusoidal(5);
+    EXPECT_EQ(allocations_per_stream(learned, 3, 50), 0);
+    EXPECT_EQ(allocations_per_stream(sinusoidal, 3, 50), 0);
 }

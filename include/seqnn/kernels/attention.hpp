@@ -119,7 +119,7 @@ inline Index forward_slot(const AttentionShape& s, const AttentionOptions& o) {
 // Threads a call uses: several only when there is enough work and no region is running.
 inline int threads_for(double flops, Index items) {
 #ifdef _OPENMP
-    if (items > 1 && flops >= 2e6 && !omp_in_parallel()) return std::max(1, std::min<int>(omp_get_max_threads(), int(items)));
+    if (items > 1 && flops >= 5e5 && !omp_in_parallel()) return std::max(1, std::min<int>(omp_get_max_threads(), int(items)));
 #else
     (void)flops;
     (void)items;
@@ -127,12 +127,20 @@ inline int threads_for(double flops, Index items) {
     return 1;
 }
 
-inline int thread_id() {
+// Runs body(item, slot) for item in [0, items): on `threads` threads with a dynamic schedule
+// (causal work items are unequal), or as a plain loop -- no parallel region at all -- on one.
+// slot in [0, threads) names the calling thread's scratch.
+template <typename Body>
+void for_each_item(Index items, int threads, const Body& body) {
 #ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
+    if (threads > 1) {
+#pragma omp parallel for schedule(dynamic) num_threads(threads)
+        for (Index item = 0; item < items; ++item) body(item, Index(omp_get_thread_num()));
+        return;
+    }
 #endif
+    (void)threads;
+    for (Index item = 0; item < items; ++item) body(item, Index(0));
 }
 
 template <typename Scalar>
@@ -203,14 +211,11 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
     const Scalar scale = scale_of<Scalar>(s, o);
     constexpr Scalar neg_inf = -std::numeric_limits<Scalar>::infinity();
 
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
-#endif
-    for (Index item = 0; item < items; ++item) {
+    const auto run_item = [&](Index item, Index slot_id) {
         // Heaviest first: with a causal mask the last query blocks see the most keys.
         const Index qb = q_blocks - 1 - item % q_blocks, h = (item / q_blocks) % H, b = item / (q_blocks * H);
         const Index i0 = qb * bq, m = std::min(bq, Tq - i0);
-        Scalar* scratch = workspace.data() + Index(thread_id()) * slot;
+        Scalar* scratch = workspace.data() + slot_id * slot;
         Tile<Scalar> Qs(scratch, m, Dh);                                  // (m, Dh), scaled queries
         Tile<Scalar> O(scratch + round_up(bq * Dh), m, Dh);               // (m, Dh), unnormalised output
         Scalar* s_data = scratch + 2 * round_up(bq * Dh);                 // S (m, n) for each tile
@@ -223,7 +228,7 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
         if (j_end <= 0) {  // no key visible: out = 0, lse = +inf
             out_rows.setZero();
             if (lse) lse->col(h).segment(b * Tq + i0, m).setConstant(std::numeric_limits<Scalar>::infinity());
-            continue;
+            return;
         }
         Qs.noalias() = scale * head_rows(q, b * Tq + i0, m, h * Dh, Dh);  // (m, Dh)
         O.setZero();
@@ -255,7 +260,8 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
             out_rows.row(i) = O.row(i) / row_sum[i];
             if (lse) (*lse)(b * Tq + i0 + i, h) = row_max[i] + std::log(row_sum[i]);
         }
-    }
+    };
+    for_each_item(items, threads, run_item);
 }
 
 // Gradients of attention_forward: given q, k, v, the forward's out and lse, and dL/dout
@@ -325,13 +331,10 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
         const Index k_blocks = (s.kv_steps + bk - 1) / bk, items = B * H * k_blocks;
         const int threads = threads_for(flops, items);
         std::vector<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
-#endif
-        for (Index item = 0; item < items; ++item) {
+        for_each_item(items, threads, [&](Index item, Index slot_id) {
             const Index kb = item % k_blocks, h = (item / k_blocks) % H, b = item / (k_blocks * H);
             const Index j0 = kb * bk, n = std::min(bk, s.kv_steps - j0);
-            Scalar* p = scratch_all.data() + Index(thread_id()) * slot;
+            Scalar* p = scratch_all.data() + slot_id * slot;
             Tile<Scalar> Qs(p, bq, Dh), dO(p + round_up(bq * Dh), bq, Dh);
             p += 2 * round_up(bq * Dh);
             Tile<Scalar> dK(p, n, Dh), dV(p + round_up(bk * Dh), n, Dh);
@@ -360,7 +363,7 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
             }
             head_rows(dk, b * L + j0, n, h * Dh, Dh) = dK;
             head_rows(dv, b * L + j0, n, h * Dh, Dh) = dV;
-        }
+        });
     }
     // Rows of k and v past Tk (the unused part of a cache) take no gradient.
     if (L > s.kv_steps)
@@ -374,13 +377,10 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
         const Index q_blocks = (Tq + bq - 1) / bq, items = B * H * q_blocks;
         const int threads = threads_for(flops, items);
         std::vector<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1)
-#endif
-        for (Index item = 0; item < items; ++item) {
+        for_each_item(items, threads, [&](Index item, Index slot_id) {
             const Index qb = q_blocks - 1 - item % q_blocks, h = (item / q_blocks) % H, b = item / (q_blocks * H);
             const Index i0 = qb * bq, m = std::min(bq, Tq - i0);
-            Scalar* p = scratch_all.data() + Index(thread_id()) * slot;
+            Scalar* p = scratch_all.data() + slot_id * slot;
             Tile<Scalar> Qs(p, m, Dh), dO(p + round_up(bq * Dh), m, Dh);
             p += 2 * round_up(bq * Dh);
             Tile<Scalar> dQ(p, m, Dh);  // in the K tile's place: pass 2 reads K and V as maps
@@ -402,7 +402,7 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
                 dQ.noalias() += dP * Kt;  // (m, n) x (n, Dh)
             }
             head_rows(dq, b * Tq + i0, m, h * Dh, Dh) = scale * dQ;
-        }
+        });
     }
 }
 

@@ -1,0 +1,423 @@
+// A pre-norm Transformer encoder block with a causal mask, PyTorch's
+//   nn.TransformerEncoderLayer(d_model=E, nhead=H, dim_feedforward=F, dropout=0,
+//                              activation="gelu", batch_first=True, norm_first=True)
+// called with is_causal / a causal src_mask, with the same parameter names and shapes:
+//
+//   h = x + out_proj(attention(split_heads(norm1(x) W_in^T + b_in)))      self-attention
+//   y = h + linear2(gelu(linear1(norm2(h))))                              feed-forward
+//
+//   self_attn.in_proj_weight (3E, E), self_attn.in_proj_bias (3E)   rows [W_q; W_k; W_v]
+//   self_attn.out_proj.weight (E, E), self_attn.out_proj.bias (E)
+//   linear1.weight (F, E), linear1.bias (F), linear2.weight (E, F), linear2.bias (E)
+//   norm1.weight/bias (E), norm2.weight/bias (E)
+// GELU is the exact erf form (PyTorch's default). Head h is columns [h*Dh, (h+1)*Dh) of
+// q, k and v, Dh = E / H, scores scaled by 1/sqrt(Dh), as in nn.MultiheadAttention.
+// Optionally (not in PyTorch's layer) rotary embeddings (kernels/rope.hpp) rotate q and k.
+//
+// The state is a KV cache: tensors {K (B*L, E), V (B*L, E)}, row b*L + t holding the key
+// (after RoPE) and value of position t of stream b, and State::position its fill level.
+// - initial_state(B) makes an empty cache of L = options.max_cache_length rows per stream,
+//   with the workspace step() needs; step() appends one position and never allocates; it
+//   throws shape_error when the cache is full.
+// - forward(x, nullptr) runs whole sequences and keeps no cache (training).
+// - forward(x, &state) with an empty state makes a cache of max(max_cache_length, T) rows
+//   per stream; with a filled one it continues from it: the chunk's queries attend to the
+//   cached positions and to their own past (chunked == whole). If the chunk does not fit,
+//   forward grows the cache to max(max_cache_length, position + T) rows. Either way the
+//   state holds the filled cache on return, ready for step().
+// - backward: the cache is differentiable like any state. d_final (optional) is dL/d(final
+//   K, V cache); d_initial, when the forward started from a non-empty cache, receives
+//   dL/d(initial cache): rows of cached positions get their attention gradient (plus
+//   d_final's), rows the chunk overwrote get 0 and rows past the chunk get d_final's
+//   (they are copied unchanged). With no initial cache, d_initial is an empty state.
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/layer.hpp"
+#include "seqnn/core/threading.hpp"
+#include "seqnn/kernels/attention.hpp"
+#include "seqnn/kernels/rope.hpp"
+#include "seqnn/nn/activations.hpp"
+#include "seqnn/nn/layer_norm.hpp"
+#include "seqnn/nn/linear.hpp"
+
+#include <cmath>
+#include <span>
+#include <string>
+
+namespace seqnn {
+
+struct TransformerOptions {
+    Index d_model = 0;               // E
+    Index num_heads = 1;             // H; E must be divisible by H
+    Index dim_feedforward = 0;       // F; 0 means 4E
+    bool causal = true;              // the causal mask (a decoder block); false: full attention, no step()
+    bool rotary = false;             // rotate q and k with RoPE (positions offset by the cache's fill level)
+    double rope_base = 10000.0;
+    Index max_cache_length = 1024;   // KV-cache rows per stream that initial_state makes
+    double layer_norm_eps = 1e-5;
+    bool bias = true;                // biases of the projections and the norms, as PyTorch's `bias`
+};
+
+template <typename Scalar>
+class TransformerBlock : public Layer<Scalar> {
+public:
+    TransformerBlock(TransformerOptions options, Rng& rng) : options_(options) {
+        const std::string k = "TransformerBlock";
+        const Index E = options.d_model, H = options.num_heads;
+        if (E <= 0 || H <= 0)
+            fail(k, "d_model and num_heads must be positive, got E=" + std::to_string(E) + ", H=" + std::to_string(H));
+        if (E % H != 0)
+            fail(k, "d_model E=" + std::to_string(E) + " is not divisible by num_heads H=" + std::to_string(H));
+        if (options.dim_feedforward < 0)
+            fail(k, "dim_feedforward must be >= 0, got " + std::to_string(options.dim_feedforward));
+        if (options.max_cache_length <= 0)
+            fail(k, "max_cache_length must be positive, got " + std::to_string(options.max_cache_length));
+        if (options.rotary && (E / H) % 2 != 0)
+            fail(k, "rotary embeddings need an even head size, got Dh=E/H=" + std::to_string(E / H));
+        ffn_ = options.dim_feedforward > 0 ? options.dim_feedforward : 4 * E;
+
+        // PyTorch's initialisation: in_proj_weight xavier_uniform, in_proj_bias and
+        // out_proj.bias zero; out_proj.weight, linear1, linear2 nn.Linear's default.
+        in_proj_ = Linear<Scalar>(E, 3 * E, options.bias, rng);
+        in_proj_.weight.init_uniform(static_cast<Scalar>(std::sqrt(6.0 / double(E + 3 * E))), rng);
+        out_proj_ = Linear<Scalar>(E, E, options.bias, rng);
+        if (options.bias) {
+            in_proj_.bias.value.setZero();
+            out_proj_.bias.value.setZero();
+        }
+        linear1_ = Linear<Scalar>(E, ffn_, options.bias, rng);
+        linear2_ = Linear<Scalar>(ffn_, E, options.bias, rng);
+        const auto eps = static_cast<Scalar>(options.layer_norm_eps);
+        norm1_ = LayerNorm<Scalar>(E, eps, true, options.bias);
+        norm2_ = LayerNorm<Scalar>(E, eps, true, options.bias);
+    }
+
+    std::string kind() const override { return "TransformerBlock"; }
+    Index input_size() const override { return options_.d_model; }
+    Index output_size() const override { return options_.d_model; }
+    const TransformerOptions& options() const { return options_; }
+    Index num_heads() const { return options_.num_heads; }
+    Index head_dim() const { return options_.d_model / options_.num_heads; }
+    Index dim_feedforward() const { return ffn_; }
+
+    Linear<Scalar>& in_proj() { return in_proj_; }
+    Linear<Scalar>& out_proj() { return out_proj_; }
+    Linear<Scalar>& linear1() { return linear1_; }
+    Linear<Scalar>& linear2() { return linear2_; }
+    LayerNorm<Scalar>& norm1() { return norm1_; }
+    LayerNorm<Scalar>& norm2() { return norm2_; }
+
+    // An empty KV cache of options.max_cache_length positions for `batch` streams, with the
+    // workspace of step(): {norm (B, E), qkv (B, 3E), attention (B, E), h (B, E),
+    // hidden (B, F), RoPE table (2, Dh/2), attention scratch (1, n)}.
+    State<Scalar> initial_state(Index batch) const override {
+        if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+        State<Scalar> s = empty_cache(batch, options_.max_cache_length);
+        make_workspace(s, batch);
+        return s;
+    }
+
+    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
+                             Context<Scalar>* ctx = nullptr) const override {
+        const std::string where = kind() + ".forward";
+        check_sequence(where, "input", x, input_size());
+        const Index B = x.batch, T = x.steps, E = options_.d_model, H = options_.num_heads, Dh = head_dim();
+
+        // The cache: none (state == nullptr), a new one, or the caller's, grown if needed.
+        const bool cached = state != nullptr;
+        Index pos0 = 0, initial_capacity = 0;
+        if (cached) {
+            if (state->empty()) {
+                *state = empty_cache(B, std::max(options_.max_cache_length, T));
+            } else {
+                check_state(where.c_str(), *state, B);
+                initial_capacity = capacity(*state, B);
+            }
+            pos0 = state->position;
+            if (!options_.causal && pos0 > 0)
+                fail(where, "a non-causal block cannot continue from a KV cache (position " + std::to_string(pos0) +
+                                "): its earlier outputs would depend on this chunk");
+            if (pos0 + T > capacity(*state, B)) grow_cache(*state, B, std::max(options_.max_cache_length, pos0 + T));
+        }
+        const Index Tk = pos0 + T;
+
+        Matrix<Scalar> ln1 = norm1_.forward(x.data);  // (B*T, E)
+        Matrix<Scalar> qkv = in_proj_.forward(ln1);   // (B*T, E) x (E, 3E) -> (B*T, 3E): [q | k | v]
+        if (options_.rotary) {
+            Matrix<Scalar> table;
+            rope_table(Dh, pos0, T, options_.rope_base, table);
+            rope_apply<Scalar>(qkv.leftCols(E), T, H, table);
+            rope_apply<Scalar>(qkv.middleCols(E, E), T, H, table);
+        }
+        const Index L = cached ? capacity(*state, B) : T;
+        if (cached)
+            for (Index b = 0; b < B; ++b) {
+                state->tensors[0].middleRows(b * L + pos0, T) = qkv.middleCols(E, E).middleRows(b * T, T);
+                state->tensors[1].middleRows(b * L + pos0, T) = qkv.rightCols(E).middleRows(b * T, T);
+            }
+
+        const AttentionShape shape = attention_shape(B, T, Tk, L, pos0);
+        Matrix<Scalar> attn(B * T, E);  // (B*T, E)
+        Matrix<Scalar> lse;             // (B*T, H), kept for backward
+        if (cached)
+            attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), state->tensors[0],
+                                      state->tensors[1], attn, ctx ? &lse : nullptr);
+        else
+            attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
+                                      qkv.rightCols(E), attn, ctx ? &lse : nullptr);
+
+        Matrix<Scalar> h = out_proj_.forward(attn);  // (B*T, E) x (E, E)
+        h += x.data;                                  // residual
+        Matrix<Scalar> ln2 = norm2_.forward(h);       // (B*T, E)
+        Matrix<Scalar> pre = linear1_.forward(ln2);   // (B*T, E) x (E, F) -> (B*T, F)
+        Matrix<Scalar> act = pre;
+        gelu_rows(act);
+        Sequence<Scalar> y(linear2_.forward(act), B, T);  // (B*T, F) x (F, E) -> (B*T, E)
+        y.data += h;                                       // residual
+
+        if (ctx) {
+            ctx->batch = B;
+            ctx->steps = T;
+            ctx->save("input", x.data);
+            ctx->save("ln1", std::move(ln1));
+            ctx->save("lse", std::move(lse));
+            ctx->save("attn", std::move(attn));
+            ctx->save("h", std::move(h));
+            ctx->save("ln2", std::move(ln2));
+            ctx->save("pre", std::move(pre));
+            ctx->save("act", std::move(act));
+            if (cached) {  // the keys and values the chunk attended to: (B*Tk, E) each
+                Matrix<Scalar> k(B * Tk, E), v(B * Tk, E);
+                for (Index b = 0; b < B; ++b) {
+                    k.middleRows(b * Tk, Tk) = state->tensors[0].middleRows(b * L, Tk);
+                    v.middleRows(b * Tk, Tk) = state->tensors[1].middleRows(b * L, Tk);
+                }
+                ctx->save("k", std::move(k));
+                ctx->save("v", std::move(v));
+            }
+            Matrix<Scalar> meta(1, 4);  // whether a cache was used, its initial fill level and capacities
+            meta << Scalar(cached ? 1 : 0), Scalar(pos0), Scalar(initial_capacity), Scalar(L);
+            ctx->save("cache", std::move(meta));
+            ctx->save("qkv", std::move(qkv));
+        }
+        if (cached) state->position = Tk;
+        return y;
+    }
+
+    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
+        const std::string where = kind() + ".backward";
+        const Index B = ctx.batch, T = ctx.steps, E = options_.d_model, H = options_.num_heads, Dh = head_dim();
+        const Matrix<Scalar>& x = ctx.get("input");
+        const Matrix<Scalar>& meta = ctx.get("cache");
+        check_sequence(where, "dy", dy, output_size());
+        if (dy.batch != B || dy.steps != T)
+            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
+                            ", T=" + std::to_string(T) + ")");
+        const bool cached = meta(0, 0) != Scalar(0);
+        const auto pos0 = static_cast<Index>(meta(0, 1)), L0 = static_cast<Index>(meta(0, 2)),
+                   L = static_cast<Index>(meta(0, 3));
+        const Index Tk = pos0 + T;
+        const bool has_d_final = cached && d_final && !d_final->empty();
+        if (has_d_final) {
+            if (d_final->tensors.size() != 2)
+                fail(where, "d_final has " + std::to_string(d_final->tensors.size()) + " tensors, expected 2 (K, V)");
+            for (const auto& t : d_final->tensors) check_matrix(where, "d_final tensor", t, B * L, E);
+        }
+
+        // Feed-forward branch, in reverse: y = h + linear2(gelu(linear1(norm2(h)))).
+        Matrix<Scalar> d_act = linear2_.backward(ctx.get("act"), dy.data);  // (B*T, E) x (E, F) -> (B*T, F)
+        gelu_backward_rows(ctx.get("pre"), ctx.get("act"), d_act);          // d_pre, in place
+        const Matrix<Scalar> d_ln2 = linear1_.backward(ctx.get("ln2"), d_act);  // (B*T, F) x (F, E)
+        Matrix<Scalar> dh = norm2_.backward(ctx.get("h"), d_ln2);           // (B*T, E)
+        dh += dy.data;                                                       // residual
+
+        // Attention branch: h = x + out_proj(attention(q, k, v)).
+        const Matrix<Scalar> d_attn = out_proj_.backward(ctx.get("attn"), dh);  // (B*T, E) x (E, E)
+        const Matrix<Scalar>& qkv = ctx.get("qkv");
+        Matrix<Scalar> d_qkv(B * T, 3 * E);  // (B*T, 3E): [dq | dk | dv]
+        const AttentionShape shape = attention_shape(B, T, Tk, cached ? Tk : T, pos0);
+        Matrix<Scalar> dk, dv;  // cached: (B*Tk, E), over every key the chunk attended to
+        if (cached) {
+            const Matrix<Scalar>&k = ctx.get("k"), &v = ctx.get("v");
+            dk.resize(B * Tk, E);
+            dv.resize(B * Tk, E);
+            attention_backward<Scalar>(shape, attention_options(), qkv.leftCols(E), k, v, ctx.get("attn"),
+                                       ctx.get("lse"), d_attn, d_qkv.leftCols(E), dk, dv);
+            for (Index b = 0; b < B; ++b) {
+                if (has_d_final) {  // the final cache holds these keys and values unchanged
+                    dk.middleRows(b * Tk, Tk) += d_final->tensors[0].middleRows(b * L, Tk);
+                    dv.middleRows(b * Tk, Tk) += d_final->tensors[1].middleRows(b * L, Tk);
+                }
+                d_qkv.middleCols(E, E).middleRows(b * T, T) = dk.middleRows(b * Tk + pos0, T);
+                d_qkv.rightCols(E).middleRows(b * T, T) = dv.middleRows(b * Tk + pos0, T);
+            }
+        } else {
+            attention_backward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
+                                       qkv.rightCols(E), ctx.get("attn"), ctx.get("lse"), d_attn, d_qkv.leftCols(E),
+                                       d_qkv.middleCols(E, E), d_qkv.rightCols(E));
+        }
+        if (options_.rotary) {  // back through the rotation of q and k
+            Matrix<Scalar> table;
+            rope_table(Dh, pos0, T, options_.rope_base, table);
+            rope_apply<Scalar>(d_qkv.leftCols(E), T, H, table, /*inverse=*/true);
+            rope_apply<Scalar>(d_qkv.middleCols(E, E), T, H, table, /*inverse=*/true);
+        }
+        const Matrix<Scalar> d_ln1 = in_proj_.backward(ctx.get("ln1"), d_qkv);  // (B*T, 3E) x (3E, E)
+        Matrix<Scalar> dx = norm1_.backward(x, d_ln1);                           // (B*T, E)
+        dx += dh;                                                                 // residual
+
+        if (d_initial) {
+            *d_initial = State<Scalar>();
+            if (cached && L0 > 0) {  // dL/d(initial cache), rows as the doc comment at the top says
+                *d_initial = empty_cache(B, L0);
+                d_initial->position = pos0;
+                for (Index b = 0; b < B; ++b) {
+                    for (int c = 0; c < 2; ++c) {
+                        Matrix<Scalar>& d = d_initial->tensors[c];
+                        d.middleRows(b * L0, pos0) = (c == 0 ? dk : dv).middleRows(b * Tk, pos0);
+                        if (has_d_final && L0 > Tk)
+                            d.middleRows(b * L0 + Tk, L0 - Tk) = d_final->tensors[c].middleRows(b * L + Tk, L0 - Tk);
+                    }
+                }
+            }
+        }
+        return Sequence<Scalar>(std::move(dx), B, T);
+    }
+
+    // One position for B streams: appends its key and value to the cache and attends to
+    // every cached position. No heap allocation once the state has its workspace.
+    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        const char* where = "TransformerBlock.step";  // no std::string: step must not allocate
+        const Index E = options_.d_model, H = options_.num_heads, Dh = head_dim();
+        if (x.cols() != E || x.rows() <= 0)
+            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(E) + ") with B > 0");
+        if (!options_.causal) fail(where, "a non-causal block has no step(): each output depends on the future");
+        const Index B = x.rows();
+        if (state.empty()) state = initial_state(B);
+        check_state(where, state, B);
+        const Index L = capacity(state, B), pos = state.position;
+        if (pos >= L)
+            fail(where, "the KV cache is full: it holds " + std::to_string(pos) + " of " + std::to_string(L) +
+                            " positions per stream (state tensors " + shape_string(state.tensors[0]) +
+                            " for B=" + std::to_string(B) + "); make the state with a larger max_cache_length");
+        if (!workspace_fits(state, B)) make_workspace(state, B);  // a state from forward: once
+
+        auto& ws = state.workspace;
+        Matrix<Scalar>&norm = ws[0], &qkv = ws[1], &attn = ws[2], &h = ws[3], &hidden = ws[4];
+        norm1_.forward(x, norm);    // (B, E)
+        in_proj_.forward(norm, qkv);  // (B, E) x (E, 3E)
+        if (options_.rotary) {
+            rope_table(Dh, pos, 1, options_.rope_base, ws[5]);
+            rope_apply<Scalar>(qkv.leftCols(E), 1, H, ws[5]);
+            rope_apply<Scalar>(qkv.middleCols(E, E), 1, H, ws[5]);
+        }
+        for (Index b = 0; b < B; ++b) {
+            state.tensors[0].row(b * L + pos) = qkv.row(b).segment(E, E);
+            state.tensors[1].row(b * L + pos) = qkv.row(b).segment(2 * E, E);
+        }
+        attention_forward<Scalar>(attention_shape(B, 1, pos + 1, L, pos), attention_options(), qkv.leftCols(E),
+                                  state.tensors[0], state.tensors[1], attn, nullptr, {},
+                                  std::span<Scalar>(ws[6].data(), static_cast<std::size_t>(ws[6].size())));
+        out_proj_.forward(attn, h);  // (B, E) x (E, E)
+        h += x;                      // residual
+        norm2_.forward(h, norm);
+        linear1_.forward(norm, hidden);  // (B, E) x (E, F)
+        activation_forward<Scalar>(Activation::GELU, hidden);
+        if (y.rows() != B || y.cols() != E) y.resize(B, E);
+        linear2_.forward(hidden, y);  // (B, F) x (F, E)
+        y += h;                       // residual
+        state.position = pos + 1;
+    }
+
+    // PyTorch's state_dict order of nn.TransformerEncoderLayer.
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
+        out.push_back({prefix + "self_attn.in_proj_weight", &in_proj_.weight});
+        if (in_proj_.has_bias()) out.push_back({prefix + "self_attn.in_proj_bias", &in_proj_.bias});
+        out_proj_.collect_parameters(prefix + "self_attn.out_proj.", out);
+        linear1_.collect_parameters(prefix + "linear1.", out);
+        linear2_.collect_parameters(prefix + "linear2.", out);
+        norm1_.collect_parameters(prefix + "norm1.", out);
+        norm2_.collect_parameters(prefix + "norm2.", out);
+    }
+
+private:
+    AttentionShape attention_shape(Index B, Index Tq, Index Tk, Index capacity, Index q_offset) const {
+        return {.batch = B, .heads = options_.num_heads, .head_dim = head_dim(), .q_steps = Tq, .kv_steps = Tk,
+                .kv_capacity = capacity, .q_offset = q_offset};
+    }
+    AttentionOptions attention_options() const { return {.causal = options_.causal}; }
+
+    State<Scalar> empty_cache(Index B, Index L) const {
+        State<Scalar> s;
+        s.tensors = {Matrix<Scalar>::Zero(B * L, options_.d_model), Matrix<Scalar>::Zero(B * L, options_.d_model)};
+        return s;
+    }
+
+    static Index capacity(const State<Scalar>& s, Index B) { return s.tensors[0].rows() / B; }
+
+    // Copies the cache into one of `L` rows per stream (forward only; step never grows it).
+    void grow_cache(State<Scalar>& s, Index B, Index L) const {
+        const Index old = capacity(s, B), n = s.position;
+        State<Scalar> grown = empty_cache(B, L);
+        for (int c = 0; c < 2; ++c)
+            for (Index b = 0; b < B; ++b) grown.tensors[c].middleRows(b * L, n) = s.tensors[c].middleRows(b * old, n);
+        grown.position = n;
+        s = std::move(grown);
+    }
+
+    void make_workspace(State<Scalar>& s, Index B) const {
+        const Index E = options_.d_model, L = capacity(s, B);
+        const Index scratch =
+            attention_workspace_size(attention_shape(B, 1, L, L, L - 1), attention_options(), num_threads());
+        s.workspace = {Matrix<Scalar>(B, E),    Matrix<Scalar>(B, 3 * E),          Matrix<Scalar>(B, E),
+                       Matrix<Scalar>(B, E),    Matrix<Scalar>(B, ffn_),           Matrix<Scalar>(2, std::max<Index>(1, head_dim() / 2)),
+                       Matrix<Scalar>(1, scratch)};
+    }
+
+    bool workspace_fits(const State<Scalar>& s, Index B) const {
+        const Index L = capacity(s, B);
+        return s.workspace.size() == 7 && s.workspace[0].rows() == B && s.workspace[4].cols() == ffn_ &&
+               s.workspace[6].size() >= attention_workspace_size(attention_shape(B, 1, L, L, L - 1),
+                                                                 attention_options(), 1);
+    }
+
+    void check_state(const char* where, const State<Scalar>& s, Index B) const {
+        const Index E = options_.d_model;
+        if (s.tensors.size() != 2)
+            fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected 2 (K and V caches)");
+        const Index rows = s.tensors[0].rows();
+        if (rows == 0 || rows % B != 0 || s.tensors[0].cols() != E || s.tensors[1].rows() != rows ||
+            s.tensors[1].cols() != E)
+            fail(where, "KV cache tensors " + shape_string(s.tensors[0]) + " and " + shape_string(s.tensors[1]) +
+                            " do not hold (B*L, E) rows for B=" + std::to_string(B) + ", E=" + std::to_string(E));
+        if (s.position < 0 || s.position > rows / B)
+            fail(where, "cache position " + std::to_string(s.position) + " is outside [0, " + std::to_string(rows / B) +
+                            "]");
+    }
+
+    // GELU over the rows of m, split across threads (erf is the costly part of the MLP).
+    static void gelu_rows(Matrix<Scalar>& m) {
+        parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) {
+            activation_forward<Scalar>(Activation::GELU, m.middleRows(r0, r1 - r0));
+        });
+    }
+    static void gelu_backward_rows(const Matrix<Scalar>& pre, const Matrix<Scalar>& act, Matrix<Scalar>& grad) {
+        parallel_row_blocks(grad.rows(), grad.cols(), [&](Index r0, Index r1) {
+            const Index n = r1 - r0;
+            activation_backward<Scalar>(Activation::GELU, pre.middleRows(r0, n), act.middleRows(r0, n),
+                                        grad.middleRows(r0, n));
+        });
+    }
+
+    TransformerOptions options_;
+    Index ffn_ = 0;
+    Linear<Scalar> in_proj_;   // (3E, E)
+    Linear<Scalar> out_proj_;  // (E, E)
+    Linear<Scalar> linear1_;   // (F, E)
+    Linear<Scalar> linear2_;   // (E, F)
+    LayerNorm<Scalar> norm1_, norm2_;
+};
+
+}  // namespace seqnn
