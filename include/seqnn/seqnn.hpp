@@ -9,6 +9,9 @@
 
 #include "seqnn/kernels/scan.hpp"
 
+#include "seqnn/io/safetensors.hpp"
+#include "seqnn/io/state_dict.hpp"
+
 #include "seqnn/nn/activations.hpp"
 #include "seqnn/nn/embedding.hpp"
 #include "seqnn/nn/layer_norm.hpp"
