@@ -307,7 +307,7 @@ TEST(AttentionKernel, AcceptsColumnBlocksOfAFusedMatrix) {
     qkv << p.q, p.k, p.v;
     Matrix<double> out(111, 24);
     attention_forward<double>(p.shape, p.options, qkv.leftCols(24), qkv.middleCols(24, 24), qkv.rightCols(24), out);
-    EXPECT_EQ(out, p.forward());
+    EXPECT_LT(relative_error(out, p.forward()), 1e-15);  // the same math; GEMM rounding may differ with the stride
 }
 
 // B:1/T:16384/H:8/Dh:64 -- the long-context shape -- asks for a scratch of a few
