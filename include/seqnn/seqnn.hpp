@@ -7,6 +7,8 @@
 #include "seqnn/core/threading.hpp"
 #include "seqnn/core/types.hpp"
 
+#include "seqnn/kernels/attention.hpp"
+#include "seqnn/kernels/rope.hpp"
 #include "seqnn/kernels/scan.hpp"
 
 #include "seqnn/io/safetensors.hpp"
@@ -16,6 +18,7 @@
 #include "seqnn/nn/embedding.hpp"
 #include "seqnn/nn/layer_norm.hpp"
 #include "seqnn/nn/linear.hpp"
+#include "seqnn/nn/positional.hpp"
 #include "seqnn/nn/rms_norm.hpp"
 
 #include "seqnn/layers/gru.hpp"
@@ -23,3 +26,4 @@
 #include "seqnn/layers/mingru.hpp"
 #include "seqnn/layers/minlstm.hpp"
 #include "seqnn/layers/rnn.hpp"
+#include "seqnn/layers/transformer.hpp"
