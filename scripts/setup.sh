@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what seqnn needs on Debian 12, and only what is missing.
 #   ./scripts/setup.sh        compiler, CMake, Eigen, GoogleTest, Google Benchmark, nlohmann-json
-#   ./scripts/setup.sh --ci   the same plus clang and libomp (the CI's clang configuration)
+#   ./scripts/setup.sh --ci   the same plus clang, libomp and libFuzzer (the CI's clang and fuzz stages)
 # Idempotent: when everything is installed it runs no apt-get at all.
 set -euo pipefail
 
 packages=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev)
 for arg in "$@"; do
     case "$arg" in
-        --ci) packages+=(clang libomp-14-dev) ;;
+        --ci) packages+=(clang libomp-14-dev libclang-rt-14-dev) ;;
         -h|--help) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
     esac
