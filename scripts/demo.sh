@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-demo=gru_demo
+demo=serial_vs_parallel
 ./scripts/setup.sh
 if [[ ! -f "examples/$demo.cpp" ]]; then
     echo "demo.sh: examples/$demo.cpp does not exist (yet); nothing to run" >&2
