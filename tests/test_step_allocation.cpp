@@ -16,6 +16,8 @@ inline std::atomic<long> eigen_failed_checks{0};
 
 #include <seqnn/seqnn.hpp>
 #include <seqnn/layers/transformer.hpp>
+#include <seqnn/models/language_model.hpp>
+#include <seqnn/models/residual.hpp>
 #include <seqnn/nn/positional.hpp>
 
 #include <atomic>
@@ -153,4 +155,36 @@ TEST(StepAllocation, PositionEmbeddingsStepWithoutAllocating) {
     const SinusoidalPositionalEncoding<double> sinusoidal(5);
     EXPECT_EQ(allocations_per_stream(learned, 3, 50), 0);
     EXPECT_EQ(allocations_per_stream(sinusoidal, 3, 50), 0);
+}
+
+// The language model streams one token per stream through embedding, blocks (conv,
+// norms, mixer, MLP), norm and head without allocating, for every mixer kind; so do
+// the generic composites.
+TEST(StepAllocation, LanguageModelStepsWithoutAllocating) {
+    for (MixerKind kind : {MixerKind::RNN, MixerKind::LSTM, MixerKind::GRU, MixerKind::MinGRU, MixerKind::MinLSTM,
+                           MixerKind::Transformer}) {
+        Rng rng(6);
+        const LanguageModel<float> lm({.vocab_size = 17, .dim = 8, .depth = 2,
+                                       .mixer = {.kind = kind, .max_cache_length = 64},
+                                       .conv = kind != MixerKind::Transformer},
+                                      rng);
+        State<float> state = lm.initial_state(3);
+        const std::vector<int> tokens{1, 5, 16};
+        Matrix<float> logits(3, 17);
+        lm.step(tokens, state, logits);
+        start_counting();
+        for (int t = 0; t < 30; ++t) lm.step(tokens, state, logits);
+        EXPECT_EQ(stop_counting(), 0) << to_string(kind);
+    }
+}
+
+TEST(StepAllocation, CompositesStepWithoutAllocating) {
+    Rng rng(7);
+    Sequential<float> stack;
+    stack.emplace<GRU<float>>(RecurrentOptions{.input_size = 5, .hidden_size = 6}, rng);
+    stack.add(make_linear_layer<float>(6, 6, true, rng));
+    stack.emplace<Residual<float>>(std::make_unique<MinGRU<float>>(MinRNNOptions{.input_size = 6, .expansion = 2.0}, rng),
+                                   RMSNorm<float>(6));
+    stack.emplace<FeedForward<float>>(6, 2.0, rng);
+    EXPECT_EQ(allocations_per_stream(stack, 3, 50), 0);
 }

@@ -175,13 +175,14 @@ public:
     }
 
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        const std::string where = kind() + ".step";
+        // Names are built only on failure: a step allocates nothing.
         if (x.cols() != input_size() || x.rows() <= 0)
-            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
-                            ") with B > 0");
+            fail(kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +
+                                       std::to_string(input_size()) + ") with B > 0");
         const Index B = x.rows(), D = options_.channels, K = kernel_size();
         if (state.empty()) state = initial_state(B);
-        check_state(where, state, B);
+        if (state.tensors.size() != 1 || state.tensors[0].rows() != B * (K - 1) || state.tensors[0].cols() != D)
+            check_state(kind() + ".step", state, B);
         if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
         Matrix<Scalar>& window = state.tensors[0];  // (B*(K-1), D)
         Matrix<Scalar>& u = state.workspace[0];     // (B, D)

@@ -12,6 +12,7 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 
+#include <concepts>
 #include <string>
 #include <vector>
 
@@ -49,10 +50,13 @@ public:
         return s;
     }
 
-    // The composite's state holds as many tensors as its children together.
-    void check(const std::string& where, const State<Scalar>& s) const {
+    // The composite's state holds as many tensors as its children together. `where` is
+    // the layer's name for the message, or a callable that makes it (so that step()
+    // builds no string unless it fails).
+    template <typename Where>
+    void check(const Where& where, const State<Scalar>& s) const {
         if (static_cast<Index>(s.tensors.size()) != total_)
-            fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected " +
+            fail(name_of(where), "state has " + std::to_string(s.tensors.size()) + " tensors, expected " +
                             std::to_string(total_) + " (its children's state tensors, concatenated)");
     }
 
@@ -96,6 +100,13 @@ public:
     }
 
 private:
+    static std::string name_of(const std::string& where) { return where; }
+    template <typename F>
+        requires std::invocable<const F&>
+    static std::string name_of(const F& where) {
+        return where();
+    }
+
     std::vector<Index> offsets_, counts_;
     Index total_ = 0;
 };

@@ -50,6 +50,9 @@ public:
           norm2_(o.dim),
           mixer_drop_(o.dim, o.dropout, dropout_detail::mix64(o.dropout_seed * 2 + 1)),
           ff_drop_(o.dim, o.dropout, dropout_detail::mix64(o.dropout_seed * 2 + 2)) {
+        if (o.mixer.kind == MixerKind::Transformer)
+            fail("LMBlock", "a Transformer mixer is a whole block (attention and MLP): use TransformerBlock itself, "
+                            "as LanguageModel does");
         if (o.conv) conv_.emplace(CausalConvOptions{.channels = o.dim, .kernel_size = o.conv_kernel}, rng);
         mixer_ = make_mixer<Scalar>(o.mixer, o.dim, rng);
         if (mixer_->input_size() != o.dim || mixer_->output_size() != o.dim)
@@ -88,10 +91,9 @@ public:
         const std::string where = kind() + ".forward";
         check_sequence(where, "input", x, input_size());
         const Index B = x.batch, T = x.steps;
-        State<Scalar> zeros;
-        State<Scalar>& s = state ? *state : zeros;
-        if (s.empty()) s = initial_state(B);
-        layout_.check(where, s);
+        // Without a state the children run without one too (a Transformer then keeps no cache).
+        if (state && state->empty()) *state = initial_state(B);
+        if (state) layout_.check(where, *state);
         if (ctx) {
             ctx->batch = B;
             ctx->steps = T;
@@ -104,17 +106,18 @@ public:
         // h1 = x + conv(x)   (B*T, D)
         Sequence<Scalar> h = x;
         if (conv_) {
-            State<Scalar> cs = layout_.child(s, child);
-            h.data += conv_->forward(x, &cs, conv_ctx).data;
-            layout_.set_child(s, child++, std::move(cs), *conv_, B);
+            State<Scalar> cs = state ? layout_.child(*state, child) : State<Scalar>{};
+            h.data += conv_->forward(x, state ? &cs : nullptr, conv_ctx).data;
+            if (state) layout_.set_child(*state, child, std::move(cs), *conv_, B);
+            ++child;
         }
         if (ctx) ctx->save("h1", h.data);
 
         // h2 = h1 + drop(mixer(norm1(h1)))
         const Sequence<Scalar> n1(norm1_.forward(h.data), B, T);  // (B*T, D)
-        State<Scalar> ms = layout_.child(s, child);
-        Sequence<Scalar> m = mixer_->forward(n1, &ms, mixer_ctx);  // (B*T, D)
-        layout_.set_child(s, child, std::move(ms), *mixer_, B);
+        State<Scalar> ms = state ? layout_.child(*state, child) : State<Scalar>{};
+        Sequence<Scalar> m = mixer_->forward(n1, state ? &ms : nullptr, mixer_ctx);  // (B*T, D)
+        if (state) layout_.set_child(*state, child, std::move(ms), *mixer_, B);
         mixer_drop_.apply(m.data, ctx ? &ctx->children[2] : nullptr);
         h.data += m.data;
         if (ctx) ctx->save("h2", h.data);
@@ -130,7 +133,7 @@ public:
             ctx->save("pre", std::move(pre));
             ctx->save("act", std::move(act));
         }
-        s.position += T;
+        if (state) state->position += T;
         return h;
     }
 
@@ -181,9 +184,9 @@ public:
 
     // The same block on one step, through the buffers in the state's workspace.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        const std::string where = kind() + ".step";
+        const auto where = [this] { return kind() + ".step"; };  // built only on failure
         if (x.cols() != input_size() || x.rows() <= 0)
-            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
+            fail(where(), "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
                             ") with B > 0");
         const Index B = x.rows();
         if (state.empty()) state = initial_state(B);

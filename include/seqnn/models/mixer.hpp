@@ -6,8 +6,13 @@
 //   MinGRU, MinLSTM:   lucidrains' minGRU/minLSTM(D, expansion_factor), names
 //                      to_hidden_and_gate.weight / to_hidden_and_f_i_gate.weight and
 //                      to_out.weight (when expansion != 1), no biases, g activation.
+//   Transformer:       a causal TransformerBlock (PyTorch's pre-norm
+//                      nn.TransformerEncoderLayer names: self_attn.in_proj_weight, ...),
+//                      rotary position embeddings on by default, state = its KV cache.
+//                      It is a whole block (attention and MLP, each with its norm and
+//                      residual): the language model uses it in place of an LMBlock.
 //
-// Adding a kind (the Transformer block) is one enum value and one case here.
+// Adding a kind is one enum value and one case here.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
@@ -17,13 +22,14 @@
 #include "seqnn/layers/mingru.hpp"
 #include "seqnn/layers/minlstm.hpp"
 #include "seqnn/layers/rnn.hpp"
+#include "seqnn/layers/transformer.hpp"
 
 #include <memory>
 #include <string>
 
 namespace seqnn {
 
-enum class MixerKind { RNN, LSTM, GRU, MinGRU, MinLSTM };
+enum class MixerKind { RNN, LSTM, GRU, MinGRU, MinLSTM, Transformer };
 
 inline std::string to_string(MixerKind kind) {
     switch (kind) {
@@ -32,6 +38,7 @@ inline std::string to_string(MixerKind kind) {
         case MixerKind::GRU: return "GRU";
         case MixerKind::MinGRU: return "MinGRU";
         case MixerKind::MinLSTM: return "MinLSTM";
+        case MixerKind::Transformer: return "Transformer";
     }
     return "unknown";
 }
@@ -41,6 +48,10 @@ struct MixerOptions {
     double expansion = 1.5;                   // MinGRU, MinLSTM: inner size D * expansion (lucidrains' default)
     MinRNNMode mode = MinRNNMode::Parallel;   // MinGRU, MinLSTM: how the scan runs
     Index num_layers = 1;                     // RNN, LSTM, GRU
+    Index num_heads = 2;                      // Transformer: D must be divisible by it
+    bool rotary = true;                       // Transformer: RoPE on q and k
+    Index max_cache_length = 1024;            // Transformer: KV-cache rows per stream of initial_state
+    double ff_mult = 4.0;                     // Transformer: its MLP's hidden size is D * ff_mult
 };
 
 // A mixer of `dim` features to `dim` features.
@@ -63,6 +74,14 @@ std::unique_ptr<Layer<Scalar>> make_mixer(const MixerOptions& o, Index dim, Rng&
         case MixerKind::MinLSTM:
             return std::make_unique<MinLSTM<Scalar>>(
                 MinRNNOptions{.input_size = dim, .expansion = o.expansion, .mode = o.mode}, rng);
+        case MixerKind::Transformer:
+            return std::make_unique<TransformerBlock<Scalar>>(
+                TransformerOptions{.d_model = dim,
+                                   .num_heads = o.num_heads,
+                                   .dim_feedforward = static_cast<Index>(static_cast<double>(dim) * o.ff_mult),
+                                   .rotary = o.rotary,
+                                   .max_cache_length = o.max_cache_length},
+                rng);
     }
     fail("make_mixer", "unknown mixer kind " + std::to_string(static_cast<int>(o.kind)));
 }

@@ -175,7 +175,8 @@ protected:
     }
     // The step's (B, H) buffers pre and act live in the state's workspace.
     void rows_step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        if (state.workspace.size() != 2 || state.workspace[0].rows() != x.rows()) state = initial_state(x.rows());
+        if (state.workspace.size() != 2 || state.workspace[0].rows() != x.rows())
+            state.workspace = initial_state(x.rows()).workspace;
         forward_rows(x, state.workspace[0], state.workspace[1], y);
     }
     Matrix<Scalar> rows_backward(const Matrix<Scalar>& dy, const Context<Scalar>& ctx) override {

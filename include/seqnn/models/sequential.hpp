@@ -69,10 +69,9 @@ public:
                              Context<Scalar>* ctx = nullptr) const override {
         check_not_empty("Sequential.forward");
         check_sequence("Sequential.forward", "input", x, input_size());
-        State<Scalar> zeros;
-        State<Scalar>& s = state ? *state : zeros;
-        if (s.empty() && layout_.total() > 0) s = initial_state(x.batch);
-        layout_.check("Sequential.forward", s);
+        // Without a state the children run without one too (a Transformer then keeps no cache).
+        if (state && state->empty() && layout_.total() > 0) *state = initial_state(x.batch);
+        if (state) layout_.check("Sequential.forward", *state);
         if (ctx) {
             ctx->batch = x.batch;
             ctx->steps = x.steps;
@@ -80,11 +79,16 @@ public:
         }
         Sequence<Scalar> h = x;
         for (std::size_t i = 0; i < layers_.size(); ++i) {
-            State<Scalar> cs = layout_.child(s, i);
-            h = layers_[i]->forward(h, &cs, ctx ? &ctx->children[i] : nullptr);  // (B*T, D_i) -> (B*T, D_{i+1})
-            layout_.set_child(s, i, std::move(cs), *layers_[i], x.batch);
+            Context<Scalar>* child_ctx = ctx ? &ctx->children[i] : nullptr;
+            if (!state) {
+                h = layers_[i]->forward(h, nullptr, child_ctx);  // (B*T, D_i) -> (B*T, D_{i+1})
+                continue;
+            }
+            State<Scalar> cs = layout_.child(*state, i);
+            h = layers_[i]->forward(h, &cs, child_ctx);
+            layout_.set_child(*state, i, std::move(cs), *layers_[i], x.batch);
         }
-        s.position += x.steps;
+        if (state) state->position += x.steps;
         return h;
     }
 

@@ -1,0 +1,264 @@
+// The minGRU paper's language model (lucidrains/minGRU-pytorch's minLM), with any
+// mixer kind:
+//   tokens (B, T) -> token_emb -> [LMBlock] x depth -> RMSNorm -> to_logits -> logits (B*T, V)
+//
+// Names, as minLM's state_dict, so its checkpoints load by name (with MinGRU or
+// MinLSTM mixers and minLM's defaults):
+//   token_emb.weight (V, D), layers.{i}.{0..4}... (lm_block.hpp), norm.weight (D),
+//   to_logits.weight (V, D) (no bias).
+//
+// With the Transformer kind each block is a TransformerBlock (rotary positions, a KV
+// cache as state), named as nn.TransformerEncoder's layers.{i}.self_attn.in_proj_weight, ...;
+// the conv and dropout options do not apply to it (its attention has no dropout).
+//
+// Like a seqnn::Layer, with token ids for input:
+//   forward(tokens, state, ctx)  whole sequences, from and to a state, so that
+//                                chunk by chunk equals all at once;
+//   step(tokens (B), state, logits (B, V))  one token per stream, no allocation after
+//                                initial_state;
+//   backward(dlogits, ctx)       adds every parameter's gradient into its .grad.
+// forward without a context keeps nothing in the object: one model may serve several
+// threads at once.
+//
+// State: the blocks' states concatenated (conv window, then mixer state, per block).
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/parameter.hpp"
+#include "seqnn/models/composite_state.hpp"
+#include "seqnn/models/lm_block.hpp"
+#include "seqnn/models/sequential.hpp"
+#include "seqnn/nn/dropout.hpp"
+#include "seqnn/nn/embedding.hpp"
+#include "seqnn/nn/linear.hpp"
+#include "seqnn/nn/rms_norm.hpp"
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace seqnn {
+
+// B token sequences of T ids: id b*T + t is step t of sequence b, the layout of a
+// (B*T, D) Sequence.
+struct TokenBatch {
+    std::vector<int> ids;
+    Index batch = 0;  // B
+    Index steps = 0;  // T
+
+    TokenBatch() = default;
+    TokenBatch(std::vector<int> token_ids, Index batch_size, Index num_steps)
+        : ids(std::move(token_ids)), batch(batch_size), steps(num_steps) {
+        if (batch <= 0 || steps <= 0 || static_cast<Index>(ids.size()) != batch * steps)
+            fail("TokenBatch", std::to_string(ids.size()) + " ids do not make B=" + std::to_string(batch) +
+                                   " sequences of T=" + std::to_string(steps) + " (B and T must be positive)");
+    }
+
+    int at(Index b, Index t) const { return ids[static_cast<std::size_t>(b * steps + t)]; }
+    std::span<const int> sequence(Index b) const {
+        return std::span<const int>(ids).subspan(static_cast<std::size_t>(b * steps), static_cast<std::size_t>(steps));
+    }
+    // Steps [t0, t0 + n) of every sequence, (B, n).
+    TokenBatch slice(Index t0, Index n) const {
+        std::vector<int> out;
+        out.reserve(static_cast<std::size_t>(batch * n));
+        for (Index b = 0; b < batch; ++b)
+            for (Index t = t0; t < t0 + n; ++t) out.push_back(at(b, t));
+        return TokenBatch(std::move(out), batch, n);
+    }
+};
+
+struct LanguageModelOptions {
+    Index vocab_size = 0;           // V
+    Index dim = 0;                  // D
+    Index depth = 1;                // blocks
+    MixerOptions mixer;             // kind and options, the same in every block
+    double ff_mult = 4.0;
+    bool conv = false;              // lucidrains' enable_conv
+    Index conv_kernel = 3;
+    double dropout = 0.0;           // after the embedding and on each block's branches, training only
+    std::uint64_t dropout_seed = 0;
+};
+
+template <typename Scalar>
+class LanguageModel {
+public:
+    LanguageModel(const LanguageModelOptions& o, Rng& rng)
+        : options_(o), embed_drop_(checked(o).dim, o.dropout, dropout_detail::mix64(o.dropout_seed)) {
+        token_emb_ = Embedding<Scalar>(o.vocab_size, o.dim, rng);
+        for (Index i = 0; i < o.depth; ++i) {
+            if (o.mixer.kind == MixerKind::Transformer) {  // a whole block already
+                MixerOptions m = o.mixer;
+                m.ff_mult = o.ff_mult;
+                layers_.add(make_mixer<Scalar>(m, o.dim, rng));
+                continue;
+            }
+            LMBlockOptions b{.dim = o.dim, .mixer = o.mixer, .ff_mult = o.ff_mult, .conv = o.conv,
+                             .conv_kernel = o.conv_kernel, .dropout = o.dropout,
+                             .dropout_seed = dropout_detail::mix64(o.dropout_seed + 1000 + static_cast<std::uint64_t>(i))};
+            layers_.template emplace<LMBlock<Scalar>>(b, rng);
+        }
+        norm_ = RMSNorm<Scalar>(o.dim);
+        to_logits_ = Linear<Scalar>(o.dim, o.vocab_size, false, rng);
+        layout_.add(layers_);
+    }
+
+    std::string kind() const { return "LanguageModel(" + to_string(options_.mixer.kind) + ")"; }
+    const LanguageModelOptions& options() const { return options_; }
+    Index vocab_size() const { return options_.vocab_size; }
+    Index dim() const { return options_.dim; }
+    Sequential<Scalar>& layers() { return layers_; }
+    // Block i: an LMBlock, or a TransformerBlock for the Transformer kind.
+    Layer<Scalar>& block(Index i) { return layers_[static_cast<std::size_t>(i)]; }
+    Embedding<Scalar>& token_emb() { return token_emb_; }
+    Linear<Scalar>& to_logits() { return to_logits_; }
+
+    // Every dropout of the model, for checkpoints (their counters are the RNG state).
+    std::vector<Dropout<Scalar>*> dropouts() {
+        std::vector<Dropout<Scalar>*> out{&embed_drop_};
+        for (Index i = 0; i < options_.depth; ++i)
+            if (auto* b = dynamic_cast<LMBlock<Scalar>*>(&block(i))) {
+                out.push_back(&b->mixer_dropout());
+                out.push_back(&b->ff_dropout());
+            }
+        return out;
+    }
+
+    // The blocks' zero states; workspace: the embedded tokens and the final normed
+    // stream, (B, D) each, for step.
+    State<Scalar> initial_state(Index batch) const {
+        if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+        State<Scalar> s = layout_.initial({&layers_}, batch);
+        s.workspace = {Matrix<Scalar>(batch, dim()), Matrix<Scalar>(batch, dim())};
+        return s;
+    }
+
+    // tokens (B, T) -> logits (B*T, V). state: as Layer::forward (nullptr or empty
+    // starts from zeros; holds the final state on return). ctx: training mode.
+    Sequence<Scalar> forward(const TokenBatch& tokens, State<Scalar>* state = nullptr,
+                             Context<Scalar>* ctx = nullptr) const {
+        const std::string where = kind() + ".forward";
+        check_tokens(where, tokens);
+        const Index B = tokens.batch, T = tokens.steps;
+        // Without a state the blocks run without one too (a Transformer then keeps no cache).
+        if (state && state->empty()) *state = initial_state(B);
+        if (state) layout_.check(where, *state);
+        if (ctx) {
+            ctx->batch = B;
+            ctx->steps = T;
+            ctx->children.assign(2, Context<Scalar>{});  // layers, embedding dropout
+            Matrix<Scalar> ids(B * T, 1);                 // the ids, for the embedding's backward
+            for (Index i = 0; i < B * T; ++i) ids(i, 0) = static_cast<Scalar>(tokens.ids[static_cast<std::size_t>(i)]);
+            ctx->save("ids", std::move(ids));
+        }
+        Sequence<Scalar> x(token_emb_.forward(tokens.ids), B, T);  // (B*T, D)
+        embed_drop_.apply(x.data, ctx ? &ctx->children[1] : nullptr);
+
+        State<Scalar> ls = state ? layout_.child(*state, 0) : State<Scalar>{};
+        Sequence<Scalar> h = layers_.forward(x, state ? &ls : nullptr, ctx ? &ctx->children[0] : nullptr);  // (B*T, D)
+        if (state) layout_.set_child(*state, 0, std::move(ls), layers_, B);
+
+        const Matrix<Scalar> normed = norm_.forward(h.data);  // (B*T, D)
+        Sequence<Scalar> logits(B, T, vocab_size());
+        to_logits_.forward(normed, logits.data);  // (B*T, D) x (D, V)
+        if (ctx) {
+            ctx->save("h", std::move(h.data));
+            ctx->save("normed", normed);
+        }
+        if (state) state->position += T;
+        return logits;
+    }
+
+    // Given dL/dlogits (B*T, V) for the forward that filled ctx (and optionally dL/d
+    // of its final state), adds every parameter's gradient into .grad; fills
+    // d_initial, if given, with dL/d(initial state).
+    void backward(const Sequence<Scalar>& dlogits, const Context<Scalar>& ctx, const State<Scalar>* d_final = nullptr,
+                  State<Scalar>* d_initial = nullptr) {
+        const std::string where = kind() + ".backward";
+        if (ctx.children.size() != 2) fail(where, "the context holds no training forward of this model");
+        check_sequence(where, "dlogits", dlogits, vocab_size());
+        const Index B = ctx.batch, T = ctx.steps;
+        if (dlogits.batch != B || dlogits.steps != T)
+            fail(where, "dlogits " + shape_string(dlogits) + " do not match the forward's (B=" + std::to_string(B) +
+                            ", T=" + std::to_string(T) + ")");
+        const Matrix<Scalar> d_normed = to_logits_.backward(ctx.get("normed"), dlogits.data);  // (B*T, V) x (V, D)
+        const Sequence<Scalar> dh(norm_.backward(ctx.get("h"), d_normed), B, T);               // (B*T, D)
+        const bool has_final = d_final && !d_final->empty();
+        if (has_final) layout_.check(where + " d_final", *d_final);
+        State<Scalar> l_final = has_final ? layout_.child(*d_final, 0) : State<Scalar>{};
+        State<Scalar> l_initial;
+        Sequence<Scalar> dx = layers_.backward(dh, ctx.children[0], has_final ? &l_final : nullptr,
+                                               d_initial ? &l_initial : nullptr);  // (B*T, D)
+        if (d_initial) {
+            *d_initial = State<Scalar>{};
+            d_initial->tensors.resize(static_cast<std::size_t>(layout_.total()));
+            layout_.set_child(*d_initial, 0, std::move(l_initial), layers_, B);
+        }
+        embed_drop_.apply_backward(dx.data, ctx.children[1]);
+        const Matrix<Scalar>& ids_saved = ctx.get("ids");
+        std::vector<int> ids(static_cast<std::size_t>(B * T));
+        for (Index i = 0; i < B * T; ++i) ids[static_cast<std::size_t>(i)] = static_cast<int>(ids_saved(i, 0));
+        token_emb_.backward(ids, dx.data);
+    }
+
+    // One token for each of B streams -> logits (B, V); no allocation once the state
+    // exists (logits is resized only if its shape is wrong).
+    void step(std::span<const int> tokens, State<Scalar>& state, Matrix<Scalar>& logits) const {
+        const auto where = [this] { return kind() + ".step"; };  // built only on failure
+        const Index B = static_cast<Index>(tokens.size());
+        if (B <= 0) fail(where(), "no tokens: one token per stream is needed");
+        if (state.empty()) state = initial_state(B);
+        layout_.check(where, state);
+        if (!layout_.has_shells(state)) layout_.make_shells(state, {&layers_}, B);
+        if (state.workspace.size() != 2 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
+        Matrix<Scalar>& x = state.workspace[0];  // (B, D)
+        Matrix<Scalar>& h = state.workspace[1];  // (B, D)
+        token_emb_.forward(tokens, x);
+        layout_.swap(state, 0);
+        layers_.step(x, state.children[0], h);
+        layout_.swap(state, 0);
+        norm_.forward(h, h);
+        if (logits.rows() != B || logits.cols() != vocab_size()) logits.resize(B, vocab_size());
+        to_logits_.forward(h, logits);  // (B, D) x (D, V)
+        state.position += 1;
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
+        token_emb_.collect_parameters(prefix + "token_emb.", out);
+        layers_.collect_parameters(prefix + "layers.", out);
+        norm_.collect_parameters(prefix + "norm.", out);
+        to_logits_.collect_parameters(prefix + "to_logits.", out);
+    }
+    ParameterList<Scalar> parameters() {
+        ParameterList<Scalar> out;
+        collect_parameters("", out);
+        return out;
+    }
+    void zero_grad() { seqnn::zero_grad(parameters()); }
+
+private:
+    static const LanguageModelOptions& checked(const LanguageModelOptions& o) {
+        if (o.vocab_size <= 0 || o.dim <= 0 || o.depth <= 0)
+            fail("LanguageModel", "vocab_size, dim and depth must be positive, got " + std::to_string(o.vocab_size) +
+                                      ", " + std::to_string(o.dim) + ", " + std::to_string(o.depth));
+        if (o.mixer.kind == MixerKind::Transformer && o.conv)
+            fail("LanguageModel", "the causal conv belongs to the recurrent block; the Transformer kind has none");
+        return o;
+    }
+    void check_tokens(const std::string& where, const TokenBatch& tokens) const {
+        if (tokens.batch <= 0 || tokens.steps <= 0 || static_cast<Index>(tokens.ids.size()) != tokens.batch * tokens.steps)
+            fail(where, "tokens hold " + std::to_string(tokens.ids.size()) + " ids for B=" +
+                            std::to_string(tokens.batch) + ", T=" + std::to_string(tokens.steps));
+    }
+
+    LanguageModelOptions options_;
+    Embedding<Scalar> token_emb_;
+    Dropout<Scalar> embed_drop_;
+    Sequential<Scalar> layers_;
+    RMSNorm<Scalar> norm_;
+    Linear<Scalar> to_logits_;
+    CompositeState<Scalar> layout_;
+};
+
+}  // namespace seqnn
