@@ -494,6 +494,12 @@ TEST_P(CorruptFile, IsAFormatErrorThatSaysWhy) {
     const Corruption& c = GetParam();
     expect_format_error([&] { parse_safetensors(c.file, "bad.safetensors"); }, c.message);
     expect_format_error([&] { parse_safetensors(c.file, "bad.safetensors"); }, "bad.safetensors: ");
+    // The same from a file, which is read piece by piece rather than whole.
+    TempFile file("corrupt");
+    std::ofstream(file.path(), std::ios::binary)
+        .write(reinterpret_cast<const char*>(c.file.data()), static_cast<std::streamsize>(c.file.size()));
+    expect_format_error([&] { load_safetensors(file.path()); }, c.message);
+    expect_format_error([&] { load_safetensors(file.path()); }, file.path().string() + ": ");
 }
 
 INSTANTIATE_TEST_SUITE_P(SafetensorsFormat, CorruptFile, ::testing::ValuesIn(corruptions()),

@@ -10,8 +10,9 @@
 // seqnn::format_error naming the source and the problem. What it checks, following the
 // reference implementation:
 //   - the file holds the 8-byte length; N <= 100 MB (the reference's cap) and 8 + N <= file size;
-//   - the header is UTF-8 JSON (without NUL bytes) and an object; no object in it repeats a key; nothing nests
-//     deeper than a tensor's shape array; only spaces may follow the object (writers pad with them);
+//   - the header is UTF-8 JSON without NUL bytes, and an object; no object in it repeats a key;
+//     nothing nests deeper than a tensor's shape array; only whitespace may follow the object
+//     (writers pad with spaces);
 //   - every tensor entry has exactly dtype, shape and data_offsets; the dtype is one this
 //     file supports; the shape holds at most 64 non-negative integers whose product times the
 //     element size, computed with overflow checks, equals end - begin; begin <= end <= data size;
@@ -19,6 +20,11 @@
 //     to be entirely indexed, and cannot contain holes", which rules out polyglot files): sorted
 //     by offset, the first starts at 0, each starts where the previous one ends, and the last
 //     ends at the end of the input. So no two tensors overlap and no byte is left unaccounted.
+//
+// Tensors are copied out of the input (load_safetensors reads each straight from the file),
+// so nothing refers to the input afterwards. The JSON header is parsed into a tree first, so
+// a hostile header near the 100 MB cap briefly takes about 3 GB (measured: 330 MB of peak
+// memory for a 10 MB header of tiny metadata entries); real headers are kilobytes to a few MB.
 //
 // The writer pads the header with spaces to a multiple of 8 bytes, as the reference does,
 // writes the header's keys in sorted order, and lays the data out by element size (largest
@@ -646,86 +652,124 @@ inline Entry parse_entry(const std::string& name, const nlohmann::json& j, std::
 
 }  // namespace detail
 
-// The tensors and metadata in `bytes`, a whole safetensors file. `source` names it in errors.
-inline TensorMap parse_safetensors(std::span<const std::byte> bytes, const std::string& source = "safetensors") {
-    if (bytes.size() < 8)
-        throw format_error(source + ": " + std::to_string(bytes.size()) +
-                           " bytes, too short for the 8-byte header length");
-    const auto header_size = detail::load_le<std::uint64_t>(bytes.data());
-    if (header_size > max_header_size)
-        throw format_error(source + ": header length " + std::to_string(header_size) + " exceeds the limit of " +
+namespace detail {
+
+// The header length in the first 8 of `file_size` bytes, checked against the file and the cap.
+inline std::uint64_t header_length(const std::byte* first8, std::uint64_t file_size, const std::string& source) {
+    const auto n = load_le<std::uint64_t>(first8);
+    if (n > max_header_size)
+        throw format_error(source + ": header length " + std::to_string(n) + " exceeds the limit of " +
                            std::to_string(max_header_size) + " bytes");
-    if (header_size > bytes.size() - 8)
-        throw format_error(source + ": header length " + std::to_string(header_size) + " runs past the end of the " +
-                           std::to_string(bytes.size()) + "-byte input");
-    const auto header_text = bytes.subspan(8, static_cast<std::size_t>(header_size));
-    const auto data = bytes.subspan(8 + static_cast<std::size_t>(header_size));
+    if (n > file_size - 8)
+        throw format_error(source + ": header length " + std::to_string(n) + " runs past the end of the " +
+                           std::to_string(file_size) + "-byte input");
+    return n;
+}
 
-    const nlohmann::json header = detail::parse_header(
-        std::string_view(reinterpret_cast<const char*>(header_text.data()), header_text.size()), source);
-    if (!header.is_object())
-        throw format_error(source + ": header is a JSON " + detail::json_kind(header) + ", expected an object");
+// What a header says: the metadata, and every tensor's place in a data section of
+// data_size bytes, all checked; the entries sorted by offset, so they tile [0, data_size).
+struct Layout {
+    std::map<std::string, std::string> metadata;
+    std::vector<Entry> entries;
+};
 
-    TensorMap out;
-    std::vector<detail::Entry> entries;
+inline Layout parse_layout(std::string_view header_text, std::uint64_t data_size, const std::string& source) {
+    const nlohmann::json header = parse_header(header_text, source);
+    if (!header.is_object()) throw format_error(source + ": header is a JSON " + json_kind(header) + ", expected an object");
+
+    Layout layout;
     for (const auto& [name, value] : header.items()) {
         if (name == metadata_key) {
             if (!value.is_object())
-                throw format_error(source + ": __metadata__ is a JSON " + detail::json_kind(value) +
+                throw format_error(source + ": __metadata__ is a JSON " + json_kind(value) +
                                    ", expected an object of strings");
             for (const auto& [key, text] : value.items()) {
                 if (!text.is_string())
-                    throw format_error(source + ": __metadata__ " + detail::quote_name(key) + " is a JSON " +
-                                       detail::json_kind(text) + ", expected a string");
-                out.metadata.emplace(key, text.get<std::string>());
+                    throw format_error(source + ": __metadata__ " + quote_name(key) + " is a JSON " + json_kind(text) +
+                                       ", expected a string");
+                layout.metadata.emplace(key, text.get<std::string>());
             }
             continue;
         }
-        entries.push_back(detail::parse_entry(name, value, data.size(), source));
+        layout.entries.push_back(parse_entry(name, value, data_size, source));
     }
 
     // The tensors must tile the data section: sorted by offset, no overlap, no hole, nothing after.
+    auto& entries = layout.entries;
     std::sort(entries.begin(), entries.end(),
               [](const auto& a, const auto& b) { return std::pair(a.begin, a.end) < std::pair(b.begin, b.end); });
     std::uint64_t covered = 0;  // bytes [0, covered) belong to the tensors so far
-    const detail::Entry* previous = nullptr;
+    const Entry* previous = nullptr;
     for (const auto& e : entries) {
         if (e.begin < covered)
-            throw format_error(source + ": tensors " + detail::quote_name(previous->name) + " [" +
-                               std::to_string(previous->begin) + ", " + std::to_string(previous->end) + ") and " +
-                               detail::quote_name(e.name) + " [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
-                               ") overlap");
+            throw format_error(source + ": tensors " + quote_name(previous->name) + " [" + std::to_string(previous->begin) +
+                               ", " + std::to_string(previous->end) + ") and " + quote_name(e.name) + " [" +
+                               std::to_string(e.begin) + ", " + std::to_string(e.end) + ") overlap");
         if (e.begin > covered)
             throw format_error(source + ": bytes [" + std::to_string(covered) + ", " + std::to_string(e.begin) +
                                ") of the data section belong to no tensor");
         covered = e.end;
         previous = &e;
     }
-    if (covered != data.size())
-        throw format_error(source + ": the data section has " + std::to_string(data.size() - covered) +
+    if (covered != data_size)
+        throw format_error(source + ": the data section has " + std::to_string(data_size - covered) +
                            " bytes after the last tensor (which ends at " + std::to_string(covered) + ")");
+    return layout;
+}
 
-    for (const auto& e : entries) {
-        const auto begin = data.begin() + static_cast<std::ptrdiff_t>(e.begin);
-        const auto end = data.begin() + static_cast<std::ptrdiff_t>(e.end);
-        out.set(e.name, Tensor(e.dtype, e.shape, std::vector<std::byte>(begin, end)));
+}  // namespace detail
+
+// The tensors and metadata in `bytes`, a whole safetensors file. `source` names it in errors.
+inline TensorMap parse_safetensors(std::span<const std::byte> bytes, const std::string& source = "safetensors") {
+    if (bytes.size() < 8)
+        throw format_error(source + ": " + std::to_string(bytes.size()) +
+                           " bytes, too short for the 8-byte header length");
+    const auto header_size = static_cast<std::size_t>(detail::header_length(bytes.data(), bytes.size(), source));
+    const auto header_text = bytes.subspan(8, header_size);
+    const auto data = bytes.subspan(8 + header_size);
+    detail::Layout layout = detail::parse_layout(
+        std::string_view(reinterpret_cast<const char*>(header_text.data()), header_text.size()), data.size(), source);
+
+    TensorMap out;
+    out.metadata = std::move(layout.metadata);
+    for (auto& e : layout.entries) {
+        const auto tensor_bytes = data.subspan(static_cast<std::size_t>(e.begin), static_cast<std::size_t>(e.end - e.begin));
+        out.set(e.name, Tensor(e.dtype, std::move(e.shape), std::vector<std::byte>(tensor_bytes.begin(), tensor_bytes.end())));
     }
     return out;
 }
 
-// The tensors and metadata of the safetensors file at `path`.
+// The tensors and metadata of the safetensors file at `path`. The header is read and checked
+// first; then each tensor's bytes go straight into its Tensor (the file is never held twice).
 inline TensorMap load_safetensors(const std::filesystem::path& path) {
     const std::string source = path.string();
     std::ifstream in(path, std::ios::binary);
     if (!in) throw format_error(source + ": cannot open the file for reading");
     std::error_code ec;
-    const auto size = std::filesystem::file_size(path, ec);
+    const std::uint64_t file_size = std::filesystem::file_size(path, ec);
     if (ec) throw format_error(source + ": cannot read the file's size: " + ec.message());
-    std::vector<std::byte> bytes(static_cast<std::size_t>(size));
-    if (!in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size())))
-        throw format_error(source + ": read failed after " + std::to_string(in.gcount()) + " of " +
-                           std::to_string(size) + " bytes");
-    return parse_safetensors(bytes, source);
+    const auto read = [&](std::byte* to, std::uint64_t n, const char* what) {
+        if (n && !in.read(reinterpret_cast<char*>(to), static_cast<std::streamsize>(n)))
+            throw format_error(source + ": reading " + what + " failed (" + std::to_string(n) + " bytes)");
+    };
+
+    if (file_size < 8)
+        throw format_error(source + ": " + std::to_string(file_size) + " bytes, too short for the 8-byte header length");
+    std::array<std::byte, 8> first8;
+    read(first8.data(), 8, "the header length");
+    const std::uint64_t header_size = detail::header_length(first8.data(), file_size, source);
+    std::string header_text(static_cast<std::size_t>(header_size), ' ');
+    read(reinterpret_cast<std::byte*>(header_text.data()), header_size, "the header");
+    detail::Layout layout = detail::parse_layout(header_text, file_size - 8 - header_size, source);
+
+    TensorMap out;
+    out.metadata = std::move(layout.metadata);
+    for (auto& e : layout.entries) {  // in file order: each starts where the previous ended
+        std::vector<std::byte> bytes(static_cast<std::size_t>(e.end - e.begin));
+        read(bytes.data(), bytes.size(), "tensor data");
+        out.set(e.name, Tensor(e.dtype, std::move(e.shape), std::move(bytes)));
+    }
+    return out;
 }
 
 // ---------------------------------------------------------------------------
