@@ -1,0 +1,143 @@
+// Training checkpoints in one safetensors file: the weights, the optimizer's state and
+// step count, and the random streams, so that a run resumed from a checkpoint takes
+// exactly the steps the uninterrupted run would have taken (bitwise, in double).
+//
+// The file holds
+//   <parameter name>                          the weights, as io::state_dict writes them, so
+//                                             io::load_parameters(path, params, /*strict=*/false)
+//                                             reads a checkpoint as a weight file
+//   optimizer.<key>.<parameter name>          the optimizer's state (optimizer.hpp), e.g.
+//                                             optimizer.exp_avg.layers.0.1.weight, as (rows, cols)
+//   optimizer.step                            I64 scalar: the optimizer's step count
+//   rng.dropout_calls                         I64 [n]: each Dropout's counter (its whole state)
+// and in the header's metadata
+//   rng.<name>                                each std::mt19937_64 stream, in its standard text form
+//   seqnn.checkpoint = "1", plus any metadata the caller adds.
+// The learning-rate schedule needs nothing: it is a function of the step count.
+//
+//   seqnn::TrainingState<double> ts{lm.parameters(), &optimizer, {{"data", &data_rng}}, lm.dropouts()};
+//   seqnn::save_checkpoint("run.safetensors", ts);
+//   ...
+//   seqnn::load_checkpoint("run.safetensors", ts);  // into freshly made objects of the same shapes
+#pragma once
+
+#include "seqnn/core/errors.hpp"
+#include "seqnn/io/safetensors.hpp"
+#include "seqnn/io/state_dict.hpp"
+#include "seqnn/nn/dropout.hpp"
+#include "seqnn/train/optimizer.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace seqnn {
+
+// What a checkpoint saves and restores; the pointers are not owned.
+template <typename Scalar>
+struct TrainingState {
+    ParameterList<Scalar> parameters;
+    Optimizer<Scalar>* optimizer = nullptr;  // optional
+    std::map<std::string, Rng*> rngs;        // e.g. {{"data", &data_rng}}
+    std::vector<Dropout<Scalar>*> dropouts;  // e.g. LanguageModel::dropouts()
+};
+
+// Everything in `state` as named tensors and metadata.
+template <typename Scalar>
+io::TensorMap checkpoint_tensors(const TrainingState<Scalar>& state, std::map<std::string, std::string> metadata = {}) {
+    io::TensorMap out = io::state_dict(state.parameters);
+    if (state.optimizer) {
+        NamedTensors<Scalar> opt;
+        state.optimizer->save_state(opt, "optimizer.");
+        for (const auto& [name, m] : opt) out.set(name, io::Tensor::from_matrix(m));
+        const std::vector<std::int64_t> step{static_cast<std::int64_t>(state.optimizer->steps())};
+        out.set("optimizer.step", io::Tensor::from_values(step, {}));
+    }
+    if (!state.dropouts.empty()) {
+        std::vector<std::int64_t> calls;
+        for (const Dropout<Scalar>* d : state.dropouts) calls.push_back(static_cast<std::int64_t>(d->calls()));
+        out.set("rng.dropout_calls", io::Tensor::from_values(calls, {static_cast<Index>(calls.size())}));
+    }
+    for (const auto& [name, rng] : state.rngs) {
+        std::ostringstream text;
+        text << *rng;
+        metadata["rng." + name] = text.str();
+    }
+    metadata["seqnn.checkpoint"] = "1";
+    metadata.emplace("format", "pt");
+    out.metadata = std::move(metadata);
+    return out;
+}
+
+// Restores `state` from checkpoint_tensors' output. Strict: every weight, optimizer
+// tensor and random stream `state` names must be there with its shape, and no other
+// weight; otherwise format_error (io::state_dict_error for the weights) and nothing
+// of the optimizer or the streams is changed.
+template <typename Scalar>
+void restore_checkpoint(const io::TensorMap& tensors, TrainingState<Scalar>& state,
+                        const std::string& source = "checkpoint") {
+    const std::string where = "load_checkpoint(" + source + ")";
+    // Check and read everything before changing anything.
+    NamedTensors<Scalar> opt;
+    std::int64_t step = 0;
+    if (state.optimizer) {
+        NamedTensors<Scalar> shapes;
+        state.optimizer->save_state(shapes, "optimizer.");
+        for (const auto& [name, m] : shapes) {
+            if (!tensors.contains(name)) throw format_error(where + ": optimizer state '" + name + "' is missing");
+            const io::Tensor& t = tensors.at(name);
+            if (t.shape() != std::vector<Index>{m.rows(), m.cols()})
+                throw format_error(where + ": optimizer state '" + name + "' has shape " +
+                                   io::detail::shape_text(t.shape()) + ", expected " + shape_string(m));
+            opt[name] = t.template to_matrix<Scalar>();
+        }
+        if (!tensors.contains("optimizer.step")) throw format_error(where + ": 'optimizer.step' is missing");
+        step = tensors.at("optimizer.step").template values<std::int64_t>().at(0);
+    }
+    std::vector<std::int64_t> calls;
+    if (!state.dropouts.empty()) {
+        if (!tensors.contains("rng.dropout_calls")) throw format_error(where + ": 'rng.dropout_calls' is missing");
+        calls = tensors.at("rng.dropout_calls").template values<std::int64_t>();
+        if (calls.size() != state.dropouts.size())
+            throw format_error(where + ": 'rng.dropout_calls' holds " + std::to_string(calls.size()) +
+                               " counters for " + std::to_string(state.dropouts.size()) + " dropouts");
+    }
+    std::map<std::string, Rng> rngs;
+    for (const auto& [name, rng] : state.rngs) {
+        const auto it = tensors.metadata.find("rng." + name);
+        if (it == tensors.metadata.end()) throw format_error(where + ": random stream 'rng." + name + "' is missing");
+        std::istringstream text(it->second);
+        Rng restored;
+        text >> restored;
+        if (!text) throw format_error(where + ": random stream 'rng." + name + "' is not a std::mt19937_64 state");
+        rngs.emplace(name, restored);
+    }
+    // The weights: everything that is not optimizer or generator state, strictly.
+    io::TensorMap weights;
+    for (const auto& [name, t] : tensors)
+        if (name.rfind("optimizer.", 0) != 0 && name.rfind("rng.", 0) != 0) weights.set(name, t);
+    io::load_state_dict(weights, state.parameters, /*strict=*/true, source);
+
+    if (state.optimizer) {
+        state.optimizer->load_state(opt, "optimizer.");
+        state.optimizer->set_steps(static_cast<long>(step));
+    }
+    for (std::size_t i = 0; i < calls.size(); ++i) state.dropouts[i]->set_calls(static_cast<std::uint64_t>(calls[i]));
+    for (const auto& [name, rng] : state.rngs) *rng = rngs.at(name);
+}
+
+template <typename Scalar>
+void save_checkpoint(const std::filesystem::path& path, const TrainingState<Scalar>& state,
+                     std::map<std::string, std::string> metadata = {}) {
+    io::save_safetensors(path, checkpoint_tensors(state, std::move(metadata)));
+}
+
+template <typename Scalar>
+void load_checkpoint(const std::filesystem::path& path, TrainingState<Scalar>& state) {
+    restore_checkpoint(io::load_safetensors(path), state, path.string());
+}
+
+}  // namespace seqnn
