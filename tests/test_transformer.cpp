@@ -270,6 +270,15 @@ TEST(TransformerBlock, FloatAgreesWithDouble) {
     const Sequence<double> x = random_sequence<double>(3, 200, 24, data);
     const Sequence<float> xf(x.data.cast<float>(), 3, 200);
     EXPECT_LT(relative_error(bf.forward(xf).data, bd.forward(x).data), seqnn::testing::float_tolerance(200));
+    // Training too (float's GELU and its derivative use Eigen's vectorised erf).
+    const Sequence<double> dy = random_sequence<double>(3, 200, 24, data);
+    const Sequence<float> dyf(dy.data.cast<float>(), 3, 200);
+    Context<double> cd;
+    Context<float> cf;
+    bd.forward(x, nullptr, &cd);
+    bf.forward(xf, nullptr, &cf);
+    EXPECT_LT(relative_error(bf.backward(dyf, cf).data, bd.backward(dy, cd).data), seqnn::testing::float_tolerance(200));
+    EXPECT_LT(relative_error(bf.linear1().weight.grad, bd.linear1().weight.grad), seqnn::testing::float_tolerance(600));
     // Streaming in float too.
     State<float> s = bf.initial_state(3);
     Matrix<float> y;
