@@ -19,7 +19,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -714,5 +716,82 @@ TEST(LayerWeights, LstmIntoALayerOfAnotherSizeIsOneStrictError) {
         EXPECT_NE(std::string(e.what()).find("size mismatch for weight_hh_l0: file has F32 [20, 5], parameter is [24, 6]"),
                   std::string::npos)
             << e.what();
+    }
+}
+
+// Every layer kind: one tensor per parameter under its PyTorch name and shape (rank 3 for
+// the convolution), and a fresh layer with other weights reloads to identical outputs.
+struct LayerMaker {
+    std::string name;
+    std::function<std::unique_ptr<Layer<float>>(Rng&)> make;
+};
+
+void PrintTo(const LayerMaker& m, std::ostream* os) { *os << m.name; }
+
+std::vector<LayerMaker> every_layer() {
+    return {
+        {"RNN", [](Rng& r) { return std::make_unique<RNN<float>>(RNNOptions{.input_size = 5, .hidden_size = 7}, r); }},
+        {"LSTM", [](Rng& r) { return std::make_unique<LSTM<float>>(RecurrentOptions{5, 7, 2, true}, r); }},
+        {"GRU", [](Rng& r) { return std::make_unique<GRU<float>>(RecurrentOptions{5, 7, 2, false}, r); }},
+        {"MinGRU", [](Rng& r) {
+             return std::make_unique<MinGRU<float>>(MinRNNOptions{.input_size = 5, .hidden_size = 7, .bias = true}, r);
+         }},
+        {"MinLSTM", [](Rng& r) {
+             return std::make_unique<MinLSTM<float>>(MinRNNOptions{.input_size = 5, .expansion = 2.0}, r);
+         }},
+        {"TransformerBlock", [](Rng& r) {
+             return std::make_unique<TransformerBlock<float>>(
+                 TransformerOptions{.d_model = 8, .num_heads = 2, .dim_feedforward = 12, .rotary = true}, r);
+         }},
+        {"CausalDepthwiseConv1d", [](Rng& r) {
+             return std::make_unique<CausalDepthwiseConv1d<float>>(CausalConvOptions{.channels = 6, .kernel_size = 4}, r);
+         }},
+    };
+}
+
+class EveryLayer : public ::testing::TestWithParam<LayerMaker> {};
+
+TEST_P(EveryLayer, SavesByPyTorchNameAndReloadsToIdenticalOutputs) {
+    Rng rng_a(1), rng_b(2), rng_x(3);
+    const auto saved = GetParam().make(rng_a), fresh = GetParam().make(rng_b);
+    const auto x = random_sequence<float>(2, 5, saved->input_size(), rng_x);
+    const Matrix<float> y = saved->forward(x).data;
+    ASSERT_NE(fresh->forward(x).data, y);
+
+    TempFile file("every_layer");
+    save_parameters(file.path(), *saved);
+    const TensorMap on_disk = load_safetensors(file.path());
+    const ParameterList<float> params = saved->parameters();
+    EXPECT_EQ(on_disk.size(), params.size());
+    for (const auto& p : params) {
+        ASSERT_TRUE(on_disk.contains(p.name)) << p.name;
+        EXPECT_EQ(on_disk.at(p.name).shape(), p.param->shape) << p.name;
+        EXPECT_EQ(on_disk.at(p.name).dtype(), DType::F32) << p.name;
+    }
+
+    EXPECT_TRUE(load_parameters(file.path(), *fresh).complete());
+    EXPECT_EQ(fresh->forward(x).data, y);
+}
+
+INSTANTIATE_TEST_SUITE_P(LayerWeights, EveryLayer, ::testing::ValuesIn(every_layer()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(LayerWeights, LanguageModelReloadsToIdenticalLogits) {
+    for (MixerKind kind : {MixerKind::MinGRU, MixerKind::Transformer}) {
+        const LanguageModelOptions options{.vocab_size = 11, .dim = 8, .depth = 2, .mixer = {.kind = kind}};
+        Rng rng_a(1), rng_b(2);
+        LanguageModel<float> saved(options, rng_a), fresh(options, rng_b);
+        const TokenBatch tokens({1, 4, 7, 10, 0, 3, 3, 9, 2, 5}, 2, 5);
+        const Matrix<float> logits = saved.forward(tokens).data;
+
+        TempFile file("language_model");
+        save_parameters(file.path(), saved.parameters(), {{"mixer", to_string(kind)}});
+        const TensorMap on_disk = load_safetensors(file.path());
+        EXPECT_TRUE(on_disk.contains("token_emb.weight"));
+        EXPECT_TRUE(on_disk.contains("to_logits.weight"));
+        EXPECT_EQ(on_disk.metadata.at("mixer"), to_string(kind));
+
+        EXPECT_TRUE(load_parameters(file.path(), fresh.parameters()).complete()) << to_string(kind);
+        EXPECT_EQ(fresh.forward(tokens).data, logits) << to_string(kind);
     }
 }
