@@ -20,6 +20,7 @@ width 4D) and BM_Transformer_Step (one decoding step of that layer's weights
 against a preallocated KV cache of T positions: PyTorch's layer has no cache).
 """
 import argparse
+import inspect
 import json
 import re
 import time
@@ -99,11 +100,13 @@ def make_block(D):
 
 
 def run_block(layer, x, mask, train):
+    # is_causal (a hint that src_mask is causal) came with torch 2.0; 1.13 takes the mask alone.
+    kw = {"is_causal": True} if "is_causal" in inspect.signature(layer.forward).parameters else {}
     if train:
-        layer(x, src_mask=mask, is_causal=True).sum().backward()
+        layer(x, src_mask=mask, **kw).sum().backward()
     else:
         with torch.no_grad():
-            layer(x, src_mask=mask, is_causal=True)
+            layer(x, src_mask=mask, **kw)
 
 
 def block_step(layer, x, k_cache, v_cache, pos):

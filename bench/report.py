@@ -1,0 +1,500 @@
+#!/usr/bin/env python3
+"""The serial-versus-parallel benchmark report: figures (PNG) and their data (JSON).
+
+  python3 bench/report.py merge RAWDIR --out bundle.json   # raw JSONs of one machine -> one file
+  python3 bench/report.py draw --from DIR [--from DIR2] --out docs/report
+
+`merge` reads RAWDIR/*.json (Google Benchmark --benchmark_out files, pytorch_peer.py
+files), RAWDIR/machine.txt (its first line names the machine) and RAWDIR/commands.tsv
+(one "file<TAB>command" per run) and writes one compact bundle: the rows that the
+figures and compare.py need, with the machine and the commands. It needs only the
+standard library, so it runs where matplotlib is missing (the device machine).
+
+`draw` reads every *.json in the given folders (raw files, bundles, or the per-figure
+files it wrote before: all three load the same way) and writes into --out:
+
+  serial_vs_parallel.png  GRU/LSTM vs minGRU/minLSTM, time and speedup vs T, forward and training
+  complexity.png          RNN, minGRU and Transformer time vs T, log-log, fitted slopes
+  thread_scaling.png      scan, minGRU, attention, GEMM and bandwidth at 1..N threads
+  accuracy.png            fp32 relative error of the linear and log-space scans vs T
+  ceilings.png            each layer's FLOP/s and bytes/s as a fraction of BM_Gemm / BM_Bandwidth
+  ratios.md, ratios.json  seqnn/PyTorch table (bench/compare.py) and its rows
+  all_results.json        every row loaded, with the machine and the commands
+
+and beside each figure a .json with the rows it was drawn from, the machine and the
+commands. Figures whose benchmarks are missing are skipped with a message.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402  (bench/compare.py: the loaders and the ratio table)
+
+LAYER_SHAPE = "B:16/T:{T}/D:256"
+KIND_LABEL = {"GRU": "GRU", "LSTM": "LSTM", "MinGRU": "minGRU", "MinLSTM": "minLSTM", "RNN": "RNN (tanh)",
+              "Transformer": "Transformer block"}
+COLOURS = {"GRU": "tab:red", "LSTM": "tab:orange", "MinGRU": "tab:blue", "MinLSTM": "tab:cyan",
+           "RNN": "tab:purple", "Transformer": "tab:green"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+def read_meta_files(folder):
+    meta = {}
+    machine = os.path.join(folder, "machine.txt")
+    if os.path.exists(machine):
+        with open(machine) as f:
+            text = f.read().strip()
+        if text:
+            meta["machine"] = text.splitlines()[0]
+            meta["machine_details"] = text
+    commands = os.path.join(folder, "commands.tsv")
+    if os.path.exists(commands):
+        meta["commands"] = {}
+        with open(commands) as f:
+            for line in f:
+                if "\t" in line:
+                    source, command = line.rstrip("\n").split("\t", 1)
+                    meta["commands"][source] = command
+    return meta
+
+
+class Results:
+    """All seqnn and PyTorch rows, keyed by (name, threads), with the metadata."""
+
+    def __init__(self, folders):
+        paths = []
+        self.meta = {}
+        for folder in folders:
+            found = sorted(glob.glob(os.path.join(folder, "*.json")))
+            if not found:
+                sys.exit(f"report.py: no *.json in {folder}")
+            paths += found
+            for k, v in read_meta_files(folder).items():
+                self.meta.setdefault(k, v)
+        ours, peer, meta = compare.load(paths)
+        for k, v in meta.items():
+            if k == "commands":
+                self.meta.setdefault("commands", {}).update(v)
+            else:
+                self.meta.setdefault(k, v)
+        self.ours = {(r["name"], r["threads"]): r for r in ours}
+        self.peer = {(r["name"], r["threads"]): r for r in peer}
+
+    def get(self, name, threads):
+        return self.ours.get((name, threads))
+
+    def threads_of(self, pattern):
+        return sorted({t for (n, t) in self.ours if re.search(pattern, n)})
+
+    def machine(self):
+        if "machine" in self.meta:
+            return self.meta["machine"]
+        for ctx in self.meta.get("contexts", {}).values():
+            return f"{ctx.get('num_cpus', '?')} CPUs, host {ctx.get('host_name', '?')}"
+        return "unknown machine"
+
+
+def t_of(name):
+    m = re.search(r"/T:(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def series(res, prefix, threads, shape=LAYER_SHAPE):
+    """[(T, row)] of prefix/shape over every T present, sorted."""
+    pattern = re.compile("^" + re.escape(prefix + "/" + shape).replace(r"\{T\}", r"(\d+)") + "$")
+    out = []
+    for (name, th), row in res.ours.items():
+        m = pattern.match(name)
+        if m and th == threads:
+            out.append((int(m.group(1)), row))
+    return sorted(out, key=lambda x: x[0])
+
+
+def pick_threads(available):
+    """1 and the largest thread count, when present."""
+    if not available:
+        return []
+    return sorted({available[0], available[-1]})
+
+
+def fit_slope(xs, ys):
+    """Least-squares slope of log y against log x."""
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    sxx = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx if sxx > 0 else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures. Each returns (figure, rows drawn, caption) or None when its data is missing.
+
+def fig_serial_vs_parallel(res, plt):
+    threads = pick_threads(res.threads_of(r"^BM_(GRU|MinGRU)_Forward/B:16/"))
+    if not threads:
+        return None
+    used = []
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex=True)
+    styles = {threads[0]: "--", threads[-1]: "-"}
+    headline = []
+    for col, mode in enumerate(("Forward", "Train")):
+        ax_t, ax_s = axes[0][col], axes[1][col]
+        for th in threads:
+            data = {}
+            for kind in ("GRU", "LSTM", "MinGRU", "MinLSTM"):
+                s = series(res, f"BM_{kind}_{mode}", th)
+                if not s:
+                    continue
+                data[kind] = dict((T, r["time_ms"]) for T, r in s)
+                used += [r for _, r in s]
+                ax_t.plot(list(data[kind]), list(data[kind].values()), styles[th], marker="o", ms=4,
+                          color=COLOURS[kind], label=f"{KIND_LABEL[kind]}, {th} thr")
+            for seq, par in (("GRU", "MinGRU"), ("LSTM", "MinLSTM")):
+                if seq in data and par in data:
+                    Ts = sorted(set(data[seq]) & set(data[par]))
+                    sp = [data[seq][T] / data[par][T] for T in Ts]
+                    ax_s.plot(Ts, sp, styles[th], marker="o", ms=4, color=COLOURS[par],
+                              label=f"{KIND_LABEL[par]} over {KIND_LABEL[seq]}, {th} thr")
+                    ax_s.annotate(f"{sp[-1]:.1f}x", (Ts[-1], sp[-1]), textcoords="offset points",
+                                  xytext=(6, 2 if par == "MinGRU" else -9), fontsize=8, color=COLOURS[par])
+                    headline.append(f"{mode.lower()}, {th} thread(s): {KIND_LABEL[par]} is {sp[-1]:.1f}x "
+                                    f"faster than {KIND_LABEL[seq]} at T={Ts[-1]}")
+        ax_t.set(xscale="log", yscale="log", ylabel="time per batch (ms)",
+                 title=f"{'Forward' if mode == 'Forward' else 'Training (forward + backward)'}: time")
+        ax_s.set(xscale="log", yscale="log", xlabel="sequence length T (steps)",
+                 ylabel="speedup (sequential cell time / min* time)", title=f"{mode}: speedup of the parallel scan")
+        ax_s.axhline(1, color="grey", lw=0.8)
+        for ax in (ax_t, ax_s):
+            ax.set_xticks([64, 256, 1024, 4096])
+            ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    thr_text = " and ".join(str(t) for t in threads)
+    fig.suptitle(f"Serial vs parallel: GRU/LSTM (a loop over T) vs minGRU/minLSTM (one GEMM + parallel scan)\n"
+                 f"{res.machine()}; B=16, D=256, fp32; {thr_text} threads "
+                 f"(dashed: {threads[0]}, solid: {threads[-1]})", fontsize=10)
+    fig.text(0.5, 0.005, "For scale, the paper's runtime figure (T4 GPU, minGRU over GRU): 175x at T=512, over 1300x at "
+             "T=4096; not measured here. On a CPU the parallel layer has only the cores to spread over.",
+             ha="center", va="bottom", fontsize=8, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    caption = ("seqnn time per call (median of repetitions) for a batch of 16 sequences, hidden size 256, "
+               "and the ratio sequential-cell / min* layer at the same thread count. " + "; ".join(headline))
+    return fig, used, caption
+
+
+def fig_complexity(res, plt):
+    threads = pick_threads(res.threads_of(r"^BM_(RNN|MinGRU|Transformer)_Forward/B:16/"))
+    if not threads:
+        return None
+    used, notes = [], []
+    fig, axes = plt.subplots(1, len(threads), figsize=(6.2 * len(threads), 5.2), squeeze=False)
+    D = 256
+    for ax, th in zip(axes[0], threads):
+        for kind in ("RNN", "MinGRU", "Transformer"):
+            s = series(res, f"BM_{kind}_Forward", th)
+            if len(s) < 2:
+                continue
+            used += [r for _, r in s]
+            Ts, ys = [T for T, _ in s], [r["time_ms"] for _, r in s]
+            slope = fit_slope(Ts, ys)
+            tail = fit_slope(Ts[-2:], ys[-2:])
+            label = f"{KIND_LABEL[kind]}: slope {slope:.2f} (last octaves {tail:.2f})"
+            notes.append(f"{th} thread(s): {KIND_LABEL[kind]} fitted slope {slope:.2f} over T={Ts[0]}..{Ts[-1]}, "
+                         f"{tail:.2f} from T={Ts[-2]} to {Ts[-1]}")
+            ax.plot(Ts, ys, "o-", color=COLOURS[kind], label=label)
+            # Reference: the FLOP formula, scaled to the measured time at the smallest T.
+            if kind == "RNN":
+                ref = [T * D * D for T in Ts]
+                ax.plot(Ts, [ys[0] * r / ref[0] for r in ref], ":", color="grey", label="∝ T·D² (slope 1), through RNN")
+            if kind == "Transformer":
+                ref = [24 * T * D * D + 2 * T * T * D for T in Ts]
+                ax.plot(Ts, [ys[0] * r / ref[0] for r in ref], "-.", color="black",
+                        label="∝ 24·T·D² + 2·T²·D (block FLOPs), through Transformer")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length T (steps)", ylabel="forward time per batch (ms)",
+               title=f"{th} thread{'s' if th > 1 else ''}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7.5)
+    fig.suptitle(f"Complexity in T: RNN and minGRU are T·D², the Transformer block T·D² + T²·D\n"
+                 f"{res.machine()}; B=16, D=256 (8 heads, MLP 4D, causal), fp32, forward", fontsize=10)
+    fig.tight_layout()
+    caption = ("Forward time vs T on log-log axes; slopes are least-squares fits of log time on log T over all T, "
+               "and between the last two T. Reference curves are the FLOP counts, scaled through the first "
+               "measured point. " + "; ".join(notes))
+    return fig, used, caption
+
+
+SCALING = [
+    ("BM_ScanParallelThreads/B:1/T:65536/D:256/threads:{n}", "scan, B=1 T=65536 D=256 (time split)", "tab:blue"),
+    ("BM_MinGRU_Forward/B:16/T:1024/D:256", "minGRU forward, B=16 T=1024 D=256", "tab:cyan"),
+    ("BM_Attention_Forward/B:1/T:4096/H:8/Dh:64", "attention forward, B=1 T=4096 8x64", "tab:green"),
+    ("BM_Attention_Forward/B:16/T:1024/H:8/Dh:32", "attention forward, B=16 T=1024 8x32", "tab:olive"),
+    ("BM_Gemm/M:16384/K:256/N:512", "GEMM 16384x256x512 (ceiling)", "black"),
+    ("BM_Bandwidth/N:16777216", "stream c=a+b, 192 MiB (ceiling)", "grey"),
+]
+
+
+def fig_thread_scaling(res, plt):
+    lines = []
+    for pattern, label, colour in SCALING:
+        pts = []
+        for (name, th), row in res.ours.items():
+            if "{n}" in pattern:
+                if name == pattern.format(n=th):
+                    pts.append((th, row))
+            elif name == pattern:
+                pts.append((th, row))
+        pts.sort(key=lambda x: x[0])
+        if len(pts) >= 2 and pts[0][0] == 1:
+            lines.append((label, colour, pts))
+    if not lines:
+        return None
+    used, notes = [], []
+    fig, (ax_s, ax_t) = plt.subplots(1, 2, figsize=(13, 5.2))
+    max_t = max(p[-1][0] for _, _, p in lines)
+    for label, colour, pts in lines:
+        used += [r for _, r in pts]
+        ths, ts = [t for t, _ in pts], [r["time_ms"] for _, r in pts]
+        sp = [ts[0] / t for t in ts]
+        style = "--" if "ceiling" in label else "-"
+        ax_s.plot(ths, sp, style, marker="o", color=colour, label=label)
+        ax_t.plot(ths, ts, style, marker="o", color=colour, label=label)
+        notes.append(f"{label}: {sp[-1]:.1f}x at {ths[-1]} threads ({ts[0]:.3g} -> {ts[-1]:.3g} ms)")
+    ideal = [2 ** i for i in range(int(math.log2(max_t)) + 1)]
+    ax_s.plot(ideal, ideal, ":", color="grey", label="ideal (linear)")
+    ax_s.set(xscale="log", yscale="log", xlabel="threads (OMP_NUM_THREADS)", ylabel="speedup over 1 thread",
+             title="Speedup")
+    ax_t.set(xscale="log", yscale="log", xlabel="threads (OMP_NUM_THREADS)", ylabel="time per call (ms)",
+             title="Time")
+    for ax in (ax_s, ax_t):
+        ax.set_xticks(ideal)
+        ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7.5)
+    fig.suptitle(f"Thread scaling: scan, minGRU and attention against the GEMM and streaming ceilings\n"
+                 f"{res.machine()}; fp32; 1 to {max_t} threads", fontsize=10)
+    fig.tight_layout()
+    caption = "Time and speedup over one thread. " + "; ".join(notes)
+    return fig, used, caption
+
+
+def fig_accuracy(res, plt):
+    variants = [("LinearSequential", "linear space, sequential", "tab:blue", "o-"),
+                ("LinearParallel", "linear space, parallel (auto split)", "tab:cyan", "s--"),
+                ("LogSpace", "log space (paper: cumsum + logcumsumexp)", "tab:red", "^-")]
+    rows = [(n, th, r) for (n, th), r in res.ours.items() if n.startswith("BM_ScanAccuracy_")]
+    if not rows:
+        return None
+    th = max(t for _, t, _ in rows)
+    a_values = sorted({int(re.search(r"/a:(\d+)", n).group(1)) for n, t, _ in rows if t == th})
+    fig, axes = plt.subplots(1, len(a_values), figsize=(6.2 * len(a_values), 5), squeeze=False, sharey=True)
+    used, notes = [], []
+    for ax, a in zip(axes[0], a_values):
+        for key, label, colour, style in variants:
+            s = sorted(((t_of(n), r) for n, t, r in rows
+                        if t == th and n.startswith(f"BM_ScanAccuracy_{key}/") and f"/a:{a}" in n), key=lambda x: x[0])
+            if not s:
+                continue
+            used += [r for _, r in s]
+            ax.plot([T for T, _ in s], [r["counters"]["rel_error"] for _, r in s], style, color=colour, label=label)
+            notes.append(f"a~U({a / 1000:g},1), {label}: {s[-1][1]['counters']['rel_error']:.2g} at T={s[-1][0]}")
+        ax.axhline(2.0 ** -24, color="grey", ls=":", label="fp32 unit roundoff 2⁻²⁴")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length T (steps)",
+               ylabel="relative error  max|h − h₆₄| / max|h₆₄|", title=f"a ~ U({a / 1000:g}, 1), b ~ U(0.01, 1), D=64")
+        ax.set_xscale("log", base=2)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"fp32 scan h_t = a_t·h_(t−1) + b_t against an fp64 sequential reference\n"
+                 f"{res.machine()}; {th} threads (parallel variants)", fontsize=10)
+    fig.tight_layout()
+    caption = ("Maximum absolute error over the whole (T, 64) output divided by the maximum |h| of the fp64 "
+               "reference, one stream. " + "; ".join(notes))
+    return fig, used, caption
+
+
+CEILING_LAYERS = [
+    ("BM_RNN_Forward/B:16/T:1024/D:256", "RNN forward"),
+    ("BM_GRU_Forward/B:16/T:1024/D:256", "GRU forward"),
+    ("BM_GRU_Train/B:16/T:1024/D:256", "GRU train"),
+    ("BM_LSTM_Forward/B:16/T:1024/D:256", "LSTM forward"),
+    ("BM_LSTM_Train/B:16/T:1024/D:256", "LSTM train"),
+    ("BM_MinGRU_Forward/B:16/T:1024/D:256", "minGRU forward"),
+    ("BM_MinGRU_Train/B:16/T:1024/D:256", "minGRU train"),
+    ("BM_MinLSTM_Forward/B:16/T:1024/D:256", "minLSTM forward"),
+    ("BM_MinLSTM_Train/B:16/T:1024/D:256", "minLSTM train"),
+    ("BM_Transformer_Forward/B:16/T:1024/D:256", "Transformer forward"),
+    ("BM_Transformer_Train/B:16/T:1024/D:256", "Transformer train"),
+    ("BM_Attention_Forward/B:1/T:4096/H:8/Dh:64", "attention fwd, B=1 T=4096 8x64"),
+    ("BM_Attention_Train/B:1/T:4096/H:8/Dh:64", "attention train, B=1 T=4096 8x64"),
+    ("BM_ScanSequential/B:16/T:4096/D:256", "scan sequential, T=4096"),
+    ("BM_ScanParallel/B:16/T:4096/D:256", "scan parallel, T=4096"),
+]
+
+
+def ceilings(res, th):
+    gemm = [r for (n, t), r in res.ours.items() if t == th and n.startswith("BM_Gemm/")]
+    bw = res.get("BM_Bandwidth/N:16777216", th)
+    if not gemm or bw is None:
+        return None
+    best = max(gemm, key=lambda r: r["counters"]["FLOPS"])
+    return best, bw
+
+
+def fig_ceilings(res, plt):
+    threads = [t for t in pick_threads(res.threads_of(r"^BM_Gemm/")) if ceilings(res, t)]
+    if not threads:
+        return None
+    used, notes = [], []
+    fig, (ax_f, ax_b) = plt.subplots(1, 2, figsize=(13, 6.5), sharey=True)
+    labels = [label for _, label in CEILING_LAYERS]
+    height = 0.8 / len(threads)
+    colours = {threads[0]: "tab:gray", threads[-1]: "tab:blue"}
+    for i, th in enumerate(threads):
+        gemm, bw = ceilings(res, th)
+        used += [gemm, bw]
+        fl, by = [], []
+        for name, label in CEILING_LAYERS:
+            r = res.get(name, th)
+            if r is not None:
+                used.append(r)
+            fl.append(r["counters"]["FLOPS"] / gemm["counters"]["FLOPS"] if r else float("nan"))
+            by.append(r["counters"]["bytes_per_second"] / bw["counters"]["bytes_per_second"] if r else float("nan"))
+        ys = [k + (i - (len(threads) - 1) / 2) * height for k in range(len(labels))]
+        g, b = gemm["counters"]["FLOPS"] / 1e9, bw["counters"]["bytes_per_second"] / 1e9
+        ax_f.barh(ys, [100 * v for v in fl], height, color=colours[th],
+                  label=f"{th} thread{'s' if th > 1 else ''}: GEMM {g:.0f} GFLOP/s")
+        ax_b.barh(ys, [100 * v for v in by], height, color=colours[th],
+                  label=f"{th} thread{'s' if th > 1 else ''}: stream {b:.0f} GB/s")
+        for y, v, w in zip(ys, fl, by):
+            if not math.isnan(v):
+                ax_f.text(100 * v, y, f" {100 * v:.0f}%", va="center", fontsize=6.5)
+                ax_b.text(100 * w, y, f" {100 * w:.0f}%", va="center", fontsize=6.5)
+        notes.append(f"{th} thread(s): ceilings {gemm['name']} {g:.1f} GFLOP/s, BM_Bandwidth/N:16777216 {b:.1f} GB/s")
+    ax_f.set_yticks(range(len(labels)))
+    ax_f.set_yticklabels(labels, fontsize=8)
+    ax_f.invert_yaxis()
+    ax_f.set(xlabel="useful FLOP/s as % of BM_Gemm's FLOP/s", title="Compute: fraction of the GEMM ceiling")
+    ax_b.set(xlabel="minimum bytes/s as % of BM_Bandwidth's bytes/s", title="Memory: fraction of the streaming ceiling")
+    for ax in (ax_f, ax_b):
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"Each layer's throughput against the machine's ceilings (B=16, D=256, T=1024 unless noted)\n"
+                 f"{res.machine()}; fp32", fontsize=10)
+    fig.tight_layout()
+    ax_f.text(0.99, 0.01, "Ceilings are measured kernels, not the hardware's peak: over 100% means\n"
+              "the layer beats that GEMM shape or that stream (e.g. data held in cache).",
+              transform=ax_f.transAxes, fontsize=7, color="dimgrey", ha="right", va="bottom")
+    caption = ("FLOPS and bytes_per_second counters of each benchmark (useful FLOPs and the minimum bytes a call must "
+               "move, as defined in the bench sources) divided by the fastest BM_Gemm and by BM_Bandwidth/N:16777216 "
+               "at the same thread count. The ceilings are measured kernels, not the hardware's peak: a layer can "
+               "exceed them (attention's GEMM tiles run faster than the K=256 GEMM; a 192 MiB working set partly "
+               "fits a large L3). " + "; ".join(notes))
+    return fig, used, caption
+
+
+FIGURES = [("serial_vs_parallel", fig_serial_vs_parallel), ("complexity", fig_complexity),
+           ("thread_scaling", fig_thread_scaling), ("accuracy", fig_accuracy), ("ceilings", fig_ceilings)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+def bundle(res, rows, peer_rows=(), extra=None):
+    """A JSON-ready dict that compare.load / Results read back: the rows, the machine and the
+    commands of the runs they came from."""
+    sources = sorted({r.get("source", "") for r in list(rows) + list(peer_rows)})
+    commands = res.meta.get("commands", {})
+    report = {"machine": res.machine()}
+    if "machine_details" in res.meta:
+        report["machine_details"] = res.meta["machine_details"]
+    # Per-file commands of the rows' sources, and "_invocation" (how the whole collection was run).
+    report["commands"] = {s: c for s, c in commands.items() if s in sources or s.startswith("_")}
+    report.update(extra or {})
+    seen, unique = set(), []
+    for r in rows:
+        if id(r) not in seen:
+            seen.add(id(r))
+            unique.append(r)
+    return {"report": report, "benchmarks": sorted(unique, key=lambda r: (r["name"], r["threads"])),
+            "peer": sorted(peer_rows, key=lambda r: (r["name"], r["threads"]))}
+
+
+def write_json(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f, indent=0, sort_keys=False)
+        f.write("\n")
+
+
+def cmd_merge(args):
+    res = Results([args.rawdir])
+    data = bundle(res, list(res.ours.values()), list(res.peer.values()),
+                  {"merged_from": sorted(os.path.basename(p) for p in glob.glob(os.path.join(args.rawdir, "*.json")))})
+    contexts = res.meta.get("contexts", {})
+    if contexts:
+        ctx = next(iter(contexts.values()))
+        data["context"] = {k: ctx[k] for k in ("date", "host_name", "num_cpus", "mhz_per_cpu", "caches",
+                                                "library_build_type") if k in ctx}
+    write_json(args.out, data)
+    print(f"report.py: {len(data['benchmarks'])} seqnn rows and {len(data['peer'])} PyTorch rows -> {args.out}")
+
+
+def cmd_draw(args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.matplotlib = matplotlib
+    res = Results(args.from_dirs)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"machine: {res.machine()}; {len(res.ours)} seqnn rows, {len(res.peer)} PyTorch rows")
+    for stem, draw in FIGURES:
+        made = draw(res, plt)
+        if made is None:
+            print(f"  {stem}: skipped (its benchmarks are not in the data)")
+            for ext in (".png", ".json"):  # no stale figure from other data
+                if os.path.exists(os.path.join(args.out, stem + ext)):
+                    os.remove(os.path.join(args.out, stem + ext))
+            continue
+        fig, used, caption = made
+        fig.savefig(os.path.join(args.out, stem + ".png"), dpi=args.dpi)
+        plt.close(fig)
+        write_json(os.path.join(args.out, stem + ".json"), bundle(res, used, (), {"figure": stem + ".png",
+                                                                                  "caption": caption}))
+        print(f"  {stem}.png: {caption}")
+    write_json(os.path.join(args.out, "all_results.json"),
+               bundle(res, list(res.ours.values()), list(res.peer.values()), {"content": "every row loaded"}))
+    rows = compare.ratio_rows(list(res.ours.values()), list(res.peer.values()))
+    if rows:
+        table = compare.format_table(rows, markdown=True)
+        with open(os.path.join(args.out, "ratios.md"), "w") as f:
+            f.write(f"seqnn vs PyTorch, {res.machine()}; PyTorch / seqnn time, above 1x: seqnn is faster\n\n")
+            f.write(table + "\n")
+        names = {(n, t) for n, t, *_ in rows}
+        write_json(os.path.join(args.out, "ratios.json"),
+                   bundle(res, [res.ours[k] for k in names], [res.peer[k] for k in names], {"table": "ratios.md"}))
+        print(compare.format_table(rows))
+    else:
+        print("  ratios: no PyTorch results with matching names and threads")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge", help="raw JSONs of one machine -> one bundle")
+    m.add_argument("rawdir")
+    m.add_argument("--out", required=True)
+    d = sub.add_parser("draw", help="figures and their data from JSON folders")
+    d.add_argument("--from", dest="from_dirs", action="append", required=True, help="folder of JSON files")
+    d.add_argument("--out", default="docs/report")
+    d.add_argument("--dpi", type=int, default=110)
+    args = p.parse_args()
+    {"merge": cmd_merge, "draw": cmd_draw}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
