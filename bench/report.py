@@ -480,6 +480,9 @@ def cmd_draw(args):
         print(compare.format_table(rows))
     else:
         print("  ratios: no PyTorch results with matching names and threads")
+        for stale in ("ratios.md", "ratios.json"):
+            if os.path.exists(os.path.join(args.out, stale)):
+                os.remove(os.path.join(args.out, stale))
 
 
 def main():
