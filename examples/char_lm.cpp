@@ -1,0 +1,303 @@
+// char_lm: character-level language modelling, the minGRU paper's Shakespeare task,
+// with any of seqnn's sequence mixers. Modelled on nanoGPT's train.py: read a text,
+// split it 90/10, train on random windows, evaluate now and then, keep the best.
+//
+//   char_lm --data input.txt                        quick preset, minGRU
+//   char_lm --data input.txt --preset paper --arch transformer
+//   char_lm --data input.txt --save lm.safetensors  then: char_lm --load lm.safetensors --steps 0 --generate 500
+//
+// Without --data it trains on the licence texts in /usr/share/common-licenses (present
+// on every Debian system), or on generated sentences if those are missing.
+#include "common/char_model.hpp"
+#include "common/cli.hpp"
+
+#include <seqnn/models/generate.hpp>
+#include <seqnn/train/loss.hpp>
+#include <seqnn/train/optimizer.hpp>
+#include <seqnn/train/schedule.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace {
+
+using examples::CharModelConfig;
+using seqnn::Index;
+
+struct Options {
+    std::string data, preset = "quick", save, load;
+    std::string text;  // the contents of --data
+    CharModelConfig model;
+    long steps = 0, eval_every = 0, generate = 300, warmup = -1;
+    int batch = 0, eval_batches = 8, threads = 0, seed = 1337;
+    double lr = 0, min_lr = -1, clip = 0, dropout = 0, weight_decay = 0.1, temperature = 0.8;
+};
+
+// The presets fill every flag the user did not give.
+void apply_preset(const examples::Flags& flags, Options& o) {
+    struct Preset {
+        int layers, dim, ctx, batch, conv, heads;
+        double expansion, lr, clip, dropout;
+        long steps, eval_every;
+    };
+    // paper: Feng et al. 2024, Appendix (3 layers, dim 384, context 256, batch 64,
+    //        AdamW 1e-3, clip 0.25, dropout 0.2, expansion 2, 6 heads, 5000 steps).
+    // quick: small enough to finish within 10 minutes on 2 cores.
+    const Preset paper{3, 384, 256, 64, 4, 6, 2.0, 1e-3, 0.25, 0.2, 5000, 25};
+    const Preset quick{2, 128, 128, 32, 4, 4, 2.0, 3e-3, 0.25, 0.0, 600, 100};
+    if (o.preset != "paper" && o.preset != "quick") flags.fail("--preset", "expected paper or quick, got '" + o.preset + "'");
+    const Preset& p = o.preset == "paper" ? paper : quick;
+    const auto fill = [&](const char* flag, auto& field, auto value) {
+        if (!flags.given(flag)) field = value;
+    };
+    fill("--layers", o.model.layers, p.layers);
+    fill("--dim", o.model.dim, p.dim);
+    fill("--ctx", o.model.ctx, p.ctx);
+    fill("--batch", o.batch, p.batch);
+    fill("--conv", o.model.conv, p.conv);
+    fill("--heads", o.model.heads, p.heads);
+    fill("--expansion", o.model.expansion, p.expansion);
+    fill("--lr", o.lr, p.lr);
+    fill("--clip", o.clip, p.clip);
+    fill("--dropout", o.dropout, p.dropout);
+    fill("--steps", o.steps, p.steps);
+    fill("--eval-every", o.eval_every, p.eval_every);
+}
+
+Options parse(int argc, char** argv) {
+    Options o;
+    examples::Flags flags("char_lm", "trains a character-level language model on a text file");
+    flags.add("--data", o.data, "text file to train on (default: the licence texts of /usr/share/common-licenses)", "PATH");
+    flags.add("--preset", o.preset, "paper | quick: the values of every flag not given", "NAME");
+    flags.add("--arch", o.model.arch, "mingru | minlstm | gru | lstm | rnn | transformer", "NAME");
+    flags.add("--layers", o.model.layers, "blocks [preset]");
+    flags.add("--dim", o.model.dim, "model width D [preset]");
+    flags.add("--expansion", o.model.expansion, "min-RNN inner width D * expansion [preset]");
+    flags.add("--heads", o.model.heads, "attention heads of the Transformer [preset]");
+    flags.add("--conv", o.model.conv, "causal depthwise conv width in the recurrent blocks, 0 for none [preset]");
+    flags.add("--ctx", o.model.ctx, "context: tokens per training window [preset]");
+    flags.add("--batch", o.batch, "windows per step [preset]");
+    flags.add("--steps", o.steps, "training steps [preset]");
+    flags.add("--lr", o.lr, "peak learning rate of AdamW (warmup, then cosine to lr/10) [preset]");
+    flags.add("--warmup", o.warmup, "warmup steps (default: steps/20, at most 100)");
+    flags.add("--weight-decay", o.weight_decay, "AdamW weight decay");
+    flags.add("--clip", o.clip, "gradient norm clip [preset]");
+    flags.add("--dropout", o.dropout, "dropout [preset]");
+    flags.add("--eval-every", o.eval_every, "steps between evaluations [preset]");
+    flags.add("--eval-batches", o.eval_batches, "validation batches per evaluation (the same ones each time)");
+    flags.add("--seed", o.seed, "seed of the initial weights, the batches and the sampling");
+    flags.add("--threads", o.threads, "threads (default: OpenMP's default)");
+    flags.add("--save", o.save, "write the best model (by validation loss) here, as safetensors", "PATH");
+    flags.add("--load", o.load, "start from a model saved with --save (its configuration comes from the file)", "PATH");
+    flags.add("--generate", o.generate, "bytes to generate at the end, 0 for none");
+    flags.add("--temperature", o.temperature, "sampling temperature, 0 for greedy");
+    flags.parse(argc, argv);
+    apply_preset(flags, o);
+
+    seqnn::MixerKind kind;
+    if (!examples::parse_arch(o.model.arch, kind))
+        flags.fail("--arch", "expected mingru, minlstm, gru, lstm, rnn or transformer, got '" + o.model.arch + "'");
+    if (o.model.layers < 1) flags.fail("--layers", "must be at least 1");
+    if (o.model.dim < 1) flags.fail("--dim", "must be at least 1");
+    if (o.model.expansion <= 0) flags.fail("--expansion", "must be positive");
+    if (o.model.conv < 0) flags.fail("--conv", "must be 0 (none) or a width");
+    if (kind == seqnn::MixerKind::Transformer && (o.model.heads < 1 || o.model.dim % o.model.heads != 0))
+        flags.fail("--heads", std::to_string(o.model.heads) + " heads do not divide --dim " + std::to_string(o.model.dim));
+    if (o.model.ctx < 2) flags.fail("--ctx", "must be at least 2");
+    if (o.batch < 1) flags.fail("--batch", "must be at least 1");
+    if (o.steps < 0) flags.fail("--steps", "must be >= 0");
+    if (o.lr <= 0) flags.fail("--lr", "must be positive");
+    if (o.clip < 0) flags.fail("--clip", "must be >= 0 (0: no clipping)");
+    if (o.dropout < 0 || o.dropout >= 1) flags.fail("--dropout", "must be in [0, 1)");
+    if (o.eval_every < 1) flags.fail("--eval-every", "must be at least 1");
+    if (o.eval_batches < 1) flags.fail("--eval-batches", "must be at least 1");
+    if (o.generate < 0) flags.fail("--generate", "must be >= 0");
+    if (o.temperature < 0) flags.fail("--temperature", "must be >= 0");
+    if (o.threads < 0) flags.fail("--threads", "must be >= 0");
+    if (!o.load.empty() && !std::filesystem::exists(o.load)) flags.fail("--load", "no such file '" + o.load + "'");
+    if (!o.data.empty()) o.text = examples::read_file(flags, "--data", o.data);
+    if (o.warmup < 0) o.warmup = std::min(100L, o.steps / 20);
+    if (o.warmup > o.steps) flags.fail("--warmup", "must not exceed --steps");
+    if (o.min_lr < 0) o.min_lr = o.lr / 10;
+    return o;
+}
+
+// Mean loss over fixed validation windows (forward only, no dropout).
+double evaluate(const seqnn::LanguageModel<float>& model, const std::vector<int>& tokens,
+                const std::vector<std::vector<std::size_t>>& batches, Index T) {
+    double total = 0;
+    seqnn::TokenBatch x;
+    std::vector<int> y;
+    seqnn::Matrix<float> unused_grad;
+    for (const auto& starts : batches) {
+        examples::make_windows(tokens, starts, T, x, y);
+        const seqnn::Sequence<float> logits = model.forward(x);  // (B*T, V)
+        total += seqnn::cross_entropy_loss<float>(logits.data, y, unused_grad);
+    }
+    return total / static_cast<double>(batches.size());
+}
+
+// Samples `n` bytes after a newline. Recurrent models step on for ever; the Transformer's
+// cache holds ctx tokens, so when it is full the model re-reads the last ctx/2 tokens.
+std::string sample(const seqnn::LanguageModel<float>& model, const CharModelConfig& c, long n, double temperature,
+                   seqnn::Rng& rng) {
+    const bool transformer = c.arch == "transformer";
+    std::vector<int> tokens{std::max(c.vocab.ids['\n'], 0)};
+    seqnn::State<float> state = model.initial_state(1);
+    seqnn::Matrix<float> logits = model.forward(seqnn::TokenBatch(tokens, 1, 1), &state).data;  // (1, V)
+    const seqnn::SamplingOptions options{.temperature = temperature};
+    std::vector<double> scratch;
+    for (long i = 0; i < n; ++i) {
+        const int next = seqnn::sample_token(logits.row(0), options, rng, scratch);
+        tokens.push_back(next);
+        if (transformer && state.position >= c.ctx) {
+            const Index keep = c.ctx / 2;
+            std::vector<int> window(tokens.end() - keep, tokens.end());
+            state = model.initial_state(1);
+            const seqnn::Sequence<float> out = model.forward(seqnn::TokenBatch(window, 1, keep), &state);
+            logits = out.at_step(keep - 1);
+        } else {
+            model.step(std::span<const int>(&next, 1), state, logits);
+        }
+    }
+    return c.vocab.decode(std::vector<int>(tokens.begin() + 1, tokens.end()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options o = parse(argc, argv);
+    if (o.threads > 0) seqnn::set_num_threads(o.threads);
+
+    // --- data: bytes -> token ids, 90% train, 10% validation
+    std::string text = std::move(o.text), source = "--data " + o.data;
+    if (text.empty()) {
+        text = examples::builtin_corpus(source);
+        std::printf("no --data given: training on %s\n", source.c_str());
+    }
+
+    // --- model: new, or rebuilt from a saved file (its configuration wins over the flags)
+    seqnn::Rng init_rng(static_cast<std::uint64_t>(o.seed));
+    std::unique_ptr<seqnn::LanguageModel<float>> model;
+    CharModelConfig& config = o.model;
+    if (!o.load.empty()) {
+        try {
+            model = examples::load_char_model(o.load, config);
+        } catch (const std::exception& e) {
+            examples::usage_error("char_lm", std::string("--load: ") + e.what());
+        }
+        // Rebuild with dropout for training, then copy the loaded weights over.
+        auto trainable = std::make_unique<seqnn::LanguageModel<float>>(
+            examples::model_options(config, o.dropout, static_cast<std::uint64_t>(o.seed)), init_rng);
+        seqnn::io::load_state_dict(seqnn::io::state_dict(model->parameters()), trainable->parameters());
+        model = std::move(trainable);
+        std::printf("loaded %s (its configuration overrides the model flags)\n", o.load.c_str());
+    } else {
+        config.vocab = examples::Vocabulary::of_text(text);
+        model = std::make_unique<seqnn::LanguageModel<float>>(
+            examples::model_options(config, o.dropout, static_cast<std::uint64_t>(o.seed)), init_rng);
+    }
+    const Index T = config.ctx, B = o.batch;
+    const std::vector<int> tokens = config.vocab.encode(text);
+    const std::size_t n_train = tokens.size() * 9 / 10;
+    const std::vector<int> train(tokens.begin(), tokens.begin() + static_cast<long>(n_train));
+    const std::vector<int> val(tokens.begin() + static_cast<long>(n_train), tokens.end());
+    if (val.size() < static_cast<std::size_t>(T) + 2)
+        examples::usage_error("char_lm", source + ": " + std::to_string(text.size()) +
+                                             " bytes is too short for --ctx " + std::to_string(T) +
+                                             " (the 10% validation split needs more than ctx + 1 bytes)");
+
+    seqnn::ParameterList<float> params = model->parameters();
+    std::printf("model: %s, %.2fM parameters, vocabulary %d bytes\n", examples::describe(config).c_str(),
+                static_cast<double>(seqnn::count_parameters(params)) / 1e6, config.vocab.size());
+    std::printf("data: %zu train / %zu validation tokens; context %ld, batch %ld, %ld steps, AdamW lr %g (warmup %ld, cosine to %g), clip %g, dropout %g\n",
+                train.size(), val.size(), static_cast<long>(T), static_cast<long>(B), o.steps, o.lr, o.warmup,
+                o.min_lr, o.clip, o.dropout);
+    std::printf("threads: %d (OpenMP %s)\n", seqnn::num_threads(), seqnn::openmp_enabled() ? "on" : "off");
+    std::fflush(stdout);
+
+    // --- training
+    seqnn::Rng data_rng(static_cast<std::uint64_t>(o.seed) + 1);
+    std::vector<std::vector<std::size_t>> val_batches;  // fixed, so evaluations compare like with like
+    for (int i = 0; i < o.eval_batches; ++i) val_batches.push_back(examples::random_starts(val.size(), B, T, data_rng));
+
+    seqnn::AdamW<float> optimizer(params, {.lr = o.lr, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = o.weight_decay});
+    const seqnn::WarmupCosineSchedule schedule{.peak_lr = o.lr, .min_lr = o.min_lr, .warmup_steps = o.warmup,
+                                               .total_steps = std::max(o.steps, 1L)};
+    double best_val = std::numeric_limits<double>::infinity();
+    long best_step = 0;
+    double train_sum = 0;  // training losses since the last evaluation
+    long train_count = 0;
+    seqnn::TokenBatch x;
+    std::vector<int> y;
+    seqnn::Matrix<float> dlogits;
+    seqnn::Context<float> ctx;
+    examples::Progress progress(o.steps, "steps");
+    const auto t0 = examples::Clock::now();
+
+    for (long step = 0;; ++step) {
+        if (step % o.eval_every == 0 || step == o.steps) {
+            const double val_loss = evaluate(*model, val, val_batches, T);
+            progress.clear_line();
+            if (train_count > 0)
+                std::printf("step %5ld  train %.4f  val %.4f  lr %.2e  %s\n", step, train_sum / train_count, val_loss,
+                            optimizer.lr(), examples::Progress::duration(examples::seconds_since(t0)).c_str());
+            else
+                std::printf("step %5ld  val %.4f\n", step, val_loss);
+            std::fflush(stdout);
+            train_sum = 0;
+            train_count = 0;
+            if (val_loss < best_val) {
+                best_val = val_loss;
+                best_step = step;
+                if (!o.save.empty()) {
+                    auto metadata = examples::to_metadata(config);
+                    metadata["step"] = std::to_string(step);
+                    metadata["val_loss"] = std::to_string(val_loss);
+                    seqnn::io::save_parameters(o.save, params, metadata);
+                }
+            }
+        }
+        if (step == o.steps) break;
+
+        optimizer.set_lr(schedule(step));
+        examples::make_windows(train, examples::random_starts(train.size(), B, T, data_rng), T, x, y);
+        const seqnn::Sequence<float> logits = model->forward(x, nullptr, &ctx);  // (B*T, V)
+        const float loss = seqnn::cross_entropy_loss<float>(logits.data, y, dlogits);
+        if (!std::isfinite(loss)) {
+            progress.clear_line();
+            std::fprintf(stderr, "char_lm: the loss is %f at step %ld; try a smaller --lr\n", static_cast<double>(loss), step);
+            return 1;
+        }
+        optimizer.zero_grad();
+        model->backward(seqnn::Sequence<float>(std::move(dlogits), B, T), ctx);
+        if (o.clip > 0) seqnn::clip_grad_norm(params, static_cast<float>(o.clip));
+        optimizer.step();
+        train_sum += loss;
+        ++train_count;
+        char note[64];
+        std::snprintf(note, sizeof note, "loss %.3f  %.0f tok/s", static_cast<double>(loss),
+                      static_cast<double>((step + 1) * B * T) / std::max(progress.elapsed(), 1e-9));
+        progress.update(step + 1, note);
+    }
+    progress.finish();
+    const double seconds = examples::seconds_since(t0);
+    std::printf("trained %ld steps in %.1f s (%.0f tokens/s)\n", o.steps, seconds,
+                static_cast<double>(o.steps * B * T) / std::max(seconds, 1e-9));
+    std::printf("best_val_loss: %.4f at step %ld\n", best_val, best_step);
+    if (!o.save.empty()) std::printf("saved the step-%ld model to %s\n", best_step, o.save.c_str());
+
+    // --- a sample from the final model
+    if (o.generate > 0) {
+        seqnn::Rng sample_rng(static_cast<std::uint64_t>(o.seed) + 2);
+        const auto g0 = examples::Clock::now();
+        const std::string text_out = sample(*model, config, o.generate, o.temperature, sample_rng);
+        std::printf("sample (%ld bytes, temperature %g, %.0f bytes/s):\n%s\n", o.generate, o.temperature,
+                    static_cast<double>(o.generate) / std::max(examples::seconds_since(g0), 1e-9), text_out.c_str());
+    }
+    return 0;
+}

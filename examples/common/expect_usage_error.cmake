@@ -1,0 +1,10 @@
+# Runs PROGRAM FLAG VALUE and checks that it exits with status 2 and names FLAG on stderr.
+execute_process(COMMAND ${PROGRAM} ${FLAG} ${VALUE} RESULT_VARIABLE status ERROR_VARIABLE err OUTPUT_QUIET)
+if(NOT status EQUAL 2)
+  message(FATAL_ERROR "${PROGRAM} ${FLAG} ${VALUE}: exit status ${status}, expected 2; stderr: ${err}")
+endif()
+string(FIND "${err}" "${FLAG}" at)
+if(at EQUAL -1)
+  message(FATAL_ERROR "${PROGRAM} ${FLAG} ${VALUE}: the message does not name ${FLAG}: ${err}")
+endif()
+message(STATUS "${err}")
