@@ -154,10 +154,10 @@ TEST(LanguageModel, GradientsMatchFiniteDifferences) {
 
         for (auto& p : lm.parameters()) {
             const Matrix<double> analytic = p.param->grad;
-            EXPECT_LT(seqnn::testing::finite_difference_error(p.param->value, analytic, loss, 25), 1e-6) << p.name;
+            EXPECT_LT(seqnn::testing::finite_difference_error(p.param->value, analytic, loss, 10), 1e-6) << p.name;
         }
         for (std::size_t k = 0; k < s0.tensors.size(); ++k)
-            EXPECT_LT(seqnn::testing::finite_difference_error(s0.tensors[k], d_initial.tensors[k], loss, 25), 1e-6)
+            EXPECT_LT(seqnn::testing::finite_difference_error(s0.tensors[k], d_initial.tensors[k], loss, 10), 1e-6)
                 << "initial state " << k;
     }
 }
