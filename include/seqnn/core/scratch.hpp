@@ -26,8 +26,8 @@ enum class ScratchSlot { A = 0, B = 1, C = 2, Count = 3 };
 
 namespace scratch_detail {
 template <typename Scalar>
-std::array<std::vector<Scalar>, static_cast<std::size_t>(ScratchSlot::Count)>& buffers() {
-    thread_local std::array<std::vector<Scalar>, static_cast<std::size_t>(ScratchSlot::Count)> per_thread;
+std::array<std::vector<Scalar, Eigen::aligned_allocator<Scalar>>, static_cast<std::size_t>(ScratchSlot::Count)>& buffers() {
+    thread_local std::array<std::vector<Scalar, Eigen::aligned_allocator<Scalar>>, static_cast<std::size_t>(ScratchSlot::Count)> per_thread;
     return per_thread;
 }
 }  // namespace scratch_detail
@@ -36,10 +36,10 @@ std::array<std::vector<Scalar>, static_cast<std::size_t>(ScratchSlot::Count)>& b
 // uninitialised. Its memory is reused by the next request for the same slot.
 template <typename Scalar>
 Eigen::Map<Matrix<Scalar>> scratch_matrix(ScratchSlot slot, Index rows, Index cols) {
-    std::vector<Scalar>& buffer = scratch_detail::buffers<Scalar>()[static_cast<std::size_t>(slot)];
+    auto& buffer = scratch_detail::buffers<Scalar>()[static_cast<std::size_t>(slot)];
     const auto needed = static_cast<std::size_t>(rows * cols);
     if (buffer.size() < needed) {
-        buffer = std::vector<Scalar>();  // free the old block before taking the larger one
+        buffer = {};  // free the old block before taking the larger one
         buffer.resize(needed);
     }
     return Eigen::Map<Matrix<Scalar>>(buffer.data(), rows, cols);
@@ -48,7 +48,7 @@ Eigen::Map<Matrix<Scalar>> scratch_matrix(ScratchSlot slot, Index rows, Index co
 // Frees the calling thread's scratch buffers of this scalar type.
 template <typename Scalar>
 void release_scratch() {
-    for (auto& buffer : scratch_detail::buffers<Scalar>()) buffer = std::vector<Scalar>();
+    for (auto& buffer : scratch_detail::buffers<Scalar>()) buffer = {};
 }
 
 }  // namespace seqnn
