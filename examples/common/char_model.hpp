@@ -46,8 +46,8 @@ inline std::string describe(const CharModelConfig& c) {
         extra = buf;
     }
     if (c.arch != "transformer" && c.conv > 0) extra += ", conv " + std::to_string(c.conv);
-    std::snprintf(buf, sizeof buf, "%s, %d layers, dim %d%s, context %d", c.arch.c_str(), c.layers, c.dim, extra.c_str(),
-                  c.ctx);
+    std::snprintf(buf, sizeof buf, "%s, %d layer%s, dim %d%s, context %d", c.arch.c_str(), c.layers,
+                  c.layers == 1 ? "" : "s", c.dim, extra.c_str(), c.ctx);
     return buf;
 }
 
