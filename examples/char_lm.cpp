@@ -19,7 +19,9 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -37,35 +39,53 @@ struct Options {
     double lr = 0, min_lr = -1, clip = 0, dropout = 0, weight_decay = 0.1, temperature = 0.8;
 };
 
+struct Preset {
+    int layers, dim, ctx, batch, conv, heads;
+    double expansion, lr, clip, dropout;
+    long steps, eval_every;
+};
+// paper: Feng et al. 2024, Appendix (3 layers, dim 384, context 256, batch 64,
+//        AdamW 1e-3, clip 0.25, dropout 0.2, expansion 2, 6 heads, 5000 steps).
+// quick: small enough to finish within 10 minutes on 2 cores.
+constexpr Preset kPaper{3, 384, 256, 64, 4, 6, 2.0, 1e-3, 0.25, 0.2, 5000, 25};
+constexpr Preset kQuick{2, 128, 128, 32, 4, 4, 2.0, 3e-3, 0.25, 0.0, 600, 100};
+
+// Calls f(flag, field of Options, field of Preset) for every flag a preset sets.
+template <typename F>
+void for_each_preset_flag(Options& o, const Preset& p, F f) {
+    f("--layers", o.model.layers, p.layers);
+    f("--dim", o.model.dim, p.dim);
+    f("--ctx", o.model.ctx, p.ctx);
+    f("--batch", o.batch, p.batch);
+    f("--conv", o.model.conv, p.conv);
+    f("--heads", o.model.heads, p.heads);
+    f("--expansion", o.model.expansion, p.expansion);
+    f("--lr", o.lr, p.lr);
+    f("--clip", o.clip, p.clip);
+    f("--dropout", o.dropout, p.dropout);
+    f("--steps", o.steps, p.steps);
+    f("--eval-every", o.eval_every, p.eval_every);
+}
+
 // The presets fill every flag the user did not give.
 void apply_preset(const examples::Flags& flags, Options& o) {
-    struct Preset {
-        int layers, dim, ctx, batch, conv, heads;
-        double expansion, lr, clip, dropout;
-        long steps, eval_every;
-    };
-    // paper: Feng et al. 2024, Appendix (3 layers, dim 384, context 256, batch 64,
-    //        AdamW 1e-3, clip 0.25, dropout 0.2, expansion 2, 6 heads, 5000 steps).
-    // quick: small enough to finish within 10 minutes on 2 cores.
-    const Preset paper{3, 384, 256, 64, 4, 6, 2.0, 1e-3, 0.25, 0.2, 5000, 25};
-    const Preset quick{2, 128, 128, 32, 4, 4, 2.0, 3e-3, 0.25, 0.0, 600, 100};
     if (o.preset != "paper" && o.preset != "quick") flags.fail("--preset", "expected paper or quick, got '" + o.preset + "'");
-    const Preset& p = o.preset == "paper" ? paper : quick;
-    const auto fill = [&](const char* flag, auto& field, auto value) {
+    for_each_preset_flag(o, o.preset == "paper" ? kPaper : kQuick, [&](const char* flag, auto& field, auto value) {
         if (!flags.given(flag)) field = value;
-    };
-    fill("--layers", o.model.layers, p.layers);
-    fill("--dim", o.model.dim, p.dim);
-    fill("--ctx", o.model.ctx, p.ctx);
-    fill("--batch", o.batch, p.batch);
-    fill("--conv", o.model.conv, p.conv);
-    fill("--heads", o.model.heads, p.heads);
-    fill("--expansion", o.model.expansion, p.expansion);
-    fill("--lr", o.lr, p.lr);
-    fill("--clip", o.clip, p.clip);
-    fill("--dropout", o.dropout, p.dropout);
-    fill("--steps", o.steps, p.steps);
-    fill("--eval-every", o.eval_every, p.eval_every);
+    });
+}
+
+// --help shows both presets' values as the defaults.
+void describe_presets(examples::Flags& flags) {
+    Options unused;
+    std::map<std::string, std::string> text;
+    for (const Preset* p : {&kQuick, &kPaper})
+        for_each_preset_flag(unused, *p, [&](const char* flag, auto&, auto value) {
+            std::ostringstream s;
+            s << value;
+            text[flag] += (text[flag].empty() ? "quick " : ", paper ") + s.str();
+        });
+    for (const auto& [flag, t] : text) flags.set_default_text(flag, t);
 }
 
 Options parse(int argc, char** argv) {
@@ -74,20 +94,20 @@ Options parse(int argc, char** argv) {
     flags.add("--data", o.data, "text file to train on (default: the licence texts of /usr/share/common-licenses)", "PATH");
     flags.add("--preset", o.preset, "paper | quick: the values of every flag not given", "NAME");
     flags.add("--arch", o.model.arch, "mingru | minlstm | gru | lstm | rnn | transformer", "NAME");
-    flags.add("--layers", o.model.layers, "blocks [preset]");
-    flags.add("--dim", o.model.dim, "model width D [preset]");
-    flags.add("--expansion", o.model.expansion, "min-RNN inner width D * expansion [preset]");
-    flags.add("--heads", o.model.heads, "attention heads of the Transformer [preset]");
-    flags.add("--conv", o.model.conv, "causal depthwise conv width in the recurrent blocks, 0 for none [preset]");
-    flags.add("--ctx", o.model.ctx, "context: tokens per training window [preset]");
-    flags.add("--batch", o.batch, "windows per step [preset]");
-    flags.add("--steps", o.steps, "training steps [preset]");
-    flags.add("--lr", o.lr, "peak learning rate of AdamW (warmup, then cosine to lr/10) [preset]");
+    flags.add("--layers", o.model.layers, "blocks");
+    flags.add("--dim", o.model.dim, "model width D");
+    flags.add("--expansion", o.model.expansion, "min-RNN inner width D * expansion");
+    flags.add("--heads", o.model.heads, "attention heads of the Transformer");
+    flags.add("--conv", o.model.conv, "causal depthwise conv width in the recurrent blocks, 0 for none");
+    flags.add("--ctx", o.model.ctx, "context: tokens per training window");
+    flags.add("--batch", o.batch, "windows per step");
+    flags.add("--steps", o.steps, "training steps");
+    flags.add("--lr", o.lr, "peak learning rate of AdamW (warmup, then cosine to lr/10)");
     flags.add("--warmup", o.warmup, "warmup steps (default: steps/20, at most 100)");
     flags.add("--weight-decay", o.weight_decay, "AdamW weight decay");
-    flags.add("--clip", o.clip, "gradient norm clip [preset]");
-    flags.add("--dropout", o.dropout, "dropout [preset]");
-    flags.add("--eval-every", o.eval_every, "steps between evaluations [preset]");
+    flags.add("--clip", o.clip, "gradient norm clip");
+    flags.add("--dropout", o.dropout, "dropout");
+    flags.add("--eval-every", o.eval_every, "steps between evaluations");
     flags.add("--eval-batches", o.eval_batches, "validation batches per evaluation (the same ones each time)");
     flags.add("--seed", o.seed, "seed of the initial weights, the batches and the sampling");
     flags.add("--threads", o.threads, "threads (default: OpenMP's default)");
@@ -95,6 +115,7 @@ Options parse(int argc, char** argv) {
     flags.add("--load", o.load, "start from a model saved with --save (its configuration comes from the file)", "PATH");
     flags.add("--generate", o.generate, "bytes to generate at the end, 0 for none");
     flags.add("--temperature", o.temperature, "sampling temperature, 0 for greedy");
+    describe_presets(flags);
     flags.parse(argc, argv);
     apply_preset(flags, o);
 

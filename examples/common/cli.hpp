@@ -81,6 +81,11 @@ public:
         }
     }
 
+    // What --help shows as the default of `name`, e.g. "quick 600, paper 5000".
+    void set_default_text(const std::string& name, const std::string& text) {
+        if (Flag* f = find(name)) f->default_text = text;
+    }
+
     bool given(const std::string& name) const { return given_.count(name) != 0; }
     const std::string& program() const { return program_; }
     [[noreturn]] void fail(const std::string& name, const std::string& message) const {
@@ -93,8 +98,9 @@ public:
             std::string left = "  " + f.name + (f.takes_value ? " " + f.metavar : "");
             if (left.size() < 24) left.resize(24, ' ');
             else left += "\n" + std::string(24, ' ');
+            const bool says_default = f.help.find("default") != std::string::npos;  // the help explains it
             std::printf("%s%s%s\n", left.c_str(), f.help.c_str(),
-                        f.default_text.empty() ? "" : (" (default " + f.default_text + ")").c_str());
+                        f.default_text.empty() || says_default ? "" : (" (default " + f.default_text + ")").c_str());
         }
         std::printf("  --help                this list\n");
     }
