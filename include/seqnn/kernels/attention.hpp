@@ -145,6 +145,12 @@ void for_each_item(Index items, int threads, const Body& body) {
 
 template <typename Scalar>
 using Tile = Eigen::Map<Matrix<Scalar>>;  // a contiguous scratch tile
+
+// Scratch aligned as Eigen aligns its own matrices. Vectorised row sums and maxima start
+// with scalar steps up to the first aligned address, so a tile's rounding depends on its
+// address modulo the vector width: a fixed alignment makes every call give the same bits.
+template <typename Scalar>
+using AlignedBuffer = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
 template <typename Scalar>
 using ConstHead = ConstStridedRows<Scalar>;  // rows of one head: (n, Dh), stride = the matrix's row stride
 template <typename Scalar>
@@ -199,7 +205,7 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
     const Index slot = forward_slot(s, o);
     const double flops = 4.0 * double(B * H * Tq) * double(s.kv_steps) * double(Dh);
     int threads = threads_for(flops, items);
-    std::vector<Scalar> owned;
+    AlignedBuffer<Scalar> owned;
     if (workspace.empty()) {
         owned.resize(static_cast<std::size_t>(threads * slot));
         workspace = owned;
@@ -330,7 +336,7 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
     {
         const Index k_blocks = (s.kv_steps + bk - 1) / bk, items = B * H * k_blocks;
         const int threads = threads_for(flops, items);
-        std::vector<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
+        AlignedBuffer<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
         for_each_item(items, threads, [&](Index item, Index slot_id) {
             const Index kb = item % k_blocks, h = (item / k_blocks) % H, b = item / (k_blocks * H);
             const Index j0 = kb * bk, n = std::min(bk, s.kv_steps - j0);
@@ -376,7 +382,7 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
     {
         const Index q_blocks = (Tq + bq - 1) / bq, items = B * H * q_blocks;
         const int threads = threads_for(flops, items);
-        std::vector<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
+        AlignedBuffer<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
         for_each_item(items, threads, [&](Index item, Index slot_id) {
             const Index qb = q_blocks - 1 - item % q_blocks, h = (item / q_blocks) % H, b = item / (q_blocks * H);
             const Index i0 = qb * bq, m = std::min(bq, Tq - i0);

@@ -34,6 +34,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/scratch.hpp"
 #include "seqnn/core/threading.hpp"
 #include "seqnn/kernels/attention.hpp"
 #include "seqnn/kernels/rope.hpp"
@@ -146,8 +147,26 @@ public:
         }
         const Index Tk = pos0 + T;
 
-        Matrix<Scalar> ln1 = norm1_.forward(x.data);  // (B*T, E)
-        Matrix<Scalar> qkv = in_proj_.forward(ln1);   // (B*T, E) x (E, 3E) -> (B*T, 3E): [q | k | v]
+        // Every intermediate goes to a buffer that is not allocated again: in training mode
+        // the context's own (kept for backward, reused when the caller reuses its Context),
+        // otherwise this thread's scratch, so that the forward allocates only its output.
+        // Without a context the scratch slots are recycled as their contents die:
+        //   A: ln1, then h;  B: qkv, then pre = act;  C: attn, then ln2.
+        const Index N = B * T, F = ffn_;
+        const auto buffer = [&](const char* name, ScratchSlot slot, Index cols) -> MatrixRef<Scalar> {
+            if (ctx) return ctx->buffer(name, N, cols);
+            return scratch_matrix<Scalar>(slot, N, cols);
+        };
+        if (ctx) {
+            ctx->batch = B;
+            ctx->steps = T;
+            ctx->buffer("input", N, E) = x.data;
+        }
+
+        MatrixRef<Scalar> ln1 = buffer("ln1", ScratchSlot::A, E);
+        norm1_.forward(x.data, ln1);  // (B*T, E)
+        MatrixRef<Scalar> qkv = buffer("qkv", ScratchSlot::B, 3 * E);
+        in_proj_.forward(ln1, qkv);  // (B*T, E) x (E, 3E) -> (B*T, 3E): [q | k | v]
         if (options_.rotary) {
             Matrix<Scalar> table;
             rope_table(Dh, pos0, T, options_.rope_base, table);
@@ -162,48 +181,40 @@ public:
             }
 
         const AttentionShape shape = attention_shape(B, T, Tk, L, pos0);
-        Matrix<Scalar> attn(B * T, E);  // (B*T, E)
-        Matrix<Scalar> lse;             // (B*T, H), kept for backward
+        MatrixRef<Scalar> attn = buffer("attn", ScratchSlot::C, E);  // (B*T, E)
+        Matrix<Scalar>* lse = ctx ? &ctx->buffer("lse", N, H) : nullptr;  // (B*T, H), kept for backward
         if (cached)
             attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), state->tensors[0],
-                                      state->tensors[1], attn, ctx ? &lse : nullptr);
+                                      state->tensors[1], attn, lse);
         else
             attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
-                                      qkv.rightCols(E), attn, ctx ? &lse : nullptr);
+                                      qkv.rightCols(E), attn, lse);
 
-        Matrix<Scalar> h = out_proj_.forward(attn);  // (B*T, E) x (E, E)
-        h += x.data;                                  // residual
-        Matrix<Scalar> ln2 = norm2_.forward(h);       // (B*T, E)
-        Matrix<Scalar> pre = linear1_.forward(ln2);   // (B*T, E) x (E, F) -> (B*T, F)
-        Matrix<Scalar> act = pre;
+        MatrixRef<Scalar> h = buffer("h", ScratchSlot::A, E);
+        out_proj_.forward(attn, h);  // (B*T, E) x (E, E)
+        add_rows(h, x.data);         // residual
+        MatrixRef<Scalar> ln2 = buffer("ln2", ScratchSlot::C, E);
+        norm2_.forward(h, ln2);  // (B*T, E)
+        MatrixRef<Scalar> pre = buffer("pre", ScratchSlot::B, F);
+        linear1_.forward(ln2, pre);  // (B*T, E) x (E, F) -> (B*T, F)
+        // GELU in place, except in training mode, where backward needs both pre and act.
+        MatrixRef<Scalar> act = ctx ? MatrixRef<Scalar>(ctx->buffer("act", N, F)) : pre;
+        if (ctx) act = pre;  // a copy: act is the context's own buffer
         gelu_rows(act);
-        Sequence<Scalar> y(linear2_.forward(act), B, T);  // (B*T, F) x (F, E) -> (B*T, E)
-        y.data += h;                                       // residual
+        Sequence<Scalar> y(B, T, E);
+        linear2_.forward(act, y.data);  // (B*T, F) x (F, E) -> (B*T, E)
+        add_rows(y.data, h);            // residual
 
         if (ctx) {
-            ctx->batch = B;
-            ctx->steps = T;
-            ctx->save("input", x.data);
-            ctx->save("ln1", std::move(ln1));
-            ctx->save("lse", std::move(lse));
-            ctx->save("attn", std::move(attn));
-            ctx->save("h", std::move(h));
-            ctx->save("ln2", std::move(ln2));
-            ctx->save("pre", std::move(pre));
-            ctx->save("act", std::move(act));
             if (cached) {  // the keys and values the chunk attended to: (B*Tk, E) each
-                Matrix<Scalar> k(B * Tk, E), v(B * Tk, E);
+                Matrix<Scalar>&k = ctx->buffer("k", B * Tk, E), &v = ctx->buffer("v", B * Tk, E);
                 for (Index b = 0; b < B; ++b) {
                     k.middleRows(b * Tk, Tk) = state->tensors[0].middleRows(b * L, Tk);
                     v.middleRows(b * Tk, Tk) = state->tensors[1].middleRows(b * L, Tk);
                 }
-                ctx->save("k", std::move(k));
-                ctx->save("v", std::move(v));
             }
-            Matrix<Scalar> meta(1, 4);  // whether a cache was used, its initial fill level and capacities
+            Matrix<Scalar>& meta = ctx->buffer("cache", 1, 4);  // whether a cache was used, its fill level, capacities
             meta << Scalar(cached ? 1 : 0), Scalar(pos0), Scalar(initial_capacity), Scalar(L);
-            ctx->save("cache", std::move(meta));
-            ctx->save("qkv", std::move(qkv));
         }
         if (cached) state->position = Tk;
         return y;
@@ -405,7 +416,14 @@ private:
     // (a rational approximation within a few ulp; about 10x std::erfc here, and the MLP's
     // GELU is otherwise a large part of the block's time): x Phi(x) = x (1 + erf(x/sqrt 2)) / 2.
     // double keeps the exact scalar form of activations.hpp.
-    static void gelu_rows(Matrix<Scalar>& m) {
+    // m += addend, (N, E), split across threads (Eigen runs element-wise work on one).
+    static void add_rows(MatrixRef<Scalar> m, ConstMatrixRef<Scalar> addend) {
+        parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) {
+            m.middleRows(r0, r1 - r0) += addend.middleRows(r0, r1 - r0);
+        });
+    }
+
+    static void gelu_rows(MatrixRef<Scalar> m) {
         parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) {
             auto block = m.middleRows(r0, r1 - r0);
             if constexpr (std::is_same_v<Scalar, float>) {
