@@ -13,8 +13,8 @@
 #include <new>
 #include <vector>
 
-// Counts the bytes requested through operator new while g_counting is on (the kernel's
-// own scratch is a std::vector, so it is seen here).
+// Counts the bytes requested through operator new, plain and aligned, while g_counting is
+// on (the kernel's own scratch comes from the aligned one, so it is seen here).
 namespace {
 std::atomic<long long> g_bytes{0};
 std::atomic<bool> g_counting{false};
@@ -30,6 +30,14 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void* operator new(std::size_t size, std::align_val_t al) {
+    if (g_counting.load(std::memory_order_relaxed)) g_bytes.fetch_add(static_cast<long long>(size));
+    const std::size_t a = static_cast<std::size_t>(al);
+    if (void* p = std::aligned_alloc(a, (size + a - 1) / a * a)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 
 using namespace seqnn;
 using seqnn::testing::random_matrix;

@@ -39,6 +39,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <new>
 #include <span>
 #include <string>
 #include <vector>
@@ -149,8 +150,20 @@ using Tile = Eigen::Map<Matrix<Scalar>>;  // a contiguous scratch tile
 // Scratch aligned as Eigen aligns its own matrices. Vectorised row sums and maxima start
 // with scalar steps up to the first aligned address, so a tile's rounding depends on its
 // address modulo the vector width: a fixed alignment makes every call give the same bits.
+// (Through the aligned operator new, so that a program counting its heap sees it.)
 template <typename Scalar>
-using AlignedBuffer = std::vector<Scalar, Eigen::aligned_allocator<Scalar>>;
+struct AlignedAllocator {
+    using value_type = Scalar;
+    static constexpr std::align_val_t alignment{EIGEN_MAX_ALIGN_BYTES > 16 ? EIGEN_MAX_ALIGN_BYTES : 16};
+    AlignedAllocator() = default;
+    template <typename Other>
+    AlignedAllocator(const AlignedAllocator<Other>&) {}
+    Scalar* allocate(std::size_t n) { return static_cast<Scalar*>(::operator new(n * sizeof(Scalar), alignment)); }
+    void deallocate(Scalar* p, std::size_t) noexcept { ::operator delete(p, alignment); }
+    bool operator==(const AlignedAllocator&) const { return true; }
+};
+template <typename Scalar>
+using AlignedBuffer = std::vector<Scalar, AlignedAllocator<Scalar>>;
 template <typename Scalar>
 using ConstHead = ConstStridedRows<Scalar>;  // rows of one head: (n, Dh), stride = the matrix's row stride
 template <typename Scalar>
