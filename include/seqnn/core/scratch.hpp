@@ -8,10 +8,11 @@
 // threads. Scratch keeps one growing buffer per (thread, slot) instead.
 //
 // Rules: a slot's contents are valid until the same thread asks for that slot
-// again, so a layer uses its slots within one call and never across a call into
-// another layer that might use them (slots are numbered per use below). Each
-// thread holds at most the largest size it has asked for; release_scratch() frees
-// the calling thread's buffers.
+// again, so a layer uses its slots (A, B, C) within one call and never across a
+// call into another layer that might use them. Each thread holds at most the
+// largest size it has asked for; release_scratch() frees the calling thread's
+// buffers. The buffers are aligned as Eigen aligns its own matrices, so results do
+// not depend on where the heap put them.
 #pragma once
 
 #include "seqnn/core/types.hpp"
