@@ -13,31 +13,8 @@
 #include <new>
 #include <vector>
 
-// Counts the bytes requested through operator new, plain and aligned, while g_counting is
-// on (the kernel's own scratch comes from the aligned one, so it is seen here).
-namespace {
-std::atomic<long long> g_bytes{0};
-std::atomic<bool> g_counting{false};
-void* counted_alloc(std::size_t size) {
-    if (g_counting.load(std::memory_order_relaxed)) g_bytes.fetch_add(static_cast<long long>(size));
-    if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-    throw std::bad_alloc();
-}
-}  // namespace
-void* operator new(std::size_t size) { return counted_alloc(size); }
-void* operator new[](std::size_t size) { return counted_alloc(size); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void* operator new(std::size_t size, std::align_val_t al) {
-    if (g_counting.load(std::memory_order_relaxed)) g_bytes.fetch_add(static_cast<long long>(size));
-    const std::size_t a = static_cast<std::size_t>(al);
-    if (void* p = std::aligned_alloc(a, (size + a - 1) / a * a)) return p;
-    throw std::bad_alloc();
-}
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+// The kernel's own scratch comes from the aligned operator new, so g_bytes sees it.
+#include "allocation_counter.hpp"
 
 using namespace seqnn;
 using seqnn::testing::random_matrix;
