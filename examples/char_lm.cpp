@@ -6,12 +6,19 @@
 //   char_lm --data input.txt --preset paper --arch transformer
 //   char_lm --data input.txt --save lm.safetensors  then: char_lm --load lm.safetensors --steps 0 --generate 500
 //
+// Long runs: --checkpoint PATH writes the whole training state at every evaluation
+// (weights, AdamW's moments, the random streams, the best loss so far), and the same
+// command with --resume PATH takes exactly the steps the uninterrupted run would have
+// taken. --time-limit stops a run (checkpointed) after a wall-clock budget; --patience
+// stops it once the validation loss has not improved for that many evaluations.
+//
 // Without --data it trains on the licence texts in /usr/share/common-licenses (present
 // on every Debian system), or on generated sentences if those are missing.
 #include "common/char_model.hpp"
 #include "common/cli.hpp"
 
 #include <seqnn/models/generate.hpp>
+#include <seqnn/train/checkpoint.hpp>
 #include <seqnn/train/loss.hpp>
 #include <seqnn/train/optimizer.hpp>
 #include <seqnn/train/schedule.hpp>
@@ -31,12 +38,12 @@ using examples::CharModelConfig;
 using seqnn::Index;
 
 struct Options {
-    std::string data, preset = "quick", save, load;
+    std::string data, preset = "quick", save, load, checkpoint, resume;
     std::string text;  // the contents of --data
     CharModelConfig model;
-    long steps = 0, eval_every = 0, generate = 300, warmup = -1;
+    long steps = 0, eval_every = 0, generate = 300, warmup = -1, patience = 0;
     int batch = 0, eval_batches = 8, threads = 0, seed = 1337;
-    double lr = 0, min_lr = -1, clip = 0, dropout = 0, weight_decay = 0.1, temperature = 0.8;
+    double lr = 0, min_lr = -1, clip = 0, dropout = 0, weight_decay = 0.1, temperature = 0.8, time_limit = 0;
 };
 
 struct Preset {
@@ -113,6 +120,10 @@ Options parse(int argc, char** argv) {
     flags.add("--threads", o.threads, "threads (default: OpenMP's default)");
     flags.add("--save", o.save, "write the best model (by validation loss) here, as safetensors", "PATH");
     flags.add("--load", o.load, "start from a model saved with --save (its configuration comes from the file)", "PATH");
+    flags.add("--checkpoint", o.checkpoint, "write the whole training state here at every evaluation", "PATH");
+    flags.add("--resume", o.resume, "continue the run that wrote this --checkpoint (give the same flags)", "PATH");
+    flags.add("--time-limit", o.time_limit, "stop after this many seconds (and at least one step), 0 for none; with --checkpoint: resumable");
+    flags.add("--patience", o.patience, "stop after this many evaluations without a new best, 0 for never");
     flags.add("--generate", o.generate, "bytes to generate at the end, 0 for none");
     flags.add("--temperature", o.temperature, "sampling temperature, 0 for greedy");
     describe_presets(flags);
@@ -140,6 +151,10 @@ Options parse(int argc, char** argv) {
     if (o.temperature < 0) flags.fail("--temperature", "must be >= 0");
     if (o.threads < 0) flags.fail("--threads", "must be >= 0");
     if (!o.load.empty() && !std::filesystem::exists(o.load)) flags.fail("--load", "no such file '" + o.load + "'");
+    if (!o.resume.empty() && !std::filesystem::exists(o.resume)) flags.fail("--resume", "no such file '" + o.resume + "'");
+    if (!o.resume.empty() && !o.load.empty()) flags.fail("--resume", "takes its weights from the checkpoint; drop --load");
+    if (o.time_limit < 0) flags.fail("--time-limit", "must be >= 0 (0: none)");
+    if (o.patience < 0) flags.fail("--patience", "must be >= 0 (0: never stop early)");
     if (!o.data.empty()) o.text = examples::read_file(flags, "--data", o.data);
     if (o.warmup < 0) o.warmup = std::min(100L, o.steps / 20);
     if (o.warmup > o.steps) flags.fail("--warmup", "must not exceed --steps");
@@ -160,6 +175,79 @@ double evaluate(const seqnn::LanguageModel<float>& model, const std::vector<int>
         total += seqnn::cross_entropy_loss<float>(logits.data, y, unused_grad);
     }
     return total / static_cast<double>(batches.size());
+}
+
+// Where a run stands: saved in its checkpoints, so that --resume continues it exactly.
+struct RunProgress {
+    long step = 0;  // the next training step
+    double best_val = std::numeric_limits<double>::infinity();
+    long best_step = 0;
+    long evals_since_best = 0;
+};
+
+std::string exact(double v) {  // round-trips through std::stod
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    return buf;
+}
+
+// Everything that shapes the training trajectory: a checkpoint resumes only under the same.
+std::map<std::string, std::string> run_settings(const Options& o, const CharModelConfig& c, std::size_t tokens) {
+    std::map<std::string, std::string> m = examples::to_metadata(c);
+    m["data_tokens"] = std::to_string(tokens);
+    m["batch"] = std::to_string(o.batch);
+    m["steps"] = std::to_string(o.steps);
+    m["lr"] = exact(o.lr);
+    m["min_lr"] = exact(o.min_lr);
+    m["warmup"] = std::to_string(o.warmup);
+    m["weight_decay"] = exact(o.weight_decay);
+    m["clip"] = exact(o.clip);
+    m["dropout"] = exact(o.dropout);
+    m["eval_every"] = std::to_string(o.eval_every);
+    m["eval_batches"] = std::to_string(o.eval_batches);
+    m["seed"] = std::to_string(o.seed);
+    return m;
+}
+
+std::map<std::string, std::string> checkpoint_metadata(std::map<std::string, std::string> settings, const RunProgress& run) {
+    settings["progress.step"] = std::to_string(run.step);
+    settings["progress.best_val"] = exact(run.best_val);
+    settings["progress.best_step"] = std::to_string(run.best_step);
+    settings["progress.evals_since_best"] = std::to_string(run.evals_since_best);
+    return settings;
+}
+
+// Restores `state` from a checkpoint that this run's `settings` wrote; throws naming the
+// first setting that differs.
+RunProgress resume(const std::string& path, const std::map<std::string, std::string>& settings,
+                   seqnn::TrainingState<float>& state) {
+    const seqnn::io::TensorMap file = seqnn::io::load_safetensors(path);
+    for (const auto& [key, value] : settings) {
+        const auto it = file.metadata.find(key);
+        if (it == file.metadata.end())
+            throw std::runtime_error(path + " lacks '" + key + "' (was it written by char_lm --checkpoint?)");
+        if (it->second != value)
+            throw std::runtime_error(path + " was written with " + key + " = " + it->second + ", this run has " + value +
+                                     "; resume with the flags and data of that run");
+    }
+    const auto number = [&](const std::string& key) {
+        const auto it = file.metadata.find(key);
+        if (it == file.metadata.end()) throw std::runtime_error(path + " lacks '" + key + "'");
+        try {
+            return std::stod(it->second);
+        } catch (const std::logic_error&) {
+            throw std::runtime_error(path + ": '" + key + "' is not a number: " + it->second);
+        }
+    };
+    RunProgress run;
+    run.step = static_cast<long>(number("progress.step"));
+    run.best_val = number("progress.best_val");
+    run.best_step = static_cast<long>(number("progress.best_step"));
+    run.evals_since_best = static_cast<long>(number("progress.evals_since_best"));
+    if (run.step < 0 || run.step > std::stol(settings.at("steps")))
+        throw std::runtime_error(path + ": progress.step " + std::to_string(run.step) + " is outside [0, --steps]");
+    seqnn::restore_checkpoint(file, state, path);
+    return run;
 }
 
 // Samples `n` bytes after a newline. Recurrent models step on for ever; the Transformer's
@@ -249,8 +337,19 @@ int main(int argc, char** argv) {
     seqnn::AdamW<float> optimizer(params, {.lr = o.lr, .beta1 = 0.9, .beta2 = 0.99, .weight_decay = o.weight_decay});
     const seqnn::WarmupCosineSchedule schedule{.peak_lr = o.lr, .min_lr = o.min_lr, .warmup_steps = o.warmup,
                                                .total_steps = std::max(o.steps, 1L)};
-    double best_val = std::numeric_limits<double>::infinity();
-    long best_step = 0;
+    seqnn::TrainingState<float> training_state{params, &optimizer, {{"data", &data_rng}}, model->dropouts()};
+    const std::map<std::string, std::string> settings = run_settings(o, config, tokens.size());
+    RunProgress run;
+    if (!o.resume.empty()) {
+        try {
+            run = resume(o.resume, settings, training_state);
+        } catch (const std::exception& e) {
+            examples::usage_error("char_lm", std::string("--resume: ") + e.what());
+        }
+        std::printf("resumed %s at step %ld (best validation loss %.4f at step %ld)\n", o.resume.c_str(), run.step,
+                    run.best_val, run.best_step);
+    }
+    const long first_step = run.step;
     double train_sum = 0;  // training losses since the last evaluation
     long train_count = 0;
     seqnn::TokenBatch x;
@@ -258,10 +357,20 @@ int main(int argc, char** argv) {
     seqnn::Matrix<float> dlogits;
     seqnn::Context<float> ctx;
     examples::Progress progress(o.steps, "steps");
+    progress.resume_from(first_step);
     const auto t0 = examples::Clock::now();
+    long checkpointed_step = -1;
+    const auto write_checkpoint = [&] {
+        if (o.checkpoint.empty() || checkpointed_step == run.step) return;
+        seqnn::save_checkpoint(o.checkpoint, training_state, checkpoint_metadata(settings, run));
+        checkpointed_step = run.step;
+    };
+    std::string stopped;  // why the run ended before --steps, if it did
 
-    for (long step = 0;; ++step) {
-        if (step % o.eval_every == 0 || step == o.steps) {
+    for (long& step = run.step;; ++step) {
+        // A resumed run has already evaluated (or skipped) its first step.
+        const bool resumed_here = !o.resume.empty() && step == first_step;
+        if ((step % o.eval_every == 0 || step == o.steps) && !resumed_here) {
             const double val_loss = evaluate(*model, val, val_batches, T);
             progress.clear_line();
             if (train_count > 0)
@@ -272,9 +381,11 @@ int main(int argc, char** argv) {
             std::fflush(stdout);
             train_sum = 0;
             train_count = 0;
-            if (val_loss < best_val) {
-                best_val = val_loss;
-                best_step = step;
+            ++run.evals_since_best;
+            if (val_loss < run.best_val) {
+                run.best_val = val_loss;
+                run.best_step = step;
+                run.evals_since_best = 0;
                 if (!o.save.empty()) {
                     auto metadata = examples::to_metadata(config);
                     metadata["step"] = std::to_string(step);
@@ -282,8 +393,21 @@ int main(int argc, char** argv) {
                     seqnn::io::save_parameters(o.save, params, metadata);
                 }
             }
+            write_checkpoint();
+            if (o.patience > 0 && run.evals_since_best >= o.patience && step < o.steps) {
+                stopped = "stopped early at step " + std::to_string(step) + ": no new best in " +
+                          std::to_string(o.patience) + " evaluations (--patience)";
+                break;
+            }
         }
         if (step == o.steps) break;
+        if (o.time_limit > 0 && step > first_step && examples::seconds_since(t0) >= o.time_limit) {
+            write_checkpoint();
+            stopped = "stopped at step " + std::to_string(step) + " of " + std::to_string(o.steps) + ": --time-limit " +
+                      examples::Progress::duration(o.time_limit) +
+                      (o.checkpoint.empty() ? "" : " (continue with --resume " + o.checkpoint + ")");
+            break;
+        }
 
         optimizer.set_lr(schedule(step));
         examples::make_windows(train, examples::random_starts(train.size(), B, T, data_rng), T, x, y);
@@ -302,15 +426,18 @@ int main(int argc, char** argv) {
         ++train_count;
         char note[64];
         std::snprintf(note, sizeof note, "loss %.3f  %.0f tok/s", static_cast<double>(loss),
-                      static_cast<double>((step + 1) * B * T) / std::max(progress.elapsed(), 1e-9));
+                      static_cast<double>((step + 1 - first_step) * B * T) / std::max(progress.elapsed(), 1e-9));
         progress.update(step + 1, note);
     }
     progress.finish();
     const double seconds = examples::seconds_since(t0);
-    std::printf("trained %ld steps in %.1f s (%.0f tokens/s)\n", o.steps, seconds,
-                static_cast<double>(o.steps * B * T) / std::max(seconds, 1e-9));
-    std::printf("best_val_loss: %.4f at step %ld\n", best_val, best_step);
-    if (!o.save.empty()) std::printf("saved the step-%ld model to %s\n", best_step, o.save.c_str());
+    const long trained = run.step - first_step;
+    std::printf("trained %ld steps in %.1f s (%.0f tokens/s)\n", trained, seconds,
+                static_cast<double>(trained * B * T) / std::max(seconds, 1e-9));
+    if (!stopped.empty()) std::printf("%s\n", stopped.c_str());
+    std::printf("best_val_loss: %.4f at step %ld\n", run.best_val, run.best_step);
+    if (!o.save.empty()) std::printf("saved the step-%ld model to %s\n", run.best_step, o.save.c_str());
+    if (!o.checkpoint.empty()) std::printf("training state at step %ld in %s\n", run.step, o.checkpoint.c_str());
 
     // --- a sample from the final model
     if (o.generate > 0) {

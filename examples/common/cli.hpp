@@ -160,7 +160,7 @@ public:
         const double now = seconds_since(start_);
         if (done < total_ && now - last_draw_ < (tty_ ? 0.1 : log_every_)) return;
         last_draw_ = now;
-        const double rate = done / std::max(now, 1e-9);
+        const double rate = static_cast<double>(done - first_) / std::max(now, 1e-9);
         const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : 0.0;
         char line[256];
         const int width = 24, filled = static_cast<int>(width * done / total_);
@@ -188,6 +188,9 @@ public:
         drawn_ = false;
     }
     double elapsed() const { return seconds_since(start_); }
+    // A resumed job: `done` items were finished before this process started (the rate
+    // and the ETA count only this process's items).
+    void resume_from(long done) { first_ = done; }
 
     static std::string duration(double seconds) {
         char buf[32];
@@ -200,6 +203,7 @@ public:
 
 private:
     long total_;
+    long first_ = 0;
     std::string unit_;
     double log_every_;
     bool tty_;

@@ -1,0 +1,46 @@
+# Checks that a char_lm run cut into one-step pieces (--time-limit 1e-9, then --resume
+# until done) prints the same validation losses, bit for bit, as the run in one piece.
+#   cmake -DPROGRAM=char_lm -DARGS="--steps;6;..." -DCHECKPOINT=path -P check_resume.cmake
+function(val_lines output result)  # "step N ... val X" -> "N X", one per evaluation
+  string(REGEX MATCHALL "step +[0-9]+ [^\n]*val [0-9.]+" lines "${output}")
+  set(out "")
+  foreach(line IN LISTS lines)
+    string(REGEX REPLACE "step +([0-9]+) .*val ([0-9.]+)" "\\1 \\2" line "${line}")
+    list(APPEND out "${line}")
+  endforeach()
+  set(${result} "${out}" PARENT_SCOPE)
+endfunction()
+
+execute_process(COMMAND ${PROGRAM} ${ARGS} RESULT_VARIABLE status OUTPUT_VARIABLE whole ERROR_VARIABLE err)
+if(NOT status EQUAL 0)
+  message(FATAL_ERROR "the run in one piece failed (${status}): ${err}")
+endif()
+val_lines("${whole}" expected)
+
+file(REMOVE ${CHECKPOINT})
+set(pieces "")
+set(resume "")
+foreach(piece RANGE 1 100)
+  execute_process(COMMAND ${PROGRAM} ${ARGS} --checkpoint ${CHECKPOINT} ${resume} --time-limit 1e-9
+                  RESULT_VARIABLE status OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "piece ${piece} failed (${status}): ${out} ${err}")
+  endif()
+  string(APPEND pieces "${out}")
+  set(count ${piece})
+  set(resume --resume ${CHECKPOINT})
+  if(NOT out MATCHES "stopped at step")
+    break()
+  endif()
+endforeach()
+val_lines("${pieces}" got)
+
+if(NOT got STREQUAL expected OR expected STREQUAL "")
+  message(FATAL_ERROR "validation losses differ.\nin one piece: ${expected}\nin pieces:    ${got}")
+endif()
+string(REGEX MATCH "best_val_loss: [^\n]*" best_whole "${whole}")
+string(REGEX MATCH "best_val_loss: [^\n]*" best_pieces "${out}")
+if(NOT best_whole STREQUAL best_pieces)
+  message(FATAL_ERROR "'${best_whole}' in one piece, '${best_pieces}' at the end of the pieces")
+endif()
+message(STATUS "${count} pieces; validation losses (step, loss): ${got}")
