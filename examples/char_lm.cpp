@@ -281,6 +281,7 @@ std::string sample(const seqnn::LanguageModel<float>& model, const CharModelConf
 int main(int argc, char** argv) {
     Options o = parse(argc, argv);
     if (o.threads > 0) seqnn::set_num_threads(o.threads);
+    examples::keep_freed_memory();
 
     // --- data: bytes -> token ids, 90% train, 10% validation
     std::string text = std::move(o.text), source = "--data " + o.data;

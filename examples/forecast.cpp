@@ -153,6 +153,7 @@ std::unique_ptr<seqnn::Layer<float>> make_recurrent(const std::string& arch, Ind
 int main(int argc, char** argv) {
     Options o = parse(argc, argv);
     if (o.threads > 0) seqnn::set_num_threads(o.threads);
+    examples::keep_freed_memory();
 
     // --- the series, standardised with the training part's statistics
     seqnn::Rng rng(static_cast<std::uint64_t>(o.seed));

@@ -135,6 +135,7 @@ Accuracy evaluate(const seqnn::LanguageModel<float>& model, const Options& o, se
 int main(int argc, char** argv) {
     const Options o = parse(argc, argv);
     if (o.threads > 0) seqnn::set_num_threads(o.threads);
+    examples::keep_freed_memory();
 
     examples::CharModelConfig config;
     config.arch = o.arch;

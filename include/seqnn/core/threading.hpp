@@ -73,4 +73,12 @@ void parallel_row_blocks(Index rows, Index cols, const Body& body) {
     body(Index(0), rows);
 }
 
+// m += addend (N, D), split by rows across threads.
+template <typename Scalar>
+void parallel_add(MatrixRef<Scalar> m, ConstMatrixRef<Scalar> addend) {
+    parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) {
+        m.middleRows(r0, r1 - r0) += addend.middleRows(r0, r1 - r0);
+    });
+}
+
 }  // namespace seqnn

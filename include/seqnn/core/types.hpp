@@ -107,6 +107,12 @@ struct Context {
         m.resize(rows, cols);  // a no-op when the shape is unchanged
         return m;
     }
+    // Makes `n` child contexts for a composite layer's children. A context reused from one
+    // training step to the next keeps its children, and with them their buffers: every
+    // forward rewrites what its backward reads, so nothing stale survives.
+    void make_children(std::size_t n) {
+        if (children.size() != n) children.assign(n, Context{});
+    }
     const Matrix<Scalar>& get(const std::string& name) const;
 };
 

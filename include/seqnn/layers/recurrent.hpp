@@ -65,7 +65,7 @@ public:
         if (ctx) {
             ctx->batch = B;
             ctx->steps = T;
-            ctx->children.assign(static_cast<std::size_t>(L), Context<Scalar>{});
+            ctx->make_children(static_cast<std::size_t>(L));
         }
 
         Sequence<Scalar> layer_input = x;

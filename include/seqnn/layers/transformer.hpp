@@ -192,7 +192,7 @@ public:
 
         MatrixRef<Scalar> h = buffer("h", ScratchSlot::A, E);
         out_proj_.forward(attn, h);  // (B*T, E) x (E, E)
-        add_rows(h, x.data);         // residual
+        parallel_add<Scalar>(h, x.data);  // residual
         MatrixRef<Scalar> ln2 = buffer("ln2", ScratchSlot::C, E);
         norm2_.forward(h, ln2);  // (B*T, E)
         MatrixRef<Scalar> pre = buffer("pre", ScratchSlot::B, F);
@@ -200,10 +200,10 @@ public:
         // GELU in place, except in training mode, where backward needs both pre and act.
         MatrixRef<Scalar> act = ctx ? MatrixRef<Scalar>(ctx->buffer("act", N, F)) : pre;
         if (ctx) act = pre;  // a copy: act is the context's own buffer
-        gelu_rows(act);
+        activation_forward<Scalar>(Activation::GELU, act);
         Sequence<Scalar> y(B, T, E);
         linear2_.forward(act, y.data);  // (B*T, F) x (F, E) -> (B*T, E)
-        add_rows(y.data, h);            // residual
+        parallel_add<Scalar>(y.data, h);  // residual
 
         if (ctx) {
             if (cached) {  // the keys and values the chunk attended to: (B*Tk, E) each
@@ -243,7 +243,7 @@ public:
 
         // Feed-forward branch, in reverse: y = h + linear2(gelu(linear1(norm2(h)))).
         Matrix<Scalar> d_act = linear2_.backward(ctx.get("act"), dy.data);  // (B*T, E) x (E, F) -> (B*T, F)
-        gelu_backward_rows(ctx.get("pre"), ctx.get("act"), d_act);          // d_pre, in place
+        activation_backward<Scalar>(Activation::GELU, ctx.get("pre"), ctx.get("act"), d_act);  // d_pre, in place
         const Matrix<Scalar> d_ln2 = linear1_.backward(ctx.get("ln2"), d_act);  // (B*T, F) x (F, E)
         Matrix<Scalar> dh = norm2_.backward(ctx.get("h"), d_ln2);           // (B*T, E)
         dh += dy.data;                                                       // residual
@@ -339,7 +339,7 @@ public:
         h += x;                      // residual
         norm2_.forward(h, norm);
         linear1_.forward(norm, hidden);  // (B, E) x (E, F)
-        gelu_rows(hidden);  // the same GELU as forward
+        activation_forward<Scalar>(Activation::GELU, hidden);  // the same GELU as forward
         if (y.rows() != B || y.cols() != E) y.resize(B, E);
         linear2_.forward(hidden, y);  // (B, F) x (F, E)
         y += h;                       // residual
@@ -412,44 +412,6 @@ private:
                             "]");
     }
 
-    // GELU over the rows of m, split across threads. For float, Eigen's vectorised erf
-    // (a rational approximation within a few ulp; about 10x std::erfc here, and the MLP's
-    // GELU is otherwise a large part of the block's time): x Phi(x) = x (1 + erf(x/sqrt 2)) / 2.
-    // double keeps the exact scalar form of activations.hpp.
-    // m += addend, (N, E), split across threads (Eigen runs element-wise work on one).
-    static void add_rows(MatrixRef<Scalar> m, ConstMatrixRef<Scalar> addend) {
-        parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) {
-            m.middleRows(r0, r1 - r0) += addend.middleRows(r0, r1 - r0);
-        });
-    }
-
-    static void gelu_rows(MatrixRef<Scalar> m) {
-        parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) {
-            auto block = m.middleRows(r0, r1 - r0);
-            if constexpr (std::is_same_v<Scalar, float>) {
-                auto a = block.array();
-                a = 0.5f * a * (1.0f + (a * (std::numbers::sqrt2_v<float> / 2)).erf());
-            } else {
-                activation_forward<Scalar>(Activation::GELU, block);
-            }
-        });
-    }
-    // grad *= gelu'(pre) = Phi(pre) + pre phi(pre), phi(x) = exp(-x^2/2) / sqrt(2 pi).
-    static void gelu_backward_rows(const Matrix<Scalar>& pre, const Matrix<Scalar>& act, Matrix<Scalar>& grad) {
-        parallel_row_blocks(grad.rows(), grad.cols(), [&](Index r0, Index r1) {
-            const Index n = r1 - r0;
-            if constexpr (std::is_same_v<Scalar, float>) {
-                (void)act;
-                const auto x = pre.middleRows(r0, n).array();
-                constexpr float inv_sqrt_2pi = std::numbers::inv_sqrtpi_v<float> * (std::numbers::sqrt2_v<float> / 2);
-                grad.middleRows(r0, n).array() *= 0.5f * (1.0f + (x * (std::numbers::sqrt2_v<float> / 2)).erf()) +
-                                                   x * inv_sqrt_2pi * (-0.5f * x.square()).exp();
-            } else {
-                activation_backward<Scalar>(Activation::GELU, pre.middleRows(r0, n), act.middleRows(r0, n),
-                                            grad.middleRows(r0, n));
-            }
-        });
-    }
 
     TransformerOptions options_;
     Index ffn_ = 0;

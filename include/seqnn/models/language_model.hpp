@@ -147,7 +147,7 @@ public:
         if (ctx) {
             ctx->batch = B;
             ctx->steps = T;
-            ctx->children.assign(2, Context<Scalar>{});  // layers, embedding dropout
+            ctx->make_children(2);  // layers, embedding dropout
             Matrix<Scalar> ids(B * T, 1);  // the ids, for the embedding's backward (exact in float for vocabularies below 2^24)
             for (Index i = 0; i < B * T; ++i) ids(i, 0) = static_cast<Scalar>(tokens.ids[static_cast<std::size_t>(i)]);
             ctx->save("ids", std::move(ids));

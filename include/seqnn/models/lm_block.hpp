@@ -17,6 +17,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/threading.hpp"
 #include "seqnn/layers/causal_conv.hpp"
 #include "seqnn/models/composite_state.hpp"
 #include "seqnn/models/mixer.hpp"
@@ -97,7 +98,7 @@ public:
         if (ctx) {
             ctx->batch = B;
             ctx->steps = T;
-            ctx->children.assign(4, Context<Scalar>{});  // conv, mixer, mixer dropout, ff dropout
+            ctx->make_children(4);  // conv, mixer, mixer dropout, ff dropout
         }
         Context<Scalar>* conv_ctx = ctx ? &ctx->children[0] : nullptr;
         Context<Scalar>* mixer_ctx = ctx ? &ctx->children[1] : nullptr;
@@ -107,11 +108,11 @@ public:
         Sequence<Scalar> h = x;
         if (conv_) {
             State<Scalar> cs = state ? layout_.child(*state, child) : State<Scalar>{};
-            h.data += conv_->forward(x, state ? &cs : nullptr, conv_ctx).data;
+            parallel_add<Scalar>(h.data, conv_->forward(x, state ? &cs : nullptr, conv_ctx).data);
             if (state) layout_.set_child(*state, child, std::move(cs), *conv_, B);
             ++child;
         }
-        if (ctx) ctx->save("h1", h.data);
+        if (ctx) ctx->buffer("h1", B * T, options_.dim) = h.data;  // into the reused buffer
 
         // h2 = h1 + drop(mixer(norm1(h1)))
         const Sequence<Scalar> n1(norm1_.forward(h.data), B, T);  // (B*T, D)
@@ -119,20 +120,23 @@ public:
         Sequence<Scalar> m = mixer_->forward(n1, state ? &ms : nullptr, mixer_ctx);  // (B*T, D)
         if (state) layout_.set_child(*state, child, std::move(ms), *mixer_, B);
         mixer_drop_.apply(m.data, ctx ? &ctx->children[2] : nullptr);
-        h.data += m.data;
-        if (ctx) ctx->save("h2", h.data);
+        parallel_add<Scalar>(h.data, m.data);
+        if (ctx) ctx->buffer("h2", B * T, options_.dim) = h.data;
 
-        // y = h2 + drop(ff(norm2(h2)))
-        const Matrix<Scalar> n2 = norm2_.forward(h.data);  // (B*T, D)
-        Matrix<Scalar> pre(B * T, ff_->hidden_size()), act, f(B * T, options_.dim);
+        // y = h2 + drop(ff(norm2(h2))); in training mode n2, pre and act live in the
+        // context's buffers, which a reused context keeps from step to step.
+        const Index N = B * T, D = options_.dim, H = ff_->hidden_size();
+        Matrix<Scalar> local_n2, local_pre, local_act;
+        Matrix<Scalar>& n2 = ctx ? ctx->buffer("n2", N, D) : local_n2;
+        Matrix<Scalar>& pre = ctx ? ctx->buffer("pre", N, H) : local_pre;
+        Matrix<Scalar>& act = ctx ? ctx->buffer("act", N, H) : local_act;
+        n2.resize(N, D);
+        pre.resize(N, H);
+        norm2_.forward(h.data, n2);          // (B*T, D)
+        Matrix<Scalar> f(N, D);
         ff_->forward_rows(n2, pre, act, f);  // (B*T, D) -> (B*T, H) -> (B*T, D)
         ff_drop_.apply(f, ctx ? &ctx->children[3] : nullptr);
-        h.data += f;
-        if (ctx) {
-            ctx->save("n2", n2);
-            ctx->save("pre", std::move(pre));
-            ctx->save("act", std::move(act));
-        }
+        parallel_add<Scalar>(h.data, f);
         if (state) state->position += T;
         return h;
     }
@@ -158,7 +162,8 @@ public:
         Matrix<Scalar> df = dy.data;  // (B*T, D)
         ff_drop_.apply_backward(df, ctx.children[3]);
         const Matrix<Scalar> dn2 = ff_->backward_rows(ctx.get("n2"), ctx.get("pre"), ctx.get("act"), df);
-        Matrix<Scalar> dh = dy.data + norm2_.backward(ctx.get("h2"), dn2);  // (B*T, D)
+        Matrix<Scalar> dh = norm2_.backward(ctx.get("h2"), dn2);  // (B*T, D)
+        parallel_add<Scalar>(dh, dy.data);
 
         // h2 = h1 + drop(mixer(norm1(h1))): dh1 = dh2 + norm1'(mixer'(drop'(dh2)))
         Matrix<Scalar> dm = dh;
@@ -167,7 +172,7 @@ public:
         State<Scalar> m_initial;
         const Sequence<Scalar> dn1 = mixer_->backward(Sequence<Scalar>(std::move(dm), B, T), ctx.children[1],
                                                       has_final ? &m_final : nullptr, d_initial ? &m_initial : nullptr);
-        dh += norm1_.backward(ctx.get("h1"), dn1.data);
+        parallel_add<Scalar>(dh, norm1_.backward(ctx.get("h1"), dn1.data));
         if (d_initial) layout_.set_child(*d_initial, mixer_child, std::move(m_initial), *mixer_, B);
 
         // h1 = x + conv(x): dx = dh1 + conv'(dh1)
@@ -176,7 +181,7 @@ public:
             State<Scalar> c_initial;
             const Sequence<Scalar> dc = conv_->backward(Sequence<Scalar>(dh, B, T), ctx.children[0],
                                                         has_final ? &c_final : nullptr, d_initial ? &c_initial : nullptr);
-            dh += dc.data;
+            parallel_add<Scalar>(dh, dc.data);
             if (d_initial) layout_.set_child(*d_initial, 0, std::move(c_initial), *conv_, B);
         }
         return Sequence<Scalar>(std::move(dh), B, T);

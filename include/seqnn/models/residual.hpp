@@ -49,7 +49,7 @@ public:
         if (ctx) {
             ctx->batch = x.batch;
             ctx->steps = x.steps;
-            ctx->children.assign(1, Context<Scalar>{});
+            ctx->make_children(1);
             if (norm_) ctx->save("input", x.data);
         }
         Context<Scalar>* inner_ctx = ctx ? &ctx->children[0] : nullptr;

@@ -75,7 +75,7 @@ public:
         if (ctx) {
             ctx->batch = x.batch;
             ctx->steps = x.steps;
-            ctx->children.assign(layers_.size(), Context<Scalar>{});
+            ctx->make_children(layers_.size());
         }
         Sequence<Scalar> h = x;
         for (std::size_t i = 0; i < layers_.size(); ++i) {

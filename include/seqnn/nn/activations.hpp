@@ -1,12 +1,15 @@
-// Element-wise activations and their derivatives, applied in place to matrix views.
+// Element-wise activations and their derivatives, applied in place to matrix views,
+// split by rows across threads (Eigen runs element-wise expressions on one thread).
 #pragma once
 
 #include "seqnn/core/errors.hpp"
+#include "seqnn/core/threading.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <cmath>
 #include <numbers>
 #include <string>
+#include <type_traits>
 
 namespace seqnn {
 
@@ -53,16 +56,50 @@ Scalar gelu_derivative(Scalar x) {
     return normal_cdf(x) + x * inv_sqrt_2pi * std::exp(Scalar(-0.5) * x * x);
 }
 
+namespace activation_detail {
+
+// GELU on a block, x Phi(x). For float, Eigen's vectorised erf (a rational approximation
+// within a few ulp, about 10x std::erfc): x (1 + erf(x / sqrt 2)) / 2, as PyTorch computes
+// it. double keeps the scalar erfc form above, which is exact in the lower tail too.
+template <typename Scalar, typename Block>
+void gelu_block(Block z) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+        auto a = z.array();
+        a = 0.5f * a * (1.0f + (a * (std::numbers::sqrt2_v<float> / 2)).erf());
+    } else {
+        z = z.unaryExpr([](Scalar v) { return gelu(v); });
+    }
+}
+
+// grad *= gelu'(x) on a block, the same two forms.
+template <typename Scalar, typename ConstBlock, typename Block>
+void gelu_derivative_block(ConstBlock x, Block grad) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+        constexpr float inv_sqrt_2pi = std::numbers::inv_sqrtpi_v<float> * (std::numbers::sqrt2_v<float> / 2);
+        const auto a = x.array();
+        grad.array() *= 0.5f * (1.0f + (a * (std::numbers::sqrt2_v<float> / 2)).erf()) +
+                        a * inv_sqrt_2pi * (-0.5f * a.square()).exp();
+    } else {
+        grad.array() *= x.unaryExpr([](Scalar v) { return gelu_derivative(v); }).array();
+    }
+}
+
+}  // namespace activation_detail
+
 // z <- f(z).
 template <typename Scalar>
 void activation_forward(Activation a, MatrixRef<Scalar> z) {
-    switch (a) {
-        case Activation::Identity: return;
-        case Activation::Tanh: z = z.array().tanh().matrix(); return;
-        case Activation::Sigmoid: z = z.array().logistic().matrix(); return;
-        case Activation::ReLU: z = z.cwiseMax(Scalar(0)); return;
-        case Activation::GELU: z = z.unaryExpr([](Scalar v) { return gelu(v); }); return;
-    }
+    if (a == Activation::Identity) return;
+    parallel_row_blocks(z.rows(), z.cols(), [&](Index r0, Index r1) {
+        auto block = z.middleRows(r0, r1 - r0);
+        switch (a) {
+            case Activation::Identity: return;
+            case Activation::Tanh: block = block.array().tanh().matrix(); return;
+            case Activation::Sigmoid: block = block.array().logistic().matrix(); return;
+            case Activation::ReLU: block = block.cwiseMax(Scalar(0)); return;
+            case Activation::GELU: activation_detail::gelu_block<Scalar>(block); return;
+        }
+    });
 }
 
 // grad <- grad * f'(pre), where out = f(pre). Tanh, sigmoid and ReLU read only
@@ -75,17 +112,23 @@ void activation_backward(Activation a, ConstMatrixRef<Scalar> pre, ConstMatrixRe
         fail("activation_backward(" + to_string(a) + ")", "pre " + shape_string(pre) + ", out " +
                                                              shape_string(out) + " and grad " + shape_string(grad) +
                                                              " must have one shape");
-    switch (a) {
-        case Activation::Identity: return;
-        case Activation::Tanh: grad.array() *= Scalar(1) - out.array().square(); return;
-        case Activation::Sigmoid: grad.array() *= out.array() * (Scalar(1) - out.array()); return;
-        // A select, not a multiply by the mask: like PyTorch, an inf or NaN in grad where
-        // the unit is off gives 0, not NaN.
-        case Activation::ReLU: grad.array() = (out.array() > Scalar(0)).select(grad.array(), Scalar(0)); return;
-        case Activation::GELU:
-            grad.array() *= pre.unaryExpr([](Scalar v) { return gelu_derivative(v); }).array();
-            return;
-    }
+    if (a == Activation::Identity) return;
+    parallel_row_blocks(grad.rows(), grad.cols(), [&](Index r0, Index r1) {
+        const Index n = r1 - r0;
+        auto g = grad.middleRows(r0, n).array();
+        const auto y = out.middleRows(r0, n).array();
+        switch (a) {
+            case Activation::Identity: return;
+            case Activation::Tanh: g *= Scalar(1) - y.square(); return;
+            case Activation::Sigmoid: g *= y * (Scalar(1) - y); return;
+            // A select, not a multiply by the mask: like PyTorch, an inf or NaN in grad where
+            // the unit is off gives 0, not NaN.
+            case Activation::ReLU: g = (y > Scalar(0)).select(g, Scalar(0)); return;
+            case Activation::GELU:
+                activation_detail::gelu_derivative_block<Scalar>(pre.middleRows(r0, n), grad.middleRows(r0, n));
+                return;
+        }
+    });
 }
 
 }  // namespace seqnn

@@ -14,6 +14,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/threading.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -72,26 +73,34 @@ public:
             return;
         }
         const std::uint64_t call = calls_.fetch_add(1);
-        Matrix<Scalar> mask(x.rows(), x.cols());  // (N, D)
+        Matrix<Scalar>& mask = ctx->buffer("mask", x.rows(), x.cols());  // (N, D)
         fill_mask(call, mask);
-        x.array() *= mask.array();
-        ctx->save("mask", std::move(mask));
+        parallel_row_blocks(x.rows(), x.cols(), [&](Index r0, Index r1) {
+            x.middleRows(r0, r1 - r0).array() *= mask.middleRows(r0, r1 - r0).array();
+        });
     }
 
     // In place on dy (N, D): dy *= the mask of the forward that filled ctx.
     void apply_backward(MatrixRef<Scalar> dy, const Context<Scalar>& ctx) const {
         const auto it = ctx.saved.find("mask");
         if (it == ctx.saved.end()) return;  // the forward was the identity
-        check_matrix("Dropout.backward", "dy", dy, it->second.rows(), it->second.cols());
-        dy.array() *= it->second.array();
+        const Matrix<Scalar>& mask = it->second;
+        check_matrix("Dropout.backward", "dy", dy, mask.rows(), mask.cols());
+        parallel_row_blocks(dy.rows(), dy.cols(), [&](Index r0, Index r1) {
+            dy.middleRows(r0, r1 - r0).array() *= mask.middleRows(r0, r1 - r0).array();
+        });
     }
 
-    // The mask of training call `call`: 0 or 1 / (1 - p) per entry, (N, D).
+    // The mask of training call `call`: 0 or 1 / (1 - p) per entry, (N, D). Entry i
+    // depends only on (seed, call, i), so any split across threads gives the same mask.
     void fill_mask(std::uint64_t call, Matrix<Scalar>& mask) const {
         const Scalar scale = p_ < 1.0 ? static_cast<Scalar>(1.0 / (1.0 - p_)) : Scalar(0);
-        for (Index i = 0; i < mask.size(); ++i)
-            mask.data()[i] =
-                dropout_detail::uniform(seed_, call, static_cast<std::uint64_t>(i)) >= p_ ? scale : Scalar(0);
+        const Index cols = mask.cols();
+        parallel_row_blocks(mask.rows(), cols, [&](Index r0, Index r1) {
+            for (Index i = r0 * cols; i < r1 * cols; ++i)
+                mask.data()[i] =
+                    dropout_detail::uniform(seed_, call, static_cast<std::uint64_t>(i)) >= p_ ? scale : Scalar(0);
+        });
     }
 
     Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,

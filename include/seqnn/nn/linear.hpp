@@ -3,6 +3,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/parameter.hpp"
+#include "seqnn/core/threading.hpp"
 
 #include <cmath>
 #include <string>
@@ -40,7 +41,10 @@ public:
         check_input(x.rows(), x.cols());
         check_matrix("Linear", "output y", y, x.rows(), out_features());
         y.noalias() = x * weight.value.transpose();  // (N, in) x (in, out)
-        if (has_bias()) y.rowwise() += bias.row();
+        if (has_bias())
+            parallel_row_blocks(y.rows(), y.cols(), [&](Index r0, Index r1) {
+                y.middleRows(r0, r1 - r0).rowwise() += bias.row();
+            });
     }
 
     Matrix<Scalar> forward(ConstMatrixRef<Scalar> x) const {
