@@ -277,6 +277,32 @@ TEST(CausalConv, StepChunksAndGradients) {
     expect_gradients(plain, 2, 5, true);
 }
 
+TEST(CausalConv, ThreadedBackwardGivesBitwiseTheSerialResult) {
+    // Large enough that both of backward's loops (dx by sequence, the weight gradient by
+    // channel) are split across threads. No pointwise conv: Eigen's GEMM may round
+    // differently on another thread count.
+    Rng rng(15);
+    CausalDepthwiseConv1d<double> conv({.channels = 37, .kernel_size = 4, .pointwise = false}, rng);
+    const Index B = 3, T = 301;
+    const Sequence<double> x = random_sequence<double>(B, T, 37, rng), dy = random_sequence<double>(B, T, 37, rng);
+    const State<double> s0 = random_state(conv, B, rng), d_final = random_state(conv, B, rng);
+    const auto run = [&](int threads) {
+        set_num_threads(threads);
+        conv.zero_grad();
+        State<double> s = s0, d_initial;
+        Context<double> ctx;
+        std::vector<Matrix<double>> r = {conv.forward(x, &s, &ctx).data};
+        r.push_back(conv.backward(dy, ctx, &d_final, &d_initial).data);
+        r.push_back(d_initial.tensors[0]);
+        for (const auto& p : conv.parameters()) r.push_back(p.param->grad);
+        return r;
+    };
+    const int threads = num_threads();
+    const auto serial = run(1), threaded = run(std::max(threads, 4));
+    set_num_threads(threads);
+    for (std::size_t k = 0; k < serial.size(); ++k) EXPECT_EQ(relative_error(threaded[k], serial[k]), 0.0) << k;
+}
+
 // ---------------------------------------------------------------- LM block
 
 class LMBlockKinds : public ::testing::TestWithParam<std::tuple<MixerKind, bool>> {};
@@ -310,6 +336,38 @@ TEST(LMBlock, NamesFollowMinLM) {
                                                       "2.to_out.weight", "3.weight", "4.0.weight", "4.0.bias",
                                                       "4.2.weight", "4.2.bias"}));
     EXPECT_EQ(block.initial_state(2).tensors.size(), 2u);  // conv window, minGRU h
+}
+
+TEST(LMBlock, AReusedContextChangesNothing) {
+    // Two training steps of two identical blocks (conv, minGRU, dropout): one with a fresh
+    // Context each step, one reusing its Context (and so its buffers), on several threads.
+    // Every output and gradient agrees bit for bit.
+    const auto make = [] {
+        Rng rng(16);
+        return LMBlock<double>({.dim = 24, .mixer = {.kind = MixerKind::MinGRU}, .conv = true, .conv_kernel = 4,
+                                .dropout = 0.25, .dropout_seed = 5},
+                               rng);
+    };
+    LMBlock<double> fresh = make(), reused = make();
+    Rng rng(17);
+    Context<double> kept;
+    const int threads = num_threads();
+    set_num_threads(std::max(threads, 4));
+    for (int step = 0; step < 2; ++step) {
+        const Sequence<double> x = random_sequence<double>(3, 211, 24, rng), dy = random_sequence<double>(3, 211, 24, rng);
+        std::vector<Matrix<double>> a, b;
+        fresh.zero_grad();
+        Context<double> ctx;
+        a.push_back(fresh.forward(x, nullptr, &ctx).data);
+        a.push_back(fresh.backward(dy, ctx).data);
+        for (const auto& p : fresh.parameters()) a.push_back(p.param->grad);
+        reused.zero_grad();
+        b.push_back(reused.forward(x, nullptr, &kept).data);
+        b.push_back(reused.backward(dy, kept).data);
+        for (const auto& p : reused.parameters()) b.push_back(p.param->grad);
+        for (std::size_t k = 0; k < a.size(); ++k) EXPECT_EQ(relative_error(b[k], a[k]), 0.0) << "step " << step << ", " << k;
+    }
+    set_num_threads(threads);
 }
 
 TEST(LMBlock, DropoutGradientsWithAFixedMask) {

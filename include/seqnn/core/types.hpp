@@ -3,6 +3,9 @@
 #pragma once
 
 #include <Eigen/Core>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <cstdint>
 #include <map>
@@ -47,6 +50,17 @@ ConstStridedRows<Scalar> step_rows(const Matrix<Scalar>& m, Index steps, Index t
 // The random engine every initialiser takes; seed it for reproducible models.
 using Rng = std::mt19937_64;
 
+// m <- 0, split by rows across threads (the rule of worth_parallel in threading.hpp,
+// which builds on this header), so that the first touch of fresh memory, page faults
+// and all, is shared out rather than left to one thread while the others wait.
+template <typename Scalar>
+void set_zero_by_rows(Matrix<Scalar>& m) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (m.rows() > 1 && m.size() >= (Index(1) << 15) && !omp_in_parallel())
+#endif
+    for (Index i = 0; i < m.rows(); ++i) m.row(i).setZero();
+}
+
 // A batch of B sequences of T steps with D features: one (B*T, D) matrix,
 // row b*T + t is step t of sequence b. B and T travel with the data.
 template <typename Scalar>
@@ -56,8 +70,10 @@ struct Sequence {
     Index steps = 0;      // T
 
     Sequence() = default;
-    Sequence(Index batch_size, Index num_steps, Index features)
-        : data(Matrix<Scalar>::Zero(batch_size * num_steps, features)), batch(batch_size), steps(num_steps) {}
+    Sequence(Index batch_size, Index num_steps, Index features)  // zeros
+        : data(batch_size * num_steps, features), batch(batch_size), steps(num_steps) {
+        set_zero_by_rows(data);
+    }
     Sequence(Matrix<Scalar> values, Index batch_size, Index num_steps)
         : data(std::move(values)), batch(batch_size), steps(num_steps) {}
 

@@ -150,23 +150,34 @@ public:
         if (options_.bias) bias.grad += du.colwise().sum();
 
         // Through the depthwise conv: dx[s] += du[t] * w0[:, k] and dw0[:, k] += du[t] * x[s],
-        // s = t + k - (K-1); s < 0 reaches the initial window.
+        // s = t + k - (K-1); s < 0 reaches the initial window. dx is split across threads
+        // by sequence and dw0 by channel, so each sum runs in the serial order.
         Sequence<Scalar> dx(B, T, D);
         Matrix<Scalar> d_window = Matrix<Scalar>::Zero(B * (K - 1), D);
-        // dL/d(final window) flows to the inputs it holds: row j is step T-(K-1)+j.
-        if (has_final)
-            for (Index b = 0; b < B; ++b)
-                for (Index j = 0; j < K - 1; ++j)
-                    grad_row(dx.data, d_window, b, T, K, T - (K - 1) + j) += d_final->tensors[0].row(b * (K - 1) + j);
-        for (Index b = 0; b < B; ++b)
-            for (Index t = 0; t < T; ++t) {
-                const auto du_t = du.row(b * T + t).array();
-                for (Index k = 0; k < K; ++k) {
-                    const Index src = t + k - (K - 1);
-                    weight.grad.col(k).array() += (du_t * input_row(x, window, b, T, K, src).array()).transpose();
-                    grad_row(dx.data, d_window, b, T, K, src).array() += du_t * weight.value.col(k).transpose().array();
+        parallel_row_blocks(B, T * D * K, [&](Index b0, Index b1) {
+            for (Index b = b0; b < b1; ++b) {
+                // dL/d(final window) flows to the inputs it holds: row j is step T-(K-1)+j.
+                if (has_final)
+                    for (Index j = 0; j < K - 1; ++j)
+                        grad_row(dx.data, d_window, b, T, K, T - (K - 1) + j) += d_final->tensors[0].row(b * (K - 1) + j);
+                for (Index t = 0; t < T; ++t) {
+                    const auto du_t = du.row(b * T + t).array();
+                    for (Index k = 0; k < K; ++k)
+                        grad_row(dx.data, d_window, b, T, K, t + k - (K - 1)).array() +=
+                            du_t * weight.value.col(k).transpose().array();
                 }
             }
+        });
+        parallel_row_blocks(D, B * T * K, [&](Index d0, Index d1) {
+            const Index n = d1 - d0;
+            for (Index b = 0; b < B; ++b)
+                for (Index t = 0; t < T; ++t) {
+                    const auto du_t = du.row(b * T + t).segment(d0, n).array();
+                    for (Index k = 0; k < K; ++k)
+                        weight.grad.col(k).segment(d0, n).array() +=
+                            (du_t * input_row(x, window, b, T, K, t + k - (K - 1)).segment(d0, n).array()).transpose();
+                }
+        });
         if (d_initial) {
             *d_initial = initial_state(B);
             d_initial->tensors[0] = std::move(d_window);
