@@ -368,7 +368,7 @@ int main(int argc, char** argv) {
     };
     std::string stopped;  // why the run ended before --steps, if it did
 
-    for (long& step = run.step;; ++step) {
+    for (long& step = run.step;; ++step) {  // step is run.step, so checkpoints record it
         // A resumed run has already evaluated (or skipped) its first step.
         const bool resumed_here = !o.resume.empty() && step == first_step;
         if ((step % o.eval_every == 0 || step == o.steps) && !resumed_here) {
