@@ -65,6 +65,51 @@ BENCHMARK(BM_Gemm)
     ->ArgNames({"M", "K", "N"})
     ->Args({16384, 256, 512})
     ->Args({16384, 256, 768})
+    ->Args({16384, 384, 1536})  // char_lm --preset paper's Linears, as in BM_InputGradGemm
+    ->Args({16384, 1536, 384})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->ComputeStatistics("min", fastest);
+
+// Linear::backward's two products at the char_lm paper preset's shapes (M = B*T = 16384
+// rows, K in, N out; BM_Gemm is the forward, y = x W^T): the input gradient dx = dy W,
+// and the weight gradient dW += dy^T x, whose inner dimension is the 16384 rows.
+void BM_InputGradGemm(benchmark::State& state) {
+    const Index M = state.range(0), K = state.range(1), N = state.range(2);
+    const Matrix<float> w = uniform(N, K, -1, 1, 2), dy = uniform(M, N, -1, 1, 3);
+    Matrix<float> dx(M, K);
+    for (auto _ : state) {
+        dx.noalias() = dy * w;  // (M, N) x (N, K)
+        benchmark::DoNotOptimize(dx.data());
+        benchmark::ClobberMemory();
+    }
+    bench::set_counters(state, double(M), 2.0 * double(M) * double(N) * double(K),
+                        4.0 * (double(M) * double(K) + double(M) * double(N) + double(N) * double(K)));
+}
+BENCHMARK(BM_InputGradGemm)
+    ->ArgNames({"M", "K", "N"})
+    ->Args({16384, 384, 1536})  // minGRU's to_hidden_and_gate, the MLP's first Linear
+    ->Args({16384, 1536, 384})  // the MLP's second Linear
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->ComputeStatistics("min", fastest);
+
+void BM_WeightGradGemm(benchmark::State& state) {
+    const Index M = state.range(0), K = state.range(1), N = state.range(2);
+    const Matrix<float> x = uniform(M, K, -1, 1, 1), dy = uniform(M, N, -1, 1, 3);
+    Matrix<float> dw = Matrix<float>::Zero(N, K);
+    for (auto _ : state) {
+        dw.noalias() += dy.transpose() * x;  // (N, M) x (M, K)
+        benchmark::DoNotOptimize(dw.data());
+        benchmark::ClobberMemory();
+    }
+    bench::set_counters(state, double(M), 2.0 * double(M) * double(N) * double(K),
+                        4.0 * (double(M) * double(K) + double(M) * double(N) + 2 * double(N) * double(K)));
+}
+BENCHMARK(BM_WeightGradGemm)
+    ->ArgNames({"M", "K", "N"})
+    ->Args({16384, 384, 1536})
+    ->Args({16384, 1536, 384})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->ComputeStatistics("min", fastest);
