@@ -48,6 +48,13 @@ double fastest(const std::vector<double>& v) { return v.empty() ? 0.0 : *std::mi
 // ---------------------------------------------------------------------------------
 // Ceilings.
 
+// The Linear shapes (M = B*T = 16384 rows, K in, N out) of char_lm --preset paper:
+// K:384/N:1536 is minGRU's to_hidden_and_gate and the MLP's first Linear, K:1536/N:384
+// the MLP's second.
+void paper_linear_shapes(benchmark::internal::Benchmark* b) {
+    b->Args({16384, 384, 1536})->Args({16384, 1536, 384});
+}
+
 // Y (M, N) = X (M, K) W^T, W (N, K): nn.Linear's GEMM.
 void BM_Gemm(benchmark::State& state) {
     const Index M = state.range(0), K = state.range(1), N = state.range(2);
@@ -65,8 +72,7 @@ BENCHMARK(BM_Gemm)
     ->ArgNames({"M", "K", "N"})
     ->Args({16384, 256, 512})
     ->Args({16384, 256, 768})
-    ->Args({16384, 384, 1536})  // char_lm --preset paper's Linears, as in BM_InputGradGemm
-    ->Args({16384, 1536, 384})
+    ->Apply(paper_linear_shapes)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->ComputeStatistics("min", fastest);
@@ -88,8 +94,7 @@ void BM_InputGradGemm(benchmark::State& state) {
 }
 BENCHMARK(BM_InputGradGemm)
     ->ArgNames({"M", "K", "N"})
-    ->Args({16384, 384, 1536})  // minGRU's to_hidden_and_gate, the MLP's first Linear
-    ->Args({16384, 1536, 384})  // the MLP's second Linear
+    ->Apply(paper_linear_shapes)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->ComputeStatistics("min", fastest);
@@ -108,8 +113,7 @@ void BM_WeightGradGemm(benchmark::State& state) {
 }
 BENCHMARK(BM_WeightGradGemm)
     ->ArgNames({"M", "K", "N"})
-    ->Args({16384, 384, 1536})
-    ->Args({16384, 1536, 384})
+    ->Apply(paper_linear_shapes)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->ComputeStatistics("min", fastest);

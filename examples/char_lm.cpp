@@ -182,7 +182,6 @@ struct RunProgress {
     long step = 0;  // the next training step
     double best_val = std::numeric_limits<double>::infinity();
     long best_step = 0;
-    long evals_since_best = 0;
 };
 
 std::string exact(double v) {  // round-trips through std::stod
@@ -213,13 +212,12 @@ std::map<std::string, std::string> checkpoint_metadata(std::map<std::string, std
     settings["progress.step"] = std::to_string(run.step);
     settings["progress.best_val"] = exact(run.best_val);
     settings["progress.best_step"] = std::to_string(run.best_step);
-    settings["progress.evals_since_best"] = std::to_string(run.evals_since_best);
     return settings;
 }
 
 // Restores `state` from a checkpoint that this run's `settings` wrote; throws naming the
 // first setting that differs.
-RunProgress resume(const std::string& path, const std::map<std::string, std::string>& settings,
+RunProgress resume(const std::string& path, const std::map<std::string, std::string>& settings, long steps,
                    seqnn::TrainingState<float>& state) {
     const seqnn::io::TensorMap file = seqnn::io::load_safetensors(path);
     for (const auto& [key, value] : settings) {
@@ -243,8 +241,7 @@ RunProgress resume(const std::string& path, const std::map<std::string, std::str
     run.step = static_cast<long>(number("progress.step"));
     run.best_val = number("progress.best_val");
     run.best_step = static_cast<long>(number("progress.best_step"));
-    run.evals_since_best = static_cast<long>(number("progress.evals_since_best"));
-    if (run.step < 0 || run.step > std::stol(settings.at("steps")))
+    if (run.step < 0 || run.step > steps)
         throw std::runtime_error(path + ": progress.step " + std::to_string(run.step) + " is outside [0, --steps]");
     seqnn::restore_checkpoint(file, state, path);
     return run;
@@ -343,7 +340,7 @@ int main(int argc, char** argv) {
     RunProgress run;
     if (!o.resume.empty()) {
         try {
-            run = resume(o.resume, settings, training_state);
+            run = resume(o.resume, settings, o.steps, training_state);
         } catch (const std::exception& e) {
             examples::usage_error("char_lm", std::string("--resume: ") + e.what());
         }
@@ -382,11 +379,9 @@ int main(int argc, char** argv) {
             std::fflush(stdout);
             train_sum = 0;
             train_count = 0;
-            ++run.evals_since_best;
             if (val_loss < run.best_val) {
                 run.best_val = val_loss;
                 run.best_step = step;
-                run.evals_since_best = 0;
                 if (!o.save.empty()) {
                     auto metadata = examples::to_metadata(config);
                     metadata["step"] = std::to_string(step);
@@ -395,7 +390,8 @@ int main(int argc, char** argv) {
                 }
             }
             write_checkpoint();
-            if (o.patience > 0 && run.evals_since_best >= o.patience && step < o.steps) {
+            // Evaluations come every eval_every steps, so this counts those since the best.
+            if (o.patience > 0 && step < o.steps && (step - run.best_step) / o.eval_every >= o.patience) {
                 stopped = "stopped early at step " + std::to_string(step) + ": no new best in " +
                           std::to_string(o.patience) + " evaluations (--patience)";
                 break;

@@ -2,10 +2,9 @@
 // the training context a layer fills in forward and reads in backward.
 #pragma once
 
+#include "seqnn/core/parallel_rows.hpp"
+
 #include <Eigen/Core>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include <cstdint>
 #include <map>
@@ -50,15 +49,11 @@ ConstStridedRows<Scalar> step_rows(const Matrix<Scalar>& m, Index steps, Index t
 // The random engine every initialiser takes; seed it for reproducible models.
 using Rng = std::mt19937_64;
 
-// m <- 0, split by rows across threads (the rule of worth_parallel in threading.hpp,
-// which builds on this header), so that the first touch of fresh memory, page faults
-// and all, is shared out rather than left to one thread while the others wait.
+// m <- 0, split by rows across threads, so that the first touch of fresh memory, page
+// faults and all, is shared out rather than left to one thread while the others wait.
 template <typename Scalar>
 void set_zero_by_rows(Matrix<Scalar>& m) {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (m.rows() > 1 && m.size() >= (Index(1) << 15) && !omp_in_parallel())
-#endif
-    for (Index i = 0; i < m.rows(); ++i) m.row(i).setZero();
+    parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) { m.middleRows(r0, r1 - r0).setZero(); });
 }
 
 // A batch of B sequences of T steps with D features: one (B*T, D) matrix,

@@ -42,13 +42,9 @@
 #include "seqnn/nn/layer_norm.hpp"
 #include "seqnn/nn/linear.hpp"
 
-#include <unsupported/Eigen/SpecialFunctions>
-
 #include <cmath>
-#include <numbers>
 #include <span>
 #include <string>
-#include <type_traits>
 
 namespace seqnn {
 

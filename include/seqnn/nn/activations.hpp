@@ -6,6 +6,8 @@
 #include "seqnn/core/threading.hpp"
 #include "seqnn/core/types.hpp"
 
+#include <unsupported/Eigen/SpecialFunctions>
+
 #include <cmath>
 #include <numbers>
 #include <string>

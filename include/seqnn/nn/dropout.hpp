@@ -75,9 +75,7 @@ public:
         const std::uint64_t call = calls_.fetch_add(1);
         Matrix<Scalar>& mask = ctx->buffer("mask", x.rows(), x.cols());  // (N, D)
         fill_mask(call, mask);
-        parallel_row_blocks(x.rows(), x.cols(), [&](Index r0, Index r1) {
-            x.middleRows(r0, r1 - r0).array() *= mask.middleRows(r0, r1 - r0).array();
-        });
+        multiply_by(mask, x);
     }
 
     // In place on dy (N, D): dy *= the mask of the forward that filled ctx.
@@ -86,8 +84,13 @@ public:
         if (it == ctx.saved.end()) return;  // the forward was the identity
         const Matrix<Scalar>& mask = it->second;
         check_matrix("Dropout.backward", "dy", dy, mask.rows(), mask.cols());
-        parallel_row_blocks(dy.rows(), dy.cols(), [&](Index r0, Index r1) {
-            dy.middleRows(r0, r1 - r0).array() *= mask.middleRows(r0, r1 - r0).array();
+        multiply_by(mask, dy);
+    }
+
+    // x *= mask, element-wise, split by rows across threads.
+    static void multiply_by(const Matrix<Scalar>& mask, MatrixRef<Scalar> x) {
+        parallel_row_blocks(x.rows(), x.cols(), [&](Index r0, Index r1) {
+            x.middleRows(r0, r1 - r0).array() *= mask.middleRows(r0, r1 - r0).array();
         });
     }
 
