@@ -725,3 +725,85 @@ TEST(Relu, PropagatesNaNLikePyTorch) {
     activation_forward<float>(Activation::ReLU, z);
     EXPECT_TRUE(z.array().isNaN().all());
 }
+
+// ===========================================================================
+// The threaded helpers the layers share (core/threading.hpp)
+
+namespace {
+
+// Column sums as a plain double loop down each column.
+Matrix<double> reference_column_sums(const Matrix<double>& m) {
+    Matrix<double> sums = Matrix<double>::Zero(1, m.cols());
+    for (Index j = 0; j < m.cols(); ++j)
+        for (Index i = 0; i < m.rows(); ++i) sums(0, j) += m(i, j);
+    return sums;
+}
+
+// Runs f with `threads` threads, then restores the thread count.
+template <typename F>
+auto with_threads(int threads, const F& f) {
+    const int before = num_threads();
+    set_num_threads(threads);
+    auto result = f();
+    set_num_threads(before);
+    return result;
+}
+
+}  // namespace
+
+TEST(AddColumnSums, MatchesPlainLoopsAndIsBitwiseTheSameForAnyThreadCount) {
+    Rng rng(70);
+    // Widths below, at and across the 16-column blocks; 2111 rows make every width but
+    // the first two worth splitting.
+    for (Index cols : {Index(1), Index(13), Index(16), Index(37), Index(100)}) {
+        const Matrix<float> m = random_matrix<float>(2111, cols, rng);
+        const Matrix<float> start = random_matrix<float>(1, cols, rng);
+        const auto sums = [&](int threads) {
+            return with_threads(threads, [&] {
+                Matrix<float> out = start;
+                add_column_sums(m, out);
+                return out;
+            });
+        };
+        const Matrix<float> serial = sums(1);
+        const Matrix<double> expected = start.cast<double>() + reference_column_sums(m.cast<double>());
+        EXPECT_LT(relative_error(serial.cast<double>(), expected), 1e-4) << cols << " columns";
+        for (int threads : {2, 3, std::max(num_threads(), 4)})
+            EXPECT_EQ(relative_error(sums(threads), serial), 0.0) << cols << " columns, " << threads << " threads";
+    }
+}
+
+TEST(AddColumnSums, TakesAnArrayExpressionSuchAsANormsWeightGradient) {
+    Rng rng(71);
+    const Matrix<double> dy = random_matrix<double>(999, 45, rng), xhat = random_matrix<double>(999, 45, rng);
+    Matrix<double> out = Matrix<double>::Zero(1, 45);
+    add_column_sums(dy.array() * xhat.array(), out);
+    const Matrix<double> product = (dy.array() * xhat.array()).matrix();
+    EXPECT_LT(relative_error(out, reference_column_sums(product)), 1e-13);
+}
+
+TEST(ParallelCopy, ResizesTheDestinationAndCopiesEveryEntry) {
+    Rng rng(72);
+    const Matrix<double> src = random_matrix<double>(3001, 19, rng);
+    Matrix<double> dst(2, 2);
+    parallel_copy<double>(dst, src);
+    EXPECT_EQ(relative_error(dst, src), 0.0);
+    EXPECT_EQ(relative_error(parallel_copy_of<double>(src.topRows(5)), src.topRows(5)), 0.0);
+}
+
+TEST(Linear, BiasGradientIsBitwiseTheSameForAnyThreadCount) {
+    Rng rng(73);
+    Linear<float> layer(D, 37, true, rng);
+    const Matrix<float> x = random_matrix<float>(BIG_N, D, rng), dy = random_matrix<float>(BIG_N, 37, rng);
+    const auto bias_grad = [&](int threads) {
+        return with_threads(threads, [&] {
+            layer.bias.zero_grad();
+            layer.weight.zero_grad();
+            layer.backward(x, dy);
+            return Matrix<float>(layer.bias.grad);
+        });
+    };
+    const Matrix<float> serial = bias_grad(1);
+    EXPECT_LT(relative_error(serial.cast<double>(), reference_column_sums(dy.cast<double>())), 1e-4);
+    EXPECT_EQ(relative_error(bias_grad(std::max(num_threads(), 3)), serial), 0.0);
+}

@@ -212,6 +212,31 @@ TEST(AdamW, FollowsPyTorchsRuleOverManySteps) {
     }
 }
 
+// The update is elementwise, so splitting a large parameter by rows across threads
+// must give the serial result exactly.
+TEST(AdamW, ThreadedStepGivesBitwiseTheSerialResult) {
+    Rng rng(6);
+    const Matrix<float> w0 = random_matrix<float>(301, 233, rng);  // enough to split
+    std::vector<Matrix<float>> grads;
+    for (int t = 0; t < 3; ++t) grads.push_back(random_matrix<float>(301, 233, rng));
+    const auto train = [&](int threads) {
+        const int before = num_threads();
+        set_num_threads(threads);
+        Parameter<float> p(301, 233);
+        p.value = w0;
+        AdamW<float> opt({{"p", &p}}, {.lr = 0.01, .weight_decay = 0.1});
+        for (const Matrix<float>& g : grads) {
+            p.grad = g;
+            opt.step();
+        }
+        set_num_threads(before);
+        return Matrix<float>(p.value);
+    };
+    const Matrix<float> serial = train(1);
+    EXPECT_GT(relative_error(serial, w0), 1e-4);  // it moved
+    EXPECT_EQ(relative_error(train(std::max(num_threads(), 3)), serial), 0.0);
+}
+
 TEST(Optimizer, StateRoundTripsByName) {
     Rng rng(5);
     Parameter<double> a(2, 3), b(4);

@@ -48,4 +48,32 @@ void parallel_add(MatrixRef<Scalar> m, ConstMatrixRef<Scalar> addend) {
     });
 }
 
+// dst = src (N, D), split by rows across threads; dst is resized to src's shape. A new
+// dst is first touched by the threads that will use its rows.
+template <typename Scalar>
+void parallel_copy(Matrix<Scalar>& dst, ConstMatrixRef<Scalar> src) {
+    if (dst.rows() != src.rows() || dst.cols() != src.cols()) dst.resize(src.rows(), src.cols());
+    parallel_row_blocks(src.rows(), src.cols(), [&](Index r0, Index r1) {
+        dst.middleRows(r0, r1 - r0) = src.middleRows(r0, r1 - r0);
+    });
+}
+
+// A copy of src, made as parallel_copy makes it.
+template <typename Scalar>
+Matrix<Scalar> parallel_copy_of(ConstMatrixRef<Scalar> src) {
+    Matrix<Scalar> dst;
+    parallel_copy<Scalar>(dst, src);
+    return dst;
+}
+
+// out (1, C) += the column sums of m (N, C), an Eigen matrix or array expression
+// (say dy, or dy * xhat for a norm's weight gradient). Split by columns, so each sum
+// runs down its column in row order, in the same way for any thread count.
+template <typename Expr, typename Out>
+void add_column_sums(const Expr& m, Out&& out) {
+    parallel_column_blocks(m.cols(), m.rows(), [&](Index c0, Index c1) {
+        out.middleCols(c0, c1 - c0).array() += m.middleCols(c0, c1 - c0).colwise().sum().array();
+    });
+}
+
 }  // namespace seqnn

@@ -142,12 +142,12 @@ public:
         if (options_.pointwise) {
             const Matrix<Scalar>& u = ctx.get("u");
             pointwise_weight.grad.noalias() += dy.data.transpose() * u;  // (D, B*T) x (B*T, D)
-            if (options_.bias) pointwise_bias.grad += dy.data.colwise().sum();
+            if (options_.bias) add_column_sums(dy.data, pointwise_bias.grad);
             du.noalias() = dy.data * pointwise_weight.value;  // (B*T, D) x (D, D)
         } else {
             du = dy.data;
         }
-        if (options_.bias) bias.grad += du.colwise().sum();
+        if (options_.bias) add_column_sums(du, bias.grad);
 
         // Through the depthwise conv: dx[s] += du[t] * w0[:, k] and dw0[:, k] += du[t] * x[s],
         // s = t + k - (K-1); s < 0 reaches the initial window. dx is split across threads

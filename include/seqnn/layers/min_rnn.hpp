@@ -135,7 +135,7 @@ public:
         if (ctx) {
             ctx->batch = B;
             ctx->steps = T;
-            ctx->buffer("input", N, input_size()) = x.data;
+            parallel_copy<Scalar>(ctx->buffer("input", N, input_size()), x.data);
             ctx->buffer("h0", B, E) = h0;
             Matrix<Scalar>& pre = ctx->buffer("pre", N, GE);
             in_proj_.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
@@ -170,7 +170,7 @@ public:
         if (projects())
             to_out_.forward(h, y.data);  // (B*T, E) x (E, D)
         else if (ctx)
-            ctx->buffer("h", N, E) = y.data;
+            parallel_copy<Scalar>(ctx->buffer("h", N, E), y.data);
         s.tensors[0] = h_final;
         s.position += T;
         return y;

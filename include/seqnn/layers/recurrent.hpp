@@ -10,6 +10,7 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/parameter.hpp"
+#include "seqnn/core/threading.hpp"
 
 #include <cmath>
 #include <string>
@@ -119,7 +120,7 @@ public:
 
             const Matrix<Scalar>& input = layer_ctx.get("input");
             w.weight_ih.grad.noalias() += d_gates_in.transpose() * input;  // (G*H, B*T) x (B*T, I_k)
-            if (options_.bias) w.bias_ih.grad += d_gates_in.colwise().sum();
+            if (options_.bias) add_column_sums(d_gates_in, w.bias_ih.grad);
             d_out.noalias() = d_gates_in * w.weight_ih.value;  // (B*T, G*H) x (G*H, I_k)
 
             if (d_initial) {
@@ -233,7 +234,7 @@ protected:
     void accumulate_hidden_grads(Index k, const Matrix<Scalar>& d_gates_h, const Matrix<Scalar>& h_prev) {
         LayerWeights& w = weights(k);
         w.weight_hh.grad.noalias() += d_gates_h.transpose() * h_prev;  // (G*H, B*T) x (B*T, H)
-        if (options_.bias) w.bias_hh.grad += d_gates_h.colwise().sum();
+        if (options_.bias) add_column_sums(d_gates_h, w.bias_hh.grad);
     }
 
     // gates_h = h W_hh^T + b_hh: the hidden map of one step, (B, H) -> (B, G*H).

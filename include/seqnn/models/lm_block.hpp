@@ -105,14 +105,14 @@ public:
         std::size_t child = 0;
 
         // h1 = x + conv(x)   (B*T, D)
-        Sequence<Scalar> h = x;
+        Sequence<Scalar> h(parallel_copy_of<Scalar>(x.data), B, T);
         if (conv_) {
             State<Scalar> cs = state ? layout_.child(*state, child) : State<Scalar>{};
             parallel_add<Scalar>(h.data, conv_->forward(x, state ? &cs : nullptr, conv_ctx).data);
             if (state) layout_.set_child(*state, child, std::move(cs), *conv_, B);
             ++child;
         }
-        if (ctx) ctx->buffer("h1", B * T, options_.dim) = h.data;  // into the reused buffer
+        if (ctx) parallel_copy<Scalar>(ctx->buffer("h1", B * T, options_.dim), h.data);  // into the reused buffer
 
         // h2 = h1 + drop(mixer(norm1(h1)))
         const Sequence<Scalar> n1(norm1_.forward(h.data), B, T);  // (B*T, D)
@@ -121,7 +121,7 @@ public:
         if (state) layout_.set_child(*state, child, std::move(ms), *mixer_, B);
         mixer_drop_.apply(m.data, ctx ? &ctx->children[2] : nullptr);
         parallel_add<Scalar>(h.data, m.data);
-        if (ctx) ctx->buffer("h2", B * T, options_.dim) = h.data;
+        if (ctx) parallel_copy<Scalar>(ctx->buffer("h2", B * T, options_.dim), h.data);
 
         // y = h2 + drop(ff(norm2(h2))); in training mode n2, pre and act live in the
         // context's buffers, which a reused context keeps from step to step.
@@ -159,14 +159,14 @@ public:
         const std::size_t mixer_child = conv_ ? 1 : 0;
 
         // y = h2 + drop(ff(norm2(h2))): dh2 = dy + norm2'(ff'(drop'(dy)))
-        Matrix<Scalar> df = dy.data;  // (B*T, D)
+        Matrix<Scalar> df = parallel_copy_of<Scalar>(dy.data);  // (B*T, D)
         ff_drop_.apply_backward(df, ctx.children[3]);
         const Matrix<Scalar> dn2 = ff_->backward_rows(ctx.get("n2"), ctx.get("pre"), ctx.get("act"), df);
         Matrix<Scalar> dh = norm2_.backward(ctx.get("h2"), dn2);  // (B*T, D)
         parallel_add<Scalar>(dh, dy.data);
 
         // h2 = h1 + drop(mixer(norm1(h1))): dh1 = dh2 + norm1'(mixer'(drop'(dh2)))
-        Matrix<Scalar> dm = dh;
+        Matrix<Scalar> dm = parallel_copy_of<Scalar>(dh);
         mixer_drop_.apply_backward(dm, ctx.children[2]);
         State<Scalar> m_final = has_final ? layout_.child(*d_final, mixer_child) : State<Scalar>{};
         State<Scalar> m_initial;
@@ -179,7 +179,7 @@ public:
         if (conv_) {
             State<Scalar> c_final = has_final ? layout_.child(*d_final, 0) : State<Scalar>{};
             State<Scalar> c_initial;
-            const Sequence<Scalar> dc = conv_->backward(Sequence<Scalar>(dh, B, T), ctx.children[0],
+            const Sequence<Scalar> dc = conv_->backward(Sequence<Scalar>(parallel_copy_of<Scalar>(dh), B, T), ctx.children[0],
                                                         has_final ? &c_final : nullptr, d_initial ? &c_initial : nullptr);
             parallel_add<Scalar>(dh, dc.data);
             if (d_initial) layout_.set_child(*d_initial, 0, std::move(c_initial), *conv_, B);

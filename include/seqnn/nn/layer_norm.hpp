@@ -46,7 +46,7 @@ public:
         check_matrix("LayerNorm", "output y", y, x.rows(), dim_);
         const Index n = x.rows();
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (run_in_parallel(n, dim_))
+#pragma omp parallel for schedule(static) if (worth_parallel(n, dim_))
 #endif
         for (Index i = 0; i < n; ++i) {
             normalize_row(x, i, y);  // y[i] = xhat[i]
@@ -73,15 +73,15 @@ public:
         Matrix<Scalar> dx(n, dim_);                    // holds xhat until the last loop
         Eigen::Matrix<Scalar, Eigen::Dynamic, 1> rstd(n);  // (N)
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (run_in_parallel(n, dim_))
+#pragma omp parallel for schedule(static) if (worth_parallel(n, dim_))
 #endif
         for (Index i = 0; i < n; ++i) rstd(i) = normalize_row(x, i, dx);  // dx[i] = xhat[i]
 
-        if (has_weight()) weight.grad += (dy.array() * dx.array()).colwise().sum().matrix();  // (1, D)
-        if (has_bias()) bias.grad += dy.colwise().sum();                                      // (1, D)
+        if (has_weight()) add_column_sums(dy.array() * dx.array(), weight.grad);  // (1, D)
+        if (has_bias()) add_column_sums(dy, bias.grad);                            // (1, D)
 
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (run_in_parallel(n, dim_))
+#pragma omp parallel for schedule(static) if (worth_parallel(n, dim_))
 #endif
         for (Index i = 0; i < n; ++i) {
             auto xhat = dx.row(i).array();  // overwritten in place by dx[i]
@@ -119,18 +119,6 @@ private:
         if (cols != dim_)
             fail("LayerNorm", "input has shape " + shape_string(rows, cols) + ", expected (N, " + std::to_string(dim_) +
                                   ")");
-    }
-
-    // Rows go to threads when there is enough work and no parallel region is running
-    // already (seqnn never nests them).
-    static bool run_in_parallel(Index rows, Index cols) {
-#ifdef _OPENMP
-        return rows > 1 && rows * cols >= (Index(1) << 15) && !omp_in_parallel();
-#else
-        (void)rows;
-        (void)cols;
-        return false;
-#endif
     }
 
     Index dim_ = 0;

@@ -69,7 +69,7 @@ public:
                                         shape_string(x.rows(), out_features()));
         check_matrix("Linear.backward", "dx", dx, x.rows(), in_features());
         weight.grad.noalias() += dy.transpose() * x;  // (out, N) x (N, in)
-        if (has_bias()) bias.grad += dy.colwise().sum();
+        if (has_bias()) add_column_sums(dy, bias.grad);  // (1, out)
         dx.noalias() = dy * weight.value;  // (N, out) x (out, in)
     }
 

@@ -14,6 +14,7 @@
 #pragma once
 
 #include "seqnn/core/errors.hpp"
+#include "seqnn/core/parallel_rows.hpp"
 #include "seqnn/core/parameter.hpp"
 
 #include <cmath>
@@ -191,17 +192,24 @@ public:
         const Scalar eps = static_cast<Scalar>(opt_.eps);
         for (std::size_t i = 0; i < this->params_.size(); ++i) {
             Parameter<Scalar>& p = *this->params_[i].param;
-            auto m = m_[i].array();
-            auto v = v_[i].array();
-            const auto g = p.grad.array();
-            if (opt_.weight_decay != 0) p.value *= decay;
-            // torch.lerp: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w).
-            if (w1 < 0.5)
-                m = m + static_cast<Scalar>(w1) * (g - m);
-            else
-                m = g - (g - m) * static_cast<Scalar>(1.0 - w1);
-            v = v * beta2 + one_minus_beta2 * g * g;
-            p.value.array() += -step_size * (m / (v.sqrt() / bc2_sqrt + eps));
+            // Elementwise over the flat arrays, so threads give bitwise the serial result.
+            using Flat = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+            Flat value(p.value.data(), p.value.size()), grad(p.grad.data(), p.grad.size());
+            Flat m_all(m_[i].data(), m_[i].size()), v_all(v_[i].data(), v_[i].size());
+            parallel_element_blocks(p.value.size(), [&](Index begin, Index end) {
+                auto w = value.segment(begin, end - begin);
+                auto m = m_all.segment(begin, end - begin);
+                auto v = v_all.segment(begin, end - begin);
+                const auto g = grad.segment(begin, end - begin);
+                if (opt_.weight_decay != 0) w *= decay;
+                // torch.lerp: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w).
+                if (w1 < 0.5)
+                    m = m + static_cast<Scalar>(w1) * (g - m);
+                else
+                    m = g - (g - m) * static_cast<Scalar>(1.0 - w1);
+                v = v * beta2 + one_minus_beta2 * g * g;
+                w += -step_size * (m / (v.sqrt() / bc2_sqrt + eps));
+            });
         }
     }
 
