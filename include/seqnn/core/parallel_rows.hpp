@@ -1,6 +1,7 @@
-// Splitting a loop over matrix rows (or columns) across OpenMP threads: the one rule
-// for when it pays, and the loops themselves. It needs only Eigen, so that core/types.hpp can use it;
-// with OpenMP off everything runs on one thread.
+// Splitting a loop over matrix rows (or columns, or flat elements) across OpenMP
+// threads: the one rule for when it pays, and the loops themselves. It needs only
+// Eigen, so that core/types.hpp can use it; with OpenMP off everything runs on one
+// thread.
 #pragma once
 
 #include <Eigen/Core>

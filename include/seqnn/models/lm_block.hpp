@@ -179,8 +179,9 @@ public:
         if (conv_) {
             State<Scalar> c_final = has_final ? layout_.child(*d_final, 0) : State<Scalar>{};
             State<Scalar> c_initial;
-            const Sequence<Scalar> dc = conv_->backward(Sequence<Scalar>(parallel_copy_of<Scalar>(dh), B, T), ctx.children[0],
-                                                        has_final ? &c_final : nullptr, d_initial ? &c_initial : nullptr);
+            const Sequence<Scalar> dh1(parallel_copy_of<Scalar>(dh), B, T);
+            const Sequence<Scalar> dc = conv_->backward(dh1, ctx.children[0], has_final ? &c_final : nullptr,
+                                                        d_initial ? &c_initial : nullptr);
             parallel_add<Scalar>(dh, dc.data);
             if (d_initial) layout_.set_child(*d_initial, 0, std::move(c_initial), *conv_, B);
         }
