@@ -156,7 +156,7 @@ public:
         if (ctx) {
             ctx->batch = B;
             ctx->steps = T;
-            ctx->buffer("input", N, E) = x.data;
+            parallel_copy<Scalar>(ctx->buffer("input", N, E), x.data);
         }
 
         MatrixRef<Scalar> ln1 = buffer("ln1", ScratchSlot::A, E);

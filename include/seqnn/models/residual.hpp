@@ -8,6 +8,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/threading.hpp"
 #include "seqnn/models/rowwise.hpp"
 
 #include <memory>
@@ -60,7 +61,7 @@ public:
         } else {
             y = fn_->forward(x, state, inner_ctx);
         }
-        y.data += x.data;  // (B*T, D)
+        parallel_add<Scalar>(y.data, x.data);  // (B*T, D)
         return y;
     }
 

@@ -77,15 +77,16 @@ public:
             ctx->steps = x.steps;
             ctx->make_children(layers_.size());
         }
-        Sequence<Scalar> h = x;
+        Sequence<Scalar> h;
         for (std::size_t i = 0; i < layers_.size(); ++i) {
             Context<Scalar>* child_ctx = ctx ? &ctx->children[i] : nullptr;
+            const Sequence<Scalar>& in = i == 0 ? x : h;  // the first layer reads x itself, uncopied
             if (!state) {
-                h = layers_[i]->forward(h, nullptr, child_ctx);  // (B*T, D_i) -> (B*T, D_{i+1})
+                h = layers_[i]->forward(in, nullptr, child_ctx);  // (B*T, D_i) -> (B*T, D_{i+1})
                 continue;
             }
             State<Scalar> cs = layout_.child(*state, i);
-            h = layers_[i]->forward(h, &cs, child_ctx);
+            h = layers_[i]->forward(in, &cs, child_ctx);
             layout_.set_child(*state, i, std::move(cs), *layers_[i], x.batch);
         }
         if (state) state->position += x.steps;
@@ -128,11 +129,12 @@ public:
             *d_initial = State<Scalar>{};
             d_initial->tensors.resize(static_cast<std::size_t>(layout_.total()));
         }
-        Sequence<Scalar> d = dy;
+        Sequence<Scalar> d;
         for (std::size_t i = layers_.size(); i-- > 0;) {
             State<Scalar> cs_final = has_final ? layout_.child(*d_final, i) : State<Scalar>{};
             State<Scalar> cs_initial;
-            d = layers_[i]->backward(d, ctx.children[i], has_final ? &cs_final : nullptr,
+            const Sequence<Scalar>& d_out = i + 1 == layers_.size() ? dy : d;  // the last layer reads dy itself
+            d = layers_[i]->backward(d_out, ctx.children[i], has_final ? &cs_final : nullptr,
                                      d_initial ? &cs_initial : nullptr);  // (B*T, D_{i+1}) -> (B*T, D_i)
             if (d_initial) layout_.set_child(*d_initial, i, std::move(cs_initial), *layers_[i], dy.batch);
         }
