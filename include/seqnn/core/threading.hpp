@@ -67,8 +67,8 @@ Matrix<Scalar> parallel_copy_of(ConstMatrixRef<Scalar> src) {
 }
 
 // out (1, C) += the column sums of m (N, C), an Eigen matrix or array expression
-// (say dy, or dy * xhat for a norm's weight gradient). Split by columns, so each sum
-// runs down its column in row order, in the same way for any thread count.
+// (say dy, or dy * xhat for a norm's weight gradient). Split by 16-column blocks, so
+// each column's sum takes the same path, and gives the same bits, for any thread count.
 template <typename Expr, typename Out>
 void add_column_sums(const Expr& m, Out&& out) {
     parallel_column_blocks(m.cols(), m.rows(), [&](Index c0, Index c1) {
