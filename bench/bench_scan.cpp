@@ -55,6 +55,14 @@ void paper_linear_shapes(benchmark::internal::Benchmark* b) {
     b->Args({16384, 384, 1536})->Args({16384, 1536, 384});
 }
 
+// Counters for a product (P, Q) x (Q, R) over `rows` rows of data: 2PQR FLOPs, and the
+// bytes of both factors and of the result in float, the result read too when the
+// product accumulates into it.
+void set_product_counters(benchmark::State& state, Index rows, Index P, Index Q, Index R, bool accumulates) {
+    const double p = double(P), q = double(Q), r = double(R), result_passes = accumulates ? 2.0 : 1.0;
+    bench::set_counters(state, double(rows), 2.0 * p * q * r, 4.0 * (p * q + q * r + result_passes * p * r));
+}
+
 // Y (M, N) = X (M, K) W^T, W (N, K): nn.Linear's GEMM.
 void BM_Gemm(benchmark::State& state) {
     const Index M = state.range(0), K = state.range(1), N = state.range(2);
@@ -65,8 +73,7 @@ void BM_Gemm(benchmark::State& state) {
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
     }
-    bench::set_counters(state, double(M), 2.0 * double(M) * double(N) * double(K),
-                        4.0 * (double(M) * double(K) + double(N) * double(K) + double(M) * double(N)));
+    set_product_counters(state, M, M, K, N, false);  // (M, K) x (K, N)
 }
 BENCHMARK(BM_Gemm)
     ->ArgNames({"M", "K", "N"})
@@ -89,8 +96,7 @@ void BM_InputGradGemm(benchmark::State& state) {
         benchmark::DoNotOptimize(dx.data());
         benchmark::ClobberMemory();
     }
-    bench::set_counters(state, double(M), 2.0 * double(M) * double(N) * double(K),
-                        4.0 * (double(M) * double(K) + double(M) * double(N) + double(N) * double(K)));
+    set_product_counters(state, M, M, N, K, false);  // (M, N) x (N, K)
 }
 BENCHMARK(BM_InputGradGemm)
     ->ArgNames({"M", "K", "N"})
@@ -108,8 +114,7 @@ void BM_WeightGradGemm(benchmark::State& state) {
         benchmark::DoNotOptimize(dw.data());
         benchmark::ClobberMemory();
     }
-    bench::set_counters(state, double(M), 2.0 * double(M) * double(N) * double(K),
-                        4.0 * (double(M) * double(K) + double(M) * double(N) + 2 * double(N) * double(K)));
+    set_product_counters(state, M, N, M, K, true);  // (N, M) x (M, K), into dW
 }
 BENCHMARK(BM_WeightGradGemm)
     ->ArgNames({"M", "K", "N"})

@@ -7,7 +7,6 @@
 #include <Eigen/Core>
 
 #include <algorithm>
-#include <utility>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -49,52 +48,30 @@ void parallel_row_blocks(Eigen::Index rows, Eigen::Index cols, const Body& body)
     body(Eigen::Index(0), rows);
 }
 
-namespace detail {
-// Thread `id`'s share of [0, count) when the range is cut only at multiples of 16 (a
-// cache line of floats, and a whole number of SIMD packets): [begin, end), maybe empty.
-inline std::pair<Eigen::Index, Eigen::Index> aligned_share(Eigen::Index count, Eigen::Index id, Eigen::Index threads) {
+// Calls body(begin, end) on contiguous blocks of [0, count), one block per thread, or
+// once on the whole range when worth_parallel says no; each item is `item_size`
+// elements (a column of that many rows, or 1 for a flat array). Blocks start at
+// multiples of 16 items (a cache line of floats, whole SIMD packets) whatever the
+// thread count, so each item takes the same code path, and gives the same bits, on
+// any number of threads.
+template <typename Body>
+void parallel_aligned_blocks(Eigen::Index count, Eigen::Index item_size, const Body& body) {
+#ifdef _OPENMP
     constexpr Eigen::Index width = 16;
-    const Eigen::Index chunks = (count + width - 1) / width;
-    return {std::min(count, chunks * id / threads * width), std::min(count, chunks * (id + 1) / threads * width)};
-}
-}  // namespace detail
-
-// Calls body(begin, end) on contiguous blocks of the columns [0, cols) of a matrix of
-// `rows` rows, one block per thread, or once on all columns when worth_parallel says
-// no. Blocks start at multiples of 16 columns whatever the thread count, so a column's
-// work never depends on how many threads run.
-template <typename Body>
-void parallel_column_blocks(Eigen::Index cols, Eigen::Index rows, const Body& body) {
-#ifdef _OPENMP
-    if (cols > 16 && worth_parallel(rows, cols)) {
+    if (count > width && worth_parallel(count, item_size)) {
+        const Eigen::Index chunks = (count + width - 1) / width;
 #pragma omp parallel
         {
-            const auto [begin, end] = detail::aligned_share(cols, omp_get_thread_num(), omp_get_num_threads());
+            const Eigen::Index threads = omp_get_num_threads(), id = omp_get_thread_num();
+            const Eigen::Index begin = std::min(count, chunks * id / threads * width);
+            const Eigen::Index end = std::min(count, chunks * (id + 1) / threads * width);
             if (end > begin) body(begin, end);
         }
         return;
     }
 #endif
-    (void)rows;
-    body(Eigen::Index(0), cols);
-}
-
-// The same over the `size` elements of a flat array: blocks start at multiples of 16
-// elements, so an elementwise loop takes the same vector or scalar path for each
-// element, and gives bitwise the same result, whatever the thread count.
-template <typename Body>
-void parallel_element_blocks(Eigen::Index size, const Body& body) {
-#ifdef _OPENMP
-    if (size > 16 && worth_parallel(size, 1)) {
-#pragma omp parallel
-        {
-            const auto [begin, end] = detail::aligned_share(size, omp_get_thread_num(), omp_get_num_threads());
-            if (end > begin) body(begin, end);
-        }
-        return;
-    }
-#endif
-    body(Eigen::Index(0), size);
+    (void)item_size;
+    body(Eigen::Index(0), count);
 }
 
 }  // namespace seqnn

@@ -71,7 +71,7 @@ Matrix<Scalar> parallel_copy_of(ConstMatrixRef<Scalar> src) {
 // each column's sum takes the same path, and gives the same bits, for any thread count.
 template <typename Expr, typename Out>
 void add_column_sums(const Expr& m, Out&& out) {
-    parallel_column_blocks(m.cols(), m.rows(), [&](Index c0, Index c1) {
+    parallel_aligned_blocks(m.cols(), m.rows(), [&](Index c0, Index c1) {
         out.middleCols(c0, c1 - c0).array() += m.middleCols(c0, c1 - c0).colwise().sum().array();
     });
 }

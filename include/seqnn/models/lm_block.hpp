@@ -104,13 +104,16 @@ public:
         Context<Scalar>* mixer_ctx = ctx ? &ctx->children[1] : nullptr;
         std::size_t child = 0;
 
-        // h1 = x + conv(x)   (B*T, D)
-        Sequence<Scalar> h(parallel_copy_of<Scalar>(x.data), B, T);
+        // h1 = x + conv(x)   (B*T, D), summed into the conv's output
+        Sequence<Scalar> h;
         if (conv_) {
             State<Scalar> cs = state ? layout_.child(*state, child) : State<Scalar>{};
-            parallel_add<Scalar>(h.data, conv_->forward(x, state ? &cs : nullptr, conv_ctx).data);
+            h = conv_->forward(x, state ? &cs : nullptr, conv_ctx);
+            parallel_add<Scalar>(h.data, x.data);
             if (state) layout_.set_child(*state, child, std::move(cs), *conv_, B);
             ++child;
+        } else {
+            h = Sequence<Scalar>(parallel_copy_of<Scalar>(x.data), B, T);
         }
         if (ctx) parallel_copy<Scalar>(ctx->buffer("h1", B * T, options_.dim), h.data);  // into the reused buffer
 
@@ -176,16 +179,16 @@ public:
         if (d_initial) layout_.set_child(*d_initial, mixer_child, std::move(m_initial), *mixer_, B);
 
         // h1 = x + conv(x): dx = dh1 + conv'(dh1)
+        Sequence<Scalar> dh1(std::move(dh), B, T);
         if (conv_) {
             State<Scalar> c_final = has_final ? layout_.child(*d_final, 0) : State<Scalar>{};
             State<Scalar> c_initial;
-            const Sequence<Scalar> dh1(parallel_copy_of<Scalar>(dh), B, T);
             const Sequence<Scalar> dc = conv_->backward(dh1, ctx.children[0], has_final ? &c_final : nullptr,
                                                         d_initial ? &c_initial : nullptr);
-            parallel_add<Scalar>(dh, dc.data);
+            parallel_add<Scalar>(dh1.data, dc.data);
             if (d_initial) layout_.set_child(*d_initial, 0, std::move(c_initial), *conv_, B);
         }
-        return Sequence<Scalar>(std::move(dh), B, T);
+        return dh1;
     }
 
     // The same block on one step, through the buffers in the state's workspace.

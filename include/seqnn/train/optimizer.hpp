@@ -196,7 +196,7 @@ public:
             using Flat = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
             Flat value(p.value.data(), p.value.size()), grad(p.grad.data(), p.grad.size());
             Flat m_all(m_[i].data(), m_[i].size()), v_all(v_[i].data(), v_[i].size());
-            parallel_element_blocks(p.value.size(), [&](Index begin, Index end) {
+            parallel_aligned_blocks(p.value.size(), 1, [&](Index begin, Index end) {
                 auto w = value.segment(begin, end - begin);
                 auto m = m_all.segment(begin, end - begin);
                 auto v = v_all.segment(begin, end - begin);
