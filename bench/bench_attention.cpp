@@ -95,8 +95,8 @@ void BM_Transformer_Train(benchmark::State& state) {
     TransformerBlock<float> block = make_block(D, 1);
     const Sequence<float> x = bench::random_sequence(B, T, D);
     const Sequence<float> dy = bench::random_sequence(B, T, D, 2);
+    Context<float> ctx;  // reused, as a training loop does: its buffers are not allocated again
     for (auto _ : state) {
-        Context<float> ctx;
         benchmark::DoNotOptimize(block.forward(x, nullptr, &ctx).data.data());
         benchmark::DoNotOptimize(block.backward(dy, ctx).data.data());
     }
@@ -110,6 +110,62 @@ void block_shapes(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_Transformer_Forward)->Apply(block_shapes);
 BENCHMARK(BM_Transformer_Train)->Apply(block_shapes);
+
+// The block's forward one piece at a time, at the block's own shapes and buffers, so that
+// the parts' times add up to (nearly) BM_Transformer_Forward's and show where it goes:
+// part 0 norm1, 1 in_proj, 2 attention, 3 out_proj, 4 residual add, 5 norm2, 6 linear1,
+// 7 GELU, 8 linear2, 9 the output's allocation (zeroed, as Sequence makes it).
+enum TransformerPart : int { kNorm1, kInProj, kAttention, kOutProj, kResidual, kNorm2, kLinear1, kGelu, kLinear2, kOutput };
+
+void BM_TransformerPart(benchmark::State& state) {
+    const auto part = static_cast<TransformerPart>(state.range(0));
+    const Index B = state.range(1), T = state.range(2), E = state.range(3), N = B * T;
+    TransformerBlock<float> block = make_block(E, 1);
+    const Index H = block.num_heads(), Dh = block.head_dim(), F = block.dim_feedforward();
+    const Matrix<float> x = bench::random_matrix(N, E, 1), ln = bench::random_matrix(N, E, 2);
+    const Matrix<float> qkv = bench::random_matrix(N, 3 * E, 3), hidden = bench::random_matrix(N, F, 4);
+    Matrix<float> out_e(N, E), out_3e(N, 3 * E), out_f(N, F), gelu_in = hidden;
+    const AttentionShape shape{.batch = B, .heads = H, .head_dim = Dh, .q_steps = T, .kv_steps = T, .kv_capacity = T,
+                               .q_offset = 0};
+    double flops = 0, bytes = 4.0 * double(N * E) * 2.0;  // rows read and written
+    for (auto _ : state) {
+        switch (part) {
+            case kNorm1: block.norm1().forward(x, out_e); break;
+            case kInProj: block.in_proj().forward(ln, out_3e); break;
+            case kAttention:
+                attention_forward<float>(shape, {.causal = true}, qkv.leftCols(E), qkv.middleCols(E, E),
+                                         qkv.rightCols(E), out_e, nullptr);
+                break;
+            case kOutProj: block.out_proj().forward(ln, out_e); break;
+            case kResidual: parallel_add<float>(out_e, x); break;
+            case kNorm2: block.norm2().forward(x, out_e); break;
+            case kLinear1: block.linear1().forward(ln, out_f); break;
+            case kGelu:
+                state.PauseTiming();
+                parallel_copy<float>(gelu_in, hidden);  // GELU runs in place
+                state.ResumeTiming();
+                activation_forward<float>(Activation::GELU, gelu_in);
+                break;
+            case kLinear2: block.linear2().forward(hidden, out_e); break;
+            case kOutput: benchmark::DoNotOptimize(Sequence<float>(B, T, E).data.data()); break;
+        }
+        benchmark::ClobberMemory();
+    }
+    switch (part) {
+        case kInProj: flops = 6.0 * double(N * E * E); break;
+        case kAttention: flops = attention_flops(B, T, H, Dh); break;
+        case kOutProj: flops = 2.0 * double(N * E * E); break;
+        case kLinear1: case kLinear2: flops = 8.0 * double(N * E * E); bytes = 4.0 * double(N * (E + F)); break;
+        case kGelu: bytes = 4.0 * double(N * F) * 2.0; break;
+        default: break;
+    }
+    bench::set_counters(state, double(N), flops, bytes);
+}
+BENCHMARK(BM_TransformerPart)
+    ->ArgNames({"part", "B", "T", "D"})
+    ->ArgsProduct({benchmark::CreateDenseRange(kNorm1, kOutput, 1), {16}, {1024}, {256}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // One decoding step for one stream with T positions already in the KV cache: the cache is
 // filled by a forward of T positions, and each iteration writes position T again.

@@ -9,6 +9,7 @@
 //          (a, b read; h written), 5 backward (dh, a, h read; da, db written).
 #include "bench_common.hpp"
 
+#include <seqnn/kernels/matmul.hpp>
 #include <seqnn/kernels/scan.hpp>
 
 #include <algorithm>
@@ -55,6 +56,12 @@ void paper_linear_shapes(benchmark::internal::Benchmark* b) {
     b->Args({16384, 384, 1536})->Args({16384, 1536, 384});
 }
 
+// The Transformer block's four projections at B*T = 16384, E = 256, F = 4E: in_proj,
+// out_proj, linear1, linear2.
+void transformer_linear_shapes(benchmark::internal::Benchmark* b) {
+    b->Args({16384, 256, 768})->Args({16384, 256, 256})->Args({16384, 256, 1024})->Args({16384, 1024, 256});
+}
+
 // Counters for a product (P, Q) x (Q, R) over `rows` rows of data: 2PQR FLOPs, and the
 // bytes of both factors and of the result in float, the result read too when the
 // product accumulates into it.
@@ -63,26 +70,41 @@ void set_product_counters(benchmark::State& state, Index rows, Index P, Index Q,
     bench::set_counters(state, double(rows), 2.0 * p * q * r, 4.0 * (p * q + q * r + result_passes * p * r));
 }
 
-// Y (M, N) = X (M, K) W^T, W (N, K): nn.Linear's GEMM.
-void BM_Gemm(benchmark::State& state) {
+// Y (M, N) = X (M, K) W^T, W (N, K): nn.Linear's GEMM, computed by multiply(x, w, y).
+template <typename Multiply>
+void time_linear_product(benchmark::State& state, const Multiply& multiply) {
     const Index M = state.range(0), K = state.range(1), N = state.range(2);
     const Matrix<float> x = uniform(M, K, -1, 1, 1), w = uniform(N, K, -1, 1, 2);
     Matrix<float> y = uniform(M, N, 0, 1, 3);
     for (auto _ : state) {
-        y.noalias() = x * w.transpose();
+        multiply(x, w, y);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
     }
     set_product_counters(state, M, M, K, N, false);  // (M, K) x (K, N)
 }
-BENCHMARK(BM_Gemm)
-    ->ArgNames({"M", "K", "N"})
-    ->Args({16384, 256, 512})
-    ->Args({16384, 256, 768})
-    ->Apply(paper_linear_shapes)
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime()
-    ->ComputeStatistics("min", fastest);
+
+void linear_product_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"M", "K", "N"})->Args({16384, 256, 512})->Apply(transformer_linear_shapes)->Apply(paper_linear_shapes);
+    b->Unit(benchmark::kMillisecond)->UseRealTime()->ComputeStatistics("min", fastest);
+}
+
+// Eigen's own parallel GEMM, the machine's GEMM ceiling in the reports.
+void BM_Gemm(benchmark::State& state) {
+    time_linear_product(state, [](const Matrix<float>& x, const Matrix<float>& w, Matrix<float>& y) {
+        y.noalias() = x * w.transpose();
+    });
+}
+BENCHMARK(BM_Gemm)->Apply(linear_product_shapes);
+
+// The same product as the layers compute it: matmul_rows (kernels/matmul.hpp) splits the
+// rows across threads, each running Eigen's serial GEMM.
+void BM_MatmulRows(benchmark::State& state) {
+    time_linear_product(state, [](const Matrix<float>& x, const Matrix<float>& w, Matrix<float>& y) {
+        matmul_rows<float>(x, w.transpose(), y);
+    });
+}
+BENCHMARK(BM_MatmulRows)->Apply(linear_product_shapes);
 
 // Linear::backward's two products at the char_lm paper preset's shapes (M = B*T = 16384
 // rows, K in, N out; BM_Gemm is the forward, y = x W^T): the input gradient dx = dy W,

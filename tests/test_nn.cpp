@@ -491,7 +491,19 @@ TEST(LayerNorm, RejectsWrongFeatureSizeNamingBothShapes) {
                        {"LayerNorm.backward", "(37, 11)", "(37, 13)"});
     Matrix<double> y(N - 1, D);
     expect_shape_error([&] { norm.forward(good, y); }, {"LayerNorm", "(36, 13)", "(37, 13)"});
+    expect_shape_error([&] { norm.backward(good, good, y); }, {"LayerNorm.backward", "dx", "(36, 13)", "(37, 13)"});
     expect_shape_error([&] { LayerNorm<double>(0); }, {"LayerNorm", "dim"});
+}
+
+TEST(LayerNorm, BackwardIntoAViewEqualsTheReturningOne) {
+    Rng rng(38);
+    LayerNorm<double> a(D), b(D);
+    const Matrix<double> x = random_matrix<double>(N, D, rng), dy = random_matrix<double>(N, D, rng);
+    Matrix<double> wide = Matrix<double>::Zero(N, D + 4);  // dx goes to its middle columns
+    b.backward(x, dy, wide.middleCols(2, D));
+    EXPECT_EQ(relative_error(wide.middleCols(2, D), a.backward(x, dy)), 0.0);
+    EXPECT_EQ(relative_error(b.weight.grad, a.weight.grad), 0.0);
+    EXPECT_EQ(wide.leftCols(2).norm() + wide.rightCols(2).norm(), 0.0);  // nothing beside it written
 }
 
 // ===========================================================================
@@ -789,6 +801,49 @@ TEST(ParallelCopy, ResizesTheDestinationAndCopiesEveryEntry) {
     parallel_copy<double>(dst, src);
     EXPECT_EQ(relative_error(dst, src), 0.0);
     EXPECT_EQ(relative_error(parallel_copy_of<double>(src.topRows(5)), src.topRows(5)), 0.0);
+}
+
+// Plain triple loops: a (M, K) times b (K, N).
+Matrix<double> reference_product(const Matrix<double>& a, const Matrix<double>& b) {
+    Matrix<double> c = Matrix<double>::Zero(a.rows(), b.cols());
+    for (Index i = 0; i < a.rows(); ++i)
+        for (Index j = 0; j < b.cols(); ++j)
+            for (Index k = 0; k < a.cols(); ++k) c(i, j) += a(i, k) * b(k, j);
+    return c;
+}
+
+TEST(MatmulRows, MatchesPlainLoopsInDoubleSplitOrNot) {
+    Rng rng(74);
+    const Matrix<double> w = random_matrix<double>(37, 13, rng);  // (N, K), as a Linear's weight
+    for (Index rows : {Index(5), Index(1037)}) {  // a step's few rows; enough to split on 4 threads
+        const Matrix<double> a = random_matrix<double>(rows, 13, rng), g = random_matrix<double>(rows, 37, rng);
+        with_threads(std::max(num_threads(), 4), [&] {
+#ifdef _OPENMP
+            EXPECT_EQ(split_matmul_by_rows(rows, 37), rows == 1037) << rows << " rows";
+#endif
+            Matrix<double> c(rows, 37), d(rows, 13);
+            matmul_rows<double>(a, w.transpose(), c);  // (rows, K) x (K, N)
+            matmul_rows<double>(g, w, d);              // (rows, N) x (N, K)
+            EXPECT_LT(relative_error(c, reference_product(a, w.transpose())), 1e-13) << rows << " rows";
+            EXPECT_LT(relative_error(d, reference_product(g, w)), 1e-13) << rows << " rows";
+            return 0;
+        });
+    }
+}
+
+TEST(MatmulRows, GivesTheBitsOfOneThreadOnAnyThreadCount) {
+    Rng rng(75);
+    const Matrix<float> a = random_matrix<float>(2111, 300, rng), w = random_matrix<float>(77, 300, rng);
+    const auto product = [&](int threads) {
+        return with_threads(threads, [&] {
+            Matrix<float> c(2111, 77);
+            matmul_rows<float>(a, w.transpose(), c);
+            return c;
+        });
+    };
+    const Matrix<float> serial = product(1);
+    for (int threads : {2, 3, std::max(num_threads(), 4)})
+        EXPECT_EQ(relative_error(product(threads), serial), 0.0) << threads << " threads";
 }
 
 TEST(Linear, BiasGradientIsBitwiseTheSameForAnyThreadCount) {

@@ -8,6 +8,7 @@
 #include "seqnn/core/types.hpp"
 
 #include "seqnn/kernels/attention.hpp"
+#include "seqnn/kernels/matmul.hpp"
 #include "seqnn/kernels/rope.hpp"
 #include "seqnn/kernels/scan.hpp"
 

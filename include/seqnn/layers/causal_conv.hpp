@@ -20,6 +20,7 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/threading.hpp"
+#include "seqnn/kernels/matmul.hpp"
 #include "seqnn/nn/linear.hpp"
 
 #include <cmath>
@@ -143,7 +144,8 @@ public:
             const Matrix<Scalar>& u = ctx.get("u");
             pointwise_weight.grad.noalias() += dy.data.transpose() * u;  // (D, B*T) x (B*T, D)
             if (options_.bias) add_column_sums(dy.data, pointwise_bias.grad);
-            du.noalias() = dy.data * pointwise_weight.value;  // (B*T, D) x (D, D)
+            du.resize(dy.data.rows(), pointwise_weight.value.cols());
+            matmul_rows<Scalar>(dy.data, pointwise_weight.value, du);  // (B*T, D) x (D, D)
         } else {
             du = dy.data;
         }
@@ -230,7 +232,8 @@ public:
 private:
     // y = u W1^T + b1.
     void pointwise_forward(const Matrix<Scalar>& u, Matrix<Scalar>& y) const {
-        y.noalias() = u * pointwise_weight.value.transpose();  // (N, D) x (D, D)
+        y.resize(u.rows(), pointwise_weight.value.rows());
+        matmul_rows<Scalar>(u, pointwise_weight.value.transpose(), y);  // (N, D) x (D, D)
         if (options_.bias) y.rowwise() += pointwise_bias.row();
     }
 

@@ -11,6 +11,7 @@
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/parameter.hpp"
 #include "seqnn/core/threading.hpp"
+#include "seqnn/kernels/matmul.hpp"
 
 #include <cmath>
 #include <string>
@@ -75,7 +76,7 @@ public:
             const LayerWeights& w = weights(k);
             // The input projection of every step of every sequence, one GEMM.
             Matrix<Scalar> gates_in(B * T, gate_width());
-            gates_in.noalias() = layer_input.data * w.weight_ih.value.transpose();  // (B*T, I_k) x (I_k, G*H)
+            matmul_rows<Scalar>(layer_input.data, w.weight_ih.value.transpose(), gates_in);  // (B*T, I_k) x (I_k, G*H)
             if (options_.bias) gates_in.rowwise() += w.bias_ih.row();
 
             std::vector<Matrix<Scalar>> layer_state = state_of_layer(s, k, B);
@@ -121,7 +122,8 @@ public:
             const Matrix<Scalar>& input = layer_ctx.get("input");
             w.weight_ih.grad.noalias() += d_gates_in.transpose() * input;  // (G*H, B*T) x (B*T, I_k)
             if (options_.bias) add_column_sums(d_gates_in, w.bias_ih.grad);
-            d_out.noalias() = d_gates_in * w.weight_ih.value;  // (B*T, G*H) x (G*H, I_k)
+            d_out.resize(B * T, w.weight_ih.value.cols());
+            matmul_rows<Scalar>(d_gates_in, w.weight_ih.value, d_out);  // (B*T, G*H) x (G*H, I_k)
 
             if (d_initial) {
                 if (d_initial->empty()) *d_initial = initial_state(B);

@@ -237,17 +237,27 @@ public:
             for (const auto& t : d_final->tensors) check_matrix(where, "d_final tensor", t, B * L, E);
         }
 
+        // The intermediates go to this thread's scratch, as the forward's do without a
+        // context, so that a training step does not allocate (and page-fault in) them anew;
+        // the slots are recycled as their contents die:
+        //   A: d_act, then d_attn, then d_ln1;  B: d_ln2, then d_qkv;  C: dh.
+        const Index N = B * T, F = ffn_;
+
         // Feed-forward branch, in reverse: y = h + linear2(gelu(linear1(norm2(h)))).
-        Matrix<Scalar> d_act = linear2_.backward(ctx.get("act"), dy.data);  // (B*T, E) x (E, F) -> (B*T, F)
+        MatrixRef<Scalar> d_act = scratch_matrix<Scalar>(ScratchSlot::A, N, F);
+        linear2_.backward(ctx.get("act"), dy.data, d_act);  // (B*T, E) x (E, F) -> (B*T, F)
         activation_backward<Scalar>(Activation::GELU, ctx.get("pre"), ctx.get("act"), d_act);  // d_pre, in place
-        const Matrix<Scalar> d_ln2 = linear1_.backward(ctx.get("ln2"), d_act);  // (B*T, F) x (F, E)
-        Matrix<Scalar> dh = norm2_.backward(ctx.get("h"), d_ln2);           // (B*T, E)
-        dh += dy.data;                                                       // residual
+        MatrixRef<Scalar> d_ln2 = scratch_matrix<Scalar>(ScratchSlot::B, N, E);
+        linear1_.backward(ctx.get("ln2"), d_act, d_ln2);  // (B*T, F) x (F, E)
+        MatrixRef<Scalar> dh = scratch_matrix<Scalar>(ScratchSlot::C, N, E);
+        norm2_.backward(ctx.get("h"), d_ln2, dh);  // (B*T, E)
+        parallel_add<Scalar>(dh, dy.data);         // residual
 
         // Attention branch: h = x + out_proj(attention(q, k, v)).
-        const Matrix<Scalar> d_attn = out_proj_.backward(ctx.get("attn"), dh);  // (B*T, E) x (E, E)
+        MatrixRef<Scalar> d_attn = scratch_matrix<Scalar>(ScratchSlot::A, N, E);
+        out_proj_.backward(ctx.get("attn"), dh, d_attn);  // (B*T, E) x (E, E)
         const Matrix<Scalar>& qkv = ctx.get("qkv");
-        Matrix<Scalar> d_qkv(B * T, 3 * E);  // (B*T, 3E): [dq | dk | dv]
+        MatrixRef<Scalar> d_qkv = scratch_matrix<Scalar>(ScratchSlot::B, N, 3 * E);  // (B*T, 3E): [dq | dk | dv]
         const AttentionShape shape = attention_shape(B, T, Tk, cached ? Tk : T, pos0);
         Matrix<Scalar> dk, dv;  // cached: (B*Tk, E), over every key the chunk attended to
         if (cached) {
@@ -275,9 +285,11 @@ public:
             rope_apply<Scalar>(d_qkv.leftCols(E), T, H, table, /*inverse=*/true);
             rope_apply<Scalar>(d_qkv.middleCols(E, E), T, H, table, /*inverse=*/true);
         }
-        const Matrix<Scalar> d_ln1 = in_proj_.backward(ctx.get("ln1"), d_qkv);  // (B*T, 3E) x (3E, E)
-        Matrix<Scalar> dx = norm1_.backward(x, d_ln1);                           // (B*T, E)
-        dx += dh;                                                                 // residual
+        MatrixRef<Scalar> d_ln1 = scratch_matrix<Scalar>(ScratchSlot::A, N, E);
+        in_proj_.backward(ctx.get("ln1"), d_qkv, d_ln1);  // (B*T, 3E) x (3E, E)
+        Matrix<Scalar> dx(N, E);
+        norm1_.backward(x, d_ln1, dx);  // (B*T, E)
+        parallel_add<Scalar>(dx, dh);   // residual
 
         if (d_initial) {
             *d_initial = State<Scalar>();

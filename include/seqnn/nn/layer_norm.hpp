@@ -65,12 +65,19 @@ public:
     // dweight += sum_rows dy * xhat, dbias += sum_rows dy, and returns dL/dx (N, D):
     //   dxhat = dy * weight,   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
     Matrix<Scalar> backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy) {
+        Matrix<Scalar> dx(x.rows(), dim_);
+        backward(x, dy, dx);
+        return dx;
+    }
+
+    // The same, writing dL/dx into dx (N, D), which must not overlap x or dy.
+    void backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy, MatrixRef<Scalar> dx) {
         check_input(x.rows(), x.cols());
         if (dy.rows() != x.rows() || dy.cols() != dim_)
             fail("LayerNorm.backward",
                  "dy has shape " + shape_string(dy) + ", expected " + shape_string(x.rows(), dim_) + " like x");
-        const Index n = x.rows();
-        Matrix<Scalar> dx(n, dim_);                    // holds xhat until the last loop
+        check_matrix("LayerNorm.backward", "dx", dx, x.rows(), dim_);
+        const Index n = x.rows();  // dx holds xhat until the last loop
         Eigen::Matrix<Scalar, Eigen::Dynamic, 1> rstd(n);  // (N)
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (worth_parallel(n, dim_))
@@ -96,7 +103,6 @@ public:
                 xhat = rstd(i) * (dy.row(i).array() - mean_dxhat - xhat * mean_dxhat_xhat);
             }
         }
-        return dx;
     }
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {

@@ -4,6 +4,7 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/parameter.hpp"
 #include "seqnn/core/threading.hpp"
+#include "seqnn/kernels/matmul.hpp"
 
 #include <cmath>
 #include <string>
@@ -40,7 +41,7 @@ public:
     void forward(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) const {
         check_input(x.rows(), x.cols());
         check_matrix("Linear", "output y", y, x.rows(), out_features());
-        y.noalias() = x * weight.value.transpose();  // (N, in) x (in, out)
+        matmul_rows<Scalar>(x, weight.value.transpose(), y);  // (N, in) x (in, out)
         if (has_bias())
             parallel_row_blocks(y.rows(), y.cols(), [&](Index r0, Index r1) {
                 y.middleRows(r0, r1 - r0).rowwise() += bias.row();
@@ -70,7 +71,7 @@ public:
         check_matrix("Linear.backward", "dx", dx, x.rows(), in_features());
         weight.grad.noalias() += dy.transpose() * x;  // (out, N) x (N, in)
         if (has_bias()) add_column_sums(dy, bias.grad);  // (1, out)
-        dx.noalias() = dy * weight.value;  // (N, out) x (out, in)
+        matmul_rows<Scalar>(dy, weight.value, dx);  // (N, out) x (out, in)
     }
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
