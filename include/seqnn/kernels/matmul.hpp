@@ -3,19 +3,19 @@
 //
 // The rows are split across threads and each thread multiplies its own block with
 // Eigen's serial GEMM, packing b for itself. Eigen's own parallel GEMM instead splits the
-// work into column panels whose threads share packed blocks and wait on each other; on
-// 16 cores, at the Transformer block's and char_lm's shapes (M = 16384, K and N from
-// 256 to 1536), it ran at 485-771 GFLOP/s where the row split ran at 756-870
-// (bench_scan: BM_GemmEigen against BM_GemmRowSplit).
+// work into panels whose threads share packed blocks and wait on each other. On 16 device
+// cores (bench_scan, BM_MatmulRows against BM_Gemm, M = 16384) the row split was 1.1-1.7x
+// faster at the Transformer block's four shapes and char_lm's minGRU input projection,
+// and 0.8x at K = 1536, N = 384, where every thread packing the whole weight costs more.
 //
 // The blocks start at multiples of 16 rows (parallel_aligned_blocks), so every row goes
-// through the same micro-kernel path as in a one-thread product (a block that ended at a
-// row count not a multiple of Eigen's 4-row panels would send its last rows through the
-// remainder path, which rounds differently): the same bits on any thread count.
+// through the same micro-kernel path as in a one-thread product (Eigen takes the rows in
+// panels of 4; a block ending elsewhere would send its last rows through the remainder
+// path, which rounds differently): the same bits on any thread count.
 //
 // Short matrices (a decoding step's B rows) keep Eigen's own GEMM, which splits the
-// columns instead: fewer than kMinRowsPerThread rows a thread would leave its
-// micro-kernel (48 rows for float on AVX-512) mostly idle.
+// columns instead: with fewer than kMinRowsPerThread rows a thread, each thread would
+// pack the whole weight for a few rows of work.
 #pragma once
 
 #include "seqnn/core/parallel_rows.hpp"
