@@ -15,7 +15,8 @@
 //
 // Short matrices (a decoding step's B rows) keep Eigen's own GEMM, which splits the
 // columns instead: with fewer than kMinRowsPerThread rows a thread, each thread would
-// pack the whole weight for a few rows of work.
+// pack the whole weight for a few rows of work. Eigen's parallel GEMM makes no promise
+// about bits across thread counts, so the one above holds for the row split only.
 #pragma once
 
 #include "seqnn/core/parallel_rows.hpp"
