@@ -6,7 +6,7 @@
 // work into panels whose threads share packed blocks and wait on each other. On 16 device
 // cores (bench_scan, BM_MatmulRows against BM_Gemm, M = 16384) the row split was 1.1-1.7x
 // faster at the Transformer block's four shapes and char_lm's minGRU input projection,
-// and 0.8x at K = 1536, N = 384, where every thread packing the whole weight costs more.
+// and 0.8x at K = 1536, N = 384 (why is not established).
 //
 // The blocks start at multiples of 16 rows (parallel_aligned_blocks), so every row goes
 // through the same micro-kernel path as in a one-thread product (Eigen takes the rows in
