@@ -831,6 +831,21 @@ TEST(MatmulRows, MatchesPlainLoopsInDoubleSplitOrNot) {
     }
 }
 
+TEST(MatmulRows, AddsTheBiasToEveryRowSplitOrNot) {
+    Rng rng(76);
+    const Matrix<double> w = random_matrix<double>(37, 13, rng), bias = random_matrix<double>(1, 37, rng);
+    for (Index rows : {Index(5), Index(1037)}) {
+        const Matrix<double> a = random_matrix<double>(rows, 13, rng);
+        with_threads(std::max(num_threads(), 4), [&] {
+            Matrix<double> c(rows, 37);
+            matmul_rows<double>(a, w.transpose(), c, bias.data());
+            const Matrix<double> expected = reference_product(a, w.transpose()).rowwise() + bias.row(0);
+            EXPECT_LT(relative_error(c, expected), 1e-13) << rows << " rows";
+            return 0;
+        });
+    }
+}
+
 TEST(MatmulRows, GivesTheBitsOfOneThreadOnAnyThreadCount) {
     Rng rng(75);
     const Matrix<float> a = random_matrix<float>(2111, 300, rng), w = random_matrix<float>(77, 300, rng);

@@ -37,17 +37,21 @@ inline bool split_matmul_by_rows(Index rows, Index cols) {
 #endif
 }
 
-// c = a b: (M, K) x (K, N) -> (M, N). `b` is any Eigen expression of a (K, N) matrix,
-// such as weight.transpose(); c must not alias a or b.
+// c = a b (+ bias on every row): (M, K) x (K, N) -> (M, N). `b` is any Eigen expression
+// of a (K, N) matrix, such as weight.transpose(); `bias` is N values or nullptr. Each
+// thread adds the bias to its own rows right after their product, while they are in
+// cache. c must not alias a or b.
 template <typename Scalar, typename Rhs>
-void matmul_rows(ConstMatrixRef<Scalar> a, const Rhs& b, MatrixRef<Scalar> c) {
-    if (split_matmul_by_rows(a.rows(), c.cols())) {
-        parallel_aligned_blocks(a.rows(), c.cols(), [&](Index r0, Index r1) {
-            c.middleRows(r0, r1 - r0).noalias() = a.middleRows(r0, r1 - r0) * b;  // (rows, K) x (K, N)
-        });
-    } else {
-        c.noalias() = a * b;
-    }
+void matmul_rows(ConstMatrixRef<Scalar> a, const Rhs& b, MatrixRef<Scalar> c, const Scalar* bias = nullptr) {
+    const auto product = [&](Index r0, Index r1) {
+        auto rows = c.middleRows(r0, r1 - r0);
+        rows.noalias() = a.middleRows(r0, r1 - r0) * b;  // (rows, K) x (K, N)
+        if (bias) rows.rowwise() += Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(bias, c.cols());
+    };
+    if (split_matmul_by_rows(a.rows(), c.cols()))
+        parallel_aligned_blocks(a.rows(), c.cols(), product);
+    else
+        product(0, a.rows());
 }
 
 }  // namespace seqnn

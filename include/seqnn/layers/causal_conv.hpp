@@ -233,8 +233,8 @@ private:
     // y = u W1^T + b1.
     void pointwise_forward(const Matrix<Scalar>& u, Matrix<Scalar>& y) const {
         y.resize(u.rows(), pointwise_weight.value.rows());
-        matmul_rows<Scalar>(u, pointwise_weight.value.transpose(), y);  // (N, D) x (D, D)
-        if (options_.bias) y.rowwise() += pointwise_bias.row();
+        matmul_rows<Scalar>(u, pointwise_weight.value.transpose(), y,
+                            options_.bias ? pointwise_bias.value.data() : nullptr);  // (N, D) x (D, D)
     }
 
     // Input step s of stream b: x's row for s >= 0, the window's for -(K-1) <= s < 0.

@@ -76,8 +76,8 @@ public:
             const LayerWeights& w = weights(k);
             // The input projection of every step of every sequence, one GEMM.
             Matrix<Scalar> gates_in(B * T, gate_width());
-            matmul_rows<Scalar>(layer_input.data, w.weight_ih.value.transpose(), gates_in);  // (B*T, I_k) x (I_k, G*H)
-            if (options_.bias) gates_in.rowwise() += w.bias_ih.row();
+            matmul_rows<Scalar>(layer_input.data, w.weight_ih.value.transpose(), gates_in,
+                                options_.bias ? w.bias_ih.value.data() : nullptr);  // (B*T, I_k) x (I_k, G*H)
 
             std::vector<Matrix<Scalar>> layer_state = state_of_layer(s, k, B);
             Context<Scalar>* layer_ctx = ctx ? &ctx->children[static_cast<std::size_t>(k)] : nullptr;

@@ -41,11 +41,7 @@ public:
     void forward(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) const {
         check_input(x.rows(), x.cols());
         check_matrix("Linear", "output y", y, x.rows(), out_features());
-        matmul_rows<Scalar>(x, weight.value.transpose(), y);  // (N, in) x (in, out)
-        if (has_bias())
-            parallel_row_blocks(y.rows(), y.cols(), [&](Index r0, Index r1) {
-                y.middleRows(r0, r1 - r0).rowwise() += bias.row();
-            });
+        matmul_rows<Scalar>(x, weight.value.transpose(), y, has_bias() ? bias.value.data() : nullptr);  // (N, in) x (in, out)
     }
 
     Matrix<Scalar> forward(ConstMatrixRef<Scalar> x) const {
