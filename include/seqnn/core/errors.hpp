@@ -66,6 +66,17 @@ void check_matrix(const std::string& where, const std::string& what, const Eigen
         fail(where, what + " has shape " + shape_string(m) + ", expected " + shape_string(rows, cols));
 }
 
+// Throws unless `ctx` was filled by a training forward of the layer `signature`
+// (Context::owner): a context from another kind of layer, or from the same kind at
+// other sizes, would be read with the wrong meaning or past its end.
+template <typename Scalar>
+void check_context_owner(const std::string& where, const Context<Scalar>& ctx, const std::string& signature) {
+    if (ctx.owner.empty())
+        fail(where, "the context holds no training forward (run forward with this Context before backward)");
+    if (ctx.owner != signature)
+        fail(where, "the context was filled by " + ctx.owner + ", not by this layer, " + signature);
+}
+
 template <typename Scalar>
 const Matrix<Scalar>& Context<Scalar>::get(const std::string& name) const {
     auto it = saved.find(name);

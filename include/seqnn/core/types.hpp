@@ -106,6 +106,9 @@ template <typename Scalar>
 struct Context {
     Index batch = 0;
     Index steps = 0;
+    // The layer whose forward filled this context: its kind and sizes, e.g.
+    // "GRU(5 -> 9, L=2)". backward refuses a context another layer filled.
+    std::string owner;
     std::map<std::string, Matrix<Scalar>> saved;
     std::vector<Context> children;
 
