@@ -16,40 +16,40 @@ class Layer {
 public:
     virtual ~Layer() = default;
 
-    // The layer's name in error messages, e.g. "GRU".
+    /// The layer's name in error messages, e.g. "GRU".
     virtual std::string kind() const = 0;
     virtual Index input_size() const = 0;
     virtual Index output_size() const = 0;
 
-    // A zero state for `batch` streams, with the workspace step() needs: after
-    // this, step() does not allocate.
+    /// A zero state for `batch` streams, with the workspace step() needs: after
+    /// this, step() does not allocate.
     virtual State<Scalar> initial_state(Index batch) const = 0;
 
-    // Runs whole sequences x (B*T, input_size) -> y (B*T, output_size).
-    // state: nullptr starts from zeros; otherwise an empty state starts from
-    //        zeros and a non-empty one is the initial state. Either way it holds
-    //        the final state on return, so a long stream can be fed in chunks.
-    // ctx:   non-null puts the layer in training mode: it keeps there what
-    //        backward needs. The caller owns it; reusing one Context from step to
-    //        step lets a layer reuse its buffers (see Context::buffer).
-    // forward is const: one layer object may serve several threads at once.
+    /// Runs whole sequences x (B*T, input_size) -> y (B*T, output_size).
+    /// state: nullptr starts from zeros; otherwise an empty state starts from
+    ///        zeros and a non-empty one is the initial state. Either way it holds
+    ///        the final state on return, so a long stream can be fed in chunks.
+    /// ctx:   non-null puts the layer in training mode: it keeps there what
+    ///        backward needs. The caller owns it; reusing one Context from step to
+    ///        step lets a layer reuse its buffers (see Context::buffer).
+    /// forward is const: one layer object may serve several threads at once.
     virtual Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
                                      Context<Scalar>* ctx = nullptr) const = 0;
 
-    // One step for B streams: x (B, input_size) -> y (B, output_size), advancing
-    // `state` (made by initial_state or returned by forward). y is resized only
-    // if its shape is wrong.
+    /// One step for B streams: x (B, input_size) -> y (B, output_size), advancing
+    /// `state` (made by initial_state or returned by forward). y is resized only
+    /// if its shape is wrong.
     virtual void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const = 0;
 
-    // Given dL/dy (B*T, output_size) for the forward that filled `ctx`, and
-    // optionally dL/d(final state), adds the parameters' gradients into their
-    // .grad, returns dL/dx and, if d_initial is non-null, fills it with
-    // dL/d(initial state).
+    /// Given dL/dy (B*T, output_size) for the forward that filled `ctx`, and
+    /// optionally dL/d(final state), adds the parameters' gradients into their
+    /// .grad, returns dL/dx and, if d_initial is non-null, fills it with
+    /// dL/d(initial state).
     virtual Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                                       const State<Scalar>* d_final = nullptr,
                                       State<Scalar>* d_initial = nullptr) = 0;
 
-    // Appends the parameters, named as in PyTorch's state_dict, after `prefix`.
+    /// Appends the parameters, named as in PyTorch's state_dict, after `prefix`.
     virtual void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) = 0;
 
     ParameterList<Scalar> parameters() {

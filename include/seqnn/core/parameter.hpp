@@ -10,8 +10,8 @@
 
 namespace seqnn {
 
-// A tensor of weights and its gradient. Stored as a matrix; `shape` is the
-// tensor's PyTorch shape, e.g. {3H, I} for weight_ih or {3H} for a bias (stored as (1, 3H)).
+/// A tensor of weights and its gradient. Stored as a matrix; `shape` is the
+/// tensor's PyTorch shape, e.g. {3H, I} for weight_ih or {3H} for a bias (stored as (1, 3H)).
 template <typename Scalar>
 struct Parameter {
     Matrix<Scalar> value;
@@ -19,25 +19,25 @@ struct Parameter {
     std::vector<Index> shape;
 
     Parameter() = default;
-    // A matrix parameter (rows, cols).
+    /// A matrix parameter (rows, cols).
     Parameter(Index rows, Index cols)
         : value(Matrix<Scalar>::Zero(rows, cols)), grad(Matrix<Scalar>::Zero(rows, cols)), shape{rows, cols} {}
-    // A vector parameter (n), stored as one row.
+    /// A vector parameter (n), stored as one row.
     explicit Parameter(Index n) : value(Matrix<Scalar>::Zero(1, n)), grad(Matrix<Scalar>::Zero(1, n)), shape{n} {}
 
     Index size() const { return value.size(); }
     bool is_vector() const { return shape.size() == 1; }
-    auto row() const { return value.row(0); }  // a vector parameter as a row vector
+    auto row() const { return value.row(0); }  ///< a vector parameter as a row vector
     void zero_grad() { grad.setZero(); }
 
-    // U(-bound, bound), PyTorch's default for RNN weights and (with bound = 1/sqrt(fan_in)) Linear.
+    /// U(-bound, bound), PyTorch's default for RNN weights and (with bound = 1/sqrt(fan_in)) Linear.
     void init_uniform(Scalar bound, Rng& rng) {
         std::uniform_real_distribution<double> dist(-static_cast<double>(bound), static_cast<double>(bound));
         for (Index i = 0; i < value.size(); ++i) value.data()[i] = static_cast<Scalar>(dist(rng));
     }
 };
 
-// A parameter with its full state_dict name, e.g. "layers.0.weight_ih_l1".
+/// A parameter with its full state_dict name, e.g. "layers.0.weight_ih_l1".
 template <typename Scalar>
 struct NamedParameter {
     std::string name;

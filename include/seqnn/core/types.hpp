@@ -56,16 +56,16 @@ void set_zero_by_rows(Matrix<Scalar>& m) {
     parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) { m.middleRows(r0, r1 - r0).setZero(); });
 }
 
-// A batch of B sequences of T steps with D features: one (B*T, D) matrix,
-// row b*T + t is step t of sequence b. B and T travel with the data.
+/// A batch of B sequences of T steps with D features: one (B*T, D) matrix,
+/// row b*T + t is step t of sequence b. B and T travel with the data.
 template <typename Scalar>
 struct Sequence {
-    Matrix<Scalar> data;  // (B*T, D)
-    Index batch = 0;      // B
-    Index steps = 0;      // T
+    Matrix<Scalar> data;  ///< (B*T, D)
+    Index batch = 0;      ///< B
+    Index steps = 0;      ///< T
 
     Sequence() = default;
-    Sequence(Index batch_size, Index num_steps, Index features)  // zeros
+    Sequence(Index batch_size, Index num_steps, Index features)  ///< zeros
         : data(batch_size * num_steps, features), batch(batch_size), steps(num_steps) {
         set_zero_by_rows(data);
     }
@@ -74,56 +74,56 @@ struct Sequence {
 
     Index features() const { return data.cols(); }
 
-    // The B rows of step t, (B, D), as a strided view into `data`.
+    /// The B rows of step t, (B, D), as a strided view into `data`.
     StridedRows<Scalar> at_step(Index t) { return step_rows(data, steps, t); }
     ConstStridedRows<Scalar> at_step(Index t) const { return step_rows(data, steps, t); }
 
-    // The T rows of sequence b, (T, D): a contiguous block.
+    /// The T rows of sequence b, (T, D): a contiguous block.
     auto sequence(Index b) { return data.middleRows(b * steps, steps); }
     auto sequence(Index b) const { return data.middleRows(b * steps, steps); }
 };
 
-// The recurrent state a layer carries from one call to the next, owned by the caller.
-// `tensors` is the state's value, e.g. {h (L*B, H), c (L*B, H)} for a stacked LSTM,
-// laid out like PyTorch's (L, B, H). `workspace` is scratch for step(), made once by
-// Layer::initial_state so that streaming never allocates.
+/// The recurrent state a layer carries from one call to the next, owned by the caller.
+/// `tensors` is the state's value, e.g. {h (L*B, H), c (L*B, H)} for a stacked LSTM,
+/// laid out like PyTorch's (L, B, H). `workspace` is scratch for step(), made once by
+/// Layer::initial_state so that streaming never allocates.
 template <typename Scalar>
 struct State {
     std::vector<Matrix<Scalar>> tensors;
     std::vector<Matrix<Scalar>> workspace;
-    Index position = 0;  // steps consumed so far (a KV cache's fill level)
-    // Composite layers (models/): one state per child, made by initial_state, so that
-    // step() can hand each child a State without allocating. The composite's value
-    // stays in `tensors`; the children's tensors are swapped in only during a step.
+    Index position = 0;  ///< steps consumed so far (a KV cache's fill level)
+    /// Composite layers (models/): one state per child, made by initial_state, so that
+    /// step() can hand each child a State without allocating. The composite's value
+    /// stays in `tensors`; the children's tensors are swapped in only during a step.
     std::vector<State> children;
 
     bool empty() const { return tensors.empty(); }
 };
 
-// What forward in training mode keeps for backward. The layer that filled it
-// names its tensors; composite layers keep one child context per sub-layer.
+/// What forward in training mode keeps for backward. The layer that filled it
+/// names its tensors; composite layers keep one child context per sub-layer.
 template <typename Scalar>
 struct Context {
     Index batch = 0;
     Index steps = 0;
-    // The layer whose forward filled this context: its kind and sizes, e.g.
-    // "GRU(5 -> 9, L=2)". backward refuses a context another layer filled.
+    /// The layer whose forward filled this context: its kind and sizes, e.g.
+    /// "GRU(5 -> 9, L=2)". backward refuses a context another layer filled.
     std::string owner;
     std::map<std::string, Matrix<Scalar>> saved;
     std::vector<Context> children;
 
     void save(const std::string& name, Matrix<Scalar> value) { saved[name] = std::move(value); }
-    // The saved tensor `name`, shaped (rows, cols), for the layer to fill in place. A
-    // context reused from one training step to the next keeps its memory, so a
-    // training loop that reuses its Context does not allocate these again.
+    /// The saved tensor `name`, shaped (rows, cols), for the layer to fill in place. A
+    /// context reused from one training step to the next keeps its memory, so a
+    /// training loop that reuses its Context does not allocate these again.
     Matrix<Scalar>& buffer(const std::string& name, Index rows, Index cols) {
         Matrix<Scalar>& m = saved[name];
         m.resize(rows, cols);  // a no-op when the shape is unchanged
         return m;
     }
-    // Makes `n` child contexts for a composite layer's children. A context reused from one
-    // training step to the next keeps its children, and with them their buffers: every
-    // forward rewrites what its backward reads, so nothing stale survives.
+    /// Makes `n` child contexts for a composite layer's children. A context reused from one
+    /// training step to the next keeps its children, and with them their buffers: every
+    /// forward rewrites what its backward reads, so nothing stale survives.
     void make_children(std::size_t n) {
         if (children.size() != n) children.assign(n, Context{});
     }

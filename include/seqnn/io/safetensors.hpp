@@ -385,12 +385,12 @@ public:
     // An empty F32 tensor of shape [0].
     Tensor() = default;
 
-    // Zeros of `dtype` and `shape` (every dimension >= 0; shape [] is a scalar).
+    /// Zeros of `dtype` and `shape` (every dimension >= 0; shape [] is a scalar).
     Tensor(DType dtype, std::vector<Index> shape) : dtype_(dtype), shape_(std::move(shape)) {
         bytes_.assign(checked_byte_size(dtype_, shape_), std::byte{0});
     }
 
-    // Raw bytes, as they would sit in a file; shape_error unless there are numel * element size of them.
+    /// Raw bytes, as they would sit in a file; shape_error unless there are numel * element size of them.
     Tensor(DType dtype, std::vector<Index> shape, std::vector<std::byte> bytes)
         : dtype_(dtype), shape_(std::move(shape)), bytes_(std::move(bytes)) {
         const std::size_t expected = checked_byte_size(dtype_, shape_);
@@ -400,8 +400,8 @@ public:
                               std::to_string(expected));
     }
 
-    // values (row-major) stored as `dtype`: floating-point values to F64/F32/F16/BF16 (rounded to
-    // nearest even), integers to any dtype (range-checked). shape_error if the count or a value is wrong.
+    /// values (row-major) stored as `dtype`: floating-point values to F64/F32/F16/BF16 (rounded to
+    /// nearest even), integers to any dtype (range-checked). shape_error if the count or a value is wrong.
     template <TensorValue T>
     static Tensor from_values(std::span<const T> values, std::vector<Index> shape, DType dtype = dtype_of<T>()) {
         Tensor t(dtype, std::move(shape));
@@ -416,8 +416,8 @@ public:
         return from_values(std::span<const T>(values), std::move(shape), dtype);
     }
 
-    // A matrix (rows, cols), row-major, as a tensor of shape [rows, cols], or of `shape` if one is
-    // given (same element count; {} means [rows, cols], so a scalar needs from_values).
+    /// A matrix (rows, cols), row-major, as a tensor of shape [rows, cols], or of `shape` if one is
+    /// given (same element count; {} means [rows, cols], so a scalar needs from_values).
     template <typename Derived>
     static Tensor from_matrix(const Eigen::MatrixBase<Derived>& m,
                               DType dtype = dtype_of<typename Derived::Scalar>(), std::vector<Index> shape = {}) {
@@ -432,8 +432,8 @@ public:
     Index numel() const { return static_cast<Index>(bytes_.size() / dtype_size(dtype_)); }
     std::span<const std::byte> bytes() const { return bytes_; }
 
-    // The elements, converted to T, into `out` (numel() of them, else shape_error).
-    // Reading as an integer type needs an integer dtype and values in range (else format_error).
+    /// The elements, converted to T, into `out` (numel() of them, else shape_error).
+    /// Reading as an integer type needs an integer dtype and values in range (else format_error).
     template <TensorValue T>
     void copy_to(std::span<T> out) const {
         if (out.size() != static_cast<std::size_t>(numel()))
@@ -449,7 +449,7 @@ public:
         return out;
     }
 
-    // A tensor of rank 0, 1 or 2 as a matrix: (1, 1), (1, n) or (rows, cols).
+    /// A tensor of rank 0, 1 or 2 as a matrix: (1, 1), (1, n) or (rows, cols).
     template <typename Scalar>
     Matrix<Scalar> to_matrix() const {
         if (shape_.size() > 2)
@@ -462,7 +462,7 @@ public:
         return m;
     }
 
-    // Same dtype, shape and bytes.
+    /// Same dtype, shape and bytes.
     bool operator==(const Tensor&) const = default;
 
 private:
@@ -490,15 +490,15 @@ inline constexpr std::string_view metadata_key = "__metadata__";
 
 class TensorMap {
 public:
-    std::map<std::string, std::string> metadata;  // the header's "__metadata__"
+    std::map<std::string, std::string> metadata;  ///< the header's "__metadata__"
 
-    // Adds the tensor `name`, replacing one of that name.
+    /// Adds the tensor `name`, replacing one of that name.
     void set(const std::string& name, Tensor tensor) {
         if (name == metadata_key) throw format_error("TensorMap: '__metadata__' is reserved and cannot name a tensor");
         tensors_.insert_or_assign(name, std::move(tensor));
     }
     bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
-    // The tensor `name`; format_error if there is none.
+    /// The tensor `name`; format_error if there is none.
     const Tensor& at(const std::string& name) const {
         auto it = tensors_.find(name);
         if (it == tensors_.end())
@@ -510,7 +510,7 @@ public:
 
     std::size_t size() const { return tensors_.size(); }
     bool empty() const { return tensors_.empty(); }
-    // (name, tensor) pairs in name order.
+    /// (name, tensor) pairs in name order.
     auto begin() const { return tensors_.begin(); }
     auto end() const { return tensors_.end(); }
     std::vector<std::string> names() const {

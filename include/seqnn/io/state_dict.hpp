@@ -33,21 +33,21 @@
 
 namespace seqnn::io {
 
-// What a load did: the parameters it set, and every name that did not fit.
+/// What a load did: the parameters it set, and every name that did not fit.
 struct LoadReport {
-    std::vector<std::string> loaded;      // parameters set from the tensors
-    std::vector<std::string> missing;     // parameters with no tensor of their name
-    std::vector<std::string> unexpected;  // tensors that no parameter is named after
-    std::vector<std::string> mismatched;  // "name: file has F32 [3, 4], parameter is [4, 4]"
+    std::vector<std::string> loaded;      ///< parameters set from the tensors
+    std::vector<std::string> missing;     ///< parameters with no tensor of their name
+    std::vector<std::string> unexpected;  ///< tensors that no parameter is named after
+    std::vector<std::string> mismatched;  ///< "name: file has F32 [3, 4], parameter is [4, 4]"
 
-    // True when every parameter was loaded and every tensor used.
+    /// True when every parameter was loaded and every tensor used.
     bool complete() const { return missing.empty() && unexpected.empty() && mismatched.empty(); }
 
-    // One message listing every problem, e.g.
-    //   3 problem(s) loading 'gru.safetensors':
-    //     missing keys: bias_hh_l0
-    //     unexpected keys: decoder.weight
-    //     size mismatch for weight_ih_l0: file has F32 [48, 8], parameter is [48, 7]
+    /// One message listing every problem, e.g.
+    ///   3 problem(s) loading 'gru.safetensors':
+    ///     missing keys: bias_hh_l0
+    ///     unexpected keys: decoder.weight
+    ///     size mismatch for weight_ih_l0: file has F32 [48, 8], parameter is [48, 7]
     std::string message(const std::string& source) const {
         std::string out = std::to_string(missing.size() + unexpected.size() + mismatched.size()) +
                           " problem(s) loading " + source + ":";
@@ -63,8 +63,8 @@ struct LoadReport {
     }
 };
 
-// Strict loading found problems; report() lists them all. A format_error, so one catch
-// covers unreadable files and files that do not fit the model.
+/// Strict loading found problems; report() lists them all. A format_error, so one catch
+/// covers unreadable files and files that do not fit the model.
 class state_dict_error : public format_error {
 public:
     state_dict_error(LoadReport report, const std::string& source)

@@ -46,15 +46,15 @@
 
 namespace seqnn {
 
-// The sizes of one attention call.
+/// The sizes of one attention call.
 struct AttentionShape {
-    Index batch = 0;        // B
-    Index heads = 0;        // H
-    Index head_dim = 0;     // Dh; q, k, v and out have H*Dh columns
-    Index q_steps = 0;      // Tq: query rows per sequence; q and out are (B*Tq, H*Dh)
-    Index kv_steps = 0;     // Tk: keys (and values) per sequence that take part
-    Index kv_capacity = 0;  // rows per sequence in k and v (a KV cache's max length); 0 means Tk
-    Index q_offset = 0;     // the position of query row 0 among the keys (the cache's fill level)
+    Index batch = 0;        ///< B
+    Index heads = 0;        ///< H
+    Index head_dim = 0;     ///< Dh; q, k, v and out have H*Dh columns
+    Index q_steps = 0;      ///< Tq: query rows per sequence; q and out are (B*Tq, H*Dh)
+    Index kv_steps = 0;     ///< Tk: keys (and values) per sequence that take part
+    Index kv_capacity = 0;  ///< rows per sequence in k and v (a KV cache's max length); 0 means Tk
+    Index q_offset = 0;     ///< the position of query row 0 among the keys (the cache's fill level)
 
     Index model_dim() const { return heads * head_dim; }
     Index kv_rows() const { return kv_capacity > 0 ? kv_capacity : kv_steps; }
@@ -62,9 +62,9 @@ struct AttentionShape {
 
 struct AttentionOptions {
     bool causal = true;
-    double scale = 0;      // 0 means 1 / sqrt(Dh), PyTorch's default
-    Index q_block = 64;    // query rows per work item
-    Index kv_block = 512;  // key/value rows per tile (64..512 measured: 512 was fastest on Zen 3, S stays in L2)
+    double scale = 0;      ///< 0 means 1 / sqrt(Dh), PyTorch's default
+    Index q_block = 64;    ///< query rows per work item
+    Index kv_block = 512;  ///< key/value rows per tile (64..512 measured: 512 was fastest on Zen 3, S stays in L2)
 };
 
 namespace attention_detail {

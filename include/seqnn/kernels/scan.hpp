@@ -53,12 +53,12 @@ enum class ScanSplit { Auto, Channels, Time };
 
 struct ScanOptions {
     ScanMode mode = ScanMode::Parallel;
-    // Parallel only. Auto: sequential for tiny inputs, Channels when B fills the
-    // threads (or rows are wide), Time otherwise. The log-space scan always splits
-    // over channels.
+    /// Parallel only. Auto: sequential for tiny inputs, Channels when B fills the
+    /// threads (or rows are wide), Time otherwise. The log-space scan always splits
+    /// over channels.
     ScanSplit split = ScanSplit::Auto;
-    // Steps per piece of the time split; 0: T / threads (one round). Smaller pieces run
-    // in rounds of `threads` pieces, one barrier per round.
+    /// Steps per piece of the time split; 0: T / threads (one round). Smaller pieces run
+    /// in rounds of `threads` pieces, one barrier per round.
     Index time_block = 0;
 };
 
@@ -776,15 +776,15 @@ void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, Matri
 
 template <typename Scalar>
 struct ScanResult {
-    Sequence<Scalar> h;     // (B*T, D)
-    Matrix<Scalar> h_last;  // (B, D)
+    Sequence<Scalar> h;     ///< (B*T, D)
+    Matrix<Scalar> h_last;  ///< (B, D)
 };
 
 template <typename Scalar>
 struct ScanGrad {
-    Sequence<Scalar> da;  // (B*T, D)
-    Sequence<Scalar> db;  // (B*T, D)
-    Matrix<Scalar> dh0;   // (B, D); empty when no h0 was given
+    Sequence<Scalar> da;  ///< (B*T, D)
+    Sequence<Scalar> db;  ///< (B*T, D)
+    Matrix<Scalar> dh0;   ///< (B, D); empty when no h0 was given
 };
 
 namespace scan_detail {

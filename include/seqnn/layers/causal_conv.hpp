@@ -29,22 +29,22 @@
 namespace seqnn {
 
 struct CausalConvOptions {
-    Index channels = 0;     // D
-    Index kernel_size = 4;  // K
-    bool pointwise = true;  // the 1x1 channel-mixing conv after the depthwise one
+    Index channels = 0;     ///< D
+    Index kernel_size = 4;  ///< K
+    bool pointwise = true;  ///< the 1x1 channel-mixing conv after the depthwise one
     bool bias = true;
 };
 
 template <typename Scalar>
 class CausalDepthwiseConv1d : public Layer<Scalar> {
 public:
-    Parameter<Scalar> weight;            // (D, K), PyTorch shape (D, 1, K)
-    Parameter<Scalar> bias;              // (D), empty without bias
-    Parameter<Scalar> pointwise_weight;  // (D, D), PyTorch shape (D, D, 1); empty without pointwise
-    Parameter<Scalar> pointwise_bias;    // (D), empty without pointwise or bias
+    Parameter<Scalar> weight;            ///< (D, K), PyTorch shape (D, 1, K)
+    Parameter<Scalar> bias;              ///< (D), empty without bias
+    Parameter<Scalar> pointwise_weight;  ///< (D, D), PyTorch shape (D, D, 1); empty without pointwise
+    Parameter<Scalar> pointwise_bias;    ///< (D), empty without pointwise or bias
 
-    // PyTorch's Conv1d initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight
-    // and bias, fan_in = K for the depthwise conv and D for the pointwise one.
+    /// PyTorch's Conv1d initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight
+    /// and bias, fan_in = K for the depthwise conv and D for the pointwise one.
     CausalDepthwiseConv1d(CausalConvOptions options, Rng& rng) : options_(options) {
         const Index D = options.channels, K = options.kernel_size;
         if (D <= 0 || K <= 0)
@@ -76,7 +76,7 @@ public:
     Index kernel_size() const { return options_.kernel_size; }
     const CausalConvOptions& options() const { return options_; }
 
-    // {window (B*(K-1), D)} of zeros; workspace: u (B, D) for step.
+    /// {window (B*(K-1), D)} of zeros; workspace: u (B, D) for step.
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
         State<Scalar> s;

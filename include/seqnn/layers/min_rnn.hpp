@@ -37,11 +37,11 @@ enum class MinRNNMode {
 };
 
 struct MinRNNOptions {
-    Index input_size = 0;         // D
-    Index hidden_size = 0;        // E; 0 means input_size * expansion
-    double expansion = 1.0;       // E = D * expansion when hidden_size is 0
-    bool project_out = false;     // add to_out (E -> D); forced on when E != D
-    bool bias = false;            // lucidrains uses none
+    Index input_size = 0;         ///< D
+    Index hidden_size = 0;        ///< E; 0 means input_size * expansion
+    double expansion = 1.0;       ///< E = D * expansion when hidden_size is 0
+    bool project_out = false;     ///< add to_out (E -> D); forced on when E != D
+    bool bias = false;            ///< lucidrains uses none
     HiddenActivation activation = HiddenActivation::PositiveG;
     MinRNNMode mode = MinRNNMode::Parallel;
 };
@@ -108,7 +108,7 @@ public:
     Linear<Scalar>& in_projection() { return in_proj_; }
     Linear<Scalar>& out_projection() { return to_out_; }
 
-    // State {h (B, E)}; workspace: pre (B, G*E), where step computes its gates in place.
+    /// State {h (B, E)}; workspace: pre (B, G*E), where step computes its gates in place.
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail(this->kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
         State<Scalar> s;
@@ -223,7 +223,7 @@ public:
         return dx;
     }
 
-    // One step; the same recurrence, h = a h + b, whatever the mode.
+    /// One step; the same recurrence, h = a h + b, whatever the mode.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         const std::string where = this->kind() + ".step";
         if (x.cols() != input_size() || x.rows() <= 0)
@@ -253,7 +253,7 @@ public:
     }
 
 protected:
-    // gate_count: 2 for minGRU (hidden, gate), 3 for minLSTM (hidden, f, i).
+    /// gate_count: 2 for minGRU (hidden, gate), 3 for minLSTM (hidden, f, i).
     MinRNN(const std::string& kind, MinRNNOptions options, int gate_count, const std::string& in_proj_name, Rng& rng)
         : options_(options), gate_count_(gate_count), in_proj_name_(in_proj_name) {
         if (options.input_size <= 0)
@@ -271,13 +271,13 @@ protected:
             to_out_ = Linear<Scalar>(hidden_size_, options.input_size, options.bias, rng);
     }
 
-    // pre (N, G*E) -> the recurrence's coefficients a, b (N, E). In place is
-    // allowed and is how forward and step call it: b may be pre's hidden block
-    // and a its first gate block.
+    /// pre (N, G*E) -> the recurrence's coefficients a, b (N, E). In place is
+    /// allowed and is how forward and step call it: b may be pre's hidden block
+    /// and a its first gate block.
     virtual void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const = 0;
-    // pre (N, G*E) -> log a, log b (N, E), computed stably in log space; in place as above.
+    /// pre (N, G*E) -> log a, log b (N, E), computed stably in log space; in place as above.
     virtual void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const = 0;
-    // dL/da, dL/db (N, E) -> dL/dpre (N, G*E).
+    /// dL/da, dL/db (N, E) -> dL/dpre (N, G*E).
     virtual void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da,
                                        ConstMatrixRef<Scalar> db, MatrixRef<Scalar> d_pre) const = 0;
 

@@ -22,9 +22,9 @@ public:
     std::string kind() const override { return "MinGRU"; }
 
 protected:
-    // b = z * act(h~), then a = 1 - z = sigmoid(-k), with pre = [h~ | k]. Each
-    // output is one element-wise pass over inputs at the same index, so both may
-    // overwrite pre (b the h~ block, a the k block) in this order.
+    /// b = z * act(h~), then a = 1 - z = sigmoid(-k), with pre = [h~ | k]. Each
+    /// output is one element-wise pass over inputs at the same index, so both may
+    /// overwrite pre (b the h~ block, a the k block) in this order.
     void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const override {
         const Index E = this->hidden_size();
         const auto k = pre.rightCols(E).array();
@@ -33,8 +33,8 @@ protected:
         a.array() = (-k).logistic();
     }
 
-    // log b = log z + log g(h~) = -softplus(-k) + log g(h~),  log a = log(1 - z) = -softplus(k);
-    // in place as above.
+    /// log b = log z + log g(h~) = -softplus(-k) + log g(h~),  log a = log(1 - z) = -softplus(k);
+    /// in place as above.
     void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const override {
         const Index E = this->hidden_size();
         const auto k = pre.rightCols(E).array();
@@ -42,7 +42,7 @@ protected:
         log_a.array() = -min_rnn_math::softplus(k);
     }
 
-    // With z = sigmoid(k), v = act(h~): da/dk = -z(1-z), db/dk = z(1-z) v, db/dv = z.
+    /// With z = sigmoid(k), v = act(h~): da/dk = -z(1-z), db/dk = z(1-z) v, db/dv = z.
     void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da, ConstMatrixRef<Scalar> db,
                                MatrixRef<Scalar> d_pre) const override {
         const Index E = this->hidden_size();

@@ -23,10 +23,10 @@ public:
     std::string kind() const override { return "MinLSTM"; }
 
 protected:
-    // With d = log(i / f) = softplus(-k_f) - softplus(-k_i):
-    //   a = f / (f + i) = sigmoid(-d),  b = i / (f + i) * act(h~) = sigmoid(d) * act(h~).
-    // Through d both stay accurate when one gate is tiny. d is kept in a, and every
-    // pass reads and writes one index, so a may overwrite pre's k_f block and b its h~ block.
+    /// With d = log(i / f) = softplus(-k_f) - softplus(-k_i):
+    ///   a = f / (f + i) = sigmoid(-d),  b = i / (f + i) * act(h~) = sigmoid(d) * act(h~).
+    /// Through d both stay accurate when one gate is tiny. d is kept in a, and every
+    /// pass reads and writes one index, so a may overwrite pre's k_f block and b its h~ block.
     void coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> a, MatrixRef<Scalar> b) const override {
         const Index E = this->hidden_size();
         a.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
@@ -36,7 +36,7 @@ protected:
         a.array() = (-a.array()).logistic();
     }
 
-    // log b = -softplus(-d) + log g(h~),  log a = -softplus(d); in place as above.
+    /// log b = -softplus(-d) + log g(h~),  log a = -softplus(d); in place as above.
     void log_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> log_a, MatrixRef<Scalar> log_b) const override {
         const Index E = this->hidden_size();
         log_a.array() = min_rnn_math::softplus(-pre.middleCols(E, E).array()) -
@@ -46,8 +46,8 @@ protected:
         log_a.array() = -min_rnn_math::softplus(log_a.array());
     }
 
-    // With s = f + i, a = f/s and c = i/s: da/df = i/s^2, da/di = -f/s^2, dc = -da;
-    // b = c v, so dL/dc = db v and dL/dv = db c.
+    /// With s = f + i, a = f/s and c = i/s: da/df = i/s^2, da/di = -f/s^2, dc = -da;
+    /// b = c v, so dL/dc = db v and dL/dv = db c.
     void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da, ConstMatrixRef<Scalar> db,
                                MatrixRef<Scalar> d_pre) const override {
         const Index E = this->hidden_size();

@@ -49,15 +49,15 @@
 namespace seqnn {
 
 struct TransformerOptions {
-    Index d_model = 0;               // E
-    Index num_heads = 1;             // H; E must be divisible by H
-    Index dim_feedforward = 0;       // F; 0 means 4E
-    bool causal = true;              // the causal mask (a decoder block); false: full attention, no step()
-    bool rotary = false;             // rotate q and k with RoPE (positions offset by the cache's fill level)
+    Index d_model = 0;               ///< E
+    Index num_heads = 1;             ///< H; E must be divisible by H
+    Index dim_feedforward = 0;       ///< F; 0 means 4E
+    bool causal = true;              ///< the causal mask (a decoder block); false: full attention, no step()
+    bool rotary = false;             ///< rotate q and k with RoPE (positions offset by the cache's fill level)
     double rope_base = 10000.0;
-    Index max_cache_length = 1024;   // KV-cache rows per stream that initial_state makes
+    Index max_cache_length = 1024;   ///< KV-cache rows per stream that initial_state makes
     double layer_norm_eps = 1e-5;
-    bool bias = true;                // biases of the projections and the norms, as PyTorch's `bias`
+    bool bias = true;                ///< biases of the projections and the norms, as PyTorch's `bias`
 };
 
 template <typename Scalar>
@@ -109,9 +109,9 @@ public:
     LayerNorm<Scalar>& norm1() { return norm1_; }
     LayerNorm<Scalar>& norm2() { return norm2_; }
 
-    // An empty KV cache of options.max_cache_length positions for `batch` streams, with the
-    // workspace of step(): {norm (B, E), qkv (B, 3E), attention (B, E), h (B, E),
-    // hidden (B, F), RoPE table (2, Dh/2), attention scratch (1, n)}.
+    /// An empty KV cache of options.max_cache_length positions for `batch` streams, with the
+    /// workspace of step(): {norm (B, E), qkv (B, 3E), attention (B, E), h (B, E),
+    /// hidden (B, F), RoPE table (2, Dh/2), attention scratch (1, n)}.
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
         State<Scalar> s = empty_cache(batch, options_.max_cache_length);
@@ -309,8 +309,8 @@ public:
         return Sequence<Scalar>(std::move(dx), B, T);
     }
 
-    // One position for B streams: appends its key and value to the cache and attends to
-    // every cached position. No heap allocation once the state has its workspace.
+    /// One position for B streams: appends its key and value to the cache and attends to
+    /// every cached position. No heap allocation once the state has its workspace.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         const char* where = "TransformerBlock.step";  // no std::string: step must not allocate
         const Index E = options_.d_model, H = options_.num_heads, Dh = head_dim();
@@ -354,7 +354,7 @@ public:
         state.position = pos + 1;
     }
 
-    // PyTorch's state_dict order of nn.TransformerEncoderLayer.
+    /// PyTorch's state_dict order of nn.TransformerEncoderLayer.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         out.push_back({prefix + "self_attn.in_proj_weight", &in_proj_.weight});
         if (in_proj_.has_bias()) out.push_back({prefix + "self_attn.in_proj_bias", &in_proj_.bias});

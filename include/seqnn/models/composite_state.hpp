@@ -22,7 +22,7 @@ template <typename Scalar>
 class CompositeState {
 public:
     CompositeState() = default;
-    // Records how many state tensors each child has.
+    /// Records how many state tensors each child has.
     explicit CompositeState(const std::vector<const Layer<Scalar>*>& children) {
         for (const Layer<Scalar>* c : children) add(*c);
     }
@@ -36,7 +36,7 @@ public:
     Index total() const { return total_; }
     Index count(std::size_t i) const { return counts_[i]; }
 
-    // The children's zero states, concatenated, with the step shells.
+    /// The children's zero states, concatenated, with the step shells.
     State<Scalar> initial(const std::vector<const Layer<Scalar>*>& children, Index batch) const {
         State<Scalar> s;
         for (const Layer<Scalar>* c : children) {
@@ -50,9 +50,9 @@ public:
         return s;
     }
 
-    // The composite's state holds as many tensors as its children together. `where` is
-    // the layer's name for the message, or a callable that makes it (so that step()
-    // builds no string unless it fails).
+    /// The composite's state holds as many tensors as its children together. `where` is
+    /// the layer's name for the message, or a callable that makes it (so that step()
+    /// builds no string unless it fails).
     template <typename Where>
     void check(const Where& where, const State<Scalar>& s) const {
         if (static_cast<Index>(s.tensors.size()) != total_)
@@ -60,7 +60,7 @@ public:
                             std::to_string(total_) + " (its children's state tensors, concatenated)");
     }
 
-    // A copy of child i's state (for forward and backward, which may allocate).
+    /// A copy of child i's state (for forward and backward, which may allocate).
     State<Scalar> child(const State<Scalar>& s, std::size_t i) const {
         State<Scalar> cs;
         for (Index j = 0; j < counts_[i]; ++j) cs.tensors.push_back(s.tensors[static_cast<std::size_t>(offsets_[i] + j)]);
@@ -68,9 +68,9 @@ public:
         return cs;
     }
 
-    // Writes child i's state back into the composite's (its tensors are moved).
-    // A child that returned no tensors (e.g. an empty dL/d(initial state)) leaves its
-    // slots as `fallback` (a zero state of the right shape).
+    /// Writes child i's state back into the composite's (its tensors are moved).
+    /// A child that returned no tensors (e.g. an empty dL/d(initial state)) leaves its
+    /// slots as `fallback` (a zero state of the right shape).
     void set_child(State<Scalar>& s, std::size_t i, State<Scalar>&& cs, const Layer<Scalar>& child, Index batch) const {
         if (counts_[i] == 0) return;
         if (static_cast<Index>(cs.tensors.size()) != counts_[i]) cs = child.initial_state(batch);
@@ -78,9 +78,9 @@ public:
             s.tensors[static_cast<std::size_t>(offsets_[i] + j)] = std::move(cs.tensors[static_cast<std::size_t>(j)]);
     }
 
-    // Whether the state has its step shells (a state from forward, or from a file, has not).
+    /// Whether the state has its step shells (a state from forward, or from a file, has not).
     bool has_shells(const State<Scalar>& s) const { return s.children.size() == counts_.size(); }
-    // Makes them.
+    /// Makes them.
     void make_shells(State<Scalar>& s, const std::vector<const Layer<Scalar>*>& children, Index batch) const {
         s.children.clear();
         for (const Layer<Scalar>* c : children) {
@@ -90,8 +90,8 @@ public:
         }
     }
 
-    // Exchanges child i's tensors between the composite's state and its shell
-    // (call once before the child's step and once after). Never allocates.
+    /// Exchanges child i's tensors between the composite's state and its shell
+    /// (call once before the child's step and once after). Never allocates.
     void swap(State<Scalar>& s, std::size_t i) const {
         State<Scalar>& cs = s.children[i];
         for (Index j = 0; j < counts_[i]; ++j)

@@ -24,8 +24,8 @@
 namespace seqnn {
 
 struct SamplingOptions {
-    double temperature = 0.0;  // 0: greedy (argmax); otherwise softmax(logits / temperature)
-    Index top_k = 0;           // > 0: sample among the k largest logits only
+    double temperature = 0.0;  ///< 0: greedy (argmax); otherwise softmax(logits / temperature)
+    Index top_k = 0;           ///< > 0: sample among the k largest logits only
 };
 
 // A uniform double in [0, 1) from 53 random bits.

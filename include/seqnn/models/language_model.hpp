@@ -40,12 +40,12 @@
 
 namespace seqnn {
 
-// B token sequences of T ids: id b*T + t is step t of sequence b, the layout of a
-// (B*T, D) Sequence.
+/// B token sequences of T ids: id b*T + t is step t of sequence b, the layout of a
+/// (B*T, D) Sequence.
 struct TokenBatch {
     std::vector<int> ids;
-    Index batch = 0;  // B
-    Index steps = 0;  // T
+    Index batch = 0;  ///< B
+    Index steps = 0;  ///< T
 
     TokenBatch() = default;
     TokenBatch(std::vector<int> token_ids, Index batch_size, Index num_steps)
@@ -59,7 +59,7 @@ struct TokenBatch {
     std::span<const int> sequence(Index b) const {
         return std::span<const int>(ids).subspan(static_cast<std::size_t>(b * steps), static_cast<std::size_t>(steps));
     }
-    // Steps [t0, t0 + n) of every sequence, (B, n).
+    /// Steps [t0, t0 + n) of every sequence, (B, n).
     TokenBatch slice(Index t0, Index n) const {
         std::vector<int> out;
         out.reserve(static_cast<std::size_t>(batch * n));
@@ -70,14 +70,14 @@ struct TokenBatch {
 };
 
 struct LanguageModelOptions {
-    Index vocab_size = 0;           // V
-    Index dim = 0;                  // D
-    Index depth = 1;                // blocks
-    MixerOptions mixer;             // kind and options, the same in every block
+    Index vocab_size = 0;           ///< V
+    Index dim = 0;                  ///< D
+    Index depth = 1;                ///< blocks
+    MixerOptions mixer;             ///< kind and options, the same in every block
     double ff_mult = 4.0;
-    bool conv = false;              // lucidrains' enable_conv
+    bool conv = false;              ///< lucidrains' enable_conv
     Index conv_kernel = 3;
-    double dropout = 0.0;           // after the embedding and on each block's branches, training only
+    double dropout = 0.0;           ///< after the embedding and on each block's branches, training only
     std::uint64_t dropout_seed = 0;
 };
 
@@ -109,12 +109,12 @@ public:
     Index vocab_size() const { return options_.vocab_size; }
     Index dim() const { return options_.dim; }
     Sequential<Scalar>& layers() { return layers_; }
-    // Block i: an LMBlock, or a TransformerBlock for the Transformer kind.
+    /// Block i: an LMBlock, or a TransformerBlock for the Transformer kind.
     Layer<Scalar>& block(Index i) { return layers_[static_cast<std::size_t>(i)]; }
     Embedding<Scalar>& token_emb() { return token_emb_; }
     Linear<Scalar>& to_logits() { return to_logits_; }
 
-    // Every dropout of the model, for checkpoints (their counters are the RNG state).
+    /// Every dropout of the model, for checkpoints (their counters are the RNG state).
     std::vector<Dropout<Scalar>*> dropouts() {
         std::vector<Dropout<Scalar>*> out{&embed_drop_};
         for (Index i = 0; i < options_.depth; ++i)
@@ -125,8 +125,8 @@ public:
         return out;
     }
 
-    // The blocks' zero states; workspace: the embedded tokens and the final normed
-    // stream, (B, D) each, for step.
+    /// The blocks' zero states; workspace: the embedded tokens and the final normed
+    /// stream, (B, D) each, for step.
     State<Scalar> initial_state(Index batch) const {
         if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
         State<Scalar> s = layout_.initial({&layers_}, batch);
@@ -134,8 +134,8 @@ public:
         return s;
     }
 
-    // tokens (B, T) -> logits (B*T, V). state: as Layer::forward (nullptr or empty
-    // starts from zeros; holds the final state on return). ctx: training mode.
+    /// tokens (B, T) -> logits (B*T, V). state: as Layer::forward (nullptr or empty
+    /// starts from zeros; holds the final state on return). ctx: training mode.
     Sequence<Scalar> forward(const TokenBatch& tokens, State<Scalar>* state = nullptr,
                              Context<Scalar>* ctx = nullptr) const {
         const std::string where = kind() + ".forward";
@@ -170,9 +170,9 @@ public:
         return logits;
     }
 
-    // Given dL/dlogits (B*T, V) for the forward that filled ctx (and optionally dL/d
-    // of its final state), adds every parameter's gradient into .grad; fills
-    // d_initial, if given, with dL/d(initial state).
+    /// Given dL/dlogits (B*T, V) for the forward that filled ctx (and optionally dL/d
+    /// of its final state), adds every parameter's gradient into .grad; fills
+    /// d_initial, if given, with dL/d(initial state).
     void backward(const Sequence<Scalar>& dlogits, const Context<Scalar>& ctx, const State<Scalar>* d_final = nullptr,
                   State<Scalar>* d_initial = nullptr) {
         const std::string where = kind() + ".backward";
@@ -202,8 +202,8 @@ public:
         token_emb_.backward(ids, dx.data);
     }
 
-    // One token for each of B streams -> logits (B, V); no allocation once the state
-    // exists (logits is resized only if its shape is wrong).
+    /// One token for each of B streams -> logits (B, V); no allocation once the state
+    /// exists (logits is resized only if its shape is wrong).
     void step(std::span<const int> tokens, State<Scalar>& state, Matrix<Scalar>& logits) const {
         const auto where = [this] { return kind() + ".step"; };  // built only on failure
         const Index B = static_cast<Index>(tokens.size());

@@ -33,12 +33,12 @@
 namespace seqnn {
 
 struct LMBlockOptions {
-    Index dim = 0;                  // D
-    MixerOptions mixer;             // the kind and its options
-    double ff_mult = 4.0;           // the MLP's hidden size is D * ff_mult
-    bool conv = false;              // lucidrains' enable_conv
-    Index conv_kernel = 3;          // 3 in lucidrains, 4 in the paper
-    double dropout = 0.0;           // on the mixer's and the MLP's outputs, training only
+    Index dim = 0;                  ///< D
+    MixerOptions mixer;             ///< the kind and its options
+    double ff_mult = 4.0;           ///< the MLP's hidden size is D * ff_mult
+    bool conv = false;              ///< lucidrains' enable_conv
+    Index conv_kernel = 3;          ///< 3 in lucidrains, 4 in the paper
+    double dropout = 0.0;           ///< on the mixer's and the MLP's outputs, training only
     std::uint64_t dropout_seed = 0;
 };
 
@@ -76,8 +76,8 @@ public:
     Dropout<Scalar>& mixer_dropout() { return mixer_drop_; }
     Dropout<Scalar>& ff_dropout() { return ff_drop_; }
 
-    // The conv's and the mixer's states; workspace for step: h, n, m (B, D) and the
-    // MLP's pre, act (B, mult*D).
+    /// The conv's and the mixer's states; workspace for step: h, n, m (B, D) and the
+    /// MLP's pre, act (B, mult*D).
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
         State<Scalar> s = layout_.initial(stateful(), batch);
@@ -191,7 +191,7 @@ public:
         return dh1;
     }
 
-    // The same block on one step, through the buffers in the state's workspace.
+    /// The same block on one step, through the buffers in the state's workspace.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         const auto where = [this] { return kind() + ".step"; };  // built only on failure
         if (x.cols() != input_size() || x.rows() <= 0)

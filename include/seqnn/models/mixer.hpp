@@ -45,13 +45,13 @@ inline std::string to_string(MixerKind kind) {
 
 struct MixerOptions {
     MixerKind kind = MixerKind::MinGRU;
-    double expansion = 1.5;                   // MinGRU, MinLSTM: inner size D * expansion (lucidrains' default)
-    MinRNNMode mode = MinRNNMode::Parallel;   // MinGRU, MinLSTM: how the scan runs
-    Index num_layers = 1;                     // RNN, LSTM, GRU
-    Index num_heads = 2;                      // Transformer: D must be divisible by it
-    bool rotary = true;                       // Transformer: RoPE on q and k
-    Index max_cache_length = 1024;            // Transformer: KV-cache rows per stream of initial_state
-    double ff_mult = 4.0;                     // Transformer: its MLP's hidden size is D * ff_mult
+    double expansion = 1.5;                   ///< MinGRU, MinLSTM: inner size D * expansion (lucidrains' default)
+    MinRNNMode mode = MinRNNMode::Parallel;   ///< MinGRU, MinLSTM: how the scan runs
+    Index num_layers = 1;                     ///< RNN, LSTM, GRU
+    Index num_heads = 2;                      ///< Transformer: D must be divisible by it
+    bool rotary = true;                       ///< Transformer: RoPE on q and k
+    Index max_cache_length = 1024;            ///< Transformer: KV-cache rows per stream of initial_state
+    double ff_mult = 4.0;                     ///< Transformer: its MLP's hidden size is D * ff_mult
 };
 
 // A mixer of `dim` features to `dim` features.

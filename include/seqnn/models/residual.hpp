@@ -37,7 +37,7 @@ public:
     Index output_size() const override { return fn_->output_size(); }
     Layer<Scalar>& inner() { return *fn_; }
 
-    // f's state; workspace: f's workspace plus one (B, D) buffer for the normed input.
+    /// f's state; workspace: f's workspace plus one (B, D) buffer for the normed input.
     State<Scalar> initial_state(Index batch) const override {
         State<Scalar> s = fn_->initial_state(batch);
         if (norm_) s.workspace.push_back(Matrix<Scalar>(batch, input_size()));
@@ -65,8 +65,8 @@ public:
         return y;
     }
 
-    // The state's last workspace entry is the normed input when there is a norm; f
-    // sees the state without it.
+    /// The state's last workspace entry is the normed input when there is a norm; f
+    /// sees the state without it.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         if (x.cols() != input_size() || x.rows() <= 0)
             fail(kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +

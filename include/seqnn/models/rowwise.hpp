@@ -18,7 +18,7 @@
 
 namespace seqnn {
 
-// What row-wise layers share: no state tensors, a (B, out) step workspace-free path.
+/// What row-wise layers share: no state tensors, a (B, out) step workspace-free path.
 template <typename Scalar>
 class RowwiseLayer : public Layer<Scalar> {
 public:
@@ -61,14 +61,14 @@ public:
     }
 
 protected:
-    // y = f(x) on N rows; with a context, keeps what rows_backward needs.
+    /// y = f(x) on N rows; with a context, keeps what rows_backward needs.
     virtual void rows_forward(const Matrix<Scalar>& x, Matrix<Scalar>& y, Context<Scalar>* ctx) const = 0;
-    // The same on the B rows of one step; scratch lives in state.workspace.
+    /// The same on the B rows of one step; scratch lives in state.workspace.
     virtual void rows_step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const = 0;
     virtual Matrix<Scalar> rows_backward(const Matrix<Scalar>& dy, const Context<Scalar>& ctx) = 0;
 };
 
-// A Linear, RMSNorm or LayerNorm as a layer.
+/// A Linear, RMSNorm or LayerNorm as a layer.
 template <typename Scalar, typename Block>
 class Rowwise : public RowwiseLayer<Scalar> {
 public:
@@ -122,7 +122,7 @@ std::unique_ptr<Layer<Scalar>> make_layer_norm_layer(Index dim) {
     return std::make_unique<Rowwise<Scalar, LayerNorm<Scalar>>>("LayerNorm", LayerNorm<Scalar>(dim));
 }
 
-// The Transformer / minGRU-LM MLP: y = W2 gelu(W1 x + b1) + b2, hidden = mult * D.
+/// The Transformer / minGRU-LM MLP: y = W2 gelu(W1 x + b1) + b2, hidden = mult * D.
 template <typename Scalar>
 class FeedForward : public RowwiseLayer<Scalar> {
 public:
@@ -136,7 +136,7 @@ public:
     Linear<Scalar>& up() { return up_; }
     Linear<Scalar>& down() { return down_; }
 
-    // No state tensors; workspace: pre and act (B, H) for step.
+    /// No state tensors; workspace: pre and act (B, H) for step.
     State<Scalar> initial_state(Index batch) const override {
         State<Scalar> s = RowwiseLayer<Scalar>::initial_state(batch);
         s.workspace = {Matrix<Scalar>(batch, hidden_size()), Matrix<Scalar>(batch, hidden_size())};
@@ -148,14 +148,14 @@ public:
         down_.collect_parameters(prefix + "2.", out);
     }
 
-    // Forward on N rows; `pre` (N, H) receives W1 x + b1 and `act` (N, H) its GELU.
+    /// Forward on N rows; `pre` (N, H) receives W1 x + b1 and `act` (N, H) its GELU.
     void forward_rows(ConstMatrixRef<Scalar> x, Matrix<Scalar>& pre, Matrix<Scalar>& act, MatrixRef<Scalar> y) const {
         up_.forward(x, pre);       // (N, D) x (D, H)
         act = pre;                 // no allocation when act already has pre's shape
         activation_forward<Scalar>(Activation::GELU, act);
         down_.forward(act, y);     // (N, H) x (H, D)
     }
-    // Backward on N rows, from the forward's x, pre and act: returns dL/dx (N, D).
+    /// Backward on N rows, from the forward's x, pre and act: returns dL/dx (N, D).
     Matrix<Scalar> backward_rows(ConstMatrixRef<Scalar> x, const Matrix<Scalar>& pre, const Matrix<Scalar>& act,
                                  ConstMatrixRef<Scalar> dy) {
         Matrix<Scalar> d_act = down_.backward(act, dy);                      // (N, D) x (D, H)
@@ -173,7 +173,7 @@ protected:
             ctx->save("act", std::move(act));
         }
     }
-    // The step's (B, H) buffers pre and act live in the state's workspace.
+    /// The step's (B, H) buffers pre and act live in the state's workspace.
     void rows_step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         if (state.workspace.size() != 2 || state.workspace[0].rows() != x.rows())
             state.workspace = initial_state(x.rows()).workspace;

@@ -27,7 +27,7 @@ class Sequential : public Layer<Scalar> {
 public:
     Sequential() = default;
 
-    // Appends a layer; its input size must be the stack's output size so far.
+    /// Appends a layer; its input size must be the stack's output size so far.
     Sequential& add(std::unique_ptr<Layer<Scalar>> layer) {
         if (!layer) fail("Sequential.add", "layer is null");
         if (!layers_.empty() && layer->input_size() != output_size())
@@ -54,8 +54,8 @@ public:
     Index input_size() const override { return layers_.empty() ? 0 : layers_.front()->input_size(); }
     Index output_size() const override { return layers_.empty() ? 0 : layers_.back()->output_size(); }
 
-    // The children's states concatenated; workspace: one (B, D_i) buffer between each
-    // pair of children.
+    /// The children's states concatenated; workspace: one (B, D_i) buffer between each
+    /// pair of children.
     State<Scalar> initial_state(Index batch) const override {
         check_not_empty("Sequential.initial_state");
         if (batch <= 0) fail("Sequential.initial_state", "batch must be positive, got " + std::to_string(batch));

@@ -55,18 +55,18 @@ public:
     double p() const { return p_; }
     std::uint64_t seed() const { return seed_; }
 
-    // The generator's state: how many training forwards have drawn a mask.
+    /// The generator's state: how many training forwards have drawn a mask.
     std::uint64_t calls() const { return calls_.load(); }
     void set_calls(std::uint64_t calls) { calls_.store(calls); }
 
-    // Stateless: no tensors, no workspace.
+    /// Stateless: no tensors, no workspace.
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail("Dropout.initial_state", "batch must be positive, got " + std::to_string(batch));
         return {};
     }
 
-    // In place on x (N, D): with a context, x *= mask and the mask (0 or 1/(1-p)) is
-    // saved as "mask"; without one, nothing happens.
+    /// In place on x (N, D): with a context, x *= mask and the mask (0 or 1/(1-p)) is
+    /// saved as "mask"; without one, nothing happens.
     void apply(MatrixRef<Scalar> x, Context<Scalar>* ctx) const {
         if (!ctx || p_ == 0.0) {
             if (ctx) ctx->saved.erase("mask");  // identity: backward passes dy through
@@ -78,7 +78,7 @@ public:
         multiply_by(mask, x);
     }
 
-    // In place on dy (N, D): dy *= the mask of the forward that filled ctx.
+    /// In place on dy (N, D): dy *= the mask of the forward that filled ctx.
     void apply_backward(MatrixRef<Scalar> dy, const Context<Scalar>& ctx) const {
         const auto it = ctx.saved.find("mask");
         if (it == ctx.saved.end()) return;  // the forward was the identity
@@ -87,15 +87,15 @@ public:
         multiply_by(mask, dy);
     }
 
-    // x *= mask, element-wise, split by rows across threads.
+    /// x *= mask, element-wise, split by rows across threads.
     static void multiply_by(const Matrix<Scalar>& mask, MatrixRef<Scalar> x) {
         parallel_row_blocks(x.rows(), x.cols(), [&](Index r0, Index r1) {
             x.middleRows(r0, r1 - r0).array() *= mask.middleRows(r0, r1 - r0).array();
         });
     }
 
-    // The mask of training call `call`: 0 or 1 / (1 - p) per entry, (N, D). Entry i
-    // depends only on (seed, call, i), so any split across threads gives the same mask.
+    /// The mask of training call `call`: 0 or 1 / (1 - p) per entry, (N, D). Entry i
+    /// depends only on (seed, call, i), so any split across threads gives the same mask.
     void fill_mask(std::uint64_t call, Matrix<Scalar>& mask) const {
         const Scalar scale = p_ < 1.0 ? static_cast<Scalar>(1.0 / (1.0 - p_)) : Scalar(0);
         const Index cols = mask.cols();

@@ -20,10 +20,10 @@ namespace seqnn {
 template <typename Scalar>
 class Embedding {
 public:
-    Parameter<Scalar> weight;  // (num_embeddings, embedding_dim)
+    Parameter<Scalar> weight;  ///< (num_embeddings, embedding_dim)
 
     Embedding() = default;
-    // PyTorch's default initialisation: every entry N(0, 1).
+    /// PyTorch's default initialisation: every entry N(0, 1).
     Embedding(Index num_embeddings, Index embedding_dim, Rng& rng) {
         if (num_embeddings <= 0 || embedding_dim <= 0)
             fail("Embedding", "sizes must be positive, got num_embeddings=" + std::to_string(num_embeddings) +
@@ -36,8 +36,8 @@ public:
     Index num_embeddings() const { return weight.value.rows(); }
     Index embedding_dim() const { return weight.value.cols(); }
 
-    // y[i] = weight[ids[i]]: N ids -> (N, dim). y may be a view (one step of a sequence).
-    // Every id is checked before y is written.
+    /// y[i] = weight[ids[i]]: N ids -> (N, dim). y may be a view (one step of a sequence).
+    /// Every id is checked before y is written.
     void forward(std::span<const int> ids, MatrixRef<Scalar> y) const {
         check_ids(ids);
         check_matrix("Embedding", "output y", y, static_cast<Index>(ids.size()), embedding_dim());
@@ -51,9 +51,9 @@ public:
         return y;
     }
 
-    // Given the ids of the forward and dL/dy (N, dim): weight.grad[ids[i]] += dy[i],
-    // so an id that occurs several times gathers all its rows. Ids are not
-    // differentiable, so there is no dL/dx to return.
+    /// Given the ids of the forward and dL/dy (N, dim): weight.grad[ids[i]] += dy[i],
+    /// so an id that occurs several times gathers all its rows. Ids are not
+    /// differentiable, so there is no dL/dx to return.
     void backward(std::span<const int> ids, ConstMatrixRef<Scalar> dy) {
         check_ids(ids);
         if (dy.rows() != static_cast<Index>(ids.size()) || dy.cols() != embedding_dim())

@@ -20,8 +20,8 @@ namespace seqnn {
 template <typename Scalar>
 class LayerNorm {
 public:
-    Parameter<Scalar> weight;  // (D), empty without elementwise_affine
-    Parameter<Scalar> bias;    // (D), empty without elementwise_affine or without bias
+    Parameter<Scalar> weight;  ///< (D), empty without elementwise_affine
+    Parameter<Scalar> bias;    ///< (D), empty without elementwise_affine or without bias
 
     LayerNorm() = default;
     explicit LayerNorm(Index dim, Scalar eps = Scalar(1e-5), bool elementwise_affine = true, bool with_bias = true)
@@ -40,7 +40,7 @@ public:
     bool has_weight() const { return weight.size() > 0; }
     bool has_bias() const { return bias.size() > 0; }
 
-    // y = LayerNorm(x): (N, D) -> (N, D). y may be a view, or x itself (in place).
+    /// y = LayerNorm(x): (N, D) -> (N, D). y may be a view, or x itself (in place).
     void forward(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) const {
         check_input(x.rows(), x.cols());
         check_matrix("LayerNorm", "output y", y, x.rows(), dim_);
@@ -61,16 +61,16 @@ public:
         return y;
     }
 
-    // Given the forward's input x (N, D) and dL/dy (N, D): with xhat = (x - mean) * rstd,
-    // dweight += sum_rows dy * xhat, dbias += sum_rows dy, and returns dL/dx (N, D):
-    //   dxhat = dy * weight,   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+    /// Given the forward's input x (N, D) and dL/dy (N, D): with xhat = (x - mean) * rstd,
+    /// dweight += sum_rows dy * xhat, dbias += sum_rows dy, and returns dL/dx (N, D):
+    ///   dxhat = dy * weight,   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
     Matrix<Scalar> backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy) {
         Matrix<Scalar> dx(x.rows(), dim_);
         backward(x, dy, dx);
         return dx;
     }
 
-    // The same, writing dL/dx into dx (N, D), which must not overlap x or dy.
+    /// The same, writing dL/dx into dx (N, D), which must not overlap x or dy.
     void backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy, MatrixRef<Scalar> dx) {
         check_input(x.rows(), x.cols());
         if (dy.rows() != x.rows() || dy.cols() != dim_)

@@ -14,11 +14,11 @@ namespace seqnn {
 template <typename Scalar>
 class Linear {
 public:
-    Parameter<Scalar> weight;  // (out, in)
-    Parameter<Scalar> bias;    // (out), empty when has_bias() is false
+    Parameter<Scalar> weight;  ///< (out, in)
+    Parameter<Scalar> bias;    ///< (out), empty when has_bias() is false
 
     Linear() = default;
-    // PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+    /// PyTorch's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
     Linear(Index in_features, Index out_features, bool with_bias, Rng& rng) {
         // Checked before anything is allocated: a negative size must not reach Eigen.
         if (in_features <= 0 || out_features <= 0)
@@ -37,7 +37,7 @@ public:
     Index out_features() const { return weight.value.rows(); }
     bool has_bias() const { return bias.size() > 0; }
 
-    // y = x W^T + b: (N, in) -> (N, out). y may be a view (one step of a sequence).
+    /// y = x W^T + b: (N, in) -> (N, out). y may be a view (one step of a sequence).
     void forward(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) const {
         check_input(x.rows(), x.cols());
         check_matrix("Linear", "output y", y, x.rows(), out_features());
@@ -50,15 +50,15 @@ public:
         return y;
     }
 
-    // Given x (N, in) and dL/dy (N, out): dW += dy^T x, db += sum_rows dy, and
-    // returns dL/dx = dy W (N, in).
+    /// Given x (N, in) and dL/dy (N, out): dW += dy^T x, db += sum_rows dy, and
+    /// returns dL/dx = dy W (N, in).
     Matrix<Scalar> backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy) {
         Matrix<Scalar> dx(x.rows(), in_features());
         backward(x, dy, dx);
         return dx;
     }
 
-    // The same, writing dL/dx into dx (N, in), which may be a view.
+    /// The same, writing dL/dx into dx (N, in), which may be a view.
     void backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy, MatrixRef<Scalar> dx) {
         check_input(x.rows(), x.cols());
         if (dy.rows() != x.rows() || dy.cols() != out_features())

@@ -38,7 +38,7 @@ public:
         return State<Scalar>();
     }
 
-    // out[j] += P[position, j] for one row of D features; in double, rounded once.
+    /// out[j] += P[position, j] for one row of D features; in double, rounded once.
     void add_encoding(Index position, Scalar* out) const {
         for (Index j = 0; j < dim_; ++j) {
             const double angle = double(position) * std::pow(base_, -double(j - j % 2) / double(dim_));
@@ -65,7 +65,7 @@ public:
         return y;
     }
 
-    // The encoding is a constant: dL/dx = dL/dy.
+    /// The encoding is a constant: dL/dx = dL/dy.
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>* = nullptr,
                               State<Scalar>* d_initial = nullptr) override {
         ctx.get("dims");
@@ -97,7 +97,7 @@ private:
 template <typename Scalar>
 class LearnedPositionalEmbedding : public Layer<Scalar> {
 public:
-    Parameter<Scalar> weight;  // (max_length, D)
+    Parameter<Scalar> weight;  ///< (max_length, D)
 
     LearnedPositionalEmbedding(Index max_length, Index dim, Rng& rng) {
         if (max_length <= 0 || dim <= 0)
@@ -135,7 +135,7 @@ public:
         return y;
     }
 
-    // weight.grad[offset + t] += sum_b dy[b*T + t]; dL/dx = dL/dy.
+    /// weight.grad[offset + t] += sum_b dy[b*T + t]; dL/dx = dL/dy.
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>* = nullptr,
                               State<Scalar>* d_initial = nullptr) override {
         const auto offset = static_cast<Index>(ctx.get("offset")(0, 0));

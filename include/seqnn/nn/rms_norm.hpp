@@ -21,7 +21,7 @@ namespace seqnn {
 template <typename Scalar>
 class RMSNorm {
 public:
-    Parameter<Scalar> weight;  // (D), empty without elementwise_affine
+    Parameter<Scalar> weight;  ///< (D), empty without elementwise_affine
 
     RMSNorm() = default;
     explicit RMSNorm(Index dim, Scalar eps = std::numeric_limits<Scalar>::epsilon(), bool elementwise_affine = true)
@@ -38,7 +38,7 @@ public:
     Scalar eps() const { return eps_; }
     bool has_weight() const { return weight.size() > 0; }
 
-    // y = RMSNorm(x): (N, D) -> (N, D). y may be a view, or x itself (in place).
+    /// y = RMSNorm(x): (N, D) -> (N, D). y may be a view, or x itself (in place).
     void forward(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) const {
         check_input(x.rows(), x.cols());
         check_matrix("RMSNorm", "output y", y, x.rows(), dim_);
@@ -58,9 +58,9 @@ public:
         return y;
     }
 
-    // Given the forward's input x (N, D) and dL/dy (N, D): with xhat = x * rstd,
-    // dweight += sum_rows dy * xhat, and returns dL/dx (N, D):
-    //   dxhat = dy * weight,   dx = rstd * (dxhat - xhat * mean(dxhat * xhat)).
+    /// Given the forward's input x (N, D) and dL/dy (N, D): with xhat = x * rstd,
+    /// dweight += sum_rows dy * xhat, and returns dL/dx (N, D):
+    ///   dxhat = dy * weight,   dx = rstd * (dxhat - xhat * mean(dxhat * xhat)).
     Matrix<Scalar> backward(ConstMatrixRef<Scalar> x, ConstMatrixRef<Scalar> dy) {
         check_input(x.rows(), x.cols());
         if (dy.rows() != x.rows() || dy.cols() != dim_)

@@ -36,13 +36,13 @@
 
 namespace seqnn {
 
-// What a checkpoint saves and restores; the pointers are not owned.
+/// What a checkpoint saves and restores; the pointers are not owned.
 template <typename Scalar>
 struct TrainingState {
     ParameterList<Scalar> parameters;
-    Optimizer<Scalar>* optimizer = nullptr;  // optional
-    std::map<std::string, Rng*> rngs;        // e.g. {{"data", &data_rng}}
-    std::vector<Dropout<Scalar>*> dropouts;  // e.g. LanguageModel::dropouts()
+    Optimizer<Scalar>* optimizer = nullptr;  ///< optional
+    std::map<std::string, Rng*> rngs;        ///< e.g. {{"data", &data_rng}}
+    std::vector<Dropout<Scalar>*> dropouts;  ///< e.g. LanguageModel::dropouts()
 };
 
 // Everything in `state` as named tensors and metadata.

@@ -42,8 +42,8 @@ Scalar clip_grad_norm(const ParameterList<Scalar>& params, Scalar max_norm) {
     return static_cast<Scalar>(norm);
 }
 
-// What every optimizer offers: one update from the gradients in .grad, the
-// learning rate (for schedules), and its state as named tensors plus a step count.
+/// What every optimizer offers: one update from the gradients in .grad, the
+/// learning rate (for schedules), and its state as named tensors plus a step count.
 template <typename Scalar>
 class Optimizer {
 public:
@@ -51,9 +51,9 @@ public:
     virtual void step() = 0;
     virtual double lr() const = 0;
     virtual void set_lr(double lr) = 0;
-    // Appends the state tensors, named <prefix><key>.<parameter name>.
+    /// Appends the state tensors, named <prefix><key>.<parameter name>.
     virtual void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const = 0;
-    // Reads them back; every tensor must be present with its parameter's shape.
+    /// Reads them back; every tensor must be present with its parameter's shape.
     virtual void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") = 0;
 
     void zero_grad() { seqnn::zero_grad(params_); }
@@ -90,11 +90,11 @@ protected:
     long steps_ = 0;
 };
 
-// SGD with momentum, dampening, weight decay and Nesterov, PyTorch's torch.optim.SGD:
-//   g = grad + weight_decay * w
-//   buf = g on the first step, else momentum * buf + (1 - dampening) * g
-//   g = g + momentum * buf (nesterov) or buf
-//   w -= lr * g
+/// SGD with momentum, dampening, weight decay and Nesterov, PyTorch's torch.optim.SGD:
+///   g = grad + weight_decay * w
+///   buf = g on the first step, else momentum * buf + (1 - dampening) * g
+///   g = g + momentum * buf (nesterov) or buf
+///   w -= lr * g
 template <typename Scalar>
 class SGD : public Optimizer<Scalar> {
     using Base = Optimizer<Scalar>;
@@ -156,13 +156,13 @@ private:
     std::vector<Matrix<Scalar>> buffers_;
 };
 
-// AdamW (Loshchilov & Hutter), PyTorch's torch.optim.AdamW (amsgrad off):
-//   t += 1
-//   w *= 1 - lr * weight_decay
-//   m = lerp(m, g, 1 - beta1)                      = m + (1 - beta1) (g - m)
-//   v = v * beta2 + (1 - beta2) g^2
-//   w += -(lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-// With weight_decay = 0 this is Adam.
+/// AdamW (Loshchilov & Hutter), PyTorch's torch.optim.AdamW (amsgrad off):
+///   t += 1
+///   w *= 1 - lr * weight_decay
+///   m = lerp(m, g, 1 - beta1)                      = m + (1 - beta1) (g - m)
+///   v = v * beta2 + (1 - beta2) g^2
+///   w += -(lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+/// With weight_decay = 0 this is Adam.
 template <typename Scalar>
 class AdamW : public Optimizer<Scalar> {
     using Base = Optimizer<Scalar>;

@@ -13,12 +13,12 @@
 
 namespace seqnn {
 
-// Linear warmup, then cosine decay (nanoGPT's schedule, SGDR without restarts):
-//   step < warmup:              peak * (step + 1) / warmup
-//   warmup <= step < total:     min + (peak - min) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2
-//   step >= total:              min
-// so the first step already trains, the rate reaches peak at step warmup - 1 (or at
-// step 0 without warmup) and decays to min at step total.
+/// Linear warmup, then cosine decay (nanoGPT's schedule, SGDR without restarts):
+///   step < warmup:              peak * (step + 1) / warmup
+///   warmup <= step < total:     min + (peak - min) * (1 + cos(pi * (step - warmup) / (total - warmup))) / 2
+///   step >= total:              min
+/// so the first step already trains, the rate reaches peak at step warmup - 1 (or at
+/// step 0 without warmup) and decays to min at step total.
 struct WarmupCosineSchedule {
     double peak_lr = 1e-3;
     double min_lr = 0.0;
