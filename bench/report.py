@@ -10,6 +10,14 @@ files), RAWDIR/machine.txt (its first line names the machine) and RAWDIR/command
 figures and compare.py need, with the machine and the commands. It needs only the
 standard library, so it runs where matplotlib is missing (the device machine).
 
+  python3 bench/report.py tables [--from docs/report] [--out docs/results.md] [--readme README.md]
+  python3 bench/report.py tables --check       # regenerate into a temp dir, compare byte for byte
+
+`tables` (the default command) writes docs/results.md, every table of the results, from the
+JSON runs in docs/report/ (see RUNS below), and the README's results table between its
+markers. Standard library only. `--check` writes both into a temporary folder and fails
+unless they equal the committed files byte for byte: the test suite runs it.
+
 `draw` reads every *.json in the given folders (raw files, bundles, or the per-figure
 files it wrote before: all three load the same way) and writes into --out:
 
@@ -68,8 +76,8 @@ def read_meta_files(folder):
 class Results:
     """All seqnn and PyTorch rows, keyed by (name, threads), with the metadata."""
 
-    def __init__(self, folders):
-        paths = []
+    def __init__(self, folders, files=()):
+        paths = list(files)
         self.meta = {}
         for folder in folders:
             found = sorted(glob.glob(os.path.join(folder, "*.json")))
@@ -485,9 +493,347 @@ def cmd_draw(args):
                 os.remove(os.path.join(args.out, stale))
 
 
+# ---------------------------------------------------------------------------------------------
+# Tables: docs/results.md and the README's results table, standard library only.
+#
+# RUNS: every *.json under the report folder is a run, or part of one, except the files `draw`
+# writes beside a figure or table (their report names a "figure" or a "table": their rows are in
+# the run they were drawn from). A run is one bundle (`merge`'s output, or `draw`'s
+# all_results.json), a folder of raw files with its machine.txt (one run for the folder), or a
+# lone raw Google Benchmark or pytorch_peer.py file. A run without a machine description or a
+# command is shown as such, with a warning.
+
+README_BEGIN = "<!-- results table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
+README_END = "<!-- end of results table -->"
+HEADLINE = [
+    ("BM_MinGRU_Forward/B:16/T:1024/D:256", "minGRU forward"),
+    ("BM_MinGRU_Train/B:16/T:1024/D:256", "minGRU training step"),
+    ("BM_MinLSTM_Forward/B:16/T:1024/D:256", "minLSTM forward"),
+    ("BM_MinLSTM_Train/B:16/T:1024/D:256", "minLSTM training step"),
+    ("BM_GRU_Forward/B:16/T:1024/D:256", "GRU forward"),
+    ("BM_GRU_Train/B:16/T:1024/D:256", "GRU training step"),
+    ("BM_LSTM_Forward/B:16/T:1024/D:256", "LSTM forward"),
+    ("BM_LSTM_Train/B:16/T:1024/D:256", "LSTM training step"),
+    ("BM_Transformer_Forward/B:16/T:1024/D:256", "Transformer block forward"),
+    ("BM_Transformer_Train/B:16/T:1024/D:256", "Transformer block training step"),
+    ("BM_Attention_Forward/B:1/T:4096/H:8/Dh:64", "causal attention forward, B:1, T:4096, 8 heads of 64"),
+]
+
+
+class Run:
+    """One run: its rows (a Results), where it came from, its machine, date and commands."""
+
+    def __init__(self, label, res):
+        self.label, self.res = label, res
+        meta = res.meta
+        self.machine = res.machine()
+        details = meta.get("machine_details", "")
+        m = re.search(r"\bdate (\d{4}-\d\d-\d\d)", details)
+        self.date = m.group(1) if m else None
+        for ctx in meta.get("contexts", {}).values():
+            m = re.match(r"\d{4}-\d\d-\d\d", str(ctx.get("date", "")))
+            if m and not self.date:
+                self.date = m.group(0)
+        self.date = self.date or "unknown date"
+        self.details = [" ".join(line.split()) for line in details.splitlines()[1:] if line.strip()]
+        self.commands = dict(meta.get("commands", {}))
+        self.invocation = self.commands.pop("_invocation", None)
+        if "machine" not in meta:
+            print(f"report.py: {label}: no machine description (report.machine or machine.txt)", file=sys.stderr)
+        if not self.invocation and not self.commands:
+            print(f"report.py: {label}: no command (report.commands or commands.tsv)", file=sys.stderr)
+
+    def title(self):
+        return f"{self.machine}, {self.date}"
+
+
+def _is_derived(path):
+    """A figure's or a table's own JSON (written by `draw`): its rows are in its run's file."""
+    try:
+        data = compare._load_json(path)
+    except (OSError, ValueError) as e:
+        sys.exit(f"report.py: {path}: {e}")
+    return isinstance(data, dict) and any(k in data.get("report", {}) for k in ("figure", "table"))
+
+
+def find_runs(root):
+    runs = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        jsons = sorted(f for f in files if f.endswith(".json"))
+        if not jsons:
+            continue
+        rel = os.path.relpath(folder, root)
+        if folder != root and os.path.exists(os.path.join(folder, "machine.txt")):
+            runs.append(Run(rel, Results([folder])))
+            continue
+        for f in jsons:
+            path = os.path.join(folder, f)
+            if not _is_derived(path):
+                runs.append(Run(os.path.normpath(os.path.join(rel, f)), Results([], files=[path])))
+    if not runs:
+        sys.exit(f"report.py: no measurements (*.json) in {root}")
+    # Newest first; the same date in the order of the files.
+    return sorted(runs, key=lambda r: r.label), sorted(runs, key=lambda r: (r.date[0].isdigit(), r.date), reverse=True)
+
+
+def _x(v):
+    return f"{v:.2f}x"
+
+
+def _md_table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _thr(n):
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
+def table_serial_vs_parallel(run):
+    res = run.res
+    rows = []
+    for seq, par in (("GRU", "MinGRU"), ("LSTM", "MinLSTM")):
+        for mode in ("Forward", "Train"):
+            for th in sorted({t for (_, t) in res.ours}):
+                a = dict((T, r["time_ms"]) for T, r in series(res, f"BM_{seq}_{mode}", th))
+                b = dict((T, r["time_ms"]) for T, r in series(res, f"BM_{par}_{mode}", th))
+                Ts = sorted(set(a) & set(b))
+                if Ts:
+                    rows.append((f"{KIND_LABEL[par]} over {KIND_LABEL[seq]}, {'training' if mode == 'Train' else 'forward'}, "
+                                 f"{_thr(th)}", {T: a[T] / b[T] for T in Ts}))
+    if not rows:
+        return []
+    Ts = sorted({T for _, d in rows for T in d})
+    return (["### Serial vs parallel", "",
+             "Sequential cell time / min* layer time (parallel scan), the same thread count, B:16, D:256.", ""]
+            + _md_table(["", *[f"T:{T}" for T in Ts]], [[label, *[f"{d[T]:.1f}x" if T in d else "" for T in Ts]]
+                                                       for label, d in rows]) + [""])
+
+
+def table_ratios(run):
+    res = run.res
+    pairs = compare.ratio_rows(list(res.ours.values()), list(res.peer.values()))
+    if not pairs:
+        return []
+    threads = sorted({t for _, t, *_ in pairs})
+    by = {(n, t): (s, p, x) for n, t, s, p, x in pairs}
+    names = sorted({n for n, *_ in pairs}, key=compare._natural)
+    header = ["benchmark"]
+    for t in threads:
+        header += [f"seqnn ms, {_thr(t)}", f"PyTorch ms, {_thr(t)}", f"PyTorch / seqnn, {_thr(t)}"]
+    rows = []
+    for n in names:
+        row = [f"`{n}`"]
+        for t in threads:
+            s, p, x = by.get((n, t), (None, None, None))
+            row += [compare._ms(s), compare._ms(p), _x(x)] if s is not None else ["", "", ""]
+        rows.append(row)
+    torch = sorted({p.get("torch", "") for p in res.peer.values()} - {""})
+    return (["### seqnn vs PyTorch", "",
+             f"Matched by benchmark name and thread count; PyTorch {', '.join(torch) or '(version not recorded)'} "
+             "(`bench/pytorch_peer.py`). Above 1x seqnn is faster.", ""] + _md_table(header, rows) + [""])
+
+
+def table_ceilings(run):
+    res = run.res
+    rows = []
+    for th in sorted({t for (_, t) in res.ours}):
+        c = ceilings(res, th)
+        if not c:
+            continue
+        gemm, bw = c
+        g, b = gemm["counters"]["FLOPS"], bw["counters"]["bytes_per_second"]
+        rows.append([f"`{gemm['name']}` (ceiling)", str(th), f"{g / 1e9:.1f}", "100%", "", ""])
+        rows.append([f"`{bw['name']}` (ceiling)", str(th), "", "", f"{b / 1e9:.1f}", "100%"])
+        for name, _ in CEILING_LAYERS:
+            r = res.get(name, th)
+            if r is None:
+                continue
+            f, y = r["counters"].get("FLOPS"), r["counters"].get("bytes_per_second")
+            rows.append([f"`{name}`", str(th), f"{f / 1e9:.1f}" if f else "", f"{100 * f / g:.0f}%" if f else "",
+                         f"{y / 1e9:.1f}" if y else "", f"{100 * y / b:.0f}%" if y else ""])
+    if not rows:
+        return []
+    return (["### Against the machine's ceilings", "",
+             "Useful FLOP/s and the minimum bytes/s a call must move (the benchmarks' `FLOPS` and "
+             "`bytes_per_second` counters) as a fraction of the fastest `BM_Gemm` and of "
+             "`BM_Bandwidth/N:16777216` at the same thread count: measured kernels, not the hardware's peak.", ""]
+            + _md_table(["benchmark", "threads", "GFLOP/s", "of BM_Gemm", "GB/s", "of BM_Bandwidth"], rows) + [""])
+
+
+def _base_name(name):
+    return re.sub(r"/threads:\d+", "", name)
+
+
+def table_scaling(run):
+    res = run.res
+    by = {}
+    for (name, th), r in res.ours.items():
+        by.setdefault(_base_name(name), {})[th] = r["time_ms"]
+    lines = {n: d for n, d in by.items() if len(d) >= 3 and 1 in d}
+    if not lines:
+        return []
+    threads = sorted({t for d in lines.values() for t in d})
+    rows = []
+    for n in sorted(lines, key=compare._natural):
+        d = lines[n]
+        top = max(d)
+        rows.append([f"`{n}`", *[compare._ms(d[t]) if t in d else "" for t in threads], f"{d[1] / d[top]:.1f}x at {top}"])
+    return (["### Thread scaling", "", "ms per call at each thread count, and the speedup over one thread.", ""]
+            + _md_table(["benchmark", *[_thr(t) for t in threads], "speedup"], rows) + [""])
+
+
+def table_accuracy(run):
+    res = run.res
+    rows = [(n, t, r) for (n, t), r in res.ours.items() if n.startswith("BM_ScanAccuracy_") and "rel_error" in r["counters"]]
+    if not rows:
+        return []
+    Ts = sorted({t_of(n) for n, _, _ in rows if t_of(n)})
+    table = {}
+    for n, t, r in rows:
+        key = (re.sub(r"/T:\d+", "", n), t)
+        table.setdefault(key, {})[t_of(n)] = r["counters"]["rel_error"]
+    out = []
+    for (n, t) in sorted(table, key=lambda k: (compare._natural(k[0]), k[1])):
+        d = table[(n, t)]
+        out.append([f"`{n}`", str(t), *[f"{d[T]:.2g}" if T in d else "" for T in Ts]])
+    return (["### Scan accuracy", "",
+             "fp32 scan against an fp64 sequential scan of the same inputs: max |h - h64| / max |h64| "
+             "(`bench_accuracy`, counter `rel_error`); `a:500` is a ~ U(0.5, 1), `a:990` a ~ U(0.99, 1).", ""]
+            + _md_table(["benchmark", "threads", *[f"T:{T}" for T in Ts]], out) + [""])
+
+
+def table_all(run, rows, title, note):
+    if not rows:
+        return []
+    threads = sorted({t for (_, t) in rows})
+    names = sorted({n for (n, _) in rows}, key=compare._natural)
+    body = [[f"`{n}`", *[compare._ms(rows[(n, t)]["time_ms"]) if (n, t) in rows else "" for t in threads]] for n in names]
+    return [f"### {title}", "", note, ""] + _md_table(["benchmark", *[_thr(t) for t in threads]], body) + [""]
+
+
+def run_section(run):
+    out = [f"## {run.title()}", ""]
+    out.append(f"- Data: [`report/{run.label}`](report/{run.label}) ({len(run.res.ours)} seqnn rows, "
+               f"{len(run.res.peer)} PyTorch rows)")
+    out.append(f"- Machine: {run.machine}" + (f"; {'; '.join(run.details)}" if run.details else ""))
+    out.append(f"- Command: `{run.invocation}`" if run.invocation else "- Command: see each file's command below")
+    out.append("")
+    if run.commands:
+        out += ["<details><summary>The command of each file of the run</summary>", ""]
+        out += [f"- `{src}`: `{cmd}`" for src, cmd in sorted(run.commands.items())]
+        out += ["", "</details>", ""]
+    for part in (table_serial_vs_parallel(run), table_ratios(run), table_scaling(run), table_ceilings(run),
+                 table_accuracy(run),
+                 table_all(run, run.res.ours, "Every seqnn result",
+                           "ms per call (median of the repetitions), by thread count."),
+                 table_all(run, run.res.peer, "Every PyTorch result", "ms per call, by thread count.")):
+        out += part
+    return out
+
+
+def results_md(runs):
+    out = ["# Results", "",
+           "Written by `python3 bench/report.py tables` from the JSON measurements in [`docs/report/`](report/); "
+           "not edited by hand. The test `docs.results_are_generated` checks that this file is what the script "
+           "writes from the committed JSON. Each section is one run, with its machine, date and command; "
+           "how to measure and add one: [bench/README.md](../bench/README.md#results-from-data).", "",
+           "Times are ms per call: seqnn's the median of the repetitions, PyTorch's the median call. "
+           "\"PyTorch / seqnn\" is PyTorch's time over seqnn's: above 1x seqnn is faster.", ""]
+    out += [f"- [{r.title()}](#{_anchor(r.title())}): `report/{r.label}`" for r in runs] + [""]
+    for r in runs:
+        out += run_section(r)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _anchor(title):
+    """GitHub's heading anchor."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def readme_table(runs):
+    """The README's table: seqnn vs PyTorch at the headline shapes, from the run that has most of them."""
+    def pairs(run):
+        return {(n, t): (s, p, x) for n, t, s, p, x in
+                compare.ratio_rows(list(run.res.ours.values()), list(run.res.peer.values()))
+                if n in dict(HEADLINE)}
+    best = max(runs, key=lambda r: (len(pairs(r)), r.date))
+    by = pairs(best)
+    if not by:
+        return ["No run in docs/report/ has seqnn and PyTorch results at the headline shapes."]
+    threads = sorted({t for _, t in by})
+    threads = sorted({threads[0], threads[-1]})
+    header = ["benchmark (B:16, D:256, T:1024 unless noted)"]
+    for t in threads:
+        header += [f"seqnn ms, {_thr(t)}", f"PyTorch / seqnn, {_thr(t)}"]
+    rows = []
+    for name, label in HEADLINE:
+        if any((name, t) in by for t in threads):
+            row = [label]
+            for t in threads:
+                s, _, x = by.get((name, t), (None, None, None))
+                row += [compare._ms(s), _x(x)] if s is not None else ["", ""]
+            rows.append(row)
+    command = f"`{best.invocation}`" if best.invocation else "see docs/results.md"
+    return ([f"Machine: {best.machine}. Date: {best.date}. Command: {command}. "
+             f"Data: `docs/report/{best.label}`.", ""] + _md_table(header, rows))
+
+
+def readme_with_table(text, table_lines, path):
+    b, e = text.find(README_BEGIN), text.find(README_END)
+    if b < 0 or e < b:
+        sys.exit(f"report.py: {path} has no results-table markers:\n  {README_BEGIN}\n  {README_END}")
+    return text[: b + len(README_BEGIN)] + "\n" + "\n".join(table_lines) + "\n" + text[e:]
+
+
+def cmd_tables(args):
+    by_file, newest_first = find_runs(args.from_dir)
+    md = results_md(newest_first)
+    readme_text = None
+    if args.readme:
+        with open(args.readme) as f:
+            readme_text = readme_with_table(f.read(), readme_table(newest_first), args.readme)
+    if args.check:
+        import difflib
+        import tempfile
+        failed = False
+        with tempfile.TemporaryDirectory() as tmp:
+            for target, text in ((args.out, md), (args.readme, readme_text)):
+                if target is None:
+                    continue
+                fresh = os.path.join(tmp, os.path.basename(target))
+                with open(fresh, "w") as f:
+                    f.write(text)
+                with open(fresh, "rb") as f:
+                    new = f.read()
+                try:
+                    with open(target, "rb") as f:
+                        old = f.read()
+                except OSError:
+                    old = b""
+                if new != old:
+                    failed = True
+                    print(f"report.py: {target} is not what `python3 bench/report.py tables` writes from "
+                          f"{args.from_dir}; run it and commit the result. Diff (committed -> generated):")
+                    sys.stdout.writelines(difflib.unified_diff(old.decode().splitlines(True), new.decode().splitlines(True),
+                                                               target, fresh, n=1))
+                else:
+                    print(f"report.py: {target} is as generated ({len(new)} bytes)")
+        sys.exit(1 if failed else 0)
+    with open(args.out, "w") as f:
+        f.write(md)
+    print(f"report.py: {len(by_file)} run(s) -> {args.out}")
+    if readme_text is not None:
+        with open(args.readme, "w") as f:
+            f.write(readme_text)
+        print(f"report.py: results table -> {args.readme}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd")
     m = sub.add_parser("merge", help="raw JSONs of one machine -> one bundle")
     m.add_argument("rawdir")
     m.add_argument("--out", required=True)
@@ -495,8 +841,24 @@ def main():
     d.add_argument("--from", dest="from_dirs", action="append", required=True, help="folder of JSON files")
     d.add_argument("--out", default="docs/report")
     d.add_argument("--dpi", type=int, default=110)
-    args = p.parse_args()
-    {"merge": cmd_merge, "draw": cmd_draw}[args.cmd](args)
+    t = sub.add_parser("tables", help="docs/results.md and the README's results table from docs/report/ (default)")
+    add_tables_arguments(t)
+    argv = sys.argv[1:]
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["tables"] + argv
+    args = p.parse_args(argv)
+    {"merge": cmd_merge, "draw": cmd_draw, "tables": cmd_tables}[args.cmd](args)
+
+
+def add_tables_arguments(t):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    t.add_argument("--from", dest="from_dir", default=os.path.join(root, "docs", "report"),
+                   help="folder of JSON runs (docs/report)")
+    t.add_argument("--out", default=os.path.join(root, "docs", "results.md"), help="docs/results.md")
+    t.add_argument("--readme", default=os.path.join(root, "README.md"),
+                   help="the README whose results table to write (README.md); '' for none")
+    t.add_argument("--check", action="store_true",
+                   help="write into a temporary folder and compare with --out and --readme byte for byte")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 #         -P run.cmake
 # install:      `cmake --install` the outer build into WORK_DIR/prefix, then find_package(seqnn).
 # subdirectory: add_subdirectory(SEQNN_SOURCE_DIR).
+# fetchcontent: FetchContent from a source archive of SEQNN_SOURCE_DIR made here (CMakeLists.txt,
+#               cmake/, include/, LICENSE: what a consumer's build reads).
 cmake_minimum_required(VERSION 3.21)
 
 foreach(var MODE SEQNN_SOURCE_DIR SEQNN_BINARY_DIR WORK_DIR CXX_COMPILER USE_OPENMP GENERATOR)
@@ -41,8 +43,17 @@ if(MODE STREQUAL "install")
   endif()
 elseif(MODE STREQUAL "subdirectory")
   run("${CMAKE_COMMAND}" ${args} "-DSEQNN_SOURCE_DIR=${SEQNN_SOURCE_DIR}" "-DSEQNN_USE_OPENMP=${USE_OPENMP}")
+elseif(MODE STREQUAL "fetchcontent")
+  set(archive "${WORK_DIR}/seqnn-src.tar.gz")
+  file(MAKE_DIRECTORY "${WORK_DIR}")
+  execute_process(COMMAND "${CMAKE_COMMAND}" -E tar czf "${archive}" CMakeLists.txt cmake include LICENSE
+    WORKING_DIRECTORY "${SEQNN_SOURCE_DIR}" RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "consumer (fetchcontent): could not archive ${SEQNN_SOURCE_DIR}")
+  endif()
+  run("${CMAKE_COMMAND}" ${args} "-DSEQNN_URL=${archive}" "-DSEQNN_USE_OPENMP=${USE_OPENMP}")
 else()
-  message(FATAL_ERROR "run.cmake: MODE must be install or subdirectory, got '${MODE}'")
+  message(FATAL_ERROR "run.cmake: MODE must be install, subdirectory or fetchcontent, got '${MODE}'")
 endif()
 
 run("${CMAKE_COMMAND}" --build "${consumer_build}")
