@@ -12,8 +12,8 @@
 #   --raw DIR          raw JSON of this run (build-report/report-raw)
 #   --threads "1 N"    thread counts of the layer and PyTorch runs (1 and nproc)
 #   --scaling "..."    thread counts of the scaling runs (1 2 4 ... up to nproc)
-#   --deps DIR         compile with g++ against the Eigen and Google Benchmark in DIR (build-device/,
-#                      as scripts/device_bench.sh does) instead of CMake + Debian packages
+#   --deps DIR         compile with g++ against the Eigen and Google Benchmark in DIR (made by
+#                      ./scripts/setup.sh --deps DIR on a Debian machine) instead of CMake + Debian packages
 #   --quick            a small, fast run that tests the pipeline (T <= 256 for most families)
 #   --no-peer          skip PyTorch
 # Environment: REPS (repetitions, 3), MIN_TIME (s per benchmark, 0.1), PEER_MIN_TIME (0.2),
@@ -122,7 +122,7 @@ F_PEER="^BM_((Min)?(GRU|LSTM)_(Forward|Train)|RNN_Forward)/B:16/T:($TS)/|^BM_Tra
 
 mkdir -p "$RAW"
 rm -f "$RAW"/*.json "$RAW/commands.tsv"
-printf '%s\t%s\n' "_invocation" "$INVOCATION (in $PWD)" >"$RAW/commands.tsv"
+printf '%s\t%s\n' "_invocation" "$INVOCATION" >"$RAW/commands.tsv"
 export OMP_PROC_BIND=close OMP_PLACES=cores
 
 run() {  # run BIN FILTER THREADS NAME: one Google Benchmark program into $RAW/NAME.json
