@@ -14,10 +14,10 @@
 
 namespace seqnn {
 
-// Whether a loop over `rows` rows of `cols` elements should be split across
-// threads: OpenMP is on, several threads are available, no parallel region is
-// running already (regions never nest), and there is enough work (32k elements)
-// to pay for starting one.
+/// Whether a loop over `rows` rows of `cols` elements should be split across
+/// threads: OpenMP is on, several threads are available, no parallel region is
+/// running already (regions never nest), and there is enough work (32k elements)
+/// to pay for starting one.
 inline bool worth_parallel(Eigen::Index rows, Eigen::Index cols) {
 #ifdef _OPENMP
     return rows > 1 && rows * cols >= (Eigen::Index(1) << 15) && omp_get_max_threads() > 1 && !omp_in_parallel();
@@ -28,9 +28,9 @@ inline bool worth_parallel(Eigen::Index rows, Eigen::Index cols) {
 #endif
 }
 
-// Calls body(begin, end) on contiguous blocks of [0, rows), one block per
-// thread, or once on the whole range when worth_parallel says no. Inside body,
-// Eigen runs single-threaded (it does not nest in a running region).
+/// Calls body(begin, end) on contiguous blocks of [0, rows), one block per
+/// thread, or once on the whole range when worth_parallel says no. Inside body,
+/// Eigen runs single-threaded (it does not nest in a running region).
 template <typename Body>
 void parallel_row_blocks(Eigen::Index rows, Eigen::Index cols, const Body& body) {
 #ifdef _OPENMP
@@ -48,12 +48,12 @@ void parallel_row_blocks(Eigen::Index rows, Eigen::Index cols, const Body& body)
     body(Eigen::Index(0), rows);
 }
 
-// Calls body(begin, end) on contiguous blocks of [0, count), one block per thread, or
-// once on the whole range when worth_parallel says no; each item is `item_size`
-// elements (a column of that many rows, or 1 for a flat array). Blocks start at
-// multiples of 16 items (a cache line of floats, whole SIMD packets) whatever the
-// thread count, so each item takes the same code path, and gives the same bits, on
-// any number of threads.
+/// Calls body(begin, end) on contiguous blocks of [0, count), one block per thread, or
+/// once on the whole range when worth_parallel says no; each item is `item_size`
+/// elements (a column of that many rows, or 1 for a flat array). Blocks start at
+/// multiples of 16 items (a cache line of floats, whole SIMD packets) whatever the
+/// thread count, so each item takes the same code path, and gives the same bits, on
+/// any number of threads.
 template <typename Body>
 void parallel_aligned_blocks(Eigen::Index count, Eigen::Index item_size, const Body& body) {
 #ifdef _OPENMP

@@ -22,7 +22,7 @@
 
 namespace seqnn {
 
-// The slots, one per concurrent use inside a layer's call.
+/// The slots, one per concurrent use inside a layer's call.
 enum class ScratchSlot { A = 0, B = 1, C = 2, Count = 3 };
 
 namespace scratch_detail {
@@ -33,8 +33,8 @@ std::array<std::vector<Scalar, Eigen::aligned_allocator<Scalar>>, static_cast<st
 }
 }  // namespace scratch_detail
 
-// A (rows, cols) row-major matrix in the calling thread's buffer for `slot`;
-// uninitialised. Its memory is reused by the next request for the same slot.
+/// A (rows, cols) row-major matrix in the calling thread's buffer for `slot`;
+/// uninitialised. Its memory is reused by the next request for the same slot.
 template <typename Scalar>
 Eigen::Map<Matrix<Scalar>> scratch_matrix(ScratchSlot slot, Index rows, Index cols) {
     auto& buffer = scratch_detail::buffers<Scalar>()[static_cast<std::size_t>(slot)];
@@ -46,7 +46,7 @@ Eigen::Map<Matrix<Scalar>> scratch_matrix(ScratchSlot slot, Index rows, Index co
     return Eigen::Map<Matrix<Scalar>>(buffer.data(), rows, cols);
 }
 
-// Frees the calling thread's scratch buffers of this scalar type.
+/// Frees the calling thread's scratch buffers of this scalar type.
 template <typename Scalar>
 void release_scratch() {
     for (auto& buffer : scratch_detail::buffers<Scalar>()) buffer = {};

@@ -14,7 +14,7 @@
 
 namespace seqnn {
 
-// Sets the thread count for seqnn's own parallel loops and for Eigen's GEMMs.
+/// Sets the thread count for seqnn's own parallel loops and for Eigen's GEMMs.
 inline void set_num_threads(int n) {
     if (n < 1) n = 1;
 #ifdef _OPENMP
@@ -23,7 +23,7 @@ inline void set_num_threads(int n) {
     Eigen::setNbThreads(n);
 }
 
-// The number of threads a parallel region started now would use (1 without OpenMP).
+/// The number of threads a parallel region started now would use (1 without OpenMP).
 inline int num_threads() {
 #ifdef _OPENMP
     return omp_get_max_threads();
@@ -40,7 +40,7 @@ inline bool openmp_enabled() {
 #endif
 }
 
-// m += addend (N, D), split by rows across threads.
+/// m += addend (N, D), split by rows across threads.
 template <typename Scalar>
 void parallel_add(MatrixRef<Scalar> m, ConstMatrixRef<Scalar> addend) {
     parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) {
@@ -48,8 +48,8 @@ void parallel_add(MatrixRef<Scalar> m, ConstMatrixRef<Scalar> addend) {
     });
 }
 
-// dst = src (N, D), split by rows across threads; dst is resized to src's shape. A new
-// dst is first touched by the threads that will use its rows.
+/// dst = src (N, D), split by rows across threads; dst is resized to src's shape. A new
+/// dst is first touched by the threads that will use its rows.
 template <typename Scalar>
 void parallel_copy(Matrix<Scalar>& dst, ConstMatrixRef<Scalar> src) {
     if (dst.rows() != src.rows() || dst.cols() != src.cols()) dst.resize(src.rows(), src.cols());
@@ -58,7 +58,7 @@ void parallel_copy(Matrix<Scalar>& dst, ConstMatrixRef<Scalar> src) {
     });
 }
 
-// A copy of src, made as parallel_copy makes it.
+/// A copy of src, made as parallel_copy makes it.
 template <typename Scalar>
 Matrix<Scalar> parallel_copy_of(ConstMatrixRef<Scalar> src) {
     Matrix<Scalar> dst;
@@ -66,9 +66,9 @@ Matrix<Scalar> parallel_copy_of(ConstMatrixRef<Scalar> src) {
     return dst;
 }
 
-// out (1, C) += the column sums of m (N, C), an Eigen matrix or array expression
-// (say dy, or dy * xhat for a norm's weight gradient). Split by 16-column blocks, so
-// each column's sum takes the same path, and gives the same bits, for any thread count.
+/// out (1, C) += the column sums of m (N, C), an Eigen matrix or array expression
+/// (say dy, or dy * xhat for a norm's weight gradient). Split by 16-column blocks, so
+/// each column's sum takes the same path, and gives the same bits, for any thread count.
 template <typename Expr, typename Out>
 void add_column_sums(const Expr& m, Out&& out) {
     parallel_aligned_blocks(m.cols(), m.rows(), [&](Index c0, Index c1) {

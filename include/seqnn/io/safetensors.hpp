@@ -74,7 +74,7 @@ inline constexpr std::array<DType, 13> all_dtypes = {DType::BOOL, DType::U8,  DT
                                                      DType::U32,  DType::I32, DType::U64, DType::I64, DType::F16,
                                                      DType::BF16, DType::F32, DType::F64};
 
-// The name a header uses, e.g. "BF16".
+/// The name a header uses, e.g. "BF16".
 constexpr std::string_view dtype_name(DType dtype) {
     switch (dtype) {
         case DType::BOOL: return "BOOL";
@@ -94,7 +94,7 @@ constexpr std::string_view dtype_name(DType dtype) {
     return "?";
 }
 
-// Bytes per element.
+/// Bytes per element.
 constexpr std::size_t dtype_size(DType dtype) {
     switch (dtype) {
         case DType::BOOL:
@@ -118,7 +118,7 @@ constexpr bool is_floating(DType dtype) {
     return dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::F32 || dtype == DType::F64;
 }
 
-// The dtype called `name`, if it is one of the supported ones.
+/// The dtype called `name`, if it is one of the supported ones.
 inline std::optional<DType> dtype_from_name(std::string_view name) {
     for (DType d : all_dtypes)
         if (dtype_name(d) == name) return d;
@@ -133,7 +133,7 @@ concept TensorValue = std::is_same_v<T, float> || std::is_same_v<T, double> ||
                        !std::is_same_v<T, wchar_t> && !std::is_same_v<T, char8_t> &&
                        !std::is_same_v<T, char16_t> && !std::is_same_v<T, char32_t>);
 
-// The dtype that holds T exactly: F32 for float, I64 for std::int64_t, ...
+/// The dtype that holds T exactly: F32 for float, I64 for std::int64_t, ...
 template <TensorValue T>
 constexpr DType dtype_of() {
     if constexpr (std::is_same_v<T, float>) return DType::F32;
@@ -156,7 +156,7 @@ constexpr DType dtype_of() {
 // gives infinity; NaN stays NaN (made quiet). From double, the value is first narrowed to
 // float with round-to-odd, so that rounding twice gives the correctly rounded result.
 
-// IEEE binary16: 1 sign, 5 exponent, 10 mantissa bits.
+/// IEEE binary16: 1 sign, 5 exponent, 10 mantissa bits.
 inline float f16_to_float(std::uint16_t h) {
     const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
     const std::uint32_t exponent = (h >> 10) & 0x1fu;
@@ -190,7 +190,7 @@ inline std::uint16_t float_to_f16(float x) {
     return static_cast<std::uint16_t>(sign | (f >> 13));
 }
 
-// bfloat16: the top 16 bits of a float.
+/// bfloat16: the top 16 bits of a float.
 inline float bf16_to_float(std::uint16_t b) { return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16); }
 
 inline std::uint16_t float_to_bf16(float x) {
@@ -485,7 +485,7 @@ private:
 // ---------------------------------------------------------------------------
 // TensorMap: named tensors and string metadata, what one safetensors file holds.
 
-// The header key that holds the metadata; no tensor may have this name.
+/// The header key that holds the metadata; no tensor may have this name.
 inline constexpr std::string_view metadata_key = "__metadata__";
 
 class TensorMap {
@@ -528,7 +528,7 @@ private:
 // ---------------------------------------------------------------------------
 // Reading
 
-inline constexpr std::uint64_t max_header_size = 100'000'000;  // bytes, as in the reference reader
+inline constexpr std::uint64_t max_header_size = 100'000'000;  ///< bytes, as in the reference reader
 inline constexpr std::size_t max_rank = 64;
 
 namespace detail {
@@ -719,7 +719,7 @@ inline Layout parse_layout(std::string_view header_text, std::uint64_t data_size
 
 }  // namespace detail
 
-// The tensors and metadata in `bytes`, a whole safetensors file. `source` names it in errors.
+/// The tensors and metadata in `bytes`, a whole safetensors file. `source` names it in errors.
 inline TensorMap parse_safetensors(std::span<const std::byte> bytes, const std::string& source = "safetensors") {
     if (bytes.size() < 8)
         throw format_error(source + ": " + std::to_string(bytes.size()) +
@@ -739,8 +739,8 @@ inline TensorMap parse_safetensors(std::span<const std::byte> bytes, const std::
     return out;
 }
 
-// The tensors and metadata of the safetensors file at `path`. The header is read and checked
-// first; then each tensor's bytes go straight into its Tensor (the file is never held twice).
+/// The tensors and metadata of the safetensors file at `path`. The header is read and checked
+/// first; then each tensor's bytes go straight into its Tensor (the file is never held twice).
 inline TensorMap load_safetensors(const std::filesystem::path& path) {
     const std::string source = path.string();
     std::ifstream in(path, std::ios::binary);
@@ -775,7 +775,7 @@ inline TensorMap load_safetensors(const std::filesystem::path& path) {
 // ---------------------------------------------------------------------------
 // Writing
 
-// `tensors` as the bytes of a safetensors file.
+/// `tensors` as the bytes of a safetensors file.
 inline std::vector<std::byte> serialize_safetensors(const TensorMap& tensors) {
     // Data layout: largest element size first, then by name, so every tensor is aligned to its element size.
     std::vector<std::pair<const std::string*, const Tensor*>> order;
@@ -812,8 +812,8 @@ inline std::vector<std::byte> serialize_safetensors(const TensorMap& tensors) {
     return out;
 }
 
-// Writes `tensors` to `path` as safetensors: first to "<path>.tmp", then renamed over `path`,
-// so a crash never leaves a half-written file under the final name. format_error on failure.
+/// Writes `tensors` to `path` as safetensors: first to "<path>.tmp", then renamed over `path`,
+/// so a crash never leaves a half-written file under the final name. format_error on failure.
 inline void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors) {
     const std::vector<std::byte> bytes = serialize_safetensors(tensors);
     std::filesystem::path temporary = path;

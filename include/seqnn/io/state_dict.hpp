@@ -88,9 +88,9 @@ void check_parameter(const NamedParameter<Scalar>& p) {
 
 }  // namespace detail
 
-// The parameters as named tensors of `dtype` (by default the parameters' own: F32 for float,
-// F64 for double; F16 and BF16 round to nearest even). Two different parameters under one
-// name are a shape_error; one parameter under two names (tied weights) gives both.
+/// The parameters as named tensors of `dtype` (by default the parameters' own: F32 for float,
+/// F64 for double; F16 and BF16 round to nearest even). Two different parameters under one
+/// name are a shape_error; one parameter under two names (tied weights) gives both.
 template <typename Scalar>
 TensorMap state_dict(const ParameterList<Scalar>& params, DType dtype = dtype_of<Scalar>()) {
     if (!is_floating(dtype))
@@ -110,8 +110,8 @@ TensorMap state_dict(const ParameterList<Scalar>& params, DType dtype = dtype_of
     return out;
 }
 
-// Sets `params` from `tensors` by name. Strict: all or nothing, and state_dict_error
-// (naming `source`) listing every problem. Non-strict: sets what matches, reports the rest.
+/// Sets `params` from `tensors` by name. Strict: all or nothing, and state_dict_error
+/// (naming `source`) listing every problem. Non-strict: sets what matches, reports the rest.
 template <typename Scalar>
 LoadReport load_state_dict(const TensorMap& tensors, const ParameterList<Scalar>& params, bool strict = true,
                            const std::string& source = "state_dict") {
@@ -144,8 +144,8 @@ LoadReport load_state_dict(const TensorMap& tensors, const ParameterList<Scalar>
     return report;
 }
 
-// Saves `params` to a safetensors file, with `metadata` in its header. Unless the metadata
-// says otherwise, "format" is "pt", which Hugging Face's loaders look for.
+/// Saves `params` to a safetensors file, with `metadata` in its header. Unless the metadata
+/// says otherwise, "format" is "pt", which Hugging Face's loaders look for.
 template <typename Scalar>
 void save_parameters(const std::filesystem::path& path, const ParameterList<Scalar>& params,
                      std::map<std::string, std::string> metadata = {}, DType dtype = dtype_of<Scalar>()) {
@@ -155,14 +155,14 @@ void save_parameters(const std::filesystem::path& path, const ParameterList<Scal
     save_safetensors(path, tensors);
 }
 
-// Loads `params` from a safetensors file (see load_state_dict for strict and non-strict).
+/// Loads `params` from a safetensors file (see load_state_dict for strict and non-strict).
 template <typename Scalar>
 LoadReport load_parameters(const std::filesystem::path& path, const ParameterList<Scalar>& params,
                            bool strict = true) {
     return load_state_dict(load_safetensors(path), params, strict, path.string());
 }
 
-// The same for a whole layer or model.
+/// The same for a whole layer or model.
 template <typename Scalar>
 void save_parameters(const std::filesystem::path& path, Layer<Scalar>& layer,
                      std::map<std::string, std::string> metadata = {}, DType dtype = dtype_of<Scalar>()) {

@@ -120,7 +120,15 @@ inline Index forward_slot(const AttentionShape& s, const AttentionOptions& o) {
 // Threads a call uses: several only when there is enough work and no region is running.
 inline int threads_for(double flops, Index items) {
 #ifdef _OPENMP
-    if (items > 1 && flops >= 5e5 && !omp_in_parallel()) return std::max(1, std::min<int>(omp_get_max_threads(), int(items)));
+    // Each thread gets at least kMinFlopsPerThread of work, so a decoding step over a short
+    // cache (a few hundred thousand flops) stays on the calling thread: on a busy machine
+    // waking a second thread can cost more than the whole step.
+    constexpr double kMinFlopsPerThread = 1 << 20;
+    if (items > 1 && !omp_in_parallel()) {
+        const double by_work = flops / kMinFlopsPerThread;
+        const int threads = static_cast<int>(std::min<double>({double(omp_get_max_threads()), double(items), by_work}));
+        return std::max(1, threads);
+    }
 #else
     (void)flops;
     (void)items;
@@ -180,22 +188,22 @@ auto head_rows(Ref& m, Index row, Index n, Index col, Index dh) {
 
 }  // namespace attention_detail
 
-// The forward's scratch for `threads` threads, in scalars. attention_forward asks for
-// exactly this much (it does not depend on T^2: a few tiles per thread).
+/// The forward's scratch for `threads` threads, in scalars. attention_forward asks for
+/// exactly this much (it does not depend on T^2: a few tiles per thread).
 inline Index attention_workspace_size(const AttentionShape& s, const AttentionOptions& o = {}, int threads = 0) {
     if (threads <= 0) threads = num_threads();
     return Index(threads) * attention_detail::forward_slot(s, o);
 }
 
-// out = attention(q, k, v).
-//   q (B*Tq, H*Dh), k and v (B*capacity, H*Dh) of which rows b*capacity + [0, Tk) take part,
-//   out (B*Tq, H*Dh); any of them may be a column block of a wider matrix (row stride).
-//   lse: if non-null, (B*Tq, H) receives each row's logsumexp of the scaled scores, which
-//        attention_backward needs (resized if its shape is wrong).
-//   lengths: empty, or B key counts (padded batches).
-//   workspace: empty (allocated here, attention_workspace_size scalars), or at least
-//        attention_workspace_size(s, o, 1) scalars: the call then allocates nothing and
-//        uses as many threads as the workspace has room for.
+/// out = attention(q, k, v).
+///   q (B*Tq, H*Dh), k and v (B*capacity, H*Dh) of which rows b*capacity + [0, Tk) take part,
+///   out (B*Tq, H*Dh); any of them may be a column block of a wider matrix (row stride).
+///   lse: if non-null, (B*Tq, H) receives each row's logsumexp of the scaled scores, which
+///        attention_backward needs (resized if its shape is wrong).
+///   lengths: empty, or B key counts (padded batches).
+///   workspace: empty (allocated here, attention_workspace_size scalars), or at least
+///        attention_workspace_size(s, o, 1) scalars: the call then allocates nothing and
+///        uses as many threads as the workspace has room for.
 template <typename Scalar>
 void attention_forward(const AttentionShape& s, const AttentionOptions& o, const ConstMatrixRef<Scalar>& q,
                        const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v, MatrixRef<Scalar> out,
@@ -283,10 +291,10 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
     for_each_item(items, threads, run_item);
 }
 
-// Gradients of attention_forward: given q, k, v, the forward's out and lse, and dL/dout
-// (d_out), writes dL/dq (B*Tq, H*Dh) and dL/dk, dL/dv (B*capacity, H*Dh). Rows of keys
-// that take part in no score (past Tk, or past a sequence's length) get 0.
-// Scratch: O((B*Tq + threads * tiles) * H) scalars, allocated here.
+/// Gradients of attention_forward: given q, k, v, the forward's out and lse, and dL/dout
+/// (d_out), writes dL/dq (B*Tq, H*Dh) and dL/dk, dL/dv (B*capacity, H*Dh). Rows of keys
+/// that take part in no score (past Tk, or past a sequence's length) get 0.
+/// Scratch: O((B*Tq + threads * tiles) * H) scalars, allocated here.
 template <typename Scalar>
 void attention_backward(const AttentionShape& s, const AttentionOptions& o, const ConstMatrixRef<Scalar>& q,
                         const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,

@@ -23,9 +23,9 @@
 
 namespace seqnn {
 
-// cos and sin of positions [offset, offset + steps) for a head of head_dim features:
-// table (2*steps, Dh/2), rows 2t (cos) and 2t+1 (sin). Resized only if its shape is wrong,
-// so a preallocated table (step's workspace) is filled without allocating.
+/// cos and sin of positions [offset, offset + steps) for a head of head_dim features:
+/// table (2*steps, Dh/2), rows 2t (cos) and 2t+1 (sin). Resized only if its shape is wrong,
+/// so a preallocated table (step's workspace) is filled without allocating.
 template <typename Scalar>
 void rope_table(Index head_dim, Index offset, Index steps, double base, Matrix<Scalar>& table) {
     if (head_dim <= 0 || head_dim % 2 != 0)
@@ -41,9 +41,9 @@ void rope_table(Index head_dim, Index offset, Index steps, double base, Matrix<S
         }
 }
 
-// Rotates every head of x (B*T, H*Dh) -- x may be a column block of a wider matrix, e.g. the
-// q or k part of a fused qkv -- by the angles of `table` (from rope_table with `steps` = T):
-// row b*T + t uses table rows 2t, 2t+1. inverse = true rotates backwards (the backward pass).
+/// Rotates every head of x (B*T, H*Dh) -- x may be a column block of a wider matrix, e.g. the
+/// q or k part of a fused qkv -- by the angles of `table` (from rope_table with `steps` = T):
+/// row b*T + t uses table rows 2t, 2t+1. inverse = true rotates backwards (the backward pass).
 template <typename Scalar>
 void rope_apply(MatrixRef<Scalar> x, Index steps, Index heads, const Matrix<Scalar>& table, bool inverse = false) {
     const Index half = table.cols(), dh = 2 * half;
@@ -70,7 +70,7 @@ void rope_apply(MatrixRef<Scalar> x, Index steps, Index heads, const Matrix<Scal
     });
 }
 
-// The same, for one head dimension and position range given directly (allocates the table).
+/// The same, for one head dimension and position range given directly (allocates the table).
 template <typename Scalar>
 void rope_forward(MatrixRef<Scalar> x, Index steps, Index heads, Index head_dim, Index offset, double base = 10000.0) {
     Matrix<Scalar> table;
@@ -78,7 +78,7 @@ void rope_forward(MatrixRef<Scalar> x, Index steps, Index heads, Index head_dim,
     rope_apply<Scalar>(x, steps, heads, table, false);
 }
 
-// dL/dx from dL/dy, in place: the inverse rotation.
+/// dL/dx from dL/dy, in place: the inverse rotation.
 template <typename Scalar>
 void rope_backward(MatrixRef<Scalar> grad, Index steps, Index heads, Index head_dim, Index offset,
                    double base = 10000.0) {

@@ -573,9 +573,9 @@ void log_add_exp(Buf<S>& acc, const Buf<S>& v, Buf<S>& mx) {
 // ---------------------------------------------------------------------------------
 // Linear space.
 
-// h_t = a_t * h_{t-1} + b_t for every sequence and channel, h_{-1} = h0 (empty: zero).
-//   h (B*T, D) out, may be b itself; h_last (B, D) out, h at t = T-1 (empty: skipped);
-//   a, b (B*T, D); h0 (B, D) or empty.
+/// h_t = a_t * h_{t-1} + b_t for every sequence and channel, h_{-1} = h0 (empty: zero).
+///   h (B*T, D) out, may be b itself; h_last (B, D) out, h at t = T-1 (empty: skipped);
+///   a, b (B*T, D); h0 (B, D) or empty.
 template <typename Scalar>
 void scan_forward(MatrixRef<Scalar> h, MatrixRef<Scalar> h_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> b,
                   ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {}) {
@@ -607,10 +607,10 @@ void scan_forward(MatrixRef<Scalar> h, MatrixRef<Scalar> h_last, ConstMatrixRef<
     copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
 }
 
-// The reverse scan: with g_t = dL/dh_t + a_{t+1} g_{t+1} (g_{T-1} gets dh_last too),
-//   dL/db_t = g_t,  dL/da_t = g_t * h_{t-1} (h_{-1} = h0),  dL/dh0 = a_0 g_0.
-//   da, db (B*T, D) out (db may be dh itself); dh0 (B, D) out (empty: skipped);
-//   dh (B*T, D); dh_last (B, D) or empty; a, h (B*T, D) as in the forward; h0 as in the forward.
+/// The reverse scan: with g_t = dL/dh_t + a_{t+1} g_{t+1} (g_{T-1} gets dh_last too),
+///   dL/db_t = g_t,  dL/da_t = g_t * h_{t-1} (h_{-1} = h0),  dL/dh0 = a_0 g_0.
+///   da, db (B*T, D) out (db may be dh itself); dh0 (B, D) out (empty: skipped);
+///   dh (B*T, D); dh_last (B, D) or empty; a, h (B*T, D) as in the forward; h0 as in the forward.
 template <typename Scalar>
 void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar> dh0, ConstMatrixRef<Scalar> dh,
                    ConstMatrixRef<Scalar> dh_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> h,
@@ -654,8 +654,8 @@ void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar>
 // Sequential in time per channel (as the paper's cumsum/logcumsumexp evaluate it on
 // a CPU), vectorised over channels and parallel across (sequence, channel block).
 
-//   log_h (B*T, D) out; log_h_last (B, D) out (empty: skipped); log_a, log_b (B*T, D);
-//   log_h0 (B, D) or empty (h0 = 0).
+///   log_h (B*T, D) out; log_h_last (B, D) out (empty: skipped); log_a, log_b (B*T, D);
+///   log_h0 (B, D) or empty (h0 = 0).
 template <typename Scalar>
 void log_scan_forward(MatrixRef<Scalar> log_h, MatrixRef<Scalar> log_h_last, ConstMatrixRef<Scalar> log_a,
                       ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0, Index B, Index T,
@@ -693,14 +693,14 @@ void log_scan_forward(MatrixRef<Scalar> log_h, MatrixRef<Scalar> log_h_last, Con
     copy_last(log_h_last, Rows<const Scalar>{lhr.data, lhr.stride}, B, T);
 }
 
-// Gradients of the log-space scan, as autograd takes them through cumsum and
-// logcumsumexp (the latter in log space, split by the sign of the gradient):
-//   dL/dv_s    = sum_{t>=s} G_t exp(v_s - LSE_t),   G_t = dL/dlog h_t
-//   dL/dlog b  = dL/dv,   dL/dlog h0 = dL/dv_{-1},
-//   dL/dlog a_r = sum_{t>=r} (G_t - dL/dv_t)        (a*_t enters log h_t and v_t).
-// The forward is recomputed (a* and LSE) into the outputs' memory, so nothing is saved.
-//   dlog_a, dlog_b (B*T, D) out, distinct from the inputs; dlog_h0 (B, D) out (empty:
-//   skipped); dlog_h (B*T, D); dlog_h_last (B, D) or empty; log_a, log_b, log_h0 as in the forward.
+/// Gradients of the log-space scan, as autograd takes them through cumsum and
+/// logcumsumexp (the latter in log space, split by the sign of the gradient):
+///   dL/dv_s    = sum_{t>=s} G_t exp(v_s - LSE_t),   G_t = dL/dlog h_t
+///   dL/dlog b  = dL/dv,   dL/dlog h0 = dL/dv_{-1},
+///   dL/dlog a_r = sum_{t>=r} (G_t - dL/dv_t)        (a*_t enters log h_t and v_t).
+/// The forward is recomputed (a* and LSE) into the outputs' memory, so nothing is saved.
+///   dlog_a, dlog_b (B*T, D) out, distinct from the inputs; dlog_h0 (B, D) out (empty:
+///   skipped); dlog_h (B*T, D); dlog_h_last (B, D) or empty; log_a, log_b, log_h0 as in the forward.
 template <typename Scalar>
 void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, MatrixRef<Scalar> dlog_h0,
                        ConstMatrixRef<Scalar> dlog_h, ConstMatrixRef<Scalar> dlog_h_last,
@@ -805,7 +805,7 @@ ConstMatrixRef<Scalar> optional_ref(const Matrix<Scalar>* m) {
 }
 }  // namespace scan_detail
 
-// h_t = a_t * h_{t-1} + b_t; h0 (B, D) or nullptr for zeros.
+/// h_t = a_t * h_{t-1} + b_t; h0 (B, D) or nullptr for zeros.
 template <typename Scalar>
 ScanResult<Scalar> scan(const Sequence<Scalar>& a, const Sequence<Scalar>& b, const Matrix<Scalar>* h0 = nullptr,
                         ScanOptions options = {}) {
@@ -817,7 +817,7 @@ ScanResult<Scalar> scan(const Sequence<Scalar>& a, const Sequence<Scalar>& b, co
     return out;
 }
 
-// Gradients of scan(a, b, h0) given dL/dh and dL/dh_last (nullptr: zero).
+/// Gradients of scan(a, b, h0) given dL/dh and dL/dh_last (nullptr: zero).
 template <typename Scalar>
 ScanGrad<Scalar> scan_grad(const Sequence<Scalar>& dh, const Matrix<Scalar>* dh_last, const Sequence<Scalar>& a,
                            const Sequence<Scalar>& h, const Matrix<Scalar>* h0 = nullptr, ScanOptions options = {}) {
@@ -831,7 +831,7 @@ ScanGrad<Scalar> scan_grad(const Sequence<Scalar>& dh, const Matrix<Scalar>* dh_
     return out;
 }
 
-// log h from log a, log b and log h0 (nullptr: h0 = 0). h is ScanResult::h, in log space.
+/// log h from log a, log b and log h0 (nullptr: h0 = 0). h is ScanResult::h, in log space.
 template <typename Scalar>
 ScanResult<Scalar> log_scan(const Sequence<Scalar>& log_a, const Sequence<Scalar>& log_b,
                             const Matrix<Scalar>* log_h0 = nullptr, ScanOptions options = {}) {
@@ -844,7 +844,7 @@ ScanResult<Scalar> log_scan(const Sequence<Scalar>& log_a, const Sequence<Scalar
     return out;
 }
 
-// Gradients of log_scan w.r.t. log a, log b and log h0 (ScanGrad's da, db, dh0).
+/// Gradients of log_scan w.r.t. log a, log b and log h0 (ScanGrad's da, db, dh0).
 template <typename Scalar>
 ScanGrad<Scalar> log_scan_grad(const Sequence<Scalar>& dlog_h, const Matrix<Scalar>* dlog_h_last,
                                const Sequence<Scalar>& log_a, const Sequence<Scalar>& log_b,

@@ -24,12 +24,12 @@
 
 namespace seqnn {
 
-// The candidate state's activation: identity (the paper's linear form) or the
-// paper's g, which keeps h positive so the log-space scan applies:
-//   g(x) = x + 0.5 for x >= 0, sigmoid(x) for x < 0.
+/// The candidate state's activation: identity (the paper's linear form) or the
+/// paper's g, which keeps h positive so the log-space scan applies:
+///   g(x) = x + 0.5 for x >= 0, sigmoid(x) for x < 0.
 enum class HiddenActivation { Identity, PositiveG };
 
-// How the recurrence is evaluated; all three give the same outputs.
+/// How the recurrence is evaluated; all three give the same outputs.
 enum class MinRNNMode {
     Sequential,  // time in order (the serial baseline)
     Parallel,    // the linear-space parallel scan (OpenMP)

@@ -28,11 +28,11 @@ struct SamplingOptions {
     Index top_k = 0;           ///< > 0: sample among the k largest logits only
 };
 
-// A uniform double in [0, 1) from 53 random bits.
+/// A uniform double in [0, 1) from 53 random bits.
 inline double uniform_01(Rng& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
-// The next token from one row of logits (V). Greedy takes the first maximum.
-// `scratch` (V) is reused between calls, so sampling allocates nothing once it has grown.
+/// The next token from one row of logits (V). Greedy takes the first maximum.
+/// `scratch` (V) is reused between calls, so sampling allocates nothing once it has grown.
 template <typename Derived>
 int sample_token(const Eigen::MatrixBase<Derived>& logits, const SamplingOptions& o, Rng& rng,
                  std::vector<double>& scratch) {
@@ -73,7 +73,7 @@ int sample_token(const Eigen::MatrixBase<Derived>& logits, const SamplingOptions
     return static_cast<int>(best);  // rounding left u at the very top
 }
 
-// Continues each of the B prompts (B, P) by `new_tokens` tokens; returns them, (B, new_tokens).
+/// Continues each of the B prompts (B, P) by `new_tokens` tokens; returns them, (B, new_tokens).
 template <typename Scalar>
 TokenBatch generate(const LanguageModel<Scalar>& model, const TokenBatch& prompt, Index new_tokens,
                     const SamplingOptions& options, Rng& rng) {

@@ -54,7 +54,7 @@ struct MixerOptions {
     double ff_mult = 4.0;                     ///< Transformer: its MLP's hidden size is D * ff_mult
 };
 
-// A mixer of `dim` features to `dim` features.
+/// A mixer of `dim` features to `dim` features.
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_mixer(const MixerOptions& o, Index dim, Rng& rng) {
     if (dim <= 0) fail("make_mixer(" + to_string(o.kind) + ")", "dim must be positive, got " + std::to_string(dim));

@@ -36,22 +36,22 @@ Scalar sigmoid(Scalar x) {
     return e / (Scalar(1) + e);
 }
 
-// Phi(x), the standard normal CDF. PyTorch writes 0.5 * (1 + erf(x / sqrt 2)), which
-// cancels in the lower tail (x = -6 keeps only 7 correct digits, x < -8.3 gives 0);
-// erfc keeps full relative precision there, and the two never differ by more than a
-// rounding error of 1. Constants come from <numbers>: the M_ macros are POSIX, not C++.
+/// Phi(x), the standard normal CDF. PyTorch writes 0.5 * (1 + erf(x / sqrt 2)), which
+/// cancels in the lower tail (x = -6 keeps only 7 correct digits, x < -8.3 gives 0);
+/// erfc keeps full relative precision there, and the two never differ by more than a
+/// rounding error of 1. Constants come from <numbers>: the M_ macros are POSIX, not C++.
 template <typename Scalar>
 Scalar normal_cdf(Scalar x) {
     return Scalar(0.5) * std::erfc(-x * (std::numbers::sqrt2_v<Scalar> / 2));
 }
 
-// GELU with the exact erf form, PyTorch's default (approximate='none'): x * Phi(x).
+/// GELU with the exact erf form, PyTorch's default (approximate='none'): x * Phi(x).
 template <typename Scalar>
 Scalar gelu(Scalar x) {
     return x * normal_cdf(x);
 }
 
-// d gelu / dx = Phi(x) + x * phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+/// d gelu / dx = Phi(x) + x * phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
 template <typename Scalar>
 Scalar gelu_derivative(Scalar x) {
     constexpr Scalar inv_sqrt_2pi = std::numbers::inv_sqrtpi_v<Scalar> * (std::numbers::sqrt2_v<Scalar> / 2);
@@ -88,7 +88,7 @@ void gelu_derivative_block(ConstBlock x, Block grad) {
 
 }  // namespace activation_detail
 
-// z <- f(z).
+/// z <- f(z).
 template <typename Scalar>
 void activation_forward(Activation a, MatrixRef<Scalar> z) {
     if (a == Activation::Identity) return;
@@ -104,8 +104,8 @@ void activation_forward(Activation a, MatrixRef<Scalar> z) {
     });
 }
 
-// grad <- grad * f'(pre), where out = f(pre). Tanh, sigmoid and ReLU read only
-// `out`; GELU reads `pre`. All three are (N, D).
+/// grad <- grad * f'(pre), where out = f(pre). Tanh, sigmoid and ReLU read only
+/// `out`; GELU reads `pre`. All three are (N, D).
 template <typename Scalar>
 void activation_backward(Activation a, ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> out,
                          MatrixRef<Scalar> grad) {

@@ -45,7 +45,7 @@ struct TrainingState {
     std::vector<Dropout<Scalar>*> dropouts;  ///< e.g. LanguageModel::dropouts()
 };
 
-// Everything in `state` as named tensors and metadata.
+/// Everything in `state` as named tensors and metadata.
 template <typename Scalar>
 io::TensorMap checkpoint_tensors(const TrainingState<Scalar>& state, std::map<std::string, std::string> metadata = {}) {
     io::TensorMap out = io::state_dict(state.parameters);
@@ -72,10 +72,10 @@ io::TensorMap checkpoint_tensors(const TrainingState<Scalar>& state, std::map<st
     return out;
 }
 
-// Restores `state` from checkpoint_tensors' output. Strict: every weight, optimizer
-// tensor and random stream `state` names must be there with its shape, and no other
-// weight; otherwise format_error (io::state_dict_error for the weights) and nothing
-// of the optimizer or the streams is changed.
+/// Restores `state` from checkpoint_tensors' output. Strict: every weight, optimizer
+/// tensor and random stream `state` names must be there with its shape, and no other
+/// weight; otherwise format_error (io::state_dict_error for the weights) and nothing
+/// of the optimizer or the streams is changed.
 template <typename Scalar>
 void restore_checkpoint(const io::TensorMap& tensors, TrainingState<Scalar>& state,
                         const std::string& source = "checkpoint") {

@@ -17,8 +17,8 @@
 
 namespace seqnn {
 
-// Mean squared error over all entries, like nn.MSELoss(reduction="mean").
-// Writes dL/dprediction, times `scale`, into `grad` (resized to prediction's shape).
+/// Mean squared error over all entries, like nn.MSELoss(reduction="mean").
+/// Writes dL/dprediction, times `scale`, into `grad` (resized to prediction's shape).
 template <typename Scalar>
 Scalar mse_loss(ConstMatrixRef<Scalar> prediction, ConstMatrixRef<Scalar> target, Matrix<Scalar>& grad,
                 Scalar scale = Scalar(1)) {
@@ -31,17 +31,17 @@ Scalar mse_loss(ConstMatrixRef<Scalar> prediction, ConstMatrixRef<Scalar> target
     return (prediction - target).squaredNorm() / n;
 }
 
-// PyTorch's default ignore_index for F.cross_entropy.
+/// PyTorch's default ignore_index for F.cross_entropy.
 inline constexpr int kIgnoreIndex = -100;
 
-// Cross-entropy of logits (N, V) against class ids (N), like
-// F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="mean"):
-//   loss = mean over the rows whose target != ignore_index of  logsumexp(logits[i]) - logits[i, target[i]].
-// The log-softmax is fused and shifted by each row's maximum, so logits of 1e4 (or
-// -1e4) give finite, exact results. Writes dL/dlogits, times `scale`, into `grad`
-// (resized to (N, V)):  (softmax(logits[i]) - onehot(target[i])) / count, and zero on
-// ignored rows. If every row is ignored the loss is 0 and the gradient zero
-// (PyTorch returns NaN there). The sum runs in double, so float losses average well.
+/// Cross-entropy of logits (N, V) against class ids (N), like
+/// F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="mean"):
+///   loss = mean over the rows whose target != ignore_index of  logsumexp(logits[i]) - logits[i, target[i]].
+/// The log-softmax is fused and shifted by each row's maximum, so logits of 1e4 (or
+/// -1e4) give finite, exact results. Writes dL/dlogits, times `scale`, into `grad`
+/// (resized to (N, V)):  (softmax(logits[i]) - onehot(target[i])) / count, and zero on
+/// ignored rows. If every row is ignored the loss is 0 and the gradient zero
+/// (PyTorch returns NaN there). The sum runs in double, so float losses average well.
 template <typename Scalar>
 Scalar cross_entropy_loss(ConstMatrixRef<Scalar> logits, std::span<const int> targets, Matrix<Scalar>& grad,
                           int ignore_index = kIgnoreIndex, Scalar scale = Scalar(1)) {

@@ -24,13 +24,13 @@
 
 namespace seqnn {
 
-// Named tensors: an optimizer's state, a state_dict's weights.
+/// Named tensors: an optimizer's state, a state_dict's weights.
 template <typename Scalar>
 using NamedTensors = std::map<std::string, Matrix<Scalar>>;
 
-// Scales all gradients so that their global L2 norm is at most max_norm, like
-// torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when
-// coef < 1. The norm is summed in double. Returns the norm before clipping.
+/// Scales all gradients so that their global L2 norm is at most max_norm, like
+/// torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when
+/// coef < 1. The norm is summed in double. Returns the norm before clipping.
 template <typename Scalar>
 Scalar clip_grad_norm(const ParameterList<Scalar>& params, Scalar max_norm) {
     double sum = 0;
