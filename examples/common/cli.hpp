@@ -156,9 +156,8 @@ private:
 // (a log file, a pipe, ctest) it prints a plain line every `log_every` seconds.
 // Training allocates the same large buffers at every step. glibc hands blocks above
 // 32 MiB back to the kernel when they are freed, so every step faults in fresh zeroed
-// pages again, mostly on the main thread while the others wait: 14% of char_lm's
-// main-thread samples on 2 cores (perf, --preset paper, minGRU), 3% after this. This
-// serves every block from the heap and keeps freed memory for the next step.
+// pages again, mostly on the main thread while the others wait. This serves every
+// block from the heap and keeps freed memory for the next step.
 inline void keep_freed_memory() {
 #if defined(__GLIBC__)
     mallopt(M_MMAP_MAX, 0);

@@ -4,8 +4,8 @@
 // pre-activations are (B*T, 2E), 32 MiB at B=16, T=1024, E=256. Allocating them
 // afresh every call is not free: glibc hands blocks of 32 MiB and more straight to
 // the kernel (mmap) and returns them on free, so every call page-faults its
-// temporaries in again, which measured up to half of minGRU's forward time on 16
-// threads. Scratch keeps one growing buffer per (thread, slot) instead.
+// temporaries in again, a large share of a layer's time on many threads. Scratch
+// keeps one growing buffer per (thread, slot) instead.
 //
 // Rules: a slot's contents are valid until the same thread asks for that slot
 // again, so a layer uses its slots (A, B, C) within one call and never across a

@@ -23,8 +23,8 @@
 //
 // Tensors are copied out of the input (load_safetensors reads each straight from the file),
 // so nothing refers to the input afterwards. The JSON header is parsed into a tree first, so
-// a hostile header near the 100 MB cap briefly takes about 3 GB (measured: 330 MB of peak
-// memory for a 10 MB header of tiny metadata entries); real headers are kilobytes to a few MB.
+// a hostile header near the 100 MB cap briefly takes about 30 times its size in memory (a
+// header of tiny metadata entries); real headers are kilobytes to a few MB.
 //
 // The writer pads the header with spaces to a multiple of 8 bytes, as the reference does,
 // writes the header's keys in sorted order, and lays the data out by element size (largest

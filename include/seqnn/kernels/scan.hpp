@@ -12,7 +12,7 @@
 // without a copy) and need the scalar spelled out: scan_forward<float>(h, h_last, a, b, h0, B, T).
 // An optional matrix (h0, h_last, dh_last, dh0, ...) is passed as an empty one: Matrix<S>().
 //
-// Parallel algorithms (ScanMode::Parallel, OpenMP; DESIGN.md "The scan kernel"):
+// Parallel algorithms (ScanMode::Parallel, OpenMP; docs/design.md, "The scan"):
 // * Channels split: the B*D recurrences are independent, so threads take (sequence,
 //   channel block) pairs and run time in order, SIMD over the block's channels. One
 //   pass over memory. Chosen when B fills the threads or rows are wide enough to share.
@@ -25,8 +25,8 @@
 //       below float's range, so with forgetting gates it touches a few rows only.
 //   Step (1) is one pass over memory; step (3) is a second pass at worst (a near 1).
 //   ScanOptions::time_block cuts time into rounds of smaller pieces (one barrier each),
-//   so that step (3) finds step (1)'s data in cache; on the machines measured (see
-//   bench/README.md) one round was as fast, and it is the default.
+//   so that step (3) finds step (1)'s data in cache; one round is the default, since
+//   every round costs a barrier.
 // The reverse scan (backward) runs the same way, backwards in time.
 // In linear space there is no exp/log and no division by a vanishing product, so fp32
 // stays accurate at any T (a in (0,1)); the log-space form is kept for fidelity to the
@@ -148,8 +148,8 @@ Plan make_plan(const ScanOptions& o, Index B, Index T, Index D, bool allow_time 
         plan.split = ScanSplit::Channels;
         plan.threads = static_cast<int>(std::min<Index>(threads, B * plan.blocks));
     } else {
-        // One round of P pieces by default: measured on 2..16 cores, cache-sized rounds
-        // (L2 or L3) were no faster, and every round costs a barrier.
+        // One round of P pieces by default: every round costs a barrier, which cache-sized
+        // rounds (L2 or L3) do not win back.
         const Index rows = std::min(o.time_block > 0 ? o.time_block : T, (T + threads - 1) / threads);
         plan.split = ScanSplit::Time;
         plan.rows = rows;
@@ -260,8 +260,8 @@ void grad_a_row(Rows<S> da, Rows<const S> db, Rows<const S> h, const S* h0, Inde
         Row<S>(da.row(0), n).setZero();
 }
 
-// Descending streams prefetch poorly on some CPUs (half the speed of ascending ones
-// measured on AMD Zen 3; on par on Intel), so the reverse scan walks memory up in
+// Descending streams prefetch poorly on some CPUs (up to half the speed of ascending
+// ones), so the reverse scan walks memory up in
 // blocks of kReverseBlock rows: per block, an ascending pass copies dh into db and
 // h_{r-1} into da and prefetches a; a descending pass then finishes them in L1.
 constexpr Index kReverseBlock = kFlushEvery;
