@@ -26,8 +26,7 @@ class SinusoidalPositionalEncoding : public Layer<Scalar> {
 public:
     explicit SinusoidalPositionalEncoding(Index dim, double base = 10000.0) : dim_(dim), base_(base) {
         if (dim <= 0) fail("SinusoidalPositionalEncoding", "dim must be positive, got " + std::to_string(dim));
-        if (!(base > 0) || !std::isfinite(base))
-            fail("SinusoidalPositionalEncoding", "base must be a finite number > 0, got " + number_text(base));
+        if (!(base > 0)) fail("SinusoidalPositionalEncoding", "base must be positive, got " + std::to_string(base));
     }
 
     std::string kind() const override { return "SinusoidalPositionalEncoding"; }
@@ -60,8 +59,7 @@ public:
         if (ctx) {
             ctx->batch = x.batch;
             ctx->steps = T;
-            ctx->saved.clear();  // nothing to keep: the owner marks a training forward
-            ctx->owner = signature();
+            ctx->save("dims", Matrix<Scalar>::Zero(1, 1));  // nothing to keep: marks a training forward
         }
         if (state) state->position = offset + T;
         return y;
@@ -70,7 +68,7 @@ public:
     /// The encoding is a constant: dL/dx = dL/dy.
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>* = nullptr,
                               State<Scalar>* d_initial = nullptr) override {
-        check_context_owner(kind() + ".backward", ctx, signature());
+        ctx.get("dims");
         check_sequence(kind() + ".backward", "dy", dy, dim_);
         if (dy.batch != ctx.batch || dy.steps != ctx.steps)
             fail(kind() + ".backward", "dy " + shape_string(dy) + " does not match the forward's (B=" +
@@ -90,9 +88,6 @@ public:
     }
 
     void collect_parameters(const std::string&, ParameterList<Scalar>&) override {}
-
-    /// "SinusoidalPositionalEncoding(D=16)": the owner a training forward writes into its Context.
-    std::string signature() const { return kind() + "(D=" + std::to_string(dim_) + ")"; }
 
 private:
     Index dim_;
@@ -135,7 +130,6 @@ public:
             ctx->batch = x.batch;
             ctx->steps = T;
             ctx->save("offset", Matrix<Scalar>::Constant(1, 1, Scalar(offset)));
-            ctx->owner = signature();
         }
         if (state) state->position = offset + T;
         return y;
@@ -144,7 +138,6 @@ public:
     /// weight.grad[offset + t] += sum_b dy[b*T + t]; dL/dx = dL/dy.
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>* = nullptr,
                               State<Scalar>* d_initial = nullptr) override {
-        check_context_owner(kind() + ".backward", ctx, signature());
         const auto offset = static_cast<Index>(ctx.get("offset")(0, 0));
         check_sequence(kind() + ".backward", "dy", dy, input_size());
         if (dy.batch != ctx.batch || dy.steps != ctx.steps)
@@ -168,11 +161,6 @@ public:
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         out.push_back({prefix + "weight", &weight});
-    }
-
-    /// "LearnedPositionalEmbedding(L=512, D=16)": the owner a training forward writes into its Context.
-    std::string signature() const {
-        return kind() + "(L=" + std::to_string(max_length()) + ", D=" + std::to_string(input_size()) + ")";
     }
 
 private:
