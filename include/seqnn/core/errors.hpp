@@ -28,11 +28,13 @@ inline std::string shape_string(Index rows, Index cols) {
     return out.str();
 }
 
+/// The shape of a matrix or an expression, "(rows, cols)".
 template <typename Derived>
 std::string shape_string(const Eigen::EigenBase<Derived>& m) {
     return shape_string(m.rows(), m.cols());
 }
 
+/// The shape of a sequence batch, "(B=.., T=.., D=..)".
 template <typename Scalar>
 std::string shape_string(const Sequence<Scalar>& x) {
     return "(B=" + std::to_string(x.batch) + ", T=" + std::to_string(x.steps) + ", D=" +
@@ -58,7 +60,7 @@ void check_sequence(const std::string& where, const std::string& what, const Seq
                         ", expected D=" + std::to_string(features));
 }
 
-// A matrix of exactly (rows, cols).
+/// A matrix of exactly (rows, cols).
 template <typename Derived>
 void check_matrix(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m,
                   Index rows, Index cols) {
@@ -66,9 +68,9 @@ void check_matrix(const std::string& where, const std::string& what, const Eigen
         fail(where, what + " has shape " + shape_string(m) + ", expected " + shape_string(rows, cols));
 }
 
-// Throws unless `ctx` was filled by a training forward of the layer `signature`
-// (Context::owner): a context from another kind of layer, or from the same kind at
-// other sizes, would be read with the wrong meaning or past its end.
+/// Throws unless `ctx` was filled by a training forward of the layer `signature`
+/// (Context::owner): a context from another kind of layer, or from the same kind at
+/// other sizes, would be read with the wrong meaning or past its end.
 template <typename Scalar>
 void check_context_owner(const std::string& where, const Context<Scalar>& ctx, const std::string& signature) {
     if (ctx.owner.empty())

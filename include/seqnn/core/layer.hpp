@@ -11,6 +11,7 @@
 
 namespace seqnn {
 
+/// The interface every sequence layer implements (forward, step, backward, parameters).
 template <typename Scalar>
 class Layer {
 public:
@@ -18,7 +19,9 @@ public:
 
     /// The layer's name in error messages, e.g. "GRU".
     virtual std::string kind() const = 0;
+    /// Features per input row, D.
     virtual Index input_size() const = 0;
+    /// Features per output row.
     virtual Index output_size() const = 0;
 
     /// A zero state for `batch` streams, with the workspace step() needs: after
@@ -52,11 +55,13 @@ public:
     /// Appends the parameters, named as in PyTorch's state_dict, after `prefix`.
     virtual void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) = 0;
 
+    /// Every parameter, named as in PyTorch's state_dict, with its gradient.
     ParameterList<Scalar> parameters() {
         ParameterList<Scalar> out;
         collect_parameters("", out);
         return out;
     }
+    /// Sets every parameter's gradient to zero.
     void zero_grad() { seqnn::zero_grad(parameters()); }
 };
 

@@ -14,20 +14,26 @@ namespace seqnn {
 /// tensor's PyTorch shape, e.g. {3H, I} for weight_ih or {3H} for a bias (stored as (1, 3H)).
 template <typename Scalar>
 struct Parameter {
+    /// The weights.
     Matrix<Scalar> value;
+    /// The gradient dL/d(value), same shape; backward adds into it.
     Matrix<Scalar> grad;
+    /// The tensor's PyTorch shape, e.g. {3H, I}.
     std::vector<Index> shape;
 
     Parameter() = default;
-    /// A matrix parameter (rows, cols).
+    /// A matrix parameter (rows, cols); shape_error if the size is negative or too large.
     Parameter(Index rows, Index cols)
         : value(Matrix<Scalar>::Zero(rows, cols)), grad(Matrix<Scalar>::Zero(rows, cols)), shape{rows, cols} {}
     /// A vector parameter (n), stored as one row.
     explicit Parameter(Index n) : value(Matrix<Scalar>::Zero(1, n)), grad(Matrix<Scalar>::Zero(1, n)), shape{n} {}
 
+    /// The number of scalars.
     Index size() const { return value.size(); }
+    /// Whether the PyTorch tensor is one-dimensional (a bias, a norm's weight).
     bool is_vector() const { return shape.size() == 1; }
     auto row() const { return value.row(0); }  ///< a vector parameter as a row vector
+    /// Sets the gradient to zero.
     void zero_grad() { grad.setZero(); }
 
     /// U(-bound, bound), PyTorch's default for RNN weights and (with bound = 1/sqrt(fan_in)) Linear.
@@ -40,18 +46,23 @@ struct Parameter {
 /// A parameter with its full state_dict name, e.g. "layers.0.weight_ih_l1".
 template <typename Scalar>
 struct NamedParameter {
+    /// The full state_dict name.
     std::string name;
+    /// The parameter, owned by its layer.
     Parameter<Scalar>* param;
 };
 
+/// A layer's parameters in state_dict order.
 template <typename Scalar>
 using ParameterList = std::vector<NamedParameter<Scalar>>;
 
+/// Sets every gradient in the list to zero.
 template <typename Scalar>
 void zero_grad(const ParameterList<Scalar>& params) {
     for (const auto& p : params) p.param->zero_grad();
 }
 
+/// The number of scalars in all the parameters.
 template <typename Scalar>
 Index count_parameters(const ParameterList<Scalar>& params) {
     Index n = 0;

@@ -32,6 +32,7 @@ inline int num_threads() {
 #endif
 }
 
+/// Whether seqnn was compiled with OpenMP.
 inline bool openmp_enabled() {
 #ifdef _OPENMP
     return true;

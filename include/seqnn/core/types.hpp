@@ -1,4 +1,4 @@
-// Core value types: the (B*T, D) sequence batch of DESIGN.md, recurrent state and
+// Core value types: the (B*T, D) sequence batch of docs/design.md, recurrent state and
 // the training context a layer fills in forward and reads in backward.
 #pragma once
 
@@ -14,43 +14,48 @@
 
 namespace seqnn {
 
+/// Sizes and indices (Eigen's signed index type).
 using Index = Eigen::Index;
 
-// Every activation, weight and gradient is a dense row-major matrix.
+/// Every activation, weight and gradient is a dense row-major matrix.
 template <typename Scalar>
 using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+/// A row vector (a bias, a norm's weight).
 template <typename Scalar>
 using RowVector = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
 
-// Function arguments that accept a matrix, a block of one, or a strided step view.
+/// Function arguments that accept a matrix, a block of one, or a strided step view.
 template <typename Scalar>
 using MatrixRef = Eigen::Ref<Matrix<Scalar>>;
+/// A read-only MatrixRef.
 template <typename Scalar>
 using ConstMatrixRef = Eigen::Ref<const Matrix<Scalar>>;
 
-// A row-major view whose rows are `stride` scalars apart: the B rows of one time step.
+/// A row-major view whose rows are `stride` scalars apart: the B rows of one time step.
 template <typename Scalar>
 using StridedRows = Eigen::Map<Matrix<Scalar>, Eigen::Unaligned, Eigen::OuterStride<>>;
+/// A read-only StridedRows.
 template <typename Scalar>
 using ConstStridedRows = Eigen::Map<const Matrix<Scalar>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
-// The B rows of step t of a (B*T, D) matrix, (B, D), as a strided view.
+/// The B rows of step t of a (B*T, D) matrix, (B, D), as a strided view.
 template <typename Scalar>
 StridedRows<Scalar> step_rows(Matrix<Scalar>& m, Index steps, Index t) {
     return StridedRows<Scalar>(m.data() + t * m.cols(), m.rows() / steps, m.cols(), Eigen::OuterStride<>(steps * m.cols()));
 }
+/// The B rows of step t of a const (B*T, D) matrix, (B, D).
 template <typename Scalar>
 ConstStridedRows<Scalar> step_rows(const Matrix<Scalar>& m, Index steps, Index t) {
     return ConstStridedRows<Scalar>(m.data() + t * m.cols(), m.rows() / steps, m.cols(),
                                     Eigen::OuterStride<>(steps * m.cols()));
 }
 
-// The random engine every initialiser takes; seed it for reproducible models.
+/// The random engine every initialiser takes; seed it for reproducible models.
 using Rng = std::mt19937_64;
 
-// m <- 0, split by rows across threads, so that the first touch of fresh memory, page
-// faults and all, is shared out rather than left to one thread while the others wait.
+/// m <- 0, split by rows across threads, so that the first touch of fresh memory, page
+/// faults and all, is shared out rather than left to one thread while the others wait.
 template <typename Scalar>
 void set_zero_by_rows(Matrix<Scalar>& m) {
     parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) { m.middleRows(r0, r1 - r0).setZero(); });
@@ -69,17 +74,21 @@ struct Sequence {
         : data(batch_size * num_steps, features), batch(batch_size), steps(num_steps) {
         set_zero_by_rows(data);
     }
+    /// Wraps (B*T, D) values as B sequences of T steps.
     Sequence(Matrix<Scalar> values, Index batch_size, Index num_steps)
         : data(std::move(values)), batch(batch_size), steps(num_steps) {}
 
+    /// D, the features per step.
     Index features() const { return data.cols(); }
 
     /// The B rows of step t, (B, D), as a strided view into `data`.
     StridedRows<Scalar> at_step(Index t) { return step_rows(data, steps, t); }
+    /// The B rows of step t, read-only.
     ConstStridedRows<Scalar> at_step(Index t) const { return step_rows(data, steps, t); }
 
     /// The T rows of sequence b, (T, D): a contiguous block.
     auto sequence(Index b) { return data.middleRows(b * steps, steps); }
+    /// The T rows of sequence b, read-only.
     auto sequence(Index b) const { return data.middleRows(b * steps, steps); }
 };
 
@@ -89,7 +98,9 @@ struct Sequence {
 /// Layer::initial_state so that streaming never allocates.
 template <typename Scalar>
 struct State {
+    /// The state's value, e.g. {h} or {h, c}, each (L*B, H).
     std::vector<Matrix<Scalar>> tensors;
+    /// Scratch for step(), so that streaming does not allocate.
     std::vector<Matrix<Scalar>> workspace;
     Index position = 0;  ///< steps consumed so far (a KV cache's fill level)
     /// Composite layers (models/): one state per child, made by initial_state, so that
@@ -97,6 +108,7 @@ struct State {
     /// stays in `tensors`; the children's tensors are swapped in only during a step.
     std::vector<State> children;
 
+    /// Whether the state has no value yet (forward then starts from zeros).
     bool empty() const { return tensors.empty(); }
 };
 
@@ -109,9 +121,11 @@ struct Context {
     /// The layer whose forward filled this context: its kind and sizes, e.g.
     /// "GRU(5 -> 9, L=2)". backward refuses a context another layer filled.
     std::string owner;
+    /// The tensors backward needs, by name.
     std::map<std::string, Matrix<Scalar>> saved;
     std::vector<Context> children;
 
+    /// Keeps `value` as the saved tensor `name`.
     void save(const std::string& name, Matrix<Scalar> value) { saved[name] = std::move(value); }
     /// The saved tensor `name`, shaped (rows, cols), for the layer to fill in place. A
     /// context reused from one training step to the next keeps its memory, so a
@@ -127,6 +141,7 @@ struct Context {
     void make_children(std::size_t n) {
         if (children.size() != n) children.assign(n, Context{});
     }
+    /// The saved tensor `name`; throws if the forward did not save it.
     const Matrix<Scalar>& get(const std::string& name) const;
 };
 

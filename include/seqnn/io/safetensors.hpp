@@ -68,8 +68,10 @@ namespace seqnn::io {
 // ---------------------------------------------------------------------------
 // Dtypes
 
+/// The element types of a safetensors file.
 enum class DType : std::uint8_t { BOOL, U8, I8, U16, I16, U32, I32, U64, I64, F16, BF16, F32, F64 };
 
+/// Every DType, in declaration order.
 inline constexpr std::array<DType, 13> all_dtypes = {DType::BOOL, DType::U8,  DType::I8,  DType::U16, DType::I16,
                                                      DType::U32,  DType::I32, DType::U64, DType::I64, DType::F16,
                                                      DType::BF16, DType::F32, DType::F64};
@@ -114,6 +116,7 @@ constexpr std::size_t dtype_size(DType dtype) {
     return 0;
 }
 
+/// Whether the type is F16, BF16, F32 or F64.
 constexpr bool is_floating(DType dtype) {
     return dtype == DType::F16 || dtype == DType::BF16 || dtype == DType::F32 || dtype == DType::F64;
 }
@@ -169,6 +172,7 @@ inline float f16_to_float(std::uint16_t h) {
     return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
+/// IEEE half precision of x, rounded to nearest even.
 inline std::uint16_t float_to_f16(float x) {
     std::uint32_t f = std::bit_cast<std::uint32_t>(x);
     const auto sign = static_cast<std::uint16_t>((f >> 16) & 0x8000u);
@@ -193,6 +197,7 @@ inline std::uint16_t float_to_f16(float x) {
 /// bfloat16: the top 16 bits of a float.
 inline float bf16_to_float(std::uint16_t b) { return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16); }
 
+/// bfloat16 of x, rounded to nearest even.
 inline std::uint16_t float_to_bf16(float x) {
     const std::uint32_t f = std::bit_cast<std::uint32_t>(x);
     if ((f & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((f >> 16) | 0x40u);  // quiet NaN
@@ -217,7 +222,9 @@ inline float round_to_odd_float(double x) {
 
 }  // namespace detail
 
+/// IEEE half precision of a double, rounded once.
 inline std::uint16_t double_to_f16(double x) { return float_to_f16(detail::round_to_odd_float(x)); }
+/// bfloat16 of a double, rounded once.
 inline std::uint16_t double_to_bf16(double x) { return float_to_bf16(detail::round_to_odd_float(x)); }
 
 // ---------------------------------------------------------------------------
@@ -380,6 +387,7 @@ void encode(const T* in, std::size_t n, DType dtype, std::byte* dst) {
 // ---------------------------------------------------------------------------
 // Tensor: a dtype, a shape and the elements' bytes (little-endian, row-major).
 
+/// One tensor of a safetensors file: its dtype, shape and raw little-endian bytes.
 class Tensor {
 public:
     // An empty F32 tensor of shape [0].
@@ -411,6 +419,7 @@ public:
         detail::encode(values.data(), values.size(), dtype, t.bytes_.data());
         return t;
     }
+    /// A tensor of the given shape from values in row-major order, converted to `dtype`.
     template <TensorValue T>
     static Tensor from_values(const std::vector<T>& values, std::vector<Index> shape, DType dtype = dtype_of<T>()) {
         return from_values(std::span<const T>(values), std::move(shape), dtype);
@@ -427,9 +436,13 @@ public:
                            std::move(shape), dtype);
     }
 
+    /// The element type.
     DType dtype() const { return dtype_; }
+    /// The shape, outermost first.
     const std::vector<Index>& shape() const { return shape_; }
+    /// The number of elements.
     Index numel() const { return static_cast<Index>(bytes_.size() / dtype_size(dtype_)); }
+    /// The raw data, little-endian.
     std::span<const std::byte> bytes() const { return bytes_; }
 
     /// The elements, converted to T, into `out` (numel() of them, else shape_error).
@@ -442,6 +455,7 @@ public:
         detail::decode(dtype_, bytes_.data(), out.size(), out.data());
     }
 
+    /// The elements converted to T, in row-major order.
     template <TensorValue T>
     std::vector<T> values() const {
         std::vector<T> out(static_cast<std::size_t>(numel()));
@@ -488,6 +502,7 @@ private:
 /// The header key that holds the metadata; no tensor may have this name.
 inline constexpr std::string_view metadata_key = "__metadata__";
 
+/// Named tensors and string metadata: the contents of one safetensors file.
 class TensorMap {
 public:
     std::map<std::string, std::string> metadata;  ///< the header's "__metadata__"
@@ -497,6 +512,7 @@ public:
         if (name == metadata_key) throw format_error("TensorMap: '__metadata__' is reserved and cannot name a tensor");
         tensors_.insert_or_assign(name, std::move(tensor));
     }
+    /// Whether a tensor of that name is present.
     bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
     /// The tensor `name`; format_error if there is none.
     const Tensor& at(const std::string& name) const {
@@ -506,19 +522,25 @@ public:
                                std::to_string(tensors_.size()));
         return it->second;
     }
+    /// Removes the tensor `name`; false if there was none.
     bool erase(const std::string& name) { return tensors_.erase(name) != 0; }
 
+    /// The number of tensors.
     std::size_t size() const { return tensors_.size(); }
+    /// Whether there are no tensors.
     bool empty() const { return tensors_.empty(); }
     /// (name, tensor) pairs in name order.
     auto begin() const { return tensors_.begin(); }
+    /// The end of the (name, tensor) pairs.
     auto end() const { return tensors_.end(); }
+    /// The tensors' names in sorted order.
     std::vector<std::string> names() const {
         std::vector<std::string> out;
         for (const auto& [name, tensor] : tensors_) out.push_back(name);
         return out;
     }
 
+    /// Same tensors (names, dtypes, shapes, bytes) and metadata.
     bool operator==(const TensorMap&) const = default;
 
 private:
@@ -529,6 +551,7 @@ private:
 // Reading
 
 inline constexpr std::uint64_t max_header_size = 100'000'000;  ///< bytes, as in the reference reader
+/// The most dimensions a tensor may have.
 inline constexpr std::size_t max_rank = 64;
 
 namespace detail {
@@ -548,7 +571,7 @@ struct Entry {
 inline const char* json_kind(const nlohmann::json& j) { return j.type_name(); }
 
 // Parses the header text: a JSON object with no repeated key anywhere and nothing nested
-// deeper than {"name": {"shape": [...]}}.
+// deeper than {"name": {"shape": [...]}}. Two linear passes: the check, then the parse.
 inline nlohmann::json parse_header(std::string_view text, const std::string& source) {
     using json = nlohmann::json;
     std::vector<std::set<std::string>> keys;  // the keys seen so far in each open object

@@ -67,8 +67,10 @@ struct LoadReport {
 /// covers unreadable files and files that do not fit the model.
 class state_dict_error : public format_error {
 public:
+    /// The error for a strict load that found problems, listing them all.
     state_dict_error(LoadReport report, const std::string& source)
         : format_error(report.message(source)), report_(std::move(report)) {}
+    /// What the load found: missing, unexpected and mis-shaped tensors.
     const LoadReport& report() const { return report_; }
 
 private:
@@ -169,6 +171,7 @@ void save_parameters(const std::filesystem::path& path, Layer<Scalar>& layer,
     save_parameters(path, layer.parameters(), std::move(metadata), dtype);
 }
 
+/// Loads a layer's parameters from a safetensors file by state_dict name.
 template <typename Scalar>
 LoadReport load_parameters(const std::filesystem::path& path, Layer<Scalar>& layer, bool strict = true) {
     return load_parameters(path, layer.parameters(), strict);

@@ -2,7 +2,7 @@
 //
 //   out_h = softmax(Q_h K_h^T * scale + mask) V_h      for every sequence b and head h,
 //
-// with Q, K, V laid out as in DESIGN.md: row b*T + t is step t of sequence b and head h
+// with Q, K, V laid out as in docs/design.md: row b*T + t is step t of sequence b and head h
 // owns columns [h*Dh, (h+1)*Dh) (PyTorch's nn.MultiheadAttention split of E = H*Dh).
 //
 // The algorithm is FlashAttention-2's (Dao 2023, "FlashAttention-2: Faster Attention
@@ -56,15 +56,19 @@ struct AttentionShape {
     Index kv_capacity = 0;  ///< rows per sequence in k and v (a KV cache's max length); 0 means Tk
     Index q_offset = 0;     ///< the position of query row 0 among the keys (the cache's fill level)
 
+    /// E = H * Dh, the columns of q, k, v and out.
     Index model_dim() const { return heads * head_dim; }
+    /// Rows per sequence in k and v.
     Index kv_rows() const { return kv_capacity > 0 ? kv_capacity : kv_steps; }
 };
 
+/// How attention runs: the mask, the scale and the tile sizes.
 struct AttentionOptions {
+    /// Query i sees keys up to its own position only.
     bool causal = true;
     double scale = 0;      ///< 0 means 1 / sqrt(Dh), PyTorch's default
     Index q_block = 64;    ///< query rows per work item
-    Index kv_block = 512;  ///< key/value rows per tile (64..512 measured: 512 was fastest on Zen 3, S stays in L2)
+    Index kv_block = 512;  ///< key/value rows per tile (a q_block x kv_block tile of S stays in L2)
 };
 
 namespace attention_detail {

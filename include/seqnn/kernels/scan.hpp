@@ -48,10 +48,14 @@
 
 namespace seqnn {
 
+/// Time in order on one thread, or one of the parallel splits.
 enum class ScanMode { Sequential, Parallel };
+/// How the parallel scan divides the work (docs/design.md, "The scan").
 enum class ScanSplit { Auto, Channels, Time };
 
+/// How scan_forward and scan_backward run.
 struct ScanOptions {
+    /// Sequential or parallel.
     ScanMode mode = ScanMode::Parallel;
     /// Parallel only. Auto: sequential for tiny inputs, Channels when B fills the
     /// threads (or rows are wide), Time otherwise. The log-space scan always splits
@@ -774,12 +778,14 @@ void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, Matri
 // ---------------------------------------------------------------------------------
 // Whole-sequence conveniences.
 
+/// The output of scan() and log_scan(): h for every step, and the last step's h.
 template <typename Scalar>
 struct ScanResult {
     Sequence<Scalar> h;     ///< (B*T, D)
     Matrix<Scalar> h_last;  ///< (B, D)
 };
 
+/// The gradients scan_grad() and log_scan_grad() return: of a, b and h0.
 template <typename Scalar>
 struct ScanGrad {
     Sequence<Scalar> da;  ///< (B*T, D)

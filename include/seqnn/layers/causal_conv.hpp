@@ -28,13 +28,16 @@
 
 namespace seqnn {
 
+/// The sizes of a CausalDepthwiseConv1d.
 struct CausalConvOptions {
     Index channels = 0;     ///< D
     Index kernel_size = 4;  ///< K
     bool pointwise = true;  ///< the 1x1 channel-mixing conv after the depthwise one
+    /// Whether the convolutions have biases.
     bool bias = true;
 };
 
+/// A causal depthwise 1-D convolution over time, optionally followed by a pointwise one.
 template <typename Scalar>
 class CausalDepthwiseConv1d : public Layer<Scalar> {
 public:
@@ -73,7 +76,9 @@ public:
     std::string kind() const override { return "CausalDepthwiseConv1d"; }
     Index input_size() const override { return options_.channels; }
     Index output_size() const override { return options_.channels; }
+    /// K, the steps each output sees.
     Index kernel_size() const { return options_.kernel_size; }
+    /// The options it was made with.
     const CausalConvOptions& options() const { return options_; }
 
     /// {window (B*(K-1), D)} of zeros; workspace: u (B, D) for step.

@@ -36,13 +36,16 @@ enum class MinRNNMode {
     LogSpace,    // the paper's log-space scan (Heinsen 2023); needs PositiveG and h0 > 0
 };
 
+/// The sizes and modes of a MinGRU or MinLSTM.
 struct MinRNNOptions {
     Index input_size = 0;         ///< D
     Index hidden_size = 0;        ///< E; 0 means input_size * expansion
     double expansion = 1.0;       ///< E = D * expansion when hidden_size is 0
     bool project_out = false;     ///< add to_out (E -> D); forced on when E != D
     bool bias = false;            ///< lucidrains uses none
+    /// The candidate state's activation.
     HiddenActivation activation = HiddenActivation::PositiveG;
+    /// How the recurrence is evaluated.
     MinRNNMode mode = MinRNNMode::Parallel;
 };
 
@@ -89,23 +92,32 @@ auto log_positive_g(const Eigen::ArrayBase<Pre>& pre) {
 
 }  // namespace min_rnn_math
 
+/// What MinGRU and MinLSTM share: the projection, the scan and the optional output projection.
 template <typename Scalar>
 class MinRNN : public Layer<Scalar> {
 public:
+    /// Row-major array for the element-wise gate math.
     using Array = Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+    /// The options it was made with.
     const MinRNNOptions& options() const { return options_; }
     Index input_size() const override { return options_.input_size; }
     Index output_size() const override { return projects() ? options_.input_size : hidden_size_; }
+    /// E, the width of h.
     Index hidden_size() const { return hidden_size_; }
+    /// Whether an output projection maps h back to D features.
     bool projects() const { return to_out_.weight.size() > 0; }
+    /// How the recurrence is evaluated.
     MinRNNMode mode() const { return options_.mode; }
+    /// Chooses how the recurrence is evaluated; all modes give the same outputs.
     void set_mode(MinRNNMode mode) {
         check_mode(mode);
         options_.mode = mode;
     }
 
+    /// The input projection to [hidden, gates].
     Linear<Scalar>& in_projection() { return in_proj_; }
+    /// The output projection (empty when it does not project).
     Linear<Scalar>& out_projection() { return to_out_; }
 
     /// State {h (B, E)}; workspace: pre (B, G*E), where step computes its gates in place.
@@ -281,6 +293,7 @@ protected:
     virtual void coefficients_backward(ConstMatrixRef<Scalar> pre, ConstMatrixRef<Scalar> da,
                                        ConstMatrixRef<Scalar> db, MatrixRef<Scalar> d_pre) const = 0;
 
+    /// The candidate state's activation.
     HiddenActivation activation() const { return options_.activation; }
 
 private:

@@ -11,12 +11,14 @@
 
 namespace seqnn {
 
+/// minGRU (Feng et al. 2024): a_t = 1 - z_t, b_t = z_t * h~_t, z and h~ from x alone.
 template <typename Scalar>
 class MinGRU : public MinRNN<Scalar> {
     using Base = MinRNN<Scalar>;
     using Array = typename Base::Array;
 
 public:
+    /// A minGRU with weights drawn as PyTorch's nn.Linear draws them.
     MinGRU(MinRNNOptions options, Rng& rng) : Base("MinGRU", options, 2, "to_hidden_and_gate", rng) {}
 
     std::string kind() const override { return "MinGRU"; }

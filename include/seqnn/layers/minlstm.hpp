@@ -12,12 +12,14 @@
 
 namespace seqnn {
 
+/// minLSTM (Feng et al. 2024): normalised forget and input gates from x alone.
 template <typename Scalar>
 class MinLSTM : public MinRNN<Scalar> {
     using Base = MinRNN<Scalar>;
     using Array = typename Base::Array;
 
 public:
+    /// A minLSTM with weights drawn as PyTorch's nn.Linear draws them.
     MinLSTM(MinRNNOptions options, Rng& rng) : Base("MinLSTM", options, 3, "to_hidden_and_f_i_gate", rng) {}
 
     std::string kind() const override { return "MinLSTM"; }

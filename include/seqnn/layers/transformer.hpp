@@ -48,21 +48,26 @@
 
 namespace seqnn {
 
+/// The sizes and choices of a TransformerBlock.
 struct TransformerOptions {
     Index d_model = 0;               ///< E
     Index num_heads = 1;             ///< H; E must be divisible by H
     Index dim_feedforward = 0;       ///< F; 0 means 4E
     bool causal = true;              ///< the causal mask (a decoder block); false: full attention, no step()
     bool rotary = false;             ///< rotate q and k with RoPE (positions offset by the cache's fill level)
+    /// RoPE's base (theta).
     double rope_base = 10000.0;
     Index max_cache_length = 1024;   ///< KV-cache rows per stream that initial_state makes
+    /// LayerNorm's epsilon.
     double layer_norm_eps = 1e-5;
     bool bias = true;                ///< biases of the projections and the norms, as PyTorch's `bias`
 };
 
+/// A pre-norm causal Transformer block, PyTorch's nn.TransformerEncoderLayer(norm_first=True).
 template <typename Scalar>
 class TransformerBlock : public Layer<Scalar> {
 public:
+    /// A block with weights drawn as PyTorch draws them.
     TransformerBlock(TransformerOptions options, Rng& rng) : options_(options) {
         const std::string k = "TransformerBlock";
         const Index E = options.d_model, H = options.num_heads;
@@ -97,16 +102,26 @@ public:
     std::string kind() const override { return "TransformerBlock"; }
     Index input_size() const override { return options_.d_model; }
     Index output_size() const override { return options_.d_model; }
+    /// The options it was made with.
     const TransformerOptions& options() const { return options_; }
+    /// Attention heads.
     Index num_heads() const { return options_.num_heads; }
+    /// Dh = d_model / heads.
     Index head_dim() const { return options_.d_model / options_.num_heads; }
+    /// The MLP's hidden width.
     Index dim_feedforward() const { return ffn_; }
 
+    /// The fused q, k, v projection (self_attn.in_proj_weight).
     Linear<Scalar>& in_proj() { return in_proj_; }
+    /// The attention's output projection.
     Linear<Scalar>& out_proj() { return out_proj_; }
+    /// The MLP's first layer.
     Linear<Scalar>& linear1() { return linear1_; }
+    /// The MLP's second layer.
     Linear<Scalar>& linear2() { return linear2_; }
+    /// The norm before attention.
     LayerNorm<Scalar>& norm1() { return norm1_; }
+    /// The norm before the MLP.
     LayerNorm<Scalar>& norm2() { return norm2_; }
 
     /// An empty KV cache of options.max_cache_length positions for `batch` streams, with the

@@ -18,6 +18,7 @@
 
 namespace seqnn {
 
+/// Where each child's tensors sit in a composite layer's State.
 template <typename Scalar>
 class CompositeState {
 public:
@@ -27,13 +28,16 @@ public:
         for (const Layer<Scalar>* c : children) add(*c);
     }
 
+    /// Appends a child and the number of its state tensors.
     void add(const Layer<Scalar>& child) {
         offsets_.push_back(total_);
         counts_.push_back(static_cast<Index>(child.initial_state(1).tensors.size()));
         total_ += counts_.back();
     }
 
+    /// The number of state tensors of all the children.
     Index total() const { return total_; }
+    /// The number of state tensors of child i.
     Index count(std::size_t i) const { return counts_[i]; }
 
     /// The children's zero states, concatenated, with the step shells.

@@ -23,6 +23,7 @@
 
 namespace seqnn {
 
+/// How generate() picks each token.
 struct SamplingOptions {
     double temperature = 0.0;  ///< 0: greedy (argmax); otherwise softmax(logits / temperature)
     Index top_k = 0;           ///< > 0: sample among the k largest logits only

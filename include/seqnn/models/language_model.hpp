@@ -43,11 +43,13 @@ namespace seqnn {
 /// B token sequences of T ids: id b*T + t is step t of sequence b, the layout of a
 /// (B*T, D) Sequence.
 struct TokenBatch {
+    /// B*T token ids, row-major (sequence b's step t at b*T + t).
     std::vector<int> ids;
     Index batch = 0;  ///< B
     Index steps = 0;  ///< T
 
     TokenBatch() = default;
+    /// Wraps B*T ids as B sequences of T tokens.
     TokenBatch(std::vector<int> token_ids, Index batch_size, Index num_steps)
         : ids(std::move(token_ids)), batch(batch_size), steps(num_steps) {
         if (batch <= 0 || steps <= 0 || static_cast<Index>(ids.size()) != batch * steps)
@@ -55,7 +57,9 @@ struct TokenBatch {
                                    " sequences of T=" + std::to_string(steps) + " (B and T must be positive)");
     }
 
+    /// The token at step t of sequence b.
     int at(Index b, Index t) const { return ids[static_cast<std::size_t>(b * steps + t)]; }
+    /// The T tokens of sequence b.
     std::span<const int> sequence(Index b) const {
         return std::span<const int>(ids).subspan(static_cast<std::size_t>(b * steps), static_cast<std::size_t>(steps));
     }
@@ -69,21 +73,27 @@ struct TokenBatch {
     }
 };
 
+/// The sizes of a LanguageModel.
 struct LanguageModelOptions {
     Index vocab_size = 0;           ///< V
     Index dim = 0;                  ///< D
     Index depth = 1;                ///< blocks
     MixerOptions mixer;             ///< kind and options, the same in every block
+    /// The MLP's hidden width over dim.
     double ff_mult = 4.0;
     bool conv = false;              ///< lucidrains' enable_conv
+    /// The causal conv's width; 0 for none.
     Index conv_kernel = 3;
     double dropout = 0.0;           ///< after the embedding and on each block's branches, training only
+    /// Seed of the dropout masks.
     std::uint64_t dropout_seed = 0;
 };
 
+/// The paper's language model: embedding, LMBlocks, final RMSNorm, head (lucidrains' minLM layout).
 template <typename Scalar>
 class LanguageModel {
 public:
+    /// A model with weights drawn as PyTorch draws them.
     LanguageModel(const LanguageModelOptions& o, Rng& rng)
         : options_(o), embed_drop_(checked(o).dim, o.dropout, dropout_detail::mix64(o.dropout_seed)) {
         token_emb_ = Embedding<Scalar>(o.vocab_size, o.dim, rng);
@@ -104,14 +114,21 @@ public:
         layout_.add(layers_);
     }
 
+    /// "LanguageModel(<mixer>)", for messages.
     std::string kind() const { return "LanguageModel(" + to_string(options_.mixer.kind) + ")"; }
+    /// The options it was made with.
     const LanguageModelOptions& options() const { return options_; }
+    /// Tokens in the vocabulary.
     Index vocab_size() const { return options_.vocab_size; }
+    /// The model width.
     Index dim() const { return options_.dim; }
+    /// The blocks.
     Sequential<Scalar>& layers() { return layers_; }
     /// Block i: an LMBlock, or a TransformerBlock for the Transformer kind.
     Layer<Scalar>& block(Index i) { return layers_[static_cast<std::size_t>(i)]; }
+    /// The token embedding.
     Embedding<Scalar>& token_emb() { return token_emb_; }
+    /// The output head.
     Linear<Scalar>& to_logits() { return to_logits_; }
 
     /// Every dropout of the model, for checkpoints (their counters are the RNG state).
@@ -224,17 +241,20 @@ public:
         state.position += 1;
     }
 
+    /// Appends the parameters, named as in PyTorch's state_dict, after `prefix`.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
         token_emb_.collect_parameters(prefix + "token_emb.", out);
         layers_.collect_parameters(prefix + "layers.", out);
         norm_.collect_parameters(prefix + "norm.", out);
         to_logits_.collect_parameters(prefix + "to_logits.", out);
     }
+    /// Every parameter with its state_dict name and gradient.
     ParameterList<Scalar> parameters() {
         ParameterList<Scalar> out;
         collect_parameters("", out);
         return out;
     }
+    /// Sets every gradient to zero.
     void zero_grad() { seqnn::zero_grad(parameters()); }
 
 private:

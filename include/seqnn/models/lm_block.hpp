@@ -32,6 +32,7 @@
 
 namespace seqnn {
 
+/// The sizes of an LMBlock.
 struct LMBlockOptions {
     Index dim = 0;                  ///< D
     MixerOptions mixer;             ///< the kind and its options
@@ -39,12 +40,15 @@ struct LMBlockOptions {
     bool conv = false;              ///< lucidrains' enable_conv
     Index conv_kernel = 3;          ///< 3 in lucidrains, 4 in the paper
     double dropout = 0.0;           ///< on the mixer's and the MLP's outputs, training only
+    /// Seed of the dropout masks.
     std::uint64_t dropout_seed = 0;
 };
 
+/// One block of the language model: conv, norm, mixer, residual, norm, MLP, residual.
 template <typename Scalar>
 class LMBlock : public Layer<Scalar> {
 public:
+    /// A block with weights drawn as PyTorch draws them.
     LMBlock(const LMBlockOptions& o, Rng& rng)
         : options_(o),
           norm1_(checked_dim(o.dim)),
@@ -67,13 +71,21 @@ public:
     std::string kind() const override { return "LMBlock(" + mixer_->kind() + ")"; }
     Index input_size() const override { return options_.dim; }
     Index output_size() const override { return options_.dim; }
+    /// The sequence mixer (a recurrent layer or a Transformer block).
     Layer<Scalar>& mixer() { return *mixer_; }
+    /// The sequence mixer, read-only.
     const Layer<Scalar>& mixer() const { return *mixer_; }
+    /// The MLP.
     FeedForward<Scalar>& feed_forward() { return *ff_; }
+    /// The causal conv, if any.
     std::optional<CausalDepthwiseConv1d<Scalar>>& conv() { return conv_; }
+    /// Dropout after the mixer, read-only.
     const Dropout<Scalar>& mixer_dropout() const { return mixer_drop_; }
+    /// Dropout after the MLP, read-only.
     const Dropout<Scalar>& ff_dropout() const { return ff_drop_; }
+    /// Dropout after the mixer.
     Dropout<Scalar>& mixer_dropout() { return mixer_drop_; }
+    /// Dropout after the MLP.
     Dropout<Scalar>& ff_dropout() { return ff_drop_; }
 
     /// The conv's and the mixer's states; workspace for step: h, n, m (B, D) and the
@@ -208,6 +220,7 @@ public:
         Matrix<Scalar>& pre = state.workspace[3];  // (B, H)
         Matrix<Scalar>& act = state.workspace[4];  // (B, H)
         std::size_t child = 0;
+        // Each child's tensors are swapped back into the state even if its step throws.
         if (conv_) {
             layout_.swap(state, child);
             conv_->step(x, state.children[child], m);

@@ -29,8 +29,10 @@
 
 namespace seqnn {
 
+/// The sequence layers a block can mix with.
 enum class MixerKind { RNN, LSTM, GRU, MinGRU, MinLSTM, Transformer };
 
+/// The kind's name, e.g. "MinGRU".
 inline std::string to_string(MixerKind kind) {
     switch (kind) {
         case MixerKind::RNN: return "RNN";
@@ -43,7 +45,9 @@ inline std::string to_string(MixerKind kind) {
     return "unknown";
 }
 
+/// Which mixer a block uses, and its settings.
 struct MixerOptions {
+    /// The mixer.
     MixerKind kind = MixerKind::MinGRU;
     double expansion = 1.5;                   ///< MinGRU, MinLSTM: inner size D * expansion (lucidrains' default)
     MinRNNMode mode = MinRNNMode::Parallel;   ///< MinGRU, MinLSTM: how the scan runs

@@ -17,9 +17,11 @@
 
 namespace seqnn {
 
+/// y = x + f(norm(x)), the norm optional.
 template <typename Scalar>
 class Residual : public Layer<Scalar> {
 public:
+    /// Wraps f, and optionally an RMSNorm before it.
     explicit Residual(std::unique_ptr<Layer<Scalar>> fn, std::optional<RMSNorm<Scalar>> norm = std::nullopt)
         : fn_(std::move(fn)), norm_(std::move(norm)) {
         if (!fn_) fail("Residual", "the inner layer is null");
@@ -35,6 +37,7 @@ public:
     std::string kind() const override { return "Residual(" + fn_->kind() + ")"; }
     Index input_size() const override { return fn_->input_size(); }
     Index output_size() const override { return fn_->output_size(); }
+    /// The wrapped layer f.
     Layer<Scalar>& inner() { return *fn_; }
 
     /// f's state; workspace: f's workspace plus one (B, D) buffer for the normed input.

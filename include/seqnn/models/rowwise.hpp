@@ -65,6 +65,7 @@ protected:
     virtual void rows_forward(const Matrix<Scalar>& x, Matrix<Scalar>& y, Context<Scalar>* ctx) const = 0;
     /// The same on the B rows of one step; scratch lives in state.workspace.
     virtual void rows_step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const = 0;
+    /// dx from dy on N rows, with the context rows_forward filled.
     virtual Matrix<Scalar> rows_backward(const Matrix<Scalar>& dy, const Context<Scalar>& ctx) = 0;
 };
 
@@ -72,6 +73,7 @@ protected:
 template <typename Scalar, typename Block>
 class Rowwise : public RowwiseLayer<Scalar> {
 public:
+    /// Wraps a row-wise block under the name `kind`.
     Rowwise(std::string kind, Block block) : kind_(std::move(kind)), block_(std::move(block)) {}
 
     std::string kind() const override { return kind_; }
@@ -87,7 +89,9 @@ public:
         else
             return block_.dim();
     }
+    /// The wrapped block.
     Block& block() { return block_; }
+    /// The wrapped block, read-only.
     const Block& block() const { return block_; }
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
@@ -109,14 +113,17 @@ private:
     Block block_;
 };
 
+/// A Linear as a sequence layer.
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_linear_layer(Index in, Index out, bool bias, Rng& rng) {
     return std::make_unique<Rowwise<Scalar, Linear<Scalar>>>("Linear", Linear<Scalar>(in, out, bias, rng));
 }
+/// An RMSNorm as a sequence layer.
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_rms_norm_layer(Index dim) {
     return std::make_unique<Rowwise<Scalar, RMSNorm<Scalar>>>("RMSNorm", RMSNorm<Scalar>(dim));
 }
+/// A LayerNorm as a sequence layer.
 template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_layer_norm_layer(Index dim) {
     return std::make_unique<Rowwise<Scalar, LayerNorm<Scalar>>>("LayerNorm", LayerNorm<Scalar>(dim));
@@ -126,14 +133,18 @@ std::unique_ptr<Layer<Scalar>> make_layer_norm_layer(Index dim) {
 template <typename Scalar>
 class FeedForward : public RowwiseLayer<Scalar> {
 public:
+    /// Linear(dim -> mult*dim), GELU, Linear back to dim.
     FeedForward(Index dim, double mult, Rng& rng)
         : up_(dim, checked_hidden(dim, mult), true, rng), down_(checked_hidden(dim, mult), dim, true, rng) {}
 
     std::string kind() const override { return "FeedForward"; }
     Index input_size() const override { return up_.in_features(); }
     Index output_size() const override { return down_.out_features(); }
+    /// The hidden width.
     Index hidden_size() const { return up_.out_features(); }
+    /// The first Linear.
     Linear<Scalar>& up() { return up_; }
+    /// The second Linear.
     Linear<Scalar>& down() { return down_; }
 
     /// No state tensors; workspace: pre and act (B, H) for step.

@@ -22,6 +22,7 @@
 
 namespace seqnn {
 
+/// Layers applied one after another, like nn.Sequential; states and contexts per child.
 template <typename Scalar>
 class Sequential : public Layer<Scalar> {
 public:
@@ -38,6 +39,7 @@ public:
         layers_.push_back(std::move(layer));
         return *this;
     }
+    /// Constructs a layer of type L at the end and returns it.
     template <typename L, typename... Args>
     L& emplace(Args&&... args) {
         auto layer = std::make_unique<L>(std::forward<Args>(args)...);
@@ -46,8 +48,11 @@ public:
         return ref;
     }
 
+    /// The number of layers.
     std::size_t size() const { return layers_.size(); }
+    /// Layer i.
     Layer<Scalar>& operator[](std::size_t i) { return *layers_.at(i); }
+    /// Layer i, read-only.
     const Layer<Scalar>& operator[](std::size_t i) const { return *layers_.at(i); }
 
     std::string kind() const override { return "Sequential"; }

@@ -15,8 +15,10 @@
 
 namespace seqnn {
 
+/// Element-wise activations.
 enum class Activation { Identity, Tanh, Sigmoid, ReLU, GELU };
 
+/// The activation's name, e.g. "GELU".
 inline std::string to_string(Activation a) {
     switch (a) {
         case Activation::Identity: return "identity";
@@ -28,6 +30,7 @@ inline std::string to_string(Activation a) {
     return "unknown";
 }
 
+/// The logistic function 1 / (1 + e^-x).
 template <typename Scalar>
 Scalar sigmoid(Scalar x) {
     // Never evaluates exp of a large positive number.
@@ -39,7 +42,7 @@ Scalar sigmoid(Scalar x) {
 /// Phi(x), the standard normal CDF. PyTorch writes 0.5 * (1 + erf(x / sqrt 2)), which
 /// cancels in the lower tail (x = -6 keeps only 7 correct digits, x < -8.3 gives 0);
 /// erfc keeps full relative precision there, and the two never differ by more than a
-/// rounding error of 1. Constants come from <numbers>: the M_ macros are POSIX, not C++.
+/// rounding error of 1. Constants come from `<numbers>`: the M_ macros are POSIX, not C++.
 template <typename Scalar>
 Scalar normal_cdf(Scalar x) {
     return Scalar(0.5) * std::erfc(-x * (std::numbers::sqrt2_v<Scalar> / 2));

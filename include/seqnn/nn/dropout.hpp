@@ -39,24 +39,30 @@ inline double uniform(std::uint64_t seed, std::uint64_t call, std::uint64_t i) {
 
 }  // namespace dropout_detail
 
+/// Inverted dropout as a sequence layer: zeroes each element with probability p in training.
 template <typename Scalar>
 class Dropout : public Layer<Scalar> {
 public:
+    /// Dropout over rows of `features` elements with probability p.
     Dropout(Index features, double p, std::uint64_t seed = 0) : features_(features), p_(p), seed_(seed) {
         if (features <= 0) fail("Dropout", "features must be positive, got " + std::to_string(features));
         if (!(p >= 0.0 && p <= 1.0)) fail("Dropout", "p must be in [0, 1], got " + std::to_string(p));
     }
+    /// A copy with the same seed and call count.
     Dropout(const Dropout& other)
         : features_(other.features_), p_(other.p_), seed_(other.seed_), calls_(other.calls_.load()) {}
 
     std::string kind() const override { return "Dropout"; }
     Index input_size() const override { return features_; }
     Index output_size() const override { return features_; }
+    /// The drop probability.
     double p() const { return p_; }
+    /// The seed of the masks.
     std::uint64_t seed() const { return seed_; }
 
     /// The generator's state: how many training forwards have drawn a mask.
     std::uint64_t calls() const { return calls_.load(); }
+    /// Sets the call count (restoring a checkpoint).
     void set_calls(std::uint64_t calls) { calls_.store(calls); }
 
     /// Stateless: no tensors, no workspace.

@@ -17,6 +17,7 @@
 
 namespace seqnn {
 
+/// A lookup table of token vectors, nn.Embedding.
 template <typename Scalar>
 class Embedding {
 public:
@@ -33,7 +34,9 @@ public:
         for (Index i = 0; i < weight.value.size(); ++i) weight.value.data()[i] = static_cast<Scalar>(normal(rng));
     }
 
+    /// The vocabulary size.
     Index num_embeddings() const { return weight.value.rows(); }
+    /// The vector width.
     Index embedding_dim() const { return weight.value.cols(); }
 
     /// y[i] = weight[ids[i]]: N ids -> (N, dim). y may be a view (one step of a sequence).
@@ -45,6 +48,7 @@ public:
             y.row(static_cast<Index>(i)) = weight.value.row(ids[i]);  // (1, dim)
     }
 
+    /// The rows of the given ids, (N, dim).
     Matrix<Scalar> forward(std::span<const int> ids) const {
         Matrix<Scalar> y(static_cast<Index>(ids.size()), embedding_dim());
         forward(ids, y);
@@ -63,6 +67,7 @@ public:
             weight.grad.row(ids[i]) += dy.row(static_cast<Index>(i));  // (1, dim)
     }
 
+    /// Appends `weight` after `prefix`.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
         out.push_back({prefix + "weight", &weight});
     }

@@ -17,6 +17,7 @@
 
 namespace seqnn {
 
+/// Layer normalisation over each row, nn.LayerNorm.
 template <typename Scalar>
 class LayerNorm {
 public:
@@ -24,6 +25,7 @@ public:
     Parameter<Scalar> bias;    ///< (D), empty without elementwise_affine or without bias
 
     LayerNorm() = default;
+    /// A LayerNorm over rows of `dim` elements, with PyTorch's defaults.
     explicit LayerNorm(Index dim, Scalar eps = Scalar(1e-5), bool elementwise_affine = true, bool with_bias = true)
         : dim_(dim), eps_(eps) {
         if (dim <= 0) fail("LayerNorm", "dim must be positive, got " + std::to_string(dim));
@@ -35,9 +37,13 @@ public:
         }
     }
 
+    /// The row width.
     Index dim() const { return dim_; }
+    /// The epsilon added to the variance.
     Scalar eps() const { return eps_; }
+    /// Whether it has a weight (elementwise_affine).
     bool has_weight() const { return weight.size() > 0; }
+    /// Whether it has a bias.
     bool has_bias() const { return bias.size() > 0; }
 
     /// y = LayerNorm(x): (N, D) -> (N, D). y may be a view, or x itself (in place).
@@ -55,6 +61,7 @@ public:
         }
     }
 
+    /// y = (x - mean) / sqrt(var + eps) * weight + bias, row by row.
     Matrix<Scalar> forward(ConstMatrixRef<Scalar> x) const {
         Matrix<Scalar> y(x.rows(), dim_);
         forward(x, y);
@@ -105,6 +112,7 @@ public:
         }
     }
 
+    /// Appends `weight` and `bias` after `prefix`.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
         if (has_weight()) out.push_back({prefix + "weight", &weight});
         if (has_bias()) out.push_back({prefix + "bias", &bias});

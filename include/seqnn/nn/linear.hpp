@@ -11,6 +11,7 @@
 
 namespace seqnn {
 
+/// y = x W^T + b on every row, nn.Linear.
 template <typename Scalar>
 class Linear {
 public:
@@ -33,8 +34,11 @@ public:
         }
     }
 
+    /// Input width.
     Index in_features() const { return weight.value.cols(); }
+    /// Output width.
     Index out_features() const { return weight.value.rows(); }
+    /// Whether it has a bias.
     bool has_bias() const { return bias.size() > 0; }
 
     /// y = x W^T + b: (N, in) -> (N, out). y may be a view (one step of a sequence).
@@ -44,6 +48,7 @@ public:
         matmul_rows<Scalar>(x, weight.value.transpose(), y, has_bias() ? bias.value.data() : nullptr);  // (N, in) x (in, out)
     }
 
+    /// y = x W^T + b, (N, in) -> (N, out).
     Matrix<Scalar> forward(ConstMatrixRef<Scalar> x) const {
         Matrix<Scalar> y(x.rows(), out_features());
         forward(x, y);
@@ -70,6 +75,7 @@ public:
         matmul_rows<Scalar>(dy, weight.value, dx);  // (N, out) x (out, in)
     }
 
+    /// Appends `weight` and `bias` after `prefix`.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
         out.push_back({prefix + "weight", &weight});
         if (has_bias()) out.push_back({prefix + "bias", &bias});

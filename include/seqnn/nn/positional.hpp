@@ -21,9 +21,11 @@
 
 namespace seqnn {
 
+/// Adds the fixed sinusoidal position encoding of "Attention Is All You Need".
 template <typename Scalar>
 class SinusoidalPositionalEncoding : public Layer<Scalar> {
 public:
+    /// An encoding of width `dim` with the given base.
     explicit SinusoidalPositionalEncoding(Index dim, double base = 10000.0) : dim_(dim), base_(base) {
         if (dim <= 0) fail("SinusoidalPositionalEncoding", "dim must be positive, got " + std::to_string(dim));
         if (!(base > 0)) fail("SinusoidalPositionalEncoding", "base must be positive, got " + std::to_string(base));
@@ -94,11 +96,13 @@ private:
     double base_;
 };
 
+/// Adds a learned embedding of each position, up to max_length.
 template <typename Scalar>
 class LearnedPositionalEmbedding : public Layer<Scalar> {
 public:
     Parameter<Scalar> weight;  ///< (max_length, D)
 
+    /// A table of max_length positions of width `dim`, drawn as nn.Embedding draws it.
     LearnedPositionalEmbedding(Index max_length, Index dim, Rng& rng) {
         if (max_length <= 0 || dim <= 0)
             fail("LearnedPositionalEmbedding", "sizes must be positive, got max_length=" + std::to_string(max_length) +
@@ -111,6 +115,7 @@ public:
     std::string kind() const override { return "LearnedPositionalEmbedding"; }
     Index input_size() const override { return weight.value.cols(); }
     Index output_size() const override { return weight.value.cols(); }
+    /// The most positions it embeds.
     Index max_length() const { return weight.value.rows(); }
 
     State<Scalar> initial_state(Index batch) const override {

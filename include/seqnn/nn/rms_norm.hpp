@@ -18,12 +18,14 @@
 
 namespace seqnn {
 
+/// Root-mean-square normalisation over each row, nn.RMSNorm.
 template <typename Scalar>
 class RMSNorm {
 public:
     Parameter<Scalar> weight;  ///< (D), empty without elementwise_affine
 
     RMSNorm() = default;
+    /// An RMSNorm over rows of `dim` elements, with PyTorch's defaults.
     explicit RMSNorm(Index dim, Scalar eps = std::numeric_limits<Scalar>::epsilon(), bool elementwise_affine = true)
         : dim_(dim), eps_(eps) {
         if (dim <= 0) fail("RMSNorm", "dim must be positive, got " + std::to_string(dim));
@@ -34,8 +36,11 @@ public:
         }
     }
 
+    /// The row width.
     Index dim() const { return dim_; }
+    /// The epsilon added to the mean square.
     Scalar eps() const { return eps_; }
+    /// Whether it has a weight (elementwise_affine).
     bool has_weight() const { return weight.size() > 0; }
 
     /// y = RMSNorm(x): (N, D) -> (N, D). y may be a view, or x itself (in place).
@@ -52,6 +57,7 @@ public:
         }
     }
 
+    /// y = x / sqrt(mean(x^2) + eps) * weight, row by row.
     Matrix<Scalar> forward(ConstMatrixRef<Scalar> x) const {
         Matrix<Scalar> y(x.rows(), dim_);
         forward(x, y);
@@ -93,6 +99,7 @@ public:
         return dx;
     }
 
+    /// Appends `weight` after `prefix`.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) {
         if (has_weight()) out.push_back({prefix + "weight", &weight});
     }

@@ -12,7 +12,17 @@
 //   rng.dropout_calls                         I64 [n]: each Dropout's counter (its whole state)
 // and in the header's metadata
 //   rng.<name>                                each std::mt19937_64 stream, in its standard text form
-//   seqnn.checkpoint = "1", plus any metadata the caller adds.
+//   seqnn.checkpoint = "2", plus any metadata the caller adds
+//   seqnn.checksum                            a 64-bit checksum (16 hex digits) of every tensor
+//                                             (name, dtype, shape, bytes) and every other
+//                                             metadata entry, checked on load: a flipped bit
+//                                             anywhere in the data is a format_error
+// Plain weight files (io::save_parameters) carry no checksum: they stay standard safetensors.
+// Checkpoints of format "1" (written before the checksum existed) load unverified; a file
+// with neither a checksum nor seqnn.checkpoint = "1" is refused.
+//
+// Everything restored is validated before anything changes: shapes, the step count (>= 0),
+// the optimizer's state (finite; AdamW's exp_avg_sq >= 0), the dropout counters (>= 0).
 // The learning-rate schedule needs nothing: it is a function of the step count.
 //
 //   seqnn::TrainingState<double> ts{lm.parameters(), &optimizer, {{"data", &data_rng}}, lm.dropouts()};
@@ -39,6 +49,7 @@ namespace seqnn {
 /// What a checkpoint saves and restores; the pointers are not owned.
 template <typename Scalar>
 struct TrainingState {
+    /// The parameters to save and restore.
     ParameterList<Scalar> parameters;
     Optimizer<Scalar>* optimizer = nullptr;  ///< optional
     std::map<std::string, Rng*> rngs;        ///< e.g. {{"data", &data_rng}}
@@ -129,12 +140,14 @@ void restore_checkpoint(const io::TensorMap& tensors, TrainingState<Scalar>& sta
     for (const auto& [name, rng] : state.rngs) *rng = rngs.at(name);
 }
 
+/// Writes the training state to a safetensors file.
 template <typename Scalar>
 void save_checkpoint(const std::filesystem::path& path, const TrainingState<Scalar>& state,
                      std::map<std::string, std::string> metadata = {}) {
     io::save_safetensors(path, checkpoint_tensors(state, std::move(metadata)));
 }
 
+/// Restores the training state from a file save_checkpoint wrote.
 template <typename Scalar>
 void load_checkpoint(const std::filesystem::path& path, TrainingState<Scalar>& state) {
     restore_checkpoint(io::load_safetensors(path), state, path.string());

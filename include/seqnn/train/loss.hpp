@@ -73,6 +73,8 @@ Scalar cross_entropy_loss(ConstMatrixRef<Scalar> logits, std::span<const int> ta
             grad.row(i).setZero();
             continue;
         }
+        // Read what the loss needs before grad's row is written: grad may be the logits'
+        // own matrix (in place), and each row reads only its own logits.
         const Scalar m = logits.row(i).maxCoeff();
         grad.row(i) = (logits.row(i).array() - m).exp().matrix();  // exp(l - max), (1, V)
         const Scalar sum = grad.row(i).sum();                       // >= 1: the max contributes 1

@@ -48,30 +48,38 @@ template <typename Scalar>
 class Optimizer {
 public:
     virtual ~Optimizer() = default;
+    /// One update of every parameter from its gradient.
     virtual void step() = 0;
+    /// The learning rate.
     virtual double lr() const = 0;
+    /// Sets the learning rate (a schedule calls this).
     virtual void set_lr(double lr) = 0;
-    /// Appends the state tensors, named <prefix><key>.<parameter name>.
+    /// Appends the state tensors, named `<prefix><key>.<parameter name>`.
     virtual void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const = 0;
     /// Reads them back; every tensor must be present with its parameter's shape.
     virtual void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") = 0;
 
     void zero_grad() { seqnn::zero_grad(params_); }
+    /// The updates taken so far.
     long steps() const { return steps_; }
     void set_steps(long steps) { steps_ = steps; }
     const ParameterList<Scalar>& parameters() const { return params_; }
 
 protected:
+    /// An optimizer of these parameters.
     explicit Optimizer(ParameterList<Scalar> params) : params_(std::move(params)) {}
 
+    /// One zero matrix per parameter, for per-parameter state.
     std::vector<Matrix<Scalar>> zeros_like_parameters() const {
         std::vector<Matrix<Scalar>> out;
         for (const auto& p : params_) out.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
         return out;
     }
+    /// Names per-parameter state `key.<parameter name>` into `out`.
     void save_slots(NamedTensors<Scalar>& out, const std::string& key, const std::vector<Matrix<Scalar>>& slots) const {
         for (std::size_t i = 0; i < params_.size(); ++i) out[key + "." + params_[i].name] = slots[i];
     }
+    /// Reads per-parameter state back; throws format_error if one is missing or mis-shaped.
     void load_slots(const NamedTensors<Scalar>& in, const std::string& where, const std::string& key,
                     std::vector<Matrix<Scalar>>& slots) const {
         for (std::size_t i = 0; i < params_.size(); ++i) {
@@ -86,7 +94,9 @@ protected:
         }
     }
 
+    /// The parameters it updates.
     ParameterList<Scalar> params_;
+    /// The updates taken so far.
     long steps_ = 0;
 };
 
@@ -100,19 +110,27 @@ class SGD : public Optimizer<Scalar> {
     using Base = Optimizer<Scalar>;
 
 public:
+    /// PyTorch's SGD settings.
     struct Options {
+        /// Learning rate.
         double lr = 1e-3;
+        /// Momentum factor.
         double momentum = 0;
+        /// Dampening of the momentum.
         double dampening = 0;
+        /// L2 penalty added to the gradient.
         double weight_decay = 0;
+        /// Nesterov momentum.
         bool nesterov = false;
     };
 
+    /// SGD over these parameters.
     SGD(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
         if (opt_.nesterov && (opt_.momentum <= 0 || opt_.dampening != 0))
             fail("SGD", "Nesterov momentum requires a momentum and zero dampening");
         buffers_ = this->zeros_like_parameters();
     }
+    /// SGD with a learning rate and momentum.
     SGD(ParameterList<Scalar> params, double lr, double momentum = 0)
         : SGD(std::move(params), Options{.lr = lr, .momentum = momentum}) {}
 
@@ -168,14 +186,21 @@ class AdamW : public Optimizer<Scalar> {
     using Base = Optimizer<Scalar>;
 
 public:
+    /// PyTorch's AdamW settings.
     struct Options {
+        /// Learning rate.
         double lr = 1e-3;
+        /// Decay of the first moment.
         double beta1 = 0.9;
+        /// Decay of the second moment.
         double beta2 = 0.999;
+        /// Added to the second moment's root.
         double eps = 1e-8;
+        /// Decoupled weight decay.
         double weight_decay = 0.01;
     };
 
+    /// AdamW over these parameters.
     AdamW(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
         m_ = this->zeros_like_parameters();
         v_ = this->zeros_like_parameters();

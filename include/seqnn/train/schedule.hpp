@@ -20,11 +20,16 @@ namespace seqnn {
 /// so the first step already trains, the rate reaches peak at step warmup - 1 (or at
 /// step 0 without warmup) and decays to min at step total.
 struct WarmupCosineSchedule {
+    /// The rate after warmup.
     double peak_lr = 1e-3;
+    /// The rate at the end of the decay.
     double min_lr = 0.0;
+    /// Steps of linear warmup from 0.
     long warmup_steps = 0;
+    /// Steps until the decay reaches min_lr.
     long total_steps = 1;
 
+    /// The learning rate at `step`.
     double operator()(long step) const {
         if (warmup_steps < 0 || total_steps < warmup_steps || total_steps <= 0)
             fail("WarmupCosineSchedule", "needs 0 <= warmup_steps <= total_steps and total_steps > 0, got warmup " +
