@@ -8,7 +8,7 @@
 files), RAWDIR/machine.txt (its first line names the machine) and RAWDIR/commands.tsv
 (one "file<TAB>command" per run) and writes one compact bundle: the rows that the
 figures and compare.py need, with the machine and the commands. It needs only the
-standard library, so it runs where matplotlib is missing (the device machine).
+standard library, so it runs where matplotlib is missing.
 
   python3 bench/report.py tables [--from docs/report] [--out docs/results.md] [--readme README.md]
   python3 bench/report.py tables --check       # regenerate into a temp dir, compare byte for byte
