@@ -76,9 +76,9 @@ def read_meta_files(folder):
 class Results:
     """All seqnn and PyTorch rows, keyed by (name, threads), with the metadata."""
 
-    def __init__(self, folders, files=()):
+    def __init__(self, folders, files=(), meta_from=None):
         paths = list(files)
-        self.meta = {}
+        self.meta = dict(read_meta_files(meta_from)) if meta_from else {}
         for folder in folders:
             found = sorted(glob.glob(os.path.join(folder, "*.json")))
             if not found:
@@ -499,9 +499,9 @@ def cmd_draw(args):
 # RUNS: every *.json under the report folder is a run, or part of one, except the files `draw`
 # writes beside a figure or table (their report names a "figure" or a "table": their rows are in
 # the run they were drawn from). A run is one bundle (`merge`'s output, or `draw`'s
-# all_results.json), a folder of raw files with its machine.txt (one run for the folder), or a
-# lone raw Google Benchmark or pytorch_peer.py file. A run without a machine description or a
-# command is shown as such, with a warning.
+# all_results.json), or the raw Google Benchmark and pytorch_peer.py files of one folder (one
+# run, with the folder's machine.txt and commands.tsv). A run without a machine description or
+# a command is shown as such, with a warning.
 
 README_BEGIN = "<!-- results table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
 README_END = "<!-- end of results table -->"
@@ -547,30 +547,37 @@ class Run:
         return f"{self.machine}, {self.date}"
 
 
-def _is_derived(path):
-    """A figure's or a table's own JSON (written by `draw`): its rows are in its run's file."""
+def _kind_of(path):
+    """'derived' (a figure's or a table's own JSON, written by `draw`: its rows are in its run's
+    file), 'bundle' (a whole run with its machine and commands) or 'raw' (a Google Benchmark or
+    pytorch_peer.py file: the raw files of one folder are one run)."""
     try:
         data = compare._load_json(path)
     except (OSError, ValueError) as e:
         sys.exit(f"report.py: {path}: {e}")
-    return isinstance(data, dict) and any(k in data.get("report", {}) for k in ("figure", "table"))
+    if isinstance(data, dict) and "report" in data:
+        return "derived" if any(k in data["report"] for k in ("figure", "table")) else "bundle"
+    return "raw"
 
 
 def find_runs(root):
     runs = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        jsons = sorted(f for f in files if f.endswith(".json"))
-        if not jsons:
-            continue
         rel = os.path.relpath(folder, root)
-        if folder != root and os.path.exists(os.path.join(folder, "machine.txt")):
-            runs.append(Run(rel, Results([folder])))
-            continue
-        for f in jsons:
+        raw = []
+        for f in sorted(f for f in files if f.endswith(".json")):
             path = os.path.join(folder, f)
-            if not _is_derived(path):
+            kind = _kind_of(path)
+            if kind == "bundle":
                 runs.append(Run(os.path.normpath(os.path.join(rel, f)), Results([], files=[path])))
+            elif kind == "raw":
+                raw.append(path)
+        if raw:  # with the folder's machine.txt and commands.tsv, as `merge` reads them
+            label = "" if rel == "." else rel + "/"
+            if len(raw) == 1:
+                label += os.path.basename(raw[0])
+            runs.append(Run(label, Results([], files=raw, meta_from=folder)))
     if not runs:
         sys.exit(f"report.py: no measurements (*.json) in {root}")
     # Newest first; the same date in the order of the files.
