@@ -69,6 +69,39 @@ void BM_Step(benchmark::State& state) {
     bench::set_counters(state, double(B), recurrent_flops(B, 1, D, D, Gates), recurrent_bytes(B, 1, D, D, Gates));
 }
 
+// The recurrent product of one step, (B, H) x (H, G*H), as a general GEMM computes it
+// (Eigen repacks both operands on every call) and as the recurrent kernel does (the
+// weights packed once, kernels/recurrent.hpp): the difference is the repacking cost.
+void BM_StepProductEigen(benchmark::State& state) {
+    const Index B = state.range(0), H = state.range(1), GH = state.range(2) * H;
+    const Matrix<float> h = bench::random_matrix(B, H), w = bench::random_matrix(GH, H, 2);
+    Matrix<float> out(B, GH);
+    for (auto _ : state) {
+        out.noalias() = h * w.transpose();  // (B, H) x (H, G*H)
+        benchmark::DoNotOptimize(out.data());
+    }
+    bench::set_counters(state, double(B), 2.0 * double(B * H * GH), 4.0 * double(B * H + GH * H + B * GH));
+}
+
+void BM_StepProductPacked(benchmark::State& state) {
+    const Index B = state.range(0), H = state.range(1), GH = state.range(2) * H;
+    const Matrix<float> h = bench::random_matrix(B, H), w = bench::random_matrix(GH, H, 2);
+    recurrent_detail::PackedPanels<float> packed;
+    packed.pack(H, GH, [&](Index k, Index j) { return w(j, k); });
+    Matrix<float> out(B, GH);
+    for (auto _ : state) {
+        recurrent_detail::gemm_packed<float>(h.data(), H, B, packed, out.data(), GH, nullptr, false);  // (B, H) x (H, G*H)
+        benchmark::DoNotOptimize(out.data());
+    }
+    bench::set_counters(state, double(B), 2.0 * double(B * H * GH), 4.0 * double(B * H + GH * H + B * GH));
+}
+
+void step_product_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "H", "G"});
+    for (int G : {3, 4}) b->Args({16, 256, G});
+    b->Args({1, 1024, 3});
+}
+
 // B:16/D:256 for T in 64..4096, and one long stream B:1/T:65536/D:256.
 void sequence_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"B", "T", "D"});
@@ -80,6 +113,7 @@ void sequence_shapes(benchmark::internal::Benchmark* b) {
 void step_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"B", "D"});
     for (int D : {64, 256, 1024}) b->Args({1, D});
+    b->Args({16, 256});
     b->UseRealTime();
 }
 
@@ -91,5 +125,7 @@ BENCHMARK_TEMPLATE(BM_Forward, LSTM<float>, 4)->Name("BM_LSTM_Forward")->Apply(s
 BENCHMARK_TEMPLATE(BM_Train, LSTM<float>, 4)->Name("BM_LSTM_Train")->Apply(sequence_shapes);
 BENCHMARK_TEMPLATE(BM_Forward, RNN<float>, 1)->Name("BM_RNN_Forward")->Apply(sequence_shapes);
 BENCHMARK_TEMPLATE(BM_Train, RNN<float>, 1)->Name("BM_RNN_Train")->Apply(sequence_shapes);
+BENCHMARK(BM_StepProductEigen)->Apply(step_product_shapes);
+BENCHMARK(BM_StepProductPacked)->Apply(step_product_shapes);
 BENCHMARK_TEMPLATE(BM_Step, GRU<float>, 3)->Name("BM_GRU_Step")->Apply(step_shapes);
 BENCHMARK_TEMPLATE(BM_Step, LSTM<float>, 4)->Name("BM_LSTM_Step")->Apply(step_shapes);

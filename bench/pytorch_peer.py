@@ -76,12 +76,15 @@ def make(kind, dim):
 
 
 def run(module, x, train):
+    # Forward peers run as users run inference: eval() under torch.inference_mode().
     if train:
+        module.train()
         y = module(x)
         y = y[0] if isinstance(y, tuple) else y
         y.sum().backward()
     else:
-        with torch.no_grad():
+        module.eval()
+        with torch.inference_mode():
             module(x)
 
 
@@ -105,7 +108,8 @@ def run_block(layer, x, mask, train):
     if train:
         layer(x, src_mask=mask, **kw).sum().backward()
     else:
-        with torch.no_grad():
+        layer.eval()
+        with torch.inference_mode():
             layer(x, src_mask=mask, **kw)
 
 

@@ -1,19 +1,23 @@
-// What PyTorch's nn.RNN, nn.LSTM and nn.GRU share: stacked layers with the
-// weights weight_ih_l{k} (G*H, I_k), weight_hh_l{k} (G*H, H) and the two bias
-// vectors bias_ih_l{k}, bias_hh_l{k} (G*H), a state laid out as (L, B, H), and
-// a whole-sequence forward whose input projection is one GEMM over every step
-// of every sequence. The cells (rnn.hpp, lstm.hpp, gru.hpp) supply only the
-// recurrence of one layer: its forward over time, its backward through time
-// and its single step.
+/// @file
+/// What PyTorch's nn.RNN, nn.LSTM and nn.GRU share: stacked layers with the
+/// weights weight_ih_l{k} (G*H, I_k), weight_hh_l{k} (G*H, H) and the two bias
+/// vectors bias_ih_l{k}, bias_hh_l{k} (G*H), a state laid out as (L, B, H), and
+/// a whole-sequence forward whose input projection is one GEMM over every step
+/// of every sequence. The time loop itself is kernels/recurrent.hpp; the cells
+/// (rnn.hpp, lstm.hpp, gru.hpp) only name their CellKind.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/parameter.hpp"
+#include "seqnn/core/scratch.hpp"
 #include "seqnn/core/threading.hpp"
 #include "seqnn/kernels/matmul.hpp"
+#include "seqnn/kernels/recurrent.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -65,31 +69,57 @@ public:
         if (s.empty()) s = initial_state(B);
         check_state(where, s, B);
         if (ctx) {
+            ctx->owner = signature();
             ctx->batch = B;
             ctx->steps = T;
             ctx->make_children(static_cast<std::size_t>(L));
         }
 
-        Sequence<Scalar> layer_input = x;
-        Sequence<Scalar> y(B, T, H);
+        const CellKind cell = cell_kind();
+        Sequence<Scalar> y(Matrix<Scalar>(B * T, H), B, T);
+        const Scalar* input = x.data.data();  // (B*T, I_k): the input of layer k
         for (Index k = 0; k < L; ++k) {
             const LayerWeights& w = weights(k);
+            const Index I = w.weight_ih.value.cols();
+            Context<Scalar>* lc = ctx ? &ctx->children[static_cast<std::size_t>(k)] : nullptr;
+            // The gates live in the context's reused buffer in training, in this thread's
+            // scratch otherwise (slot A; slot B holds a lower layer's output).
+            Scalar* gates = lc ? lc->buffer("gates", B * T, gate_width()).data()
+                               : scratch_matrix<Scalar>(ScratchSlot::A, B * T, gate_width()).data();
             // The input projection of every step of every sequence, one GEMM.
-            Matrix<Scalar> gates_in(B * T, gate_width());
-            matmul_rows<Scalar>(layer_input.data, w.weight_ih.value.transpose(), gates_in,
+            matmul_rows<Scalar>(Eigen::Map<const Matrix<Scalar>>(input, B * T, I), w.weight_ih.value.transpose(),
+                                Eigen::Map<Matrix<Scalar>>(gates, B * T, gate_width()),
                                 options_.bias ? w.bias_ih.value.data() : nullptr);  // (B*T, I_k) x (I_k, G*H)
 
             std::vector<Matrix<Scalar>> layer_state = state_of_layer(s, k, B);
-            Context<Scalar>* layer_ctx = ctx ? &ctx->children[static_cast<std::size_t>(k)] : nullptr;
-            if (layer_ctx) {
-                layer_ctx->save("input", layer_input.data);
+            RecurrentForward<Scalar> f;
+            f.cell = cell;
+            f.w_hh = w.weight_hh.value.data();
+            f.b_hh = options_.bias ? w.bias_hh.value.data() : nullptr;
+            f.gates = gates;
+            f.h = layer_state[0].data();
+            f.c = cell == CellKind::LSTM ? layer_state[1].data() : nullptr;
+            f.y = y.data.data();
+            if (lc) {
+                if (k == 0) parallel_copy<Scalar>(lc->buffer("input", B * T, I), x.data);
                 for (std::size_t j = 0; j < layer_state.size(); ++j)
-                    layer_ctx->save("initial" + std::to_string(j), layer_state[j]);
+                    lc->save("initial" + std::to_string(j), layer_state[j]);
+                if (cell == CellKind::LSTM) f.cells = lc->buffer("cells", B * T, H).data();
+                if (cell == CellKind::GRU) f.hidden_n = lc->buffer("hidden_n", B * T, H).data();
             }
-            recur_forward(k, gates_in, B, T, layer_state, y, layer_ctx);
+            recurrent_forward<Scalar>(f, B, T, H);
             set_state_of_layer(s, k, B, layer_state);
-            if (k + 1 < L) layer_input = y;
+            if (k + 1 == L) break;
+            // The output of layer k is the input of layer k+1: kept in layer k+1's context
+            // in training, in scratch slot B otherwise.
+            Scalar* next = lc ? ctx->children[static_cast<std::size_t>(k + 1)].buffer("input", B * T, H).data()
+                              : scratch_matrix<Scalar>(ScratchSlot::B, B * T, H).data();
+            parallel_row_blocks(B * T, H, [&](Index r0, Index r1) {
+                std::copy(y.data.data() + r0 * H, y.data.data() + r1 * H, next + r0 * H);
+            });
+            input = next;
         }
+        if (ctx) parallel_copy<Scalar>(ctx->children[static_cast<std::size_t>(L - 1)].buffer("output", B * T, H), y.data);
         s.position += T;
         return y;
     }
@@ -97,10 +127,8 @@ public:
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         const std::string where = this->kind() + ".backward";
+        check_context_owner(where, ctx, signature());
         const Index B = ctx.batch, T = ctx.steps, H = hidden_size(), L = num_layers();
-        if (static_cast<Index>(ctx.children.size()) != L)
-            fail(where, "the context holds no training forward of this layer (" + std::to_string(ctx.children.size()) +
-                            " sub-contexts, expected " + std::to_string(L) + ")");
         check_sequence(where, "dy", dy, H);
         if (dy.batch != B || dy.steps != T)
             fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
@@ -108,53 +136,84 @@ public:
         if (d_final && !d_final->empty()) check_state(where + " d_final", *d_final, B);
         if (d_initial) *d_initial = State<Scalar>{};
 
-        Matrix<Scalar> d_out = dy.data;  // dL/d(output of layer k), (B*T, H)
+        const CellKind cell = cell_kind();
+        // Scratch of this thread: slot A dL/d(gates), B dL/d(hidden map) (GRU), C h_{t-1}.
+        auto d_gates = scratch_matrix<Scalar>(ScratchSlot::A, B * T, gate_width());
+        auto d_gates_hidden = cell == CellKind::GRU ? scratch_matrix<Scalar>(ScratchSlot::B, B * T, gate_width()) : d_gates;
+        auto h_prev = scratch_matrix<Scalar>(ScratchSlot::C, B * T, H);
+        Matrix<Scalar> d_input;                  // dL/d(input of layer k), (B*T, I_k)
+        Matrix<Scalar> d_above;                  // dL/d(output of layer k) below the top layer
+        const Scalar* d_out = dy.data.data();    // dL/d(output of layer k), (B*T, H)
         for (Index k = L - 1; k >= 0; --k) {
             LayerWeights& w = weights(k);
-            const Context<Scalar>& layer_ctx = ctx.children[static_cast<std::size_t>(k)];
-            std::vector<Matrix<Scalar>> d_state;
+            const Context<Scalar>& lc = ctx.children[static_cast<std::size_t>(k)];
+            const Matrix<Scalar>& output =
+                k + 1 < L ? ctx.children[static_cast<std::size_t>(k + 1)].get("input") : lc.get("output");
+            const Matrix<Scalar>& input = lc.get("input");
+            const Matrix<Scalar>& h0 = lc.get("initial0");
+            check_matrix(where, "the context's saved output", output, B * T, H);
+            check_matrix(where, "the context's saved input", input, B * T, w.weight_ih.value.cols());
+            std::vector<Matrix<Scalar>> d_state;  // dL/d(final state), then dL/d(initial state), of layer k
             for (int j = 0; j < state_tensor_count_; ++j)
                 d_state.push_back(d_final && !d_final->empty() ? Matrix<Scalar>(d_final->tensors[j].middleRows(k * B, B))
                                                                : Matrix<Scalar>::Zero(B, H));
-            // Backward through time: dL/d(gates_in) (B*T, G*H); d_state becomes dL/d(initial state).
-            Matrix<Scalar> d_gates_in = recur_backward(k, layer_ctx, d_out, B, T, d_state);
+            RecurrentSaved<Scalar> saved;
+            saved.gates = cell == CellKind::RNNTanh || cell == CellKind::RNNReLU ? nullptr : lc.get("gates").data();
+            saved.y = output.data();
+            saved.h0 = h0.data();
+            if (cell == CellKind::LSTM) {
+                saved.c0 = lc.get("initial1").data();
+                saved.cells = lc.get("cells").data();
+            }
+            if (cell == CellKind::GRU) saved.hidden_n = lc.get("hidden_n").data();
+            RecurrentBackward<Scalar> d;
+            d.d_out = d_out;
+            d.dh = d_state[0].data();
+            d.dc = cell == CellKind::LSTM ? d_state[1].data() : nullptr;
+            d.d_gates = d_gates.data();
+            d.d_gates_hidden = d_gates_hidden.data();
+            recurrent_backward<Scalar>(cell, w.weight_hh.value.data(), saved, d, B, T, H);
 
-            const Matrix<Scalar>& input = layer_ctx.get("input");
-            w.weight_ih.grad.noalias() += d_gates_in.transpose() * input;  // (G*H, B*T) x (B*T, I_k)
-            if (options_.bias) add_column_sums(d_gates_in, w.bias_ih.grad);
-            d_out.resize(B * T, w.weight_ih.value.cols());
-            matmul_rows<Scalar>(d_gates_in, w.weight_ih.value, d_out);  // (B*T, G*H) x (G*H, I_k)
+            // The weight gradients, each one GEMM over every step.
+            previous_steps(output, h0, B, T, h_prev);
+            w.weight_hh.grad.noalias() += d_gates_hidden.transpose() * h_prev;  // (G*H, B*T) x (B*T, H)
+            if (options_.bias) add_column_sums(d_gates_hidden, w.bias_hh.grad);
+            w.weight_ih.grad.noalias() += d_gates.transpose() * input;  // (G*H, B*T) x (B*T, I_k)
+            if (options_.bias) add_column_sums(d_gates, w.bias_ih.grad);
+            d_input.resize(B * T, w.weight_ih.value.cols());
+            matmul_rows<Scalar>(d_gates, w.weight_ih.value, d_input);  // (B*T, G*H) x (G*H, I_k)
 
             if (d_initial) {
                 if (d_initial->empty()) *d_initial = initial_state(B);
                 set_state_of_layer(*d_initial, k, B, d_state);
             }
+            if (k > 0) {
+                d_above.swap(d_input);
+                d_out = d_above.data();
+            }
         }
-        return Sequence<Scalar>(std::move(d_out), B, T);
+        return Sequence<Scalar>(std::move(d_input), B, T);
+
     }
 
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        const std::string where = this->kind() + ".step";
         if (x.cols() != input_size() || x.rows() <= 0)
-            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
-                            ") with B > 0");
+            fail(this->kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +
+                                             std::to_string(input_size()) + ") with B > 0");
         const Index B = x.rows(), H = hidden_size();
         if (state.empty()) state = initial_state(B);
-        check_state(where, state, B);
-        if (state.workspace.size() != 2 || state.workspace[0].rows() != B)
+        if (!state_fits(state, B)) check_state(this->kind() + ".step", state, B);  // throws with the details
+        if (state.workspace.size() != 2 || state.workspace[0].rows() != B || state.workspace[0].cols() != gate_width())
             state.workspace = initial_state(B).workspace;
-        Matrix<Scalar>& gates_in = state.workspace[0];  // (B, G*H)
-        Matrix<Scalar>& gates_h = state.workspace[1];   // (B, G*H)
-        for (Index k = 0; k < num_layers(); ++k) {
+        const auto weights_of = [this](Index k) {
             const LayerWeights& w = weights(k);
-            // Layer k reads layer k-1's new hidden state, already written into the state.
-            if (k == 0)
-                gates_in.noalias() = x * w.weight_ih.value.transpose();  // (B, I) x (I, G*H)
-            else
-                gates_in.noalias() = state.tensors[0].middleRows((k - 1) * B, B) * w.weight_ih.value.transpose();
-            if (options_.bias) gates_in.rowwise() += w.bias_ih.row();
-            cell_step(k, gates_in, gates_h, state, B);
-        }
+            return CellWeights<Scalar>{&w.weight_ih.value, &w.weight_hh.value,
+                                       options_.bias ? w.bias_ih.value.data() : nullptr,
+                                       options_.bias ? w.bias_hh.value.data() : nullptr};
+        };
+        recurrent_step<Scalar>(cell_kind(), num_layers(), weights_of, x, state.tensors[0],
+                               state_tensor_count_ == 2 ? &state.tensors[1] : nullptr, state.workspace[0],
+                               state.workspace[1]);
         if (y.rows() != B || y.cols() != H) y.resize(B, H);
         y = state.tensors[0].middleRows((num_layers() - 1) * B, B);
         state.position += 1;
@@ -174,13 +233,21 @@ public:
     }
 
 protected:
-    // gate_count: 1 (RNN), 4 (LSTM), 3 (GRU); state_tensor_count: 1 (h) or 2 (h, c).
-    RecurrentStack(const std::string& kind, RecurrentOptions options, int gate_count, int state_tensor_count, Rng& rng)
-        : options_(options), gate_count_(gate_count), state_tensor_count_(state_tensor_count) {
+    /// `kind` names the layer in errors; the cell fixes the gate count G and the state
+    /// tensors ({h}, or {h, c} for the LSTM).
+    RecurrentStack(const std::string& kind, RecurrentOptions options, CellKind cell, Rng& rng)
+        : options_(options), cell_(cell), gate_count_(static_cast<int>(gate_count(cell))),
+          state_tensor_count_(cell == CellKind::LSTM ? 2 : 1) {
         if (options.input_size <= 0 || options.hidden_size <= 0 || options.num_layers <= 0)
             fail(kind, "input_size, hidden_size and num_layers must be positive, got " +
                            std::to_string(options.input_size) + ", " + std::to_string(options.hidden_size) + ", " +
                            std::to_string(options.num_layers));
+        // The largest matrices are (G*H, max(I, H)): their element counts must fit an Index.
+        const Index limit = std::numeric_limits<Index>::max() / 4;
+        const Index width = std::max(options.input_size, options.hidden_size);
+        if (options.hidden_size > limit / gate_count_ / width || options.num_layers > limit / options.hidden_size)
+            fail(kind, "sizes overflow: input_size " + std::to_string(options.input_size) + ", hidden_size " +
+                           std::to_string(options.hidden_size) + ", num_layers " + std::to_string(options.num_layers));
         // PyTorch initialises every weight and bias U(-1/sqrt(H), 1/sqrt(H)).
         const Scalar bound = Scalar(1) / std::sqrt(Scalar(options.hidden_size));
         const Index GH = gate_width(), H = options.hidden_size;
@@ -199,51 +266,26 @@ protected:
     }
 
     Index gate_width() const { return gate_count_ * options_.hidden_size; }
+    CellKind cell_kind() const { return cell_; }
 
-    // Runs layer k over all T steps. gates (B*T, G*H) enters holding
-    // x W_ih^T + b_ih and may be overwritten (with the gate activations); state holds the layer's (B, H) state tensors and is left at the final
-    // state; y (B*T, H) receives the hidden state of every step. With a
-    // context, keeps what recur_backward needs.
-    virtual void recur_forward(Index k, Matrix<Scalar>& gates, Index B, Index T,
-                               std::vector<Matrix<Scalar>>& state, Sequence<Scalar>& y, Context<Scalar>* ctx) const = 0;
-
-    // Backward through time of layer k. d_out (B*T, H) is dL/d(hidden state of
-    // each step) from above; d_state enters as dL/d(final state) and leaves as
-    // dL/d(initial state). Adds the gradients of weight_hh and bias_hh and
-    // returns dL/d(gates_in) (B*T, G*H).
-    virtual Matrix<Scalar> recur_backward(Index k, const Context<Scalar>& ctx, const Matrix<Scalar>& d_out, Index B,
-                                          Index T, std::vector<Matrix<Scalar>>& d_state) = 0;
-
-    // One step of layer k: gates_in (B, G*H) holds x W_ih^T + b_ih, gates_h is
-    // scratch of the same shape; updates rows [k*B, (k+1)*B) of the state in place.
-    virtual void cell_step(Index k, Matrix<Scalar>& gates_in, Matrix<Scalar>& gates_h, State<Scalar>& state,
-                           Index B) const = 0;
-
-    // The state before each step, (B*T, H): row b*T + t is h_{t-1} of sequence b
-    // (the initial state at t = 0). `outputs` (B*T, H) holds h_t.
-    static Matrix<Scalar> previous_steps(const Matrix<Scalar>& outputs, const Matrix<Scalar>& initial, Index B,
-                                         Index T) {
-        Matrix<Scalar> prev(outputs.rows(), outputs.cols());
-        for (Index b = 0; b < B; ++b) {
-            prev.row(b * T) = initial.row(b);
-            prev.middleRows(b * T + 1, T - 1) = outputs.middleRows(b * T, T - 1);
-        }
-        return prev;
+    /// The layer's kind and sizes, as recorded in a Context by forward and checked by backward.
+    std::string signature() const {
+        static constexpr const char* cell_names[] = {"RNN(tanh)", "RNN(relu)", "LSTM", "GRU"};
+        return std::string(cell_names[static_cast<int>(cell_)]) + "(" + std::to_string(options_.input_size) + " -> " +
+               std::to_string(options_.hidden_size) + ", L=" + std::to_string(options_.num_layers) +
+               ", bias=" + (options_.bias ? "true" : "false") + ")";
     }
 
-    // The hidden map's gradients in one GEMM over all steps: d_gates_h (B*T, G*H)
-    // is dL/d(h_{t-1} W_hh^T + b_hh) and h_prev (B*T, H) is h_{t-1}.
-    void accumulate_hidden_grads(Index k, const Matrix<Scalar>& d_gates_h, const Matrix<Scalar>& h_prev) {
-        LayerWeights& w = weights(k);
-        w.weight_hh.grad.noalias() += d_gates_h.transpose() * h_prev;  // (G*H, B*T) x (B*T, H)
-        if (options_.bias) add_column_sums(d_gates_h, w.bias_hh.grad);
-    }
-
-    // gates_h = h W_hh^T + b_hh: the hidden map of one step, (B, H) -> (B, G*H).
-    void hidden_map(Index k, ConstMatrixRef<Scalar> h, Matrix<Scalar>& gates_h) const {
-        const LayerWeights& w = weights(k);
-        gates_h.noalias() = h * w.weight_hh.value.transpose();  // (B, H) x (H, G*H)
-        if (options_.bias) gates_h.rowwise() += w.bias_hh.row();
+    /// prev (B*T, H) <- the state before each step: row b*T + t is h_{t-1} of sequence b
+    /// (the initial state at t = 0). `outputs` (B*T, H) holds h_t.
+    static void previous_steps(const Matrix<Scalar>& outputs, const Matrix<Scalar>& initial, Index B, Index T,
+                               Eigen::Map<Matrix<Scalar>> prev) {
+        parallel_row_blocks(B, T * outputs.cols(), [&](Index b0, Index b1) {
+            for (Index b = b0; b < b1; ++b) {
+                prev.row(b * T) = initial.row(b);
+                prev.middleRows(b * T + 1, T - 1) = outputs.middleRows(b * T, T - 1);
+            }
+        });
     }
 
     // Rows [k*B, (k+1)*B) of every state tensor: the (B, H) state of layer k.
@@ -256,6 +298,14 @@ protected:
         for (std::size_t j = 0; j < layer.size(); ++j) s.tensors[j].middleRows(k * B, B) = layer[j];
     }
 
+    /// Whether `s` is a state of this stack for B streams (no message built: step's fast check).
+    bool state_fits(const State<Scalar>& s, Index B) const {
+        if (static_cast<int>(s.tensors.size()) != state_tensor_count_) return false;
+        for (const auto& t : s.tensors)
+            if (t.rows() != num_layers() * B || t.cols() != hidden_size()) return false;
+        return true;
+    }
+
     void check_state(const std::string& where, const State<Scalar>& s, Index B) const {
         if (static_cast<int>(s.tensors.size()) != state_tensor_count_)
             fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected " +
@@ -266,6 +316,7 @@ protected:
 
 private:
     RecurrentOptions options_;
+    CellKind cell_;
     int gate_count_;
     int state_tensor_count_;
     std::vector<LayerWeights> layers_;

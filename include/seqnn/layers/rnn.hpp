@@ -1,5 +1,7 @@
-// Elman RNN with PyTorch's nn.RNN semantics and weight layout:
-//   h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),  act = tanh or relu.
+/// @file
+/// Elman RNN with PyTorch's nn.RNN semantics and weight layout:
+///   h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),  act = tanh or relu.
+/// The time loop is kernels/recurrent.hpp (CellKind::RNNTanh, CellKind::RNNReLU).
 #pragma once
 
 #include "seqnn/layers/recurrent.hpp"
@@ -7,73 +9,36 @@
 
 namespace seqnn {
 
+/// Options of an Elman RNN: RecurrentOptions plus the nonlinearity.
 struct RNNOptions {
-    Index input_size = 0;                        // I
-    Index hidden_size = 0;                       // H
-    Index num_layers = 1;                        // L
-    bool bias = true;                            // bias_ih and bias_hh
-    Activation nonlinearity = Activation::Tanh;  // Tanh or ReLU, as PyTorch allows
+    Index input_size = 0;                        ///< I
+    Index hidden_size = 0;                       ///< H
+    Index num_layers = 1;                        ///< L
+    bool bias = true;                            ///< bias_ih and bias_hh
+    Activation nonlinearity = Activation::Tanh;  ///< Tanh or ReLU, as PyTorch allows
 };
 
+/// A stack of Elman RNN layers; the state is {h (L*B, H)}, PyTorch's h_n.
 template <typename Scalar>
 class RNN : public RecurrentStack<Scalar> {
-    using Base = RecurrentStack<Scalar>;
-
 public:
+    /// An RNN initialised as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)).
     RNN(RNNOptions options, Rng& rng)
-        : Base("RNN", {options.input_size, options.hidden_size, options.num_layers, options.bias}, 1, 1, rng),
-          nonlinearity_(options.nonlinearity) {
-        if (nonlinearity_ != Activation::Tanh && nonlinearity_ != Activation::ReLU)
-            fail("RNN", "nonlinearity must be tanh or relu, got " + to_string(nonlinearity_));
-    }
+        : RecurrentStack<Scalar>("RNN", {options.input_size, options.hidden_size, options.num_layers, options.bias},
+                                 cell_of(options.nonlinearity), rng),
+          nonlinearity_(options.nonlinearity) {}
 
     std::string kind() const override { return "RNN"; }
+    /// Tanh or ReLU.
     Activation nonlinearity() const { return nonlinearity_; }
 
-protected:
-    void recur_forward(Index k, Matrix<Scalar>& gates, Index B, Index T, std::vector<Matrix<Scalar>>& state,
-                       Sequence<Scalar>& y, Context<Scalar>* ctx) const override {
-        const Index H = this->hidden_size();
-        Matrix<Scalar>& h = state[0];  // (B, H)
-        Matrix<Scalar> gates_h(B, H);  // (B, H)
-        for (Index t = 0; t < T; ++t) {
-            this->hidden_map(k, h, gates_h);
-            h = step_rows(gates, T, t) + gates_h;
-            activation_forward<Scalar>(nonlinearity_, h);
-            y.at_step(t) = h;
-        }
-        if (ctx) ctx->save("output", y.data);
-    }
-
-    Matrix<Scalar> recur_backward(Index k, const Context<Scalar>& ctx, const Matrix<Scalar>& d_out, Index B, Index T,
-                                  std::vector<Matrix<Scalar>>& d_state) override {
-        const Index H = this->hidden_size();
-        const Matrix<Scalar>& output = ctx.get("output");  // (B*T, H)
-        const Matrix<Scalar>& w_hh = this->weights(k).weight_hh.value;  // (H, H)
-        Matrix<Scalar> d_pre(B * T, H);   // dL/d(pre-activation), the same for both maps
-        Matrix<Scalar>& dh = d_state[0];  // (B, H)
-        for (Index t = T - 1; t >= 0; --t) {
-            dh += step_rows(d_out, T, t);
-            auto dp = step_rows(d_pre, T, t);
-            dp = dh;
-            // tanh' and relu' are functions of the output, so no pre-activation is kept.
-            const auto out = step_rows(output, T, t);
-            activation_backward<Scalar>(nonlinearity_, out, out, dp);
-            dh.noalias() = dp * w_hh;  // (B, H) x (H, H)
-        }
-        this->accumulate_hidden_grads(k, d_pre, Base::previous_steps(output, ctx.get("initial0"), B, T));
-        return d_pre;
-    }
-
-    void cell_step(Index k, Matrix<Scalar>& gates_in, Matrix<Scalar>& gates_h, State<Scalar>& state,
-                   Index B) const override {
-        auto h = state.tensors[0].middleRows(k * B, B);
-        this->hidden_map(k, h, gates_h);
-        h = gates_in + gates_h;
-        activation_forward<Scalar>(nonlinearity_, h);
-    }
-
 private:
+    static CellKind cell_of(Activation nonlinearity) {
+        if (nonlinearity == Activation::Tanh) return CellKind::RNNTanh;
+        if (nonlinearity == Activation::ReLU) return CellKind::RNNReLU;
+        fail("RNN", "nonlinearity must be tanh or relu, got " + to_string(nonlinearity));
+    }
+
     Activation nonlinearity_;
 };
 

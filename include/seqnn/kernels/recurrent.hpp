@@ -1,0 +1,671 @@
+/// @file
+/// The time loop of the sequential cells (Elman RNN, LSTM, GRU): forward over T steps,
+/// backward through time, and one streaming step, for one layer.
+///
+/// The input projection x W_ih^T + b_ih of every step is one large GEMM done by the
+/// caller; what is left is the recurrence, T dependent steps of (B, H) x (H, G*H).
+/// Forward and backward run the whole time loop inside one parallel region:
+///
+///  - the hidden units are split into blocks of whole SIMD packets, one block per thread
+///    (a "slot"); a slot owns every gate of its units;
+///  - before the loop each slot packs its rows of W_hh (G*nu of them) once into panels
+///    that stay in its own cache for all T steps (a general GEMM would repack both
+///    operands at every step);
+///  - at step t each slot multiplies the shared h_{t-1} (all H units) by its panels
+///    (gemm_packed below), applies the cell to its units and writes its units of h_t;
+///    then one barrier, after which h_t is complete for every slot.
+///
+/// Backward runs the same way in reverse: each slot turns dL/dh_t of its units into the
+/// gate gradients of its units, one barrier, then multiplies the whole step's gate
+/// gradients (B, G*H) by its columns of W_hh to get dL/dh_{t-1} of its units. The weight
+/// gradients are left to one large GEMM over the saved gates after the loop.
+///
+/// Every output element is computed by the same sequence of operations whatever the
+/// thread count (the products sum over k in order with one multiply-add per term, and
+/// the cell math works on packets aligned to unit indices), so results are bitwise
+/// equal on any number of threads.
+#pragma once
+
+#include "seqnn/core/types.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace seqnn {
+
+/// The recurrent cells the kernel runs, with PyTorch's gate order.
+enum class CellKind {
+    RNNTanh,  ///< h_t = tanh(x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+    RNNReLU,  ///< the same with relu
+    LSTM,     ///< gates i, f, g, o
+    GRU,      ///< gates r, z, n
+};
+
+/// G, the number of gates: W_hh is (G*H, H).
+constexpr Index gate_count(CellKind cell) {
+    return cell == CellKind::LSTM ? 4 : cell == CellKind::GRU ? 3 : 1;
+}
+
+namespace recurrent_detail {
+
+template <typename S>
+using Packet = typename Eigen::internal::packet_traits<S>::type;
+
+/// Scalars in one SIMD packet: the unit of the partition and of the cell math.
+template <typename S>
+constexpr Index kPacket = Eigen::internal::unpacket_traits<Packet<S>>::size;
+
+/// Rows of the left operand per micro-tile: as many accumulators as the registers hold.
+constexpr int kTileRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;
+
+/// A (K, N) right-hand operand packed once into column panels of two packets (the
+/// last may be one packet): panel p holds rows k = 0..K-1 of its columns contiguously.
+/// N is a multiple of the packet size; padding columns hold zeros.
+template <typename S>
+struct PackedPanels {
+    Index K = 0, N = 0;
+    std::vector<S, Eigen::aligned_allocator<S>> data;
+
+    /// Packs value(k, j) for k < K, j < N.
+    template <typename Value>
+    void pack(Index rows, Index cols, const Value& value) {
+        K = rows;
+        N = cols;
+        data.resize(static_cast<std::size_t>(K * N));
+        constexpr Index P = kPacket<S>;
+        S* out = data.data();
+        for (Index j0 = 0; j0 < N; j0 += 2 * P) {
+            const Index width = std::min(2 * P, N - j0);
+            for (Index k = 0; k < K; ++k)
+                for (Index j = 0; j < width; ++j) *out++ = value(k, j0 + j);
+        }
+    }
+};
+
+/// c[r, 0:NP*P] (= or +=) init + a[r, 0:K] * panel for MR rows: the register-blocked
+/// inner product. Each output element is init + sum_k a[r,k] w[k,j] in order of k, one
+/// multiply-add per term.
+template <typename S, int MR, int NP>
+void micro_tile(const S* a, Index lda, Index K, const S* panel, S* c, Index ldc, const S* col_init,
+                bool accumulate) {
+    namespace ei = Eigen::internal;
+    using Pk = Packet<S>;
+    constexpr Index P = kPacket<S>;
+    Pk acc[MR][NP];
+    for (int r = 0; r < MR; ++r)
+        for (int q = 0; q < NP; ++q)
+            acc[r][q] = accumulate ? ei::ploadu<Pk>(c + r * ldc + q * P)
+                        : col_init ? ei::ploadu<Pk>(col_init + q * P)
+                                   : ei::pset1<Pk>(S(0));
+    for (Index k = 0; k < K; ++k) {
+        Pk w[NP];
+        for (int q = 0; q < NP; ++q) w[q] = ei::ploadu<Pk>(panel + k * NP * P + q * P);
+        for (int r = 0; r < MR; ++r) {
+            const Pk av = ei::pset1<Pk>(a[r * lda + k]);
+            for (int q = 0; q < NP; ++q) acc[r][q] = ei::pmadd(av, w[q], acc[r][q]);
+        }
+    }
+    for (int r = 0; r < MR; ++r)
+        for (int q = 0; q < NP; ++q) ei::pstoreu(c + r * ldc + q * P, acc[r][q]);
+}
+
+template <typename S, int NP, int MR = kTileRows>
+void micro_tile_rows(int rows, const S* a, Index lda, Index K, const S* panel, S* c, Index ldc, const S* col_init,
+                     bool accumulate) {
+    if constexpr (MR > 1) {
+        if (rows < MR)
+            return micro_tile_rows<S, NP, MR - 1>(rows, a, lda, K, panel, c, ldc, col_init, accumulate);
+    }
+    micro_tile<S, MR, NP>(a, lda, K, panel, c, ldc, col_init, accumulate);
+}
+
+/// C (M, N) = init + A (M, K) * W, with W packed. init is col_init (N values, or zeros
+/// when null) on every row, or C itself when `accumulate`. Row strides lda, ldc.
+/// The panel loop is outside the row loop, so a panel is read from memory once and
+/// stays in L1 for all M rows.
+template <typename S>
+void gemm_packed(const S* a, Index lda, Index M, const PackedPanels<S>& w, S* c, Index ldc, const S* col_init,
+                 bool accumulate) {
+    constexpr Index P = kPacket<S>;
+    const S* panel = w.data.data();
+    for (Index j0 = 0; j0 < w.N; j0 += 2 * P) {
+        const bool two = w.N - j0 >= 2 * P;
+        const S* init = col_init ? col_init + j0 : nullptr;
+        for (Index r0 = 0; r0 < M; r0 += kTileRows) {
+            const int rows = static_cast<int>(std::min<Index>(kTileRows, M - r0));
+            if (two)
+                micro_tile_rows<S, 2>(rows, a + r0 * lda, lda, w.K, panel, c + r0 * ldc + j0, ldc, init, accumulate);
+            else
+                micro_tile_rows<S, 1>(rows, a + r0 * lda, lda, w.K, panel, c + r0 * ldc + j0, ldc, init, accumulate);
+        }
+        panel += w.K * (two ? 2 * P : P);
+    }
+}
+
+/// out[b, j] = bias[j] + x[b, :] . w[j, :] for j < rows, b < B: products with the
+/// weights as they are stored (row-major, rows of length K), for one streaming step
+/// where packing would cost more than the product. Vectorised along k, four weight rows
+/// at a time; the tail of k (K not a multiple of the packet) is added in scalar order.
+template <typename S, int JR>
+void dot_rows_tile(const S* x, Index ldx, Index B, Index K, const S* w, Index ldw, S* out, Index ldo,
+                   const S* bias) {
+    namespace ei = Eigen::internal;
+    using Pk = Packet<S>;
+    constexpr Index P = kPacket<S>;
+    const Index Kp = K / P * P;
+    for (Index b = 0; b < B; ++b) {
+        const S* xb = x + b * ldx;
+        Pk acc[JR];
+        for (int i = 0; i < JR; ++i) acc[i] = ei::pset1<Pk>(S(0));
+        for (Index k = 0; k < Kp; k += P) {
+            const Pk xv = ei::ploadu<Pk>(xb + k);
+            for (int i = 0; i < JR; ++i) acc[i] = ei::pmadd(xv, ei::ploadu<Pk>(w + i * ldw + k), acc[i]);
+        }
+        for (int i = 0; i < JR; ++i) {
+            S sum = ei::predux(acc[i]);
+            for (Index k = Kp; k < K; ++k) sum += xb[k] * w[i * ldw + k];
+            out[b * ldo + i] = bias ? sum + bias[i] : sum;
+        }
+    }
+}
+
+template <typename S>
+void dot_rows(const S* x, Index ldx, Index B, Index K, const S* w, Index ldw, Index rows, S* out, Index ldo,
+              const S* bias) {
+    Index j = 0;
+    for (; j + 4 <= rows; j += 4)
+        dot_rows_tile<S, 4>(x, ldx, B, K, w + j * ldw, ldw, out + j, ldo, bias ? bias + j : nullptr);
+    for (; j < rows; ++j) dot_rows_tile<S, 1>(x, ldx, B, K, w + j * ldw, ldw, out + j, ldo, bias ? bias + j : nullptr);
+}
+
+/// Units [begin, end) of slot `slot` of `slots`: whole packets, as even as they go.
+struct UnitBlock {
+    Index begin = 0, end = 0;
+    Index size() const { return end - begin; }
+};
+template <typename S>
+UnitBlock unit_block(Index H, int slots, int slot) {
+    const Index P = kPacket<S>, chunks = (H + P - 1) / P;
+    return {std::min(H, chunks * slot / slots * P), std::min(H, chunks * (slot + 1) / slots * P)};
+}
+
+/// Runs body(thread, team) on a team of `threads` (one call with team 1 without
+/// OpenMP). Inside, team_barrier(team) waits for the whole team.
+template <typename Body>
+void run_team(int threads, const Body& body) {
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        body(omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    body(0, 1);
+}
+inline void team_barrier([[maybe_unused]] int team) {
+#ifdef _OPENMP
+    if (team > 1) {
+#pragma omp barrier
+    }
+#endif
+}
+
+/// The team size for `flops` of work per step: enough that each thread gets at least
+/// `min_flops` (a barrier or a fork costs about that much), at most one packet of units
+/// per thread, and one thread inside a running parallel region.
+inline int team_size(double flops, double min_flops, Index H, Index packet) {
+#ifdef _OPENMP
+    if (omp_in_parallel()) return 1;
+    const Index chunks = (H + packet - 1) / packet;
+    const double by_work = std::max(1.0, flops / min_flops);
+    return static_cast<int>(std::min<double>({double(omp_get_max_threads()), double(chunks), by_work}));
+#else
+    (void)flops, (void)min_flops, (void)H, (void)packet;
+    return 1;
+#endif
+}
+
+/// A team of `threads` (as a test asks for), at most one per packet of units.
+template <typename S>
+int forced_slots(int threads, Index H) {
+    return static_cast<int>(std::min<Index>(threads, (H + kPacket<S> - 1) / kPacket<S>));
+}
+
+/// Floating-point work of one step per thread below which a parallel region does not
+/// pay: in the time loop, where a step costs one barrier, and for one streaming step,
+/// where it costs a fork and a join.
+inline constexpr double kMinLoopFlopsPerThread = 1 << 16;
+inline constexpr double kMinStepFlopsPerThread = 1 << 19;
+
+// ---- The cells, on one packet of units. ----
+// Each function reads its inputs from pointers to the packet's first unit and writes
+// its outputs likewise; `n` <= P units are valid (the last packet of H may be short).
+// Working on whole packets of a fixed size keeps every unit on the same code path.
+
+template <typename S>
+using Chunk = Eigen::Array<S, kPacket<S>, 1>;
+
+template <typename S>
+Chunk<S> load(const S* p, Index n) {
+    Chunk<S> v;
+    if (n == kPacket<S>) {
+        v = Eigen::Map<const Chunk<S>>(p);
+    } else {
+        v.setZero();
+        for (Index i = 0; i < n; ++i) v[i] = p[i];
+    }
+    return v;
+}
+template <typename S>
+void store(S* p, const Chunk<S>& v, Index n) {
+    if (n == kPacket<S>) {
+        Eigen::Map<Chunk<S>> out(p);
+        out = v;
+    } else
+        for (Index i = 0; i < n; ++i) p[i] = v[i];
+}
+
+template <typename S>
+Chunk<S> sigmoid(const Chunk<S>& x) {
+    return x.logistic();
+}
+
+
+/// Pointers to one row's units for the forward cell: unit u of gate g is at
+/// gates[g*gate_stride + u] (x W_ih^T + b_ih in, the activation out) and
+/// hidden[g*hidden_stride + u] (h_{t-1} W_hh^T + b_hh).
+template <typename S>
+struct CellStep {
+    S* gates = nullptr;
+    Index gate_stride = 0;
+    const S* hidden = nullptr;
+    Index hidden_stride = 0;
+    const S* h_prev = nullptr;  // h_{t-1} (GRU)
+    S* h = nullptr;             // h_t, out (may be h_prev itself)
+    S* c = nullptr;             // LSTM: c_{t-1} in, c_t out
+    S* cells = nullptr;         // LSTM, optional: c_t, out
+    S* hidden_n = nullptr;      // GRU, optional: W_hn h_{t-1} + b_hn, out
+};
+
+/// The cell on units [u, u + n) of one row, n <= P (Feng et al. and PyTorch's equations
+/// in rnn.hpp, lstm.hpp and gru.hpp).
+template <typename S>
+void cell_forward(CellKind cell, const CellStep<S>& p, Index u, Index n) {
+    using C = Chunk<S>;
+    const auto pre = [&](Index g) { return C(load(p.gates + g * p.gate_stride + u, n) + load(p.hidden + g * p.hidden_stride + u, n)); };
+    switch (cell) {
+        case CellKind::RNNTanh: store(p.h + u, C(pre(0).tanh()), n); break;
+        case CellKind::RNNReLU: store(p.h + u, C(pre(0).max(S(0))), n); break;
+        case CellKind::LSTM: {
+            const C i = sigmoid<S>(pre(0)), f = sigmoid<S>(pre(1)), g = pre(2).tanh(), o = sigmoid<S>(pre(3));
+            const C c = f * load(p.c + u, n) + i * g;  // c_t = f c_{t-1} + i g
+            store(p.c + u, c, n);
+            store(p.h + u, C(o * c.tanh()), n);  // h_t = o tanh(c_t)
+            store(p.gates + u, i, n);
+            store(p.gates + p.gate_stride + u, f, n);
+            store(p.gates + 2 * p.gate_stride + u, g, n);
+            store(p.gates + 3 * p.gate_stride + u, o, n);
+            if (p.cells) store(p.cells + u, c, n);
+            break;
+        }
+        case CellKind::GRU: {
+            const C r = sigmoid<S>(pre(0)), z = sigmoid<S>(pre(1));
+            const C hn = load(p.hidden + 2 * p.hidden_stride + u, n);  // W_hn h_{t-1} + b_hn
+            const C nn = (load(p.gates + 2 * p.gate_stride + u, n) + r * hn).tanh();  // reset after the hidden map
+            const C hp = load(p.h_prev + u, n);
+            store(p.h + u, C((S(1) - z) * nn + z * hp), n);  // h_t = (1 - z) n + z h_{t-1}
+            store(p.gates + u, r, n);
+            store(p.gates + p.gate_stride + u, z, n);
+            store(p.gates + 2 * p.gate_stride + u, nn, n);
+            if (p.hidden_n) store(p.hidden_n + u, hn, n);
+            break;
+        }
+    }
+}
+
+}  // namespace recurrent_detail
+
+/// What one layer's forward reads and writes: row-major arrays, B sequences of T steps,
+/// H units, G gates; rows of (B*T, ...) arrays are b*T + t.
+template <typename Scalar>
+struct RecurrentForward {
+    CellKind cell = CellKind::GRU;
+    const Scalar* w_hh = nullptr;  ///< (G*H, H)
+    const Scalar* b_hh = nullptr;  ///< G*H values, or null without bias
+    /// (B*T, G*H): enters as x W_ih^T + b_ih; leaves holding the gate activations
+    /// (LSTM [i, f, g, o], GRU [r, z, n]; unchanged for the RNN).
+    Scalar* gates = nullptr;
+    Scalar* h = nullptr;         ///< (B, H): h_0 in, h_T out
+    Scalar* c = nullptr;         ///< LSTM: (B, H), c_0 in, c_T out
+    Scalar* y = nullptr;         ///< (B*T, H): h_t of every step
+    Scalar* cells = nullptr;     ///< LSTM, optional: (B*T, H) c_t, for backward
+    Scalar* hidden_n = nullptr;  ///< GRU, optional: (B*T, H) W_hn h_{t-1} + b_hn, for backward
+};
+
+/// What one layer's forward kept for backward (shapes as in RecurrentForward).
+template <typename Scalar>
+struct RecurrentSaved {
+    const Scalar* gates = nullptr;     ///< (B*T, G*H) gate activations (unused by the RNN)
+    const Scalar* y = nullptr;         ///< (B*T, H) h_t
+    const Scalar* h0 = nullptr;        ///< (B, H) h_0
+    const Scalar* c0 = nullptr;        ///< LSTM: (B, H) c_0
+    const Scalar* cells = nullptr;     ///< LSTM: (B*T, H) c_t
+    const Scalar* hidden_n = nullptr;  ///< GRU: (B*T, H) W_hn h_{t-1} + b_hn
+};
+
+/// What one layer's backward through time reads and writes.
+template <typename Scalar>
+struct RecurrentBackward {
+    const Scalar* d_out = nullptr;  ///< (B*T, H): dL/dh_t from above
+    Scalar* dh = nullptr;           ///< (B, H): dL/dh_T in, dL/dh_0 out
+    Scalar* dc = nullptr;           ///< LSTM: (B, H): dL/dc_T in, dL/dc_0 out
+    Scalar* d_gates = nullptr;      ///< out (B*T, G*H): dL/d(x W_ih^T + b_ih)
+    /// out (B*T, G*H): dL/d(h W_hh^T + b_hh). For the RNN and LSTM it is d_gates itself.
+    Scalar* d_gates_hidden = nullptr;
+};
+
+/// Threads the forward time loop of one layer would use for these sizes.
+template <typename Scalar>
+int recurrent_loop_threads(CellKind cell, Index B, Index H) {
+    const double flops = 2.0 * double(B) * double(H) * double(gate_count(cell) * H);
+    return recurrent_detail::team_size(flops, recurrent_detail::kMinLoopFlopsPerThread, H,
+                                       recurrent_detail::kPacket<Scalar>);
+}
+
+/// Runs one layer of H units over T steps of B sequences (see RecurrentForward). h_0
+/// and c_0 are read from `h` and `c`, which receive h_T and c_T. `threads` > 0 sets
+/// the team size (at most one thread per packet of units); 0 lets the work decide.
+template <typename Scalar>
+void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Index H, int threads = 0) {
+    using namespace recurrent_detail;
+    using S = Scalar;
+    constexpr Index P = kPacket<S>;
+    const CellKind cell = f.cell;
+    const Index G = gate_count(cell), GH = G * H;
+    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, H);
+
+    // Per slot: its units, its packed rows of W_hh, its packed b_hh, its gate buffer
+    // (B, G*nu_pad) and, for the LSTM, its units of c.
+    struct Slot {
+        UnitBlock units;
+        Index width = 0;  // nu rounded up to whole packets
+        PackedPanels<S> w;
+        std::vector<S, Eigen::aligned_allocator<S>> bias, hidden, cell_state;
+    };
+    std::vector<Slot> slot(static_cast<std::size_t>(slots));
+    for (int s = 0; s < slots; ++s) {
+        Slot& sl = slot[static_cast<std::size_t>(s)];
+        sl.units = unit_block<S>(H, slots, s);
+        const Index nu = sl.units.size(), width = (nu + P - 1) / P * P;
+        sl.width = width;
+        sl.hidden.assign(static_cast<std::size_t>(B * G * width), S(0));
+        if (f.b_hh) sl.bias.assign(static_cast<std::size_t>(G * width), S(0));
+        if (cell == CellKind::LSTM) sl.cell_state.assign(static_cast<std::size_t>(B * width), S(0));
+    }
+
+    const S* h0 = f.h;
+    S* y = f.y;
+    S* gates = f.gates;
+    const S* w_hh = f.w_hh;
+    run_team(slots, [&](int thread, int team) {
+        // Pack: column j = g*width + u of slot's panel is row g*H + begin + u of W_hh.
+        for (int s = thread; s < slots; s += team) {
+            Slot& sl = slot[static_cast<std::size_t>(s)];
+            const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
+            sl.w.pack(H, G * width, [&](Index k, Index j) {
+                const Index g = j / width, u = j % width;
+                return u < nu ? w_hh[(g * H + begin + u) * H + k] : S(0);
+            });
+            if (f.b_hh)
+                for (Index g = 0; g < G; ++g)
+                    for (Index u = 0; u < nu; ++u) sl.bias[g * width + u] = f.b_hh[g * H + begin + u];
+            if (cell == CellKind::LSTM)
+                for (Index b = 0; b < B; ++b)
+                    for (Index u = 0; u < nu; ++u) sl.cell_state[b * width + u] = f.c[b * H + begin + u];
+        }
+
+        for (Index t = 0; t < T; ++t) {
+            // h_{t-1}: the initial state, then the previous step's rows of y.
+            const S* h_prev = t == 0 ? h0 : y + (t - 1) * H;
+            const Index ld_prev = t == 0 ? H : T * H;
+            for (int s = thread; s < slots; s += team) {
+                Slot& sl = slot[static_cast<std::size_t>(s)];
+                const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
+                S* gh = sl.hidden.data();  // (B, G*width): h_{t-1} W_hh^T + b_hh for the slot's units
+                gemm_packed<S>(h_prev, ld_prev, B, sl.w, gh, G * width, f.b_hh ? sl.bias.data() : nullptr, false);
+                for (Index b = 0; b < B; ++b) {
+                    const Index row = b * T + t;
+                    CellStep<S> p;
+                    p.gates = gates + row * GH + begin;
+                    p.gate_stride = H;
+                    p.hidden = gh + b * G * width;
+                    p.hidden_stride = width;
+                    p.h_prev = h_prev + b * ld_prev + begin;
+                    p.h = y + row * H + begin;
+                    p.c = cell == CellKind::LSTM ? sl.cell_state.data() + b * width : nullptr;
+                    p.cells = f.cells ? f.cells + row * H + begin : nullptr;
+                    p.hidden_n = f.hidden_n ? f.hidden_n + row * H + begin : nullptr;
+                    for (Index u = 0; u < nu; u += P) cell_forward(cell, p, u, std::min(P, nu - u));
+                }
+            }
+            team_barrier(team);  // h_t is complete
+        }
+
+        for (int s = thread; s < slots; s += team) {
+            const Slot& sl = slot[static_cast<std::size_t>(s)];
+            for (Index b = 0; b < B; ++b)
+                for (Index u = sl.units.begin; u < sl.units.end; ++u) {
+                    f.h[b * H + u] = y[(b * T + T - 1) * H + u];
+                    if (cell == CellKind::LSTM) f.c[b * H + u] = sl.cell_state[b * sl.width + u - sl.units.begin];
+                }
+        }
+    });
+}
+
+/// The weights of layer k of a stack, as the step reads them.
+template <typename Scalar>
+struct CellWeights {
+    const Matrix<Scalar>* w_ih = nullptr;  ///< (G*H, I_k)
+    const Matrix<Scalar>* w_hh = nullptr;  ///< (G*H, H)
+    const Scalar* b_ih = nullptr;          ///< G*H values, or null
+    const Scalar* b_hh = nullptr;          ///< G*H values, or null
+};
+
+/// Threads one streaming step of a stack would use: one (no parallel region at all)
+/// unless each thread gets enough work to pay for a fork, a join and two barriers a layer.
+template <typename Scalar>
+int recurrent_step_threads(CellKind cell, Index B, Index I, Index H) {
+    const double flops = 2.0 * double(B) * double(gate_count(cell) * H) * double(std::max(I, H) + H);
+    return recurrent_detail::team_size(flops, recurrent_detail::kMinStepFlopsPerThread, H,
+                                       recurrent_detail::kPacket<Scalar>);
+}
+
+/// One step of an L-layer stack for B streams: x (B, I) in; h (L*B, H) and, for the
+/// LSTM, c (L*B, H) advance in place (rows k*B.. are layer k, PyTorch's (L, B, H)).
+/// gates and hidden are (B, G*H) scratch. weights_of(k) returns layer k's CellWeights.
+/// Uses the weights as stored (no packing) and allocates nothing.
+template <typename Scalar, typename WeightsOf>
+void recurrent_step(CellKind cell, Index layers, const WeightsOf& weights_of, ConstMatrixRef<Scalar> x,
+                    Matrix<Scalar>& h, Matrix<Scalar>* c, Matrix<Scalar>& gates, Matrix<Scalar>& hidden,
+                    int threads = 0) {
+    using namespace recurrent_detail;
+    using S = Scalar;
+    constexpr Index P = kPacket<S>;
+    const Index B = x.rows(), H = h.cols(), G = gate_count(cell), GH = G * H;
+    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_step_threads<S>(cell, B, x.cols(), H);
+    run_team(slots, [&](int thread, int team) {
+        for (Index k = 0; k < layers; ++k) {
+            const CellWeights<S> w = weights_of(k);
+            // Layer k reads layer k-1's new hidden state, complete after the last barrier.
+            const S* input = k == 0 ? x.data() : h.data() + (k - 1) * B * H;
+            const Index ld_input = k == 0 ? x.outerStride() : H, I = w.w_ih->cols();
+            S* h_k = h.data() + k * B * H;
+            for (int s = thread; s < slots; s += team) {
+                const UnitBlock units = unit_block<S>(H, slots, s);
+                for (Index g = 0; g < G; ++g) {
+                    const Index r0 = g * H + units.begin;  // the slot's rows of gate g
+                    dot_rows<S>(input, ld_input, B, I, w.w_ih->data() + r0 * I, I, units.size(), gates.data() + r0, GH,
+                                w.b_ih ? w.b_ih + r0 : nullptr);
+                    dot_rows<S>(h_k, H, B, H, w.w_hh->data() + r0 * H, H, units.size(), hidden.data() + r0, GH,
+                                w.b_hh ? w.b_hh + r0 : nullptr);
+                }
+            }
+            team_barrier(team);  // every slot has read h_{t-1} of layer k
+            for (int s = thread; s < slots; s += team) {
+                const UnitBlock units = unit_block<S>(H, slots, s);
+                for (Index b = 0; b < B; ++b) {
+                    CellStep<S> p;
+                    p.gates = gates.data() + b * GH + units.begin;
+                    p.gate_stride = H;
+                    p.hidden = hidden.data() + b * GH + units.begin;
+                    p.hidden_stride = H;
+                    p.h_prev = h_k + b * H + units.begin;
+                    p.h = h_k + b * H + units.begin;
+                    p.c = c ? c->data() + (k * B + b) * H + units.begin : nullptr;
+                    for (Index u = 0; u < units.size(); u += P) cell_forward(cell, p, u, std::min(P, units.size() - u));
+                }
+            }
+            team_barrier(team);  // h_t of layer k is complete
+        }
+    });
+}
+
+/// Backward through time of one layer of H units over T steps of B sequences, from what
+/// its forward kept; w_hh is (G*H, H). See RecurrentBackward.
+template <typename Scalar>
+void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<Scalar>& f,
+                        const RecurrentBackward<Scalar>& d, Index B, Index T, Index H, int threads = 0) {
+    using namespace recurrent_detail;
+    using S = Scalar;
+    using C = Chunk<S>;
+    constexpr Index P = kPacket<S>;
+    const Index G = gate_count(cell), GH = G * H;
+    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, H);
+
+    // Per slot: its units, its packed columns of W_hh ((G*H, nu) padded), and its units
+    // of dL/dh (and dL/dc), carried from step to step.
+    struct Slot {
+        UnitBlock units;
+        Index width = 0;
+        PackedPanels<S> w;
+        std::vector<S, Eigen::aligned_allocator<S>> dh, dc;
+    };
+    std::vector<Slot> slot(static_cast<std::size_t>(slots));
+    for (int s = 0; s < slots; ++s) {
+        Slot& sl = slot[static_cast<std::size_t>(s)];
+        sl.units = unit_block<S>(H, slots, s);
+        sl.width = (sl.units.size() + P - 1) / P * P;
+        sl.dh.assign(static_cast<std::size_t>(B * sl.width), S(0));
+        if (cell == CellKind::LSTM) sl.dc.assign(static_cast<std::size_t>(B * sl.width), S(0));
+    }
+
+    const S* y = f.y;
+    const S* gates = f.gates;
+    const S* d_out = d.d_out;
+    S* dg_all = d.d_gates;
+    // The left operand of dL/dh_{t-1} = dL/d(h W_hh^T) W_hh: the same as d_gates except for the GRU.
+    S* dgh_all = cell == CellKind::GRU ? d.d_gates_hidden : dg_all;
+    run_team(slots, [&](int thread, int team) {
+        for (int s = thread; s < slots; s += team) {
+            Slot& sl = slot[static_cast<std::size_t>(s)];
+            const Index begin = sl.units.begin, nu = sl.units.size();
+            sl.w.pack(GH, sl.width, [&](Index k, Index u) { return u < nu ? w_hh[k * H + begin + u] : S(0); });
+            for (Index b = 0; b < B; ++b)
+                for (Index u = 0; u < nu; ++u) {
+                    sl.dh[b * sl.width + u] = d.dh[b * H + begin + u];
+                    if (cell == CellKind::LSTM) sl.dc[b * sl.width + u] = d.dc[b * H + begin + u];
+                }
+        }
+
+        for (Index t = T - 1; t >= 0; --t) {
+            // Phase 1: each slot's gate gradients at step t from its own dL/dh_t.
+            for (int s = thread; s < slots; s += team) {
+                Slot& sl = slot[static_cast<std::size_t>(s)];
+                const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
+                for (Index b = 0; b < B; ++b) {
+                    const Index row = b * T + t;
+                    const S* g_row = gates + row * GH + begin;
+                    S* dg = dg_all + row * GH + begin;
+                    S* dgh = dgh_all + row * GH + begin;
+                    S* dh_slot = sl.dh.data() + b * width;
+                    for (Index u = 0; u < nu; u += P) {
+                        const Index n = std::min(P, nu - u);
+                        const C dh = load(dh_slot + u, P) + load(d_out + row * H + begin + u, n);
+                        switch (cell) {
+                            case CellKind::RNNTanh:
+                            case CellKind::RNNReLU: {
+                                // tanh' and relu' are functions of the output h_t.
+                                const C out = load(y + row * H + begin + u, n);
+                                const C dpre = cell == CellKind::RNNTanh ? C(dh * (S(1) - out.square()))
+                                                                         : C((out > S(0)).select(dh, S(0)));
+                                store(dg + u, dpre, n);
+                                store(dh_slot + u, C(C::Zero()), P);
+                                break;
+                            }
+                            case CellKind::LSTM: {
+                                const C i = load(g_row + u, n), fg = load(g_row + H + u, n);
+                                const C g = load(g_row + 2 * H + u, n), o = load(g_row + 3 * H + u, n);
+                                const C c = load(f.cells + row * H + begin + u, n);
+                                const C c_prev = t == 0 ? load(f.c0 + b * H + begin + u, n)
+                                                        : load(f.cells + (row - 1) * H + begin + u, n);
+                                const C tc = c.tanh();
+                                S* dc_slot = sl.dc.data() + b * width + u;
+                                // Through h_t = o tanh(c_t) into c_t, then c_t = f c_{t-1} + i g.
+                                const C dc = load(dc_slot, P) + dh * o * (S(1) - tc.square());
+                                store(dg + u, C(dc * g * i * (S(1) - i)), n);
+                                store(dg + H + u, C(dc * c_prev * fg * (S(1) - fg)), n);
+                                store(dg + 2 * H + u, C(dc * i * (S(1) - g.square())), n);
+                                store(dg + 3 * H + u, C(dh * tc * o * (S(1) - o)), n);
+                                store(dc_slot, C(dc * fg), P);
+                                store(dh_slot + u, C(C::Zero()), P);
+                                break;
+                            }
+                            case CellKind::GRU: {
+                                const C r = load(g_row + u, n), z = load(g_row + H + u, n);
+                                const C nn = load(g_row + 2 * H + u, n);
+                                const C hp = t == 0 ? load(f.h0 + b * H + begin + u, n)
+                                                    : load(y + (row - 1) * H + begin + u, n);
+                                const C hn = load(f.hidden_n + row * H + begin + u, n);
+                                // Through h_t = (1 - z) n + z h_{t-1}, then the activations.
+                                const C dn = dh * (S(1) - z) * (S(1) - nn.square());
+                                const C dz = dh * (hp - nn) * z * (S(1) - z);
+                                const C dr = dn * hn * r * (S(1) - r);
+                                store(dg + u, dr, n);
+                                store(dg + H + u, dz, n);
+                                store(dg + 2 * H + u, dn, n);
+                                store(dgh + u, dr, n);
+                                store(dgh + H + u, dz, n);
+                                store(dgh + 2 * H + u, C(dn * r), n);
+                                store(dh_slot + u, C(dh * z), P);  // the direct path h_{t-1} -> h_t
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            team_barrier(team);  // step t's gate gradients are complete
+            // Phase 2: dL/dh_{t-1} of the slot's units += dL/d(h W_hh^T)_t (B, G*H) x W_hh[:, units].
+            for (int s = thread; s < slots; s += team) {
+                Slot& sl = slot[static_cast<std::size_t>(s)];
+                gemm_packed<S>(dgh_all + t * GH, T * GH, B, sl.w, sl.dh.data(), sl.width, nullptr, true);
+            }
+        }
+
+        for (int s = thread; s < slots; s += team) {
+            const Slot& sl = slot[static_cast<std::size_t>(s)];
+            for (Index b = 0; b < B; ++b)
+                for (Index u = sl.units.begin; u < sl.units.end; ++u) {
+                    d.dh[b * H + u] = sl.dh[b * sl.width + u - sl.units.begin];
+                    if (cell == CellKind::LSTM) d.dc[b * H + u] = sl.dc[b * sl.width + u - sl.units.begin];
+                }
+        }
+    });
+}
+
+}  // namespace seqnn
