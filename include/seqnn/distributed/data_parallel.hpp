@@ -137,6 +137,7 @@ inline int world_rank() {
 /// main thread calls MPI) and MPI_Finalize on destruction, unless MPI was already started.
 class Session {
 public:
+    /// Starts MPI (MPI_Init_thread, funneled) unless it is running already.
     Session(int& argc, char**& argv) {
         if (initialized()) return;
         int provided = 0;
@@ -149,7 +150,9 @@ public:
         if (owner_ && initialized()) MPI_Finalize();
     }
 
+    /// This process's rank in MPI_COMM_WORLD.
     int rank() const { return world_rank(); }
+    /// The number of ranks in MPI_COMM_WORLD.
     int size() const {
         int size = 1;
         MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -162,8 +165,13 @@ private:
 
 /// [begin, end): rows, sequences or shards.
 struct Range {
+    /// The first index and one past the last.
+    ///@{
     Index begin = 0, end = 0;
+    ///@}
+    /// end - begin.
     Index size() const { return end - begin; }
+    /// The same begin and end.
     bool operator==(const Range&) const = default;
 };
 
@@ -182,8 +190,10 @@ enum class Reduction {
     Ordered,  // gather every shard, sum in shard order: bitwise the same on any rank count
 };
 
+/// How DataParallel reduces gradients and shards the batch.
 struct DataParallelOptions {
     MPI_Comm comm = MPI_COMM_WORLD;     ///< duplicated, so seqnn's messages never meet the caller's
+    /// How gradients are summed across ranks.
     Reduction reduction = Reduction::Sum;
     Index shards = 0;                   ///< shards of each global batch; 0: one per rank
     std::size_t bucket_bytes = 4 << 20; ///< Sum: gradient bytes per MPI_Iallreduce (at least one parameter)
@@ -197,9 +207,11 @@ struct ReductionStats {
     double bytes = 0;         ///< gradient bytes each rank contributed
 };
 
+/// Data-parallel training over MPI: same parameters on every rank, gradients summed across ranks.
 template <typename Scalar>
 class DataParallel {
 public:
+    /// Trains `params` (and steps `dropouts`' masks) across the ranks of options.comm; MPI must be running.
     DataParallel(ParameterList<Scalar> params, DataParallelOptions options = {},
                  std::vector<Dropout<Scalar>*> dropouts = {})
         : params_(std::move(params)), options_(options), dropouts_(std::move(dropouts)) {
@@ -230,14 +242,21 @@ public:
         if (!done && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
     }
 
+    /// This process's rank in the duplicated communicator.
     int rank() const { return rank_; }
+    /// The number of ranks.
     int size() const { return size_; }
+    /// Whether this is rank 0.
     bool is_root() const { return rank_ == 0; }
+    /// The communicator seqnn's messages use (a duplicate of options.comm).
     MPI_Comm comm() const { return comm_; }
+    /// How gradients are summed.
     Reduction reduction() const { return options_.reduction; }
+    /// Shards of each global batch.
     Index shards() const { return shards_; }
     /// This rank's shards, [first_local_shard(), end_local_shard()).
     Index first_local_shard() const { return local_.begin; }
+    /// One past this rank's last shard.
     Index end_local_shard() const { return local_.end; }
     /// The rows (sequences) of shard s in a global batch of `batch`; the shards split it evenly.
     Range shard_rows(Index batch, Index s) const {
@@ -250,8 +269,11 @@ public:
     Range local_rows(Index batch) const {
         return {shard_rows(batch, local_.begin).begin, shard_rows(batch, local_.end - 1).end};
     }
+    /// Gradient buckets of the Sum reduction.
     std::size_t bucket_count() const { return buckets_.size(); }
+    /// Time spent reducing since construction or reset_stats().
     const ReductionStats& stats() const { return stats_; }
+    /// Starts the reduction statistics again.
     void reset_stats() { stats_ = {}; }
 
     // --- parameters
@@ -460,6 +482,7 @@ public:
         for (double v : all) s += v;
         return s;
     }
+    /// The sum of one value over all ranks, in rank order.
     double sum(double value) const { return sum(std::span<const double>(&value, 1)); }
 
     /// True on every rank if `flag` is true on any.
