@@ -14,8 +14,14 @@
 //
 // Without --data it trains on the licence texts in /usr/share/common-licenses (present
 // on every Debian system), or on generated sentences if those are missing.
+//
+// Built with SEQNN_USE_MPI=ON, `mpirun -np N char_lm ...` trains on N ranks: each takes
+// a shard of every batch (--batch is the global batch), the ranks sum their gradients and
+// take the same step, and rank 0 prints, evaluates with the others and writes the files
+// (docs/distributed.md).
 #include "common/char_model.hpp"
 #include "common/cli.hpp"
+#include "common/data_parallel.hpp"
 
 #include <seqnn/models/generate.hpp>
 #include <seqnn/train/checkpoint.hpp>
@@ -41,6 +47,7 @@ struct Options {
     std::string data, preset = "quick", save, load, checkpoint, resume;
     std::string text;  // the contents of --data
     CharModelConfig model;
+    examples::DataParallelFlags parallel;
     long steps = 0, eval_every = 0, generate = 300, warmup = -1, patience = 0;
     int batch = 0, eval_batches = 8, threads = 0, seed = 1337;
     double lr = 0, min_lr = -1, clip = 0, dropout = 0, weight_decay = 0.1, temperature = 0.8, time_limit = 0;
@@ -126,6 +133,7 @@ Options parse(int argc, char** argv) {
     flags.add("--patience", o.patience, "stop after this many evaluations without a new best, 0 for never");
     flags.add("--generate", o.generate, "bytes to generate at the end, 0 for none");
     flags.add("--temperature", o.temperature, "sampling temperature, 0 for greedy");
+    examples::add_data_parallel_flags(flags, o.parallel);
     describe_presets(flags);
     flags.parse(argc, argv);
     apply_preset(flags, o);
@@ -141,6 +149,7 @@ Options parse(int argc, char** argv) {
         flags.fail("--heads", std::to_string(o.model.heads) + " heads do not divide --dim " + std::to_string(o.model.dim));
     if (o.model.ctx < 2) flags.fail("--ctx", "must be at least 2");
     if (o.batch < 1) flags.fail("--batch", "must be at least 1");
+    examples::check_data_parallel_flags(flags, o.parallel, o.batch);
     if (o.steps < 0) flags.fail("--steps", "must be >= 0");
     if (o.lr <= 0) flags.fail("--lr", "must be positive");
     if (o.clip < 0) flags.fail("--clip", "must be >= 0 (0: no clipping)");
@@ -162,17 +171,31 @@ Options parse(int argc, char** argv) {
     return o;
 }
 
-// Mean loss over fixed validation windows (forward only, no dropout).
+// The windows of `starts` whose indices are in `rows`.
+std::vector<std::size_t> rows_of(const std::vector<std::size_t>& starts, Index begin, Index end) {
+    return std::vector<std::size_t>(starts.begin() + begin, starts.begin() + end);
+}
+
+// Mean loss over fixed validation windows (forward only, no dropout). Each rank takes its
+// shards of every batch; a batch's loss is the sum of its shards' losses times their share.
 double evaluate(const seqnn::LanguageModel<float>& model, const std::vector<int>& tokens,
-                const std::vector<std::vector<std::size_t>>& batches, Index T) {
+                const std::vector<std::vector<std::size_t>>& batches, Index T, const examples::Ranks<float>& ranks) {
     double total = 0;
     seqnn::TokenBatch x;
     std::vector<int> y;
     seqnn::Matrix<float> unused_grad;
+    std::vector<double> parts;
     for (const auto& starts : batches) {
-        examples::make_windows(tokens, starts, T, x, y);
-        const seqnn::Sequence<float> logits = model.forward(x);  // (B*T, V)
-        total += seqnn::cross_entropy_loss<float>(logits.data, y, unused_grad);
+        const auto B = static_cast<Index>(starts.size());
+        parts.clear();
+        for (Index s = ranks.first_local_shard(); s < ranks.end_local_shard(); ++s) {
+            const auto rows = ranks.shard_rows(B, s);
+            examples::make_windows(tokens, rows_of(starts, rows.begin, rows.end), T, x, y);
+            const seqnn::Sequence<float> logits = model.forward(x);  // (b*T, V)
+            const double share = static_cast<double>(rows.size()) / static_cast<double>(B);
+            parts.push_back(share * seqnn::cross_entropy_loss<float>(logits.data, y, unused_grad));
+        }
+        total += ranks.sum(parts);
     }
     return total / static_cast<double>(batches.size());
 }
@@ -218,8 +241,8 @@ std::map<std::string, std::string> checkpoint_metadata(std::map<std::string, std
 // Restores `state` from a checkpoint that this run's `settings` wrote; throws naming the
 // first setting that differs.
 RunProgress resume(const std::string& path, const std::map<std::string, std::string>& settings, long steps,
-                   seqnn::TrainingState<float>& state) {
-    const seqnn::io::TensorMap file = seqnn::io::load_safetensors(path);
+                   seqnn::TrainingState<float>& state, const examples::Ranks<float>& ranks) {
+    const seqnn::io::TensorMap file = ranks.load_file(path);  // rank 0 reads it for all
     for (const auto& [key, value] : settings) {
         const auto it = file.metadata.find(key);
         if (it == file.metadata.end())
@@ -244,6 +267,7 @@ RunProgress resume(const std::string& path, const std::map<std::string, std::str
     if (run.step < 0 || run.step > steps)
         throw std::runtime_error(path + ": progress.step " + std::to_string(run.step) + " is outside [0, --steps]");
     seqnn::restore_checkpoint(file, state, path);
+    ranks.check_in_sync("after --resume");
     return run;
 }
 
@@ -275,7 +299,7 @@ std::string sample(const seqnn::LanguageModel<float>& model, const CharModelConf
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int train(int argc, char** argv) {
     Options o = parse(argc, argv);
     if (o.threads > 0) seqnn::set_num_threads(o.threads);
     examples::keep_freed_memory();
@@ -325,6 +349,10 @@ int main(int argc, char** argv) {
                 train.size(), val.size(), static_cast<long>(T), static_cast<long>(B), o.steps, o.lr, o.warmup,
                 o.min_lr, o.clip, o.dropout);
     std::printf("threads: %d (OpenMP %s)\n", seqnn::num_threads(), seqnn::openmp_enabled() ? "on" : "off");
+    // Every rank starts from rank 0's weights; each step, each rank takes its shards of the batch.
+    const auto ranks = examples::make_ranks(params, model->dropouts(), o.parallel);
+    if (const std::string text = examples::describe_ranks(*ranks, seqnn::num_threads()); !text.empty())
+        std::printf("%s\n", text.c_str());
     std::fflush(stdout);
 
     // --- training
@@ -340,7 +368,7 @@ int main(int argc, char** argv) {
     RunProgress run;
     if (!o.resume.empty()) {
         try {
-            run = resume(o.resume, settings, o.steps, training_state);
+            run = resume(o.resume, settings, o.steps, training_state, *ranks);
         } catch (const std::exception& e) {
             examples::usage_error("char_lm", std::string("--resume: ") + e.what());
         }
@@ -354,13 +382,15 @@ int main(int argc, char** argv) {
     std::vector<int> y;
     seqnn::Matrix<float> dlogits;
     seqnn::Context<float> ctx;
+    std::vector<double> shard_losses;
     examples::Progress progress(o.steps, "steps");
     progress.resume_from(first_step);
+    if (ranks->rank() != 0) progress.silence();
     const auto t0 = examples::Clock::now();
     long checkpointed_step = -1;
     const auto write_checkpoint = [&] {
         if (o.checkpoint.empty() || checkpointed_step == run.step) return;
-        seqnn::save_checkpoint(o.checkpoint, training_state, checkpoint_metadata(settings, run));
+        ranks->save_checkpoint(o.checkpoint, training_state, checkpoint_metadata(settings, run));
         checkpointed_step = run.step;
     };
     std::string stopped;  // why the run ended before --steps, if it did
@@ -369,7 +399,8 @@ int main(int argc, char** argv) {
         // A resumed run has already evaluated (or skipped) its first step.
         const bool resumed_here = !o.resume.empty() && step == first_step;
         if ((step % o.eval_every == 0 || step == o.steps) && !resumed_here) {
-            const double val_loss = evaluate(*model, val, val_batches, T);
+            const double val_loss = evaluate(*model, val, val_batches, T, *ranks);
+            ranks->check_in_sync("at step " + std::to_string(step));
             progress.clear_line();
             if (train_count > 0)
                 std::printf("step %5ld  train %.4f  val %.4f  lr %.2e  %s\n", step, train_sum / train_count, val_loss,
@@ -386,7 +417,8 @@ int main(int argc, char** argv) {
                     auto metadata = examples::to_metadata(config);
                     metadata["step"] = std::to_string(step);
                     metadata["val_loss"] = std::to_string(val_loss);
-                    seqnn::io::save_parameters(o.save, params, metadata);
+                    examples::on_root(*ranks, "--save " + o.save,
+                                      [&] { seqnn::io::save_parameters(o.save, params, metadata); });
                 }
             }
             write_checkpoint();
@@ -398,7 +430,8 @@ int main(int argc, char** argv) {
             }
         }
         if (step == o.steps) break;
-        if (o.time_limit > 0 && step > first_step && examples::seconds_since(t0) >= o.time_limit) {
+        // Every rank stops at the same step: when any of them has run out of time.
+        if (o.time_limit > 0 && step > first_step && ranks->any(examples::seconds_since(t0) >= o.time_limit)) {
             write_checkpoint();
             stopped = "stopped at step " + std::to_string(step) + " of " + std::to_string(o.steps) + ": --time-limit " +
                       examples::Progress::duration(o.time_limit) +
@@ -407,16 +440,27 @@ int main(int argc, char** argv) {
         }
 
         optimizer.set_lr(schedule(step));
-        examples::make_windows(train, examples::random_starts(train.size(), B, T, data_rng), T, x, y);
-        const seqnn::Sequence<float> logits = model->forward(x, nullptr, &ctx);  // (B*T, V)
-        const float loss = seqnn::cross_entropy_loss<float>(logits.data, y, dlogits);
+        // Every rank draws the whole batch from the same stream and trains on its shards.
+        const std::vector<std::size_t> starts = examples::random_starts(train.size(), B, T, data_rng);
+        shard_losses.clear();
+        for (Index s = ranks->first_local_shard(); s < ranks->end_local_shard(); ++s) {
+            const auto rows = ranks->shard_rows(B, s);
+            ranks->begin_shard(s);  // zeroes the gradients
+            examples::make_windows(train, rows_of(starts, rows.begin, rows.end), T, x, y);
+            const seqnn::Sequence<float> logits = model->forward(x, nullptr, &ctx);  // (b*T, V)
+            const float shard_loss = seqnn::cross_entropy_loss<float>(logits.data, y, dlogits);
+            model->backward(seqnn::Sequence<float>(std::move(dlogits), rows.size(), T), ctx);
+            const double share = static_cast<double>(rows.size()) / static_cast<double>(B);
+            ranks->add_shard(share);
+            shard_losses.push_back(share * shard_loss);
+        }
+        ranks->reduce();  // every rank: the whole batch's gradient
+        const auto loss = static_cast<float>(ranks->sum(shard_losses));
         if (!std::isfinite(loss)) {
             progress.clear_line();
             std::fprintf(stderr, "char_lm: the loss is %f at step %ld; try a smaller --lr\n", static_cast<double>(loss), step);
             return 1;
         }
-        optimizer.zero_grad();
-        model->backward(seqnn::Sequence<float>(std::move(dlogits), B, T), ctx);
         if (o.clip > 0) seqnn::clip_grad_norm(params, static_cast<float>(o.clip));
         optimizer.step();
         train_sum += loss;
@@ -435,9 +479,11 @@ int main(int argc, char** argv) {
     std::printf("best_val_loss: %.4f at step %ld\n", run.best_val, run.best_step);
     if (!o.save.empty()) std::printf("saved the step-%ld model to %s\n", run.best_step, o.save.c_str());
     if (!o.checkpoint.empty()) std::printf("training state at step %ld in %s\n", run.step, o.checkpoint.c_str());
+    if (const std::string text = examples::communication_summary(*ranks, seconds); !text.empty())
+        std::printf("%s\n", text.c_str());
 
     // --- a sample from the final model
-    if (o.generate > 0) {
+    if (o.generate > 0 && ranks->rank() == 0) {
         seqnn::Rng sample_rng(static_cast<std::uint64_t>(o.seed) + 2);
         const auto g0 = examples::Clock::now();
         const std::string text_out = sample(*model, config, o.generate, o.temperature, sample_rng);
@@ -445,4 +491,8 @@ int main(int argc, char** argv) {
                     static_cast<double>(o.generate) / std::max(examples::seconds_since(g0), 1e-9), text_out.c_str());
     }
     return 0;
+}
+
+int main(int argc, char** argv) {
+    return examples::run_ranks("char_lm", argc, argv, [&] { return train(argc, argv); });
 }

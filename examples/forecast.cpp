@@ -11,7 +11,11 @@
 // standardised with the training part's mean and deviation. Each test forecast reads the
 // --window values before it, like training, and is scored against the naive forecast
 // "the next values equal the last one seen".
+//
+// Built with SEQNN_USE_MPI=ON, `mpirun -np N forecast ...` trains on N ranks, each on a
+// shard of every batch (--batch is the global batch); rank 0 tests and prints.
 #include "common/cli.hpp"
+#include "common/data_parallel.hpp"
 
 #include <seqnn/models/sequential.hpp>
 #include <seqnn/models/rowwise.hpp>
@@ -36,6 +40,7 @@ using seqnn::Index;
 struct Options {
     std::string csv, column, out, arch = "mingru";
     std::vector<double> csv_values;  // the --column of --csv
+    examples::DataParallelFlags parallel;
     int hidden = 64, horizon = 1, window = 128, batch = 32, length = 5000, seed = 1, threads = 0;
     long steps = 600;
     double lr = 3e-3;
@@ -59,6 +64,7 @@ Options parse(int argc, char** argv) {
     flags.add("--out", o.out, "write the test predictions here as CSV", "PATH");
     flags.add("--seed", o.seed, "seed of the weights, the batches and the synthetic series");
     flags.add("--threads", o.threads, "threads (default: OpenMP's default)");
+    examples::add_data_parallel_flags(flags, o.parallel);
     flags.parse(argc, argv);
     if (o.arch != "mingru" && o.arch != "minlstm" && o.arch != "gru" && o.arch != "lstm" && o.arch != "rnn")
         flags.fail("--arch", "expected mingru, minlstm, gru, lstm or rnn, got '" + o.arch + "'");
@@ -67,6 +73,7 @@ Options parse(int argc, char** argv) {
     if (o.horizon < 1) flags.fail("--horizon", "must be at least 1");
     if (o.window < 2) flags.fail("--window", "must be at least 2");
     if (o.batch < 1) flags.fail("--batch", "must be at least 1");
+    examples::check_data_parallel_flags(flags, o.parallel, o.batch);
     if (o.steps < 0) flags.fail("--steps", "must be >= 0");
     if (o.lr <= 0) flags.fail("--lr", "must be positive");
     if (o.length < 100) flags.fail("--length", "must be at least 100");
@@ -150,7 +157,7 @@ std::unique_ptr<seqnn::Layer<float>> make_recurrent(const std::string& arch, Ind
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
     Options o = parse(argc, argv);
     if (o.threads > 0) seqnn::set_num_threads(o.threads);
     examples::keep_freed_memory();
@@ -189,6 +196,10 @@ int main(int argc, char** argv) {
     std::printf("model: Linear(1 -> %d) -> %s(%d) -> Linear(%d -> %ld), %ld parameters; train %zu / test %zu points\n",
                 o.hidden, model[1].kind().c_str(), o.hidden, o.hidden, static_cast<long>(H),
                 static_cast<long>(seqnn::count_parameters(params)), n_train, n - n_train);
+    // Every rank starts from rank 0's weights and trains on its shards of each batch.
+    const auto ranks = examples::make_ranks<float>(params, {}, o.parallel);
+    if (const std::string text = examples::describe_ranks(*ranks, seqnn::num_threads()); !text.empty())
+        std::printf("%s\n", text.c_str());
     std::fflush(stdout);
 
     // --- training on random windows of the training part
@@ -200,6 +211,8 @@ int main(int argc, char** argv) {
     seqnn::Matrix<float> y, dy;
     seqnn::Context<float> ctx;
     examples::Progress progress(o.steps, "steps");
+    if (ranks->rank() != 0) progress.silence();
+    std::vector<double> shard_losses;
     const auto t0 = examples::Clock::now();
     double loss_sum = 0;
     for (long step = 1; step <= o.steps; ++step) {
@@ -207,11 +220,20 @@ int main(int argc, char** argv) {
         std::uniform_int_distribution<std::size_t> pick(0, n_train - static_cast<std::size_t>(T + H));
         std::vector<std::size_t> starts(static_cast<std::size_t>(o.batch));
         for (auto& s : starts) s = pick(rng);
-        make_windows(train, starts, T, H, x, y);
-        const seqnn::Sequence<float> prediction = model.forward(x, nullptr, &ctx);  // (B*T, H)
-        const float loss = seqnn::mse_loss<float>(prediction.data, y, dy);
-        optimizer.zero_grad();
-        model.backward(seqnn::Sequence<float>(std::move(dy), x.batch, x.steps), ctx);
+        shard_losses.clear();
+        for (Index s = ranks->first_local_shard(); s < ranks->end_local_shard(); ++s) {
+            const auto rows = ranks->shard_rows(o.batch, s);
+            ranks->begin_shard(s);  // zeroes the gradients
+            make_windows(train, std::vector<std::size_t>(starts.begin() + rows.begin, starts.begin() + rows.end), T, H, x, y);
+            const seqnn::Sequence<float> prediction = model.forward(x, nullptr, &ctx);  // (b*T, H)
+            const float shard_loss = seqnn::mse_loss<float>(prediction.data, y, dy);
+            model.backward(seqnn::Sequence<float>(std::move(dy), x.batch, x.steps), ctx);
+            const double share = static_cast<double>(rows.size()) / static_cast<double>(o.batch);
+            ranks->add_shard(share);
+            shard_losses.push_back(share * shard_loss);
+        }
+        ranks->reduce();  // every rank: the whole batch's gradient
+        const auto loss = static_cast<float>(ranks->sum(shard_losses));
         seqnn::clip_grad_norm(params, 1.0f);
         optimizer.step();
         loss_sum += loss;
@@ -225,7 +247,11 @@ int main(int argc, char** argv) {
         progress.update(step, note);
     }
     progress.finish();
-    std::printf("trained %ld steps in %.1f s\n", o.steps, examples::seconds_since(t0));
+    const double seconds = examples::seconds_since(t0);
+    std::printf("trained %ld steps in %.1f s\n", o.steps, seconds);
+    if (const std::string text = examples::communication_summary(*ranks, seconds); !text.empty())
+        std::printf("%s\n", text.c_str());
+    if (ranks->rank() != 0) return 0;  // rank 0 tests, prints and writes --out
 
     // --- test: a forecast at every test point t from the window of T values ending at t
     double mse_model = 0, mse_naive = 0;
@@ -264,4 +290,8 @@ int main(int argc, char** argv) {
                 o.arch.c_str(), mse_model, mse_naive, mse_model / mse_naive, count);
     if (out.is_open()) std::printf("wrote %s\n", o.out.c_str());
     return 0;
+}
+
+int main(int argc, char** argv) {
+    return examples::run_ranks("forecast", argc, argv, [&] { return run(argc, argv); });
 }

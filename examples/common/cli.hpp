@@ -172,6 +172,7 @@ public:
 
     // Call after finishing item `done` (1-based); `note` is appended (e.g. the loss).
     void update(long done, const std::string& note = "") {
+        if (silent_) return;
         const double now = seconds_since(start_);
         if (done < total_ && now - last_draw_ < (tty_ ? 0.1 : log_every_)) return;
         last_draw_ = now;
@@ -206,6 +207,8 @@ public:
     // A resumed job: `done` items were finished before this process started (the rate
     // and the ETA count only this process's items).
     void resume_from(long done) { first_ = done; }
+    // Draws nothing from now on (the ranks of a data-parallel run other than rank 0).
+    void silence() { silent_ = true; }
 
     static std::string duration(double seconds) {
         char buf[32];
@@ -223,6 +226,7 @@ private:
     double log_every_;
     bool tty_;
     bool drawn_ = false;
+    bool silent_ = false;
     Clock::time_point start_ = Clock::now();
     double last_draw_ = -1e9;
 };
