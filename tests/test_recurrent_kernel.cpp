@@ -18,21 +18,30 @@ double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 // One layer's weights, inputs and initial state, in double.
 struct Problem {
     CellKind cell;
-    Index B, T, H, G;
+    Index B, T, I, H, G;
     bool bias;
-    Matrix<double> w_hh, b_hh, gates_in, h0, c0, d_out, dh_T, dc_T;
+    Matrix<double> x, w_ih, b_ih, w_hh, b_hh, h0, c0, d_out, dh_T, dc_T;
 
-    Problem(CellKind c, Index batch, Index steps, Index hidden, bool with_bias, std::uint64_t seed = 7)
-        : cell(c), B(batch), T(steps), H(hidden), G(gate_count(c)), bias(with_bias) {
+    Problem(CellKind c, Index batch, Index steps, Index input, Index hidden, bool with_bias, std::uint64_t seed = 7)
+        : cell(c), B(batch), T(steps), I(input), H(hidden), G(gate_count(c)), bias(with_bias) {
         Rng rng(seed);
+        x = random_matrix<double>(B * T, I, rng);
+        w_ih = random_matrix<double>(G * H, I, rng, 1.0 / std::sqrt(double(I)));
+        b_ih = random_matrix<double>(1, G * H, rng, 0.5);
         w_hh = random_matrix<double>(G * H, H, rng, 1.0 / std::sqrt(double(H)));
         b_hh = random_matrix<double>(1, G * H, rng, 0.5);
-        gates_in = random_matrix<double>(B * T, G * H, rng);
         h0 = random_matrix<double>(B, H, rng, 0.5);
         c0 = random_matrix<double>(B, H, rng, 0.5);
         d_out = random_matrix<double>(B * T, H, rng);
         dh_T = random_matrix<double>(B, H, rng);
         dc_T = random_matrix<double>(B, H, rng);
+    }
+
+    // x W_ih^T + b_ih, (B*T, G*H).
+    Matrix<double> gates_in() const {
+        Matrix<double> g = x * w_ih.transpose();
+        if (bias) g.rowwise() += b_ih.row(0);
+        return g;
     }
 };
 
@@ -44,7 +53,8 @@ struct PlainForward {
 
 PlainForward plain_forward(const Problem& p) {
     const Index H = p.H;
-    PlainForward out{Matrix<double>(p.B * p.T, H), p.h0, p.c0, p.gates_in, Matrix<double>(p.B * p.T, H),
+    const Matrix<double> gates_in = p.gates_in();
+    PlainForward out{Matrix<double>(p.B * p.T, H), p.h0, p.c0, gates_in, Matrix<double>(p.B * p.T, H),
                      Matrix<double>(p.B * p.T, H)};
     for (Index b = 0; b < p.B; ++b)
         for (Index t = 0; t < p.T; ++t) {
@@ -55,7 +65,7 @@ PlainForward plain_forward(const Problem& p) {
                 for (Index k = 0; k < H; ++k) sum += p.w_hh(j, k) * out.h(b, k);
                 hidden[static_cast<std::size_t>(j)] = sum;
             }
-            const auto in = [&](Index g, Index u) { return p.gates_in(row, g * H + u); };
+            const auto in = [&](Index g, Index u) { return gates_in(row, g * H + u); };
             const auto hid = [&](Index g, Index u) { return hidden[static_cast<std::size_t>(g * H + u)]; };
             for (Index u = 0; u < H; ++u) {
                 double h_new = 0;
@@ -149,10 +159,14 @@ struct KernelRun {
 
 KernelRun run_kernel(const Problem& p, int threads) {
     const Index BT = p.B * p.T, H = p.H, GH = p.G * H;
-    KernelRun r{Matrix<double>(BT, H), p.h0, p.c0, p.gates_in, Matrix<double>(BT, H), Matrix<double>(BT, H),
+    KernelRun r{Matrix<double>(BT, H), p.h0, p.c0, Matrix<double>(BT, GH), Matrix<double>(BT, H), Matrix<double>(BT, H),
                 Matrix<double>(BT, GH), Matrix<double>(BT, GH), p.dh_T, p.dc_T};
     RecurrentForward<double> f;
     f.cell = p.cell;
+    f.input_size = p.I;
+    f.x = p.x.data();
+    f.w_ih = p.w_ih.data();
+    f.b_ih = p.bias ? p.b_ih.data() : nullptr;
     f.w_hh = p.w_hh.data();
     f.b_hh = p.bias ? p.b_hh.data() : nullptr;
     f.gates = r.gates.data();
@@ -174,7 +188,7 @@ KernelRun run_kernel(const Problem& p, int threads) {
 
 struct Case {
     CellKind cell;
-    Index B, T, H;
+    Index B, T, I, H;
     bool bias;
     std::string name;
 };
@@ -183,7 +197,7 @@ class RecurrentKernel : public ::testing::TestWithParam<Case> {};
 
 TEST_P(RecurrentKernel, ForwardAndBackwardMatchPlainLoopsInDouble) {
     const Case& c = GetParam();
-    const Problem p(c.cell, c.B, c.T, c.H, c.bias);
+    const Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
     const PlainForward want = plain_forward(p);
     const PlainBackward want_d = plain_backward(p, want);
     const KernelRun got = run_kernel(p, 3);
@@ -207,7 +221,7 @@ TEST_P(RecurrentKernel, ForwardAndBackwardMatchPlainLoopsInDouble) {
 
 TEST_P(RecurrentKernel, GivesTheSameBitsOnEveryTeamSize) {
     const Case& c = GetParam();
-    const Problem p(c.cell, c.B, c.T, c.H, c.bias);
+    const Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
     const KernelRun one = run_kernel(p, 1);
     for (int threads : {2, 3, 7}) {
         const KernelRun many = run_kernel(p, threads);
@@ -224,34 +238,24 @@ TEST_P(RecurrentKernel, GivesTheSameBitsOnEveryTeamSize) {
 // One streaming step of a two-layer stack equals two plain one-step layers, on every team size.
 TEST_P(RecurrentKernel, StepOfAStackMatchesPlainLoopsOnEveryTeamSize) {
     const Case& c = GetParam();
-    const Index B = c.B, H = c.H, G = gate_count(c.cell), I = 5;
-    Rng rng(3);
-    const Matrix<double> x = random_matrix<double>(B, I, rng);
-    const Matrix<double> w_ih0 = random_matrix<double>(G * H, I, rng, 0.5), w_ih1 = random_matrix<double>(G * H, H, rng, 0.3);
-    const Problem layer0(c.cell, B, 1, H, c.bias, 11), layer1(c.cell, B, 1, H, c.bias, 12);
-    const Matrix<double> b_ih0 = random_matrix<double>(1, G * H, rng), b_ih1 = random_matrix<double>(1, G * H, rng);
-
+    const Index B = c.B, H = c.H;
     // The plain answer: layer 0 on x, then layer 1 on layer 0's new h.
-    Problem p0 = layer0;
-    p0.gates_in = x * w_ih0.transpose();
-    if (c.bias) p0.gates_in.rowwise() += b_ih0.row(0);
-    const PlainForward want0 = plain_forward(p0);
-    Problem p1 = layer1;
-    p1.gates_in = want0.h * w_ih1.transpose();
-    if (c.bias) p1.gates_in.rowwise() += b_ih1.row(0);
-    const PlainForward want1 = plain_forward(p1);
+    const Problem layer0(c.cell, B, 1, c.I, H, c.bias, 11);
+    Problem layer1(c.cell, B, 1, H, H, c.bias, 12);
+    const PlainForward want0 = plain_forward(layer0);
+    layer1.x = want0.h;
+    const PlainForward want1 = plain_forward(layer1);
 
     const auto weights_of = [&](Index k) {
         const Problem& p = k == 0 ? layer0 : layer1;
-        return CellWeights<double>{k == 0 ? &w_ih0 : &w_ih1, &p.w_hh, c.bias ? (k == 0 ? b_ih0 : b_ih1).data() : nullptr,
-                                   c.bias ? p.b_hh.data() : nullptr};
+        return CellWeights<double>{&p.w_ih, &p.w_hh, c.bias ? p.b_ih.data() : nullptr, c.bias ? p.b_hh.data() : nullptr};
     };
     Matrix<double> first_h;
     for (int threads : {1, 2, 3, 7}) {
-        Matrix<double> h(2 * B, H), cs(2 * B, H), gates(B, G * H), hidden(B, G * H);
+        Matrix<double> h(2 * B, H), cs(2 * B, H), gates(B, layer0.G * H), hidden(B, layer0.G * H);
         h << layer0.h0, layer1.h0;
         cs << layer0.c0, layer1.c0;
-        recurrent_step<double>(c.cell, 2, weights_of, x, h, c.cell == CellKind::LSTM ? &cs : nullptr, gates, hidden,
+        recurrent_step<double>(c.cell, 2, weights_of, layer0.x, h, c.cell == CellKind::LSTM ? &cs : nullptr, gates, hidden,
                                threads);
         EXPECT_LT(relative_error(h.topRows(B), want0.h), 1e-13) << threads << " threads";
         EXPECT_LT(relative_error(h.bottomRows(B), want1.h), 1e-13) << threads << " threads";
@@ -268,10 +272,10 @@ TEST_P(RecurrentKernel, StepOfAStackMatchesPlainLoopsOnEveryTeamSize) {
 // H below, at and above the thread count and the packet size; B = 1; with and without bias.
 INSTANTIATE_TEST_SUITE_P(
     Cells, RecurrentKernel,
-    ::testing::Values(Case{CellKind::GRU, 3, 7, 37, true, "Gru_H37"}, Case{CellKind::GRU, 1, 5, 5, false, "Gru_B1_H5_nobias"},
-                      Case{CellKind::LSTM, 3, 6, 37, true, "Lstm_H37"}, Case{CellKind::LSTM, 2, 4, 100, false, "Lstm_H100_nobias"},
-                      Case{CellKind::RNNTanh, 4, 5, 19, true, "RnnTanh_H19"}, Case{CellKind::RNNReLU, 2, 6, 33, true, "RnnRelu_H33"},
-                      Case{CellKind::GRU, 5, 3, 64, true, "Gru_H64"}, Case{CellKind::LSTM, 1, 9, 3, true, "Lstm_B1_H3"}),
+    ::testing::Values(Case{CellKind::GRU, 3, 7, 5, 37, true, "Gru_H37"}, Case{CellKind::GRU, 1, 5, 1, 5, false, "Gru_B1_I1_H5_nobias"},
+                      Case{CellKind::LSTM, 3, 6, 11, 37, true, "Lstm_H37"}, Case{CellKind::LSTM, 2, 4, 3, 100, false, "Lstm_H100_nobias"},
+                      Case{CellKind::RNNTanh, 4, 5, 7, 19, true, "RnnTanh_H19"}, Case{CellKind::RNNReLU, 2, 6, 2, 33, true, "RnnRelu_H33"},
+                      Case{CellKind::GRU, 5, 3, 64, 64, true, "Gru_H64"}, Case{CellKind::LSTM, 1, 9, 1, 3, true, "Lstm_B1_I1_H3"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // The per-step product on packed weights equals the plain product, whatever the rows and columns.

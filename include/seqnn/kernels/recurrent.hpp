@@ -2,18 +2,21 @@
 /// The time loop of the sequential cells (Elman RNN, LSTM, GRU): forward over T steps,
 /// backward through time, and one streaming step, for one layer.
 ///
-/// The input projection x W_ih^T + b_ih of every step is one large GEMM done by the
-/// caller; what is left is the recurrence, T dependent steps of (B, H) x (H, G*H).
+/// A step is two products, x_t W_ih^T (B, I) x (I, G*H) and h_{t-1} W_hh^T
+/// (B, H) x (H, G*H), then the cell; only the second depends on the previous step.
 /// Forward and backward run the whole time loop inside one parallel region:
 ///
 ///  - the hidden units are split into blocks of whole SIMD packets, one block per thread
 ///    (a "slot"); a slot owns every gate of its units;
-///  - before the loop each slot packs its rows of W_hh (G*nu of them) once into panels
-///    that stay in its own cache for all T steps (a general GEMM would repack both
-///    operands at every step);
-///  - at step t each slot multiplies the shared h_{t-1} (all H units) by its panels
-///    (gemm_packed below), applies the cell to its units and writes its units of h_t;
-///    then one barrier, after which h_t is complete for every slot.
+///  - before the loop each slot packs its rows of W_ih and W_hh (G*nu of each) once
+///    into panels that stay in its own cache for all T steps (a general GEMM would
+///    repack both operands at every step; bench_recurrent's BM_StepProduct* measure
+///    the difference);
+///  - at step t each slot multiplies x_t and the shared h_{t-1} (all H units) by its
+///    panels (gemm_packed below), applies the cell to its units and writes its units
+///    of h_t; then one barrier, after which h_t is complete for every slot. The input
+///    product is computed where it is used, so the (B*T, G*H) pre-activations never
+///    travel through memory; in training the gate activations are written out once.
 ///
 /// Backward runs the same way in reverse: each slot turns dL/dh_t of its units into the
 /// gate gradients of its units, one barrier, then multiplies the whole step's gate
@@ -336,10 +339,14 @@ void cell_forward(CellKind cell, const CellStep<S>& p, Index u, Index n) {
 template <typename Scalar>
 struct RecurrentForward {
     CellKind cell = CellKind::GRU;
+    Index input_size = 0;          ///< I
+    const Scalar* x = nullptr;     ///< (B*T, I): the layer's input; must not alias y
+    const Scalar* w_ih = nullptr;  ///< (G*H, I)
+    const Scalar* b_ih = nullptr;  ///< G*H values, or null without bias
     const Scalar* w_hh = nullptr;  ///< (G*H, H)
     const Scalar* b_hh = nullptr;  ///< G*H values, or null without bias
-    /// (B*T, G*H): enters as x W_ih^T + b_ih; leaves holding the gate activations
-    /// (LSTM [i, f, g, o], GRU [r, z, n]; unchanged for the RNN).
+    /// Optional, out (B*T, G*H): the gate activations, for backward (LSTM [i, f, g, o],
+    /// GRU [r, z, n]; the RNN keeps none).
     Scalar* gates = nullptr;
     Scalar* h = nullptr;         ///< (B, H): h_0 in, h_T out
     Scalar* c = nullptr;         ///< LSTM: (B, H), c_0 in, c_T out
@@ -372,14 +379,15 @@ struct RecurrentBackward {
 
 /// Threads the forward time loop of one layer would use for these sizes.
 template <typename Scalar>
-int recurrent_loop_threads(CellKind cell, Index B, Index H) {
-    const double flops = 2.0 * double(B) * double(H) * double(gate_count(cell) * H);
+int recurrent_loop_threads(CellKind cell, Index B, Index I, Index H) {
+    const double flops = 2.0 * double(B) * double(I + H) * double(gate_count(cell) * H);
     return recurrent_detail::team_size(flops, recurrent_detail::kMinLoopFlopsPerThread, H,
                                        recurrent_detail::kPacket<Scalar>);
 }
 
 /// Runs one layer of H units over T steps of B sequences (see RecurrentForward). h_0
-/// and c_0 are read from `h` and `c`, which receive h_T and c_T. `threads` > 0 sets
+/// and c_0 are read from `h` and `c`, which receive h_T and c_T. Both products of a
+/// step, x_t W_ih^T and h_{t-1} W_hh^T, run on weights packed once per call. `threads` > 0 sets
 /// the team size (at most one thread per packet of units); 0 lets the work decide.
 template <typename Scalar>
 void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Index H, int threads = 0) {
@@ -388,43 +396,51 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
     constexpr Index P = kPacket<S>;
     const CellKind cell = f.cell;
     const Index G = gate_count(cell), GH = G * H;
-    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, H);
+    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, f.input_size, H);
 
-    // Per slot: its units, its packed rows of W_hh, its packed b_hh, its gate buffer
-    // (B, G*nu_pad) and, for the LSTM, its units of c.
+    // Per slot: its units, its packed rows of W_ih and W_hh with their biases, its
+    // buffers for the two products of one step, (B, G*width) each, and, for the LSTM,
+    // its units of c.
     struct Slot {
         UnitBlock units;
         Index width = 0;  // nu rounded up to whole packets
-        PackedPanels<S> w;
-        std::vector<S, Eigen::aligned_allocator<S>> bias, hidden, cell_state;
+        PackedPanels<S> w_ih, w_hh;
+        std::vector<S, Eigen::aligned_allocator<S>> b_ih, b_hh, input, hidden, cell_state;
     };
+    const Index I = f.input_size;
     std::vector<Slot> slot(static_cast<std::size_t>(slots));
     for (int s = 0; s < slots; ++s) {
         Slot& sl = slot[static_cast<std::size_t>(s)];
         sl.units = unit_block<S>(H, slots, s);
         const Index nu = sl.units.size(), width = (nu + P - 1) / P * P;
         sl.width = width;
+        sl.input.assign(static_cast<std::size_t>(B * G * width), S(0));
         sl.hidden.assign(static_cast<std::size_t>(B * G * width), S(0));
-        if (f.b_hh) sl.bias.assign(static_cast<std::size_t>(G * width), S(0));
+        if (f.b_ih) sl.b_ih.assign(static_cast<std::size_t>(G * width), S(0));
+        if (f.b_hh) sl.b_hh.assign(static_cast<std::size_t>(G * width), S(0));
         if (cell == CellKind::LSTM) sl.cell_state.assign(static_cast<std::size_t>(B * width), S(0));
     }
 
     const S* h0 = f.h;
     S* y = f.y;
-    S* gates = f.gates;
-    const S* w_hh = f.w_hh;
     run_team(slots, [&](int thread, int team) {
-        // Pack: column j = g*width + u of slot's panel is row g*H + begin + u of W_hh.
+        // Pack: column j = g*width + u of a slot's panels is row g*H + begin + u of the weight.
         for (int s = thread; s < slots; s += team) {
             Slot& sl = slot[static_cast<std::size_t>(s)];
             const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
-            sl.w.pack(H, G * width, [&](Index k, Index j) {
-                const Index g = j / width, u = j % width;
-                return u < nu ? w_hh[(g * H + begin + u) * H + k] : S(0);
-            });
-            if (f.b_hh)
-                for (Index g = 0; g < G; ++g)
-                    for (Index u = 0; u < nu; ++u) sl.bias[g * width + u] = f.b_hh[g * H + begin + u];
+            const auto pack = [&](PackedPanels<S>& panels, const S* w, Index K) {
+                panels.pack(K, G * width, [&](Index k, Index j) {
+                    const Index g = j / width, u = j % width;
+                    return u < nu ? w[(g * H + begin + u) * K + k] : S(0);
+                });
+            };
+            pack(sl.w_ih, f.w_ih, I);
+            pack(sl.w_hh, f.w_hh, H);
+            for (Index g = 0; g < G; ++g)
+                for (Index u = 0; u < nu; ++u) {
+                    if (f.b_ih) sl.b_ih[g * width + u] = f.b_ih[g * H + begin + u];
+                    if (f.b_hh) sl.b_hh[g * width + u] = f.b_hh[g * H + begin + u];
+                }
             if (cell == CellKind::LSTM)
                 for (Index b = 0; b < B; ++b)
                     for (Index u = 0; u < nu; ++u) sl.cell_state[b * width + u] = f.c[b * H + begin + u];
@@ -437,13 +453,15 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
             for (int s = thread; s < slots; s += team) {
                 Slot& sl = slot[static_cast<std::size_t>(s)];
                 const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
-                S* gh = sl.hidden.data();  // (B, G*width): h_{t-1} W_hh^T + b_hh for the slot's units
-                gemm_packed<S>(h_prev, ld_prev, B, sl.w, gh, G * width, f.b_hh ? sl.bias.data() : nullptr, false);
+                S* gi = sl.input.data();   // (B, G*width): x_t W_ih^T + b_ih for the slot's units
+                S* gh = sl.hidden.data();  // (B, G*width): h_{t-1} W_hh^T + b_hh
+                gemm_packed<S>(f.x + t * I, T * I, B, sl.w_ih, gi, G * width, f.b_ih ? sl.b_ih.data() : nullptr, false);
+                gemm_packed<S>(h_prev, ld_prev, B, sl.w_hh, gh, G * width, f.b_hh ? sl.b_hh.data() : nullptr, false);
                 for (Index b = 0; b < B; ++b) {
                     const Index row = b * T + t;
                     CellStep<S> p;
-                    p.gates = gates + row * GH + begin;
-                    p.gate_stride = H;
+                    p.gates = gi + b * G * width;
+                    p.gate_stride = width;
                     p.hidden = gh + b * G * width;
                     p.hidden_stride = width;
                     p.h_prev = h_prev + b * ld_prev + begin;
@@ -452,6 +470,9 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
                     p.cells = f.cells ? f.cells + row * H + begin : nullptr;
                     p.hidden_n = f.hidden_n ? f.hidden_n + row * H + begin : nullptr;
                     for (Index u = 0; u < nu; u += P) cell_forward(cell, p, u, std::min(P, nu - u));
+                    if (f.gates && (cell == CellKind::LSTM || cell == CellKind::GRU))
+                        for (Index g = 0; g < G; ++g)
+                            std::copy(p.gates + g * width, p.gates + g * width + nu, f.gates + row * GH + g * H + begin);
                 }
             }
             team_barrier(team);  // h_t is complete
@@ -546,7 +567,7 @@ void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<
     using C = Chunk<S>;
     constexpr Index P = kPacket<S>;
     const Index G = gate_count(cell), GH = G * H;
-    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, H);
+    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, 0, H);
 
     // Per slot: its units, its packed columns of W_hh ((G*H, nu) padded), and its units
     // of dL/dh (and dL/dc), carried from step to step.

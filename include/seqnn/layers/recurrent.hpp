@@ -82,21 +82,15 @@ public:
             const LayerWeights& w = weights(k);
             const Index I = w.weight_ih.value.cols();
             Context<Scalar>* lc = ctx ? &ctx->children[static_cast<std::size_t>(k)] : nullptr;
-            // The gates live in the context's reused buffer in training, in this thread's
-            // scratch otherwise (slot A; slot B holds a lower layer's output).
-            Scalar* gates = lc ? lc->buffer("gates", B * T, gate_width()).data()
-                               : scratch_matrix<Scalar>(ScratchSlot::A, B * T, gate_width()).data();
-            // The input projection of every step of every sequence, one GEMM.
-            matmul_rows<Scalar>(Eigen::Map<const Matrix<Scalar>>(input, B * T, I), w.weight_ih.value.transpose(),
-                                Eigen::Map<Matrix<Scalar>>(gates, B * T, gate_width()),
-                                options_.bias ? w.bias_ih.value.data() : nullptr);  // (B*T, I_k) x (I_k, G*H)
-
             std::vector<Matrix<Scalar>> layer_state = state_of_layer(s, k, B);
             RecurrentForward<Scalar> f;
             f.cell = cell;
+            f.input_size = I;
+            f.x = input;
+            f.w_ih = w.weight_ih.value.data();
+            f.b_ih = options_.bias ? w.bias_ih.value.data() : nullptr;
             f.w_hh = w.weight_hh.value.data();
             f.b_hh = options_.bias ? w.bias_hh.value.data() : nullptr;
-            f.gates = gates;
             f.h = layer_state[0].data();
             f.c = cell == CellKind::LSTM ? layer_state[1].data() : nullptr;
             f.y = y.data.data();
@@ -104,6 +98,7 @@ public:
                 if (k == 0) parallel_copy<Scalar>(lc->buffer("input", B * T, I), x.data);
                 for (std::size_t j = 0; j < layer_state.size(); ++j)
                     lc->save("initial" + std::to_string(j), layer_state[j]);
+                if (cell == CellKind::LSTM || cell == CellKind::GRU) f.gates = lc->buffer("gates", B * T, gate_width()).data();
                 if (cell == CellKind::LSTM) f.cells = lc->buffer("cells", B * T, H).data();
                 if (cell == CellKind::GRU) f.hidden_n = lc->buffer("hidden_n", B * T, H).data();
             }
@@ -111,9 +106,9 @@ public:
             set_state_of_layer(s, k, B, layer_state);
             if (k + 1 == L) break;
             // The output of layer k is the input of layer k+1: kept in layer k+1's context
-            // in training, in scratch slot B otherwise.
+            // in training, in this thread's scratch otherwise.
             Scalar* next = lc ? ctx->children[static_cast<std::size_t>(k + 1)].buffer("input", B * T, H).data()
-                              : scratch_matrix<Scalar>(ScratchSlot::B, B * T, H).data();
+                              : scratch_matrix<Scalar>(k % 2 == 0 ? ScratchSlot::A : ScratchSlot::B, B * T, H).data();
             parallel_row_blocks(B * T, H, [&](Index r0, Index r1) {
                 std::copy(y.data.data() + r0 * H, y.data.data() + r1 * H, next + r0 * H);
             });
