@@ -115,7 +115,7 @@ else
   PEER_MIN_TIME=${PEER_MIN_TIME:-0.2}
 fi
 F_SCAN="^BM_Gemm/|^BM_Bandwidth/N:16777216/|^BM_BandwidthSerial/|^BM_Scan(Sequential|Parallel)/B:16/"
-F_RECURRENT="^BM_(GRU|LSTM)_(Forward|Train)/B:16/T:($TS)/|^BM_RNN_Forward/B:16/T:($TS)/"
+F_RECURRENT="^BM_(GRU|LSTM)_(Forward|Train)/B:16/T:($TS)/|^BM_RNN_Forward/B:16/T:($TS)/|^BM_(GRU|LSTM)_Step/|^BM_StepProduct"
 F_MIN_RNN="^BM_Min(GRU|LSTM)_(Forward|Train)/B:16/T:($TS)/"
 F_ATTENTION="^BM_Transformer_Forward/B:16/T:($TS)/|^BM_Transformer_Train/B:16/T:($TT)/|^BM_Attention_(Forward|Train)/B:(1/T:($TA)|16/T:1024)/"
 F_PEER="^BM_((Min)?(GRU|LSTM)_(Forward|Train)|RNN_Forward)/B:16/T:($TS)/|^BM_Transformer_Forward/B:16/T:($TS)/|^BM_Transformer_Train/B:16/T:($TT)/|^BM_Attention_(Forward|Train)/B:(1/T:($TA)|16/T:1024)/"
@@ -174,6 +174,7 @@ done
 for n in $SCALING; do
   [[ " $THREADS " == *" $n "* ]] && continue  # those thread counts ran above
   run bench_scan "^BM_Gemm/M:16384/K:256/N:512/|^BM_Bandwidth/N:16777216/" "$n" scaling_scan_t$n
+  run bench_recurrent "^BM_(GRU|LSTM)_(Forward|Train)/B:16/T:1024/|^BM_(GRU|LSTM)_Step/B:1/D:(64|1024)/" "$n" scaling_recurrent_t$n
   run bench_min_rnn "^BM_MinGRU_Forward/B:16/T:1024/" "$n" scaling_min_rnn_t$n
   run bench_attention "^BM_Attention_Forward/B:(1/T:4096|16/T:1024)/" "$n" scaling_attention_t$n
 done
