@@ -269,13 +269,17 @@ TEST_P(RecurrentKernel, StepOfAStackMatchesPlainLoopsOnEveryTeamSize) {
     }
 }
 
-// H below, at and above the thread count and the packet size; B = 1; with and without bias.
+// H below, at and above the thread count and the packet size; B = 1; I = 1; with and
+// without bias; T across several chunks of the input product.
 INSTANTIATE_TEST_SUITE_P(
     Cells, RecurrentKernel,
     ::testing::Values(Case{CellKind::GRU, 3, 7, 5, 37, true, "Gru_H37"}, Case{CellKind::GRU, 1, 5, 1, 5, false, "Gru_B1_I1_H5_nobias"},
                       Case{CellKind::LSTM, 3, 6, 11, 37, true, "Lstm_H37"}, Case{CellKind::LSTM, 2, 4, 3, 100, false, "Lstm_H100_nobias"},
                       Case{CellKind::RNNTanh, 4, 5, 7, 19, true, "RnnTanh_H19"}, Case{CellKind::RNNReLU, 2, 6, 2, 33, true, "RnnRelu_H33"},
-                      Case{CellKind::GRU, 5, 3, 64, 64, true, "Gru_H64"}, Case{CellKind::LSTM, 1, 9, 1, 3, true, "Lstm_B1_I1_H3"}),
+                      Case{CellKind::GRU, 5, 3, 64, 64, true, "Gru_H64"}, Case{CellKind::LSTM, 1, 9, 1, 3, true, "Lstm_B1_I1_H3"},
+                      // T beyond one chunk of the input product (kChunkRows / B steps), with a short last chunk
+                      Case{CellKind::LSTM, 5, 60, 4, 21, true, "Lstm_T60_three_chunks"},
+                      Case{CellKind::GRU, 3, 100, 2, 9, false, "Gru_T100_three_chunks_nobias"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // The per-step product on packed weights equals the plain product, whatever the rows and columns.

@@ -91,15 +91,17 @@ struct PackedPanels {
     }
 };
 
-/// c[r, 0:NP*P] (= or +=) init + a[r, 0:K] * panel for MR rows: the register-blocked
-/// inner product. Each output element is init + sum_k a[r,k] w[k,j] in order of k, one
-/// multiply-add per term.
+/// c[r, 0:NP*P] (= or +=) init + a_r[0:K] * panel for MR rows, row r of the left
+/// operand at a_rows[r]: the register-blocked inner product. Each output element is
+/// init + sum_k a[r,k] w[k,j] in order of k, one multiply-add per term.
 template <typename S, int MR, int NP>
-void micro_tile(const S* a, Index lda, Index K, const S* panel, S* c, Index ldc, const S* col_init,
+void micro_tile(const S* const* a_rows, Index K, const S* panel, S* c, Index ldc, const S* col_init,
                 bool accumulate) {
     namespace ei = Eigen::internal;
     using Pk = Packet<S>;
     constexpr Index P = kPacket<S>;
+    const S* a[MR];
+    for (int r = 0; r < MR; ++r) a[r] = a_rows[r];
     Pk acc[MR][NP];
     for (int r = 0; r < MR; ++r)
         for (int q = 0; q < NP; ++q)
@@ -110,7 +112,7 @@ void micro_tile(const S* a, Index lda, Index K, const S* panel, S* c, Index ldc,
         Pk w[NP];
         for (int q = 0; q < NP; ++q) w[q] = ei::ploadu<Pk>(panel + k * NP * P + q * P);
         for (int r = 0; r < MR; ++r) {
-            const Pk av = ei::pset1<Pk>(a[r * lda + k]);
+            const Pk av = ei::pset1<Pk>(a[r][k]);
             for (int q = 0; q < NP; ++q) acc[r][q] = ei::pmadd(av, w[q], acc[r][q]);
         }
     }
@@ -119,22 +121,21 @@ void micro_tile(const S* a, Index lda, Index K, const S* panel, S* c, Index ldc,
 }
 
 template <typename S, int NP, int MR = kTileRows>
-void micro_tile_rows(int rows, const S* a, Index lda, Index K, const S* panel, S* c, Index ldc, const S* col_init,
+void micro_tile_rows(int rows, const S* const* a_rows, Index K, const S* panel, S* c, Index ldc, const S* col_init,
                      bool accumulate) {
     if constexpr (MR > 1) {
-        if (rows < MR)
-            return micro_tile_rows<S, NP, MR - 1>(rows, a, lda, K, panel, c, ldc, col_init, accumulate);
+        if (rows < MR) return micro_tile_rows<S, NP, MR - 1>(rows, a_rows, K, panel, c, ldc, col_init, accumulate);
     }
-    micro_tile<S, MR, NP>(a, lda, K, panel, c, ldc, col_init, accumulate);
+    micro_tile<S, MR, NP>(a_rows, K, panel, c, ldc, col_init, accumulate);
 }
 
-/// C (M, N) = init + A (M, K) * W, with W packed. init is col_init (N values, or zeros
-/// when null) on every row, or C itself when `accumulate`. Row strides lda, ldc.
+/// C (M, N) = init + A (M, K) * W, with W packed and row r of A at a_row(r). init is
+/// col_init (N values, or zeros when null) on every row, or C itself when `accumulate`.
 /// The panel loop is outside the row loop, so a panel is read from memory once and
 /// stays in L1 for all M rows.
-template <typename S>
-void gemm_packed(const S* a, Index lda, Index M, const PackedPanels<S>& w, S* c, Index ldc, const S* col_init,
-                 bool accumulate) {
+template <typename S, typename RowOf>
+void gemm_packed_rows(const RowOf& a_row, Index M, const PackedPanels<S>& w, S* c, Index ldc, const S* col_init,
+                      bool accumulate) {
     constexpr Index P = kPacket<S>;
     const S* panel = w.data.data();
     for (Index j0 = 0; j0 < w.N; j0 += 2 * P) {
@@ -142,13 +143,22 @@ void gemm_packed(const S* a, Index lda, Index M, const PackedPanels<S>& w, S* c,
         const S* init = col_init ? col_init + j0 : nullptr;
         for (Index r0 = 0; r0 < M; r0 += kTileRows) {
             const int rows = static_cast<int>(std::min<Index>(kTileRows, M - r0));
+            const S* a_rows[kTileRows];
+            for (int r = 0; r < rows; ++r) a_rows[r] = a_row(r0 + r);
             if (two)
-                micro_tile_rows<S, 2>(rows, a + r0 * lda, lda, w.K, panel, c + r0 * ldc + j0, ldc, init, accumulate);
+                micro_tile_rows<S, 2>(rows, a_rows, w.K, panel, c + r0 * ldc + j0, ldc, init, accumulate);
             else
-                micro_tile_rows<S, 1>(rows, a + r0 * lda, lda, w.K, panel, c + r0 * ldc + j0, ldc, init, accumulate);
+                micro_tile_rows<S, 1>(rows, a_rows, w.K, panel, c + r0 * ldc + j0, ldc, init, accumulate);
         }
         panel += w.K * (two ? 2 * P : P);
     }
+}
+
+/// gemm_packed_rows with rows of A `lda` scalars apart.
+template <typename S>
+void gemm_packed(const S* a, Index lda, Index M, const PackedPanels<S>& w, S* c, Index ldc, const S* col_init,
+                 bool accumulate) {
+    gemm_packed_rows<S>([=](Index r) { return a + r * lda; }, M, w, c, ldc, col_init, accumulate);
 }
 
 /// out[b, j] = bias[j] + x[b, :] . w[j, :] for j < rows, b < B: products with the
@@ -239,6 +249,9 @@ template <typename S>
 int forced_slots(int threads, Index H) {
     return static_cast<int>(std::min<Index>(threads, (H + kPacket<S> - 1) / kPacket<S>));
 }
+
+/// Rows of the input product a slot computes at once in the forward time loop.
+inline constexpr Index kChunkRows = 128;
 
 /// Floating-point work of one step per thread below which a parallel region does not
 /// pay: in the time loop, where a step costs one barrier, and for one streaming step,
@@ -398,9 +411,12 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
     const Index G = gate_count(cell), GH = G * H;
     const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, f.input_size, H);
 
+    // The input product runs for `chunk` steps at a time (about kChunkRows rows), so a
+    // slot reads its W_ih panels once per chunk rather than once per step.
+    const Index chunk = std::clamp<Index>(kChunkRows / B, 1, T);
     // Per slot: its units, its packed rows of W_ih and W_hh with their biases, its
-    // buffers for the two products of one step, (B, G*width) each, and, for the LSTM,
-    // its units of c.
+    // buffers for the input product of a chunk (chunk*B, G*width) and the hidden product
+    // of one step (B, G*width), and, for the LSTM, its units of c.
     struct Slot {
         UnitBlock units;
         Index width = 0;  // nu rounded up to whole packets
@@ -414,7 +430,7 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
         sl.units = unit_block<S>(H, slots, s);
         const Index nu = sl.units.size(), width = (nu + P - 1) / P * P;
         sl.width = width;
-        sl.input.assign(static_cast<std::size_t>(B * G * width), S(0));
+        sl.input.assign(static_cast<std::size_t>(chunk * B * G * width), S(0));
         sl.hidden.assign(static_cast<std::size_t>(B * G * width), S(0));
         if (f.b_ih) sl.b_ih.assign(static_cast<std::size_t>(G * width), S(0));
         if (f.b_hh) sl.b_hh.assign(static_cast<std::size_t>(G * width), S(0));
@@ -453,9 +469,16 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
             for (int s = thread; s < slots; s += team) {
                 Slot& sl = slot[static_cast<std::size_t>(s)];
                 const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
-                S* gi = sl.input.data();   // (B, G*width): x_t W_ih^T + b_ih for the slot's units
+                // (chunk*B, G*width): x W_ih^T + b_ih of the chunk's steps for the slot's units,
+                // row s*B + b for step t0 + s. Computed at the chunk's first step.
+                const Index t0 = t / chunk * chunk;
+                if (t == t0) {
+                    const Index steps = std::min(chunk, T - t0);
+                    gemm_packed_rows<S>([&](Index r) { return f.x + ((r % B) * T + t0 + r / B) * I; }, steps * B,
+                                        sl.w_ih, sl.input.data(), G * width, f.b_ih ? sl.b_ih.data() : nullptr, false);
+                }
+                S* gi = sl.input.data() + (t - t0) * B * G * width;  // this step's rows
                 S* gh = sl.hidden.data();  // (B, G*width): h_{t-1} W_hh^T + b_hh
-                gemm_packed<S>(f.x + t * I, T * I, B, sl.w_ih, gi, G * width, f.b_ih ? sl.b_ih.data() : nullptr, false);
                 gemm_packed<S>(h_prev, ld_prev, B, sl.w_hh, gh, G * width, f.b_hh ? sl.b_hh.data() : nullptr, false);
                 for (Index b = 0; b < B; ++b) {
                     const Index row = b * T + t;
