@@ -1,6 +1,7 @@
 // The exceptions seqnn throws. Every message names the layer and the shapes involved.
 #pragma once
 
+#include "seqnn/core/checked.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <sstream>
@@ -9,18 +10,7 @@
 
 namespace seqnn {
 
-// Wrong shape, empty batch or another misuse of a layer's API.
-class shape_error : public std::invalid_argument {
-public:
-    using std::invalid_argument::invalid_argument;
-};
-
-// A weight file or checkpoint that cannot be read.
-class format_error : public std::runtime_error {
-public:
-    using std::runtime_error::runtime_error;
-};
-
+/// "(rows, cols)", for error messages.
 inline std::string shape_string(Index rows, Index cols) {
     // Built with a stream: g++ 12 warns falsely (-Wrestrict) on chains of string '+'.
     std::ostringstream out;
@@ -41,20 +31,16 @@ std::string shape_string(const Sequence<Scalar>& x) {
            std::to_string(x.features()) + ")";
 }
 
-// Throws shape_error("<where>: <what>").
-[[noreturn]] inline void fail(const std::string& where, const std::string& what) {
-    throw shape_error(where + ": " + what);
-}
-
-// A sequence batch whose matrix agrees with its B and T, is not empty and has `features` columns.
+/// A sequence batch whose matrix agrees with its B and T, is not empty and has `features` columns.
 template <typename Scalar>
 void check_sequence(const std::string& where, const std::string& what, const Sequence<Scalar>& x,
                     Index features) {
     if (x.batch <= 0 || x.steps <= 0)
         fail(where, what + " " + shape_string(x) + " is empty: B and T must be positive");
-    if (x.data.rows() != x.batch * x.steps)
-        fail(where, what + " matrix " + shape_string(x.data) + " does not hold B*T = " +
-                        std::to_string(x.batch * x.steps) + " rows for " + shape_string(x));
+    const Index rows = checked_mul(where + ": " + what + " " + shape_string(x), x.batch, x.steps);
+    if (x.data.rows() != rows)
+        fail(where, what + " matrix " + shape_string(x.data) + " does not hold B*T = " + std::to_string(rows) +
+                        " rows for " + shape_string(x));
     if (x.features() != features)
         fail(where, what + " " + shape_string(x) + " has D=" + std::to_string(x.features()) +
                         ", expected D=" + std::to_string(features));

@@ -24,9 +24,11 @@ struct Parameter {
     Parameter() = default;
     /// A matrix parameter (rows, cols); shape_error if the size is negative or too large.
     Parameter(Index rows, Index cols)
-        : value(Matrix<Scalar>::Zero(rows, cols)), grad(Matrix<Scalar>::Zero(rows, cols)), shape{rows, cols} {}
+        : value(Matrix<Scalar>::Zero(checked_rows(rows, cols), cols)), grad(Matrix<Scalar>::Zero(rows, cols)),
+          shape{rows, cols} {}
     /// A vector parameter (n), stored as one row.
-    explicit Parameter(Index n) : value(Matrix<Scalar>::Zero(1, n)), grad(Matrix<Scalar>::Zero(1, n)), shape{n} {}
+    explicit Parameter(Index n)
+        : value(Matrix<Scalar>::Zero(1, checked_rows(n, 1))), grad(Matrix<Scalar>::Zero(1, n)), shape{n} {}
 
     /// The number of scalars.
     Index size() const { return value.size(); }
@@ -35,6 +37,12 @@ struct Parameter {
     auto row() const { return value.row(0); }  ///< a vector parameter as a row vector
     /// Sets the gradient to zero.
     void zero_grad() { grad.setZero(); }
+
+    /// rows, once rows * cols is known to be a size seqnn allocates (checked_elements).
+    static Index checked_rows(Index rows, Index cols) {
+        checked_elements("Parameter", rows, cols);
+        return rows;
+    }
 
     /// U(-bound, bound), PyTorch's default for RNN weights and (with bound = 1/sqrt(fan_in)) Linear.
     void init_uniform(Scalar bound, Rng& rng) {

@@ -2,6 +2,7 @@
 // the training context a layer fills in forward and reads in backward.
 #pragma once
 
+#include "seqnn/core/checked.hpp"
 #include "seqnn/core/parallel_rows.hpp"
 
 #include <Eigen/Core>
@@ -70,8 +71,13 @@ struct Sequence {
     Index steps = 0;      ///< T
 
     Sequence() = default;
-    Sequence(Index batch_size, Index num_steps, Index features)  ///< zeros
-        : data(batch_size * num_steps, features), batch(batch_size), steps(num_steps) {
+    /// batch_size sequences of num_steps steps with `features` zeros each.
+    Sequence(Index batch_size, Index num_steps, Index features)
+        : batch(batch_size), steps(num_steps) {
+        // Checked before anything is allocated: a negative or overflowing size must not reach Eigen.
+        const Index rows = checked_mul("Sequence", batch_size, num_steps);
+        checked_elements("Sequence", rows, features);
+        data.resize(rows, features);
         set_zero_by_rows(data);
     }
     /// Wraps (B*T, D) values as B sequences of T steps.
@@ -103,6 +109,10 @@ struct State {
     /// Scratch for step(), so that streaming does not allocate.
     std::vector<Matrix<Scalar>> workspace;
     Index position = 0;  ///< steps consumed so far (a KV cache's fill level)
+    /// The number of streams B the state was made for (0: not recorded). A KV cache's
+    /// (B*L, E) rows alone cannot tell B from L, so the Transformer block records B here
+    /// and refuses the state for another stream count.
+    Index batch = 0;
     /// Composite layers (models/): one state per child, made by initial_state, so that
     /// step() can hand each child a State without allocating. The composite's value
     /// stays in `tensors`; the children's tensors are swapped in only during a step.
@@ -116,13 +126,17 @@ struct State {
 /// names its tensors; composite layers keep one child context per sub-layer.
 template <typename Scalar>
 struct Context {
-    Index batch = 0;
-    Index steps = 0;
+    Index batch = 0;  ///< B of the forward that filled the context
+    Index steps = 0;  ///< T of the forward that filled the context
     /// The layer whose forward filled this context: its kind and sizes, e.g.
     /// "GRU(5 -> 9, L=2)". backward refuses a context another layer filled.
     std::string owner;
     /// The tensors backward needs, by name.
     std::map<std::string, Matrix<Scalar>> saved;
+    /// Token ids a model's forward keeps for its backward, as integers (a float holds
+    /// every id exactly only below 2^24).
+    std::vector<int> ids;
+    /// One context per sub-layer of a composite layer.
     std::vector<Context> children;
 
     /// Keeps `value` as the saved tensor `name`.
