@@ -58,6 +58,12 @@ def main():
         "broken_shape_bytes_mismatch": with_header(
             '{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}', bytes(8)),
         "broken_not_an_object": with_header('[{"dtype":"F32"}]'),
+        # Many entries: a parse that rescans the header at each entry is quadratic in them.
+        "valid_many_entries": safetensors(
+            [("w", "F32", [1], struct.pack("<f", 1.0))],
+            metadata={f"k{i}": "" for i in range(4000)}),
+        "broken_many_entries_duplicate": with_header(
+            '{"__metadata__":{' + ",".join(f'"k{i % 3999}":""' for i in range(4000)) + "}}"),
     }
     for name, content in files.items():
         with open(os.path.join(out, name + ".safetensors"), "wb") as f:

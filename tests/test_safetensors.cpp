@@ -14,6 +14,7 @@
 #include <seqnn/seqnn.hpp>
 
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -25,6 +26,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <sys/stat.h>
 
 using namespace seqnn;
 using namespace seqnn::io;
@@ -103,6 +106,90 @@ void expect_format_error(Body body, const std::string& needle) {
 float from_bits(std::uint32_t bits) { return std::bit_cast<float>(bits); }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// Hostile headers and paths: a header of many entries parses in linear time, a path that is
+// not a regular file is refused without blocking, and a save never follows, opens or
+// replaces a file planted beside its target.
+
+namespace {
+
+// A header of n metadata entries (the smallest entries, so the most of them per byte),
+// optionally with entry `repeat` repeating entry 0's key.
+std::string many_entries_header(int n, int repeat = -1) {
+    std::string text = "{\"__metadata__\":{";
+    for (int i = 0; i < n; ++i) {
+        text += (i ? ",\"k" : "\"k") + std::to_string(i == repeat ? 0 : i) + "\":\"\"";
+    }
+    return text + "}}";
+}
+
+}  // namespace
+
+TEST(HostileInput, AHeaderOf50000EntriesParsesInLinearTime) {
+    const Bytes file = file_with_header(many_entries_header(50'000));
+    const auto start = std::chrono::steady_clock::now();
+    const TensorMap t = parse_safetensors(file);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(t.metadata.size(), 50'000u);
+    EXPECT_LT(seconds, 2.0) << "a quadratic parse takes minutes here (and hours at the 100 MB cap)";
+    // Duplicates are still found, wherever they are.
+    for (const int repeat : {1, 25'000, 49'999})
+        expect_format_error([&] { parse_safetensors(file_with_header(many_entries_header(50'000, repeat))); },
+                            "repeats the key 'k0'");
+}
+
+TEST(HostileInput, LoadingAFifoIsRefusedWithoutBlocking) {
+    TempFile fifo("fifo");
+    ASSERT_EQ(::mkfifo(fifo.path().c_str(), 0600), 0);
+    expect_format_error([&] { load_safetensors(fifo.path()); }, "not a regular file");
+    expect_format_error([&] { load_safetensors(std::filesystem::temp_directory_path()); }, "not a regular file");
+}
+
+TEST(HostileInput, SavingNeverFollowsASymlinkPlantedAtTheOldTemporaryName) {
+    TempFile target("target"), victim("victim");
+    { std::ofstream(victim.path()) << "precious"; }
+    std::filesystem::path planted = target.path();
+    planted += ".tmp";
+    std::filesystem::create_symlink(victim.path(), planted);
+    TensorMap t;
+    t.set("w", Tensor::from_values(std::vector<float>{1, 2, 3}, {3}));
+    save_safetensors(target.path(), t);
+    std::string text;
+    std::getline(std::ifstream(victim.path()), text);
+    EXPECT_EQ(text, "precious");
+    EXPECT_TRUE(std::filesystem::is_symlink(planted));
+    EXPECT_EQ(load_safetensors(target.path()), t);
+    std::filesystem::remove(planted);
+}
+
+TEST(HostileInput, APlantedFifoNeverReplacesTheSavedFile) {
+    TempFile target("target_fifo");
+    std::filesystem::path planted = target.path();
+    planted += ".tmp";
+    ASSERT_EQ(::mkfifo(planted.c_str(), 0600), 0);
+    TensorMap t;
+    t.set("w", Tensor::from_values(std::vector<double>{4, 5}, {2}));
+    save_safetensors(target.path(), t);
+    EXPECT_TRUE(std::filesystem::is_regular_file(target.path()));
+    EXPECT_EQ(load_safetensors(target.path()), t);
+    std::filesystem::remove(planted);
+    // Nothing else is left beside the file: the temporary was renamed into place.
+    int beside = 0;
+    for (const auto& e : std::filesystem::directory_iterator(target.path().parent_path()))
+        beside += e.path().string().rfind(target.path().string() + ".tmp", 0) == 0;
+    EXPECT_EQ(beside, 0);
+}
+
+TEST(HostileInput, ASaveThatFailsLeavesThePreviousFileAndNoTemporary) {
+    TempFile target("target_fail");
+    TensorMap good;
+    good.set("w", Tensor::from_values(std::vector<float>{1}, {1}));
+    save_safetensors(target.path(), good);
+    const std::filesystem::path into_missing_dir = target.path().parent_path() / "seqnn_no_such_dir" / "x.safetensors";
+    EXPECT_THROW(save_safetensors(into_missing_dir, good), format_error);
+    EXPECT_EQ(load_safetensors(target.path()), good);
+}
 
 // ---------------------------------------------------------------------------
 // Dtypes and the 16-bit formats, bit for bit.

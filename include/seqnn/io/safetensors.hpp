@@ -41,18 +41,26 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <bit>
+#include <cerrno>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <optional>
+#include <random>
 #include <set>
 #include <span>
 #include <sstream>
@@ -60,6 +68,7 @@
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -556,11 +565,6 @@ inline constexpr std::size_t max_rank = 64;
 
 namespace detail {
 
-// Thrown from inside the JSON parser's callback; becomes a format_error.
-struct header_rejected {
-    std::string reason;
-};
-
 struct Entry {
     std::string name;
     DType dtype;
@@ -570,41 +574,81 @@ struct Entry {
 
 inline const char* json_kind(const nlohmann::json& j) { return j.type_name(); }
 
+// Checks the header's structure in one linear pass, through nlohmann's SAX interface: no
+// object repeats a key and nothing nests deeper than {"name": {"shape": [...]}}. Each open
+// object keeps a hash set of its keys, so n entries take O(n) time. (A parser callback
+// would not do: after each entry nlohmann's callback parser rescans the whole enclosing
+// object, which makes a header of many entries take quadratic time.)
+class HeaderChecker : public nlohmann::json_sax<nlohmann::json> {
+public:
+    std::string problem;  // why the header was rejected; empty if it was not
+
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override {
+        if (!open_container()) return false;
+        keys_.emplace_back();
+        objects_.push_back(true);
+        return true;
+    }
+    bool key(string_t& key) override {
+        if (!keys_.back().insert(key).second) {
+            problem = "header repeats the key " + quote_name(key) +
+                      (keys_.size() == 1 ? std::string() : std::string(" inside an entry"));
+            return false;
+        }
+        return true;
+    }
+    bool end_object() override {
+        keys_.pop_back();
+        objects_.pop_back();
+        return true;
+    }
+    bool start_array(std::size_t) override {
+        if (!open_container()) return false;
+        objects_.push_back(false);
+        return true;
+    }
+    bool end_array() override {
+        objects_.pop_back();
+        return true;
+    }
+    // Syntax errors are left to the parse that follows, which says where they are.
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override { return false; }
+
+private:
+    // A container opened inside `objects_.size()` others: the header (0), an entry (1), a shape (2).
+    bool open_container() {
+        if (objects_.size() > 2) {
+            problem = "header nests deeper than a tensor entry's shape array";
+            return false;
+        }
+        return true;
+    }
+
+    std::vector<std::unordered_set<std::string>> keys_;  // the keys seen so far in each open object
+    std::vector<bool> objects_;                          // each open container: an object (or an array)
+};
+
 // Parses the header text: a JSON object with no repeated key anywhere and nothing nested
 // deeper than {"name": {"shape": [...]}}. Two linear passes: the check, then the parse.
 inline nlohmann::json parse_header(std::string_view text, const std::string& source) {
     using json = nlohmann::json;
-    std::vector<std::set<std::string>> keys;  // the keys seen so far in each open object
-    const json::parser_callback_t check = [&](int depth, json::parse_event_t event, json& parsed) {
-        switch (event) {
-            case json::parse_event_t::object_start:
-            case json::parse_event_t::array_start:
-                if (depth > 2) throw header_rejected{"header nests deeper than a tensor entry's shape array"};
-                if (event == json::parse_event_t::object_start) keys.emplace_back();
-                break;
-            case json::parse_event_t::key: {
-                const auto& key = parsed.get_ref<const std::string&>();
-                if (!keys.empty() && !keys.back().insert(key).second)
-                    throw header_rejected{"header repeats the key " + quote_name(key) +
-                                          (keys.size() == 1 ? std::string() : std::string(" inside an entry"))};
-                break;
-            }
-            case json::parse_event_t::object_end:
-                if (!keys.empty()) keys.pop_back();
-                break;
-            default: break;
-        }
-        return true;
-    };
     // The JSON parser takes a NUL byte for the end of its input and would ignore what follows;
     // valid JSON never holds a raw NUL, so refuse it rather than let bytes hide behind one.
     if (text.find('\0') != std::string_view::npos)
         throw format_error(source + ": header is not valid JSON: it holds a NUL byte at offset " +
                            std::to_string(text.find('\0')));
+    HeaderChecker checker;
+    json::sax_parse(text.begin(), text.end(), &checker);
+    if (!checker.problem.empty()) throw format_error(source + ": " + checker.problem);
     try {
-        return json::parse(text.begin(), text.end(), check);
-    } catch (const header_rejected& e) {
-        throw format_error(source + ": " + e.reason);
+        return json::parse(text.begin(), text.end());
     } catch (const json::exception& e) {
         std::string what = e.what();
         if (what.size() > 300) what = what.substr(0, 300) + "...";
@@ -762,17 +806,76 @@ inline TensorMap parse_safetensors(std::span<const std::byte> bytes, const std::
     return out;
 }
 
-/// The tensors and metadata of the safetensors file at `path`. The header is read and checked
-/// first; then each tensor's bytes go straight into its Tensor (the file is never held twice).
+namespace detail {
+
+// A file descriptor that closes itself.
+class FileHandle {
+public:
+    explicit FileHandle(int fd) : fd_(fd) {}
+    ~FileHandle() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    FileHandle(const FileHandle&) = delete;
+    FileHandle& operator=(const FileHandle&) = delete;
+    int get() const { return fd_; }
+    // Closes now and says whether close succeeded (a write error can surface only here).
+    bool close() {
+        const int fd = fd_;
+        fd_ = -1;
+        return ::close(fd) == 0;
+    }
+
+private:
+    int fd_;
+};
+
+inline std::string errno_text() { return std::generic_category().message(errno); }
+
+// Reads exactly n bytes, retrying short reads and interruptions.
+inline bool read_fully(int fd, std::byte* to, std::uint64_t n) {
+    while (n > 0) {
+        const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
+        const ::ssize_t got = ::read(fd, to, chunk);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return false;
+        to += got;
+        n -= static_cast<std::uint64_t>(got);
+    }
+    return true;
+}
+
+// Writes exactly n bytes, retrying short writes and interruptions.
+inline bool write_fully(int fd, const std::byte* from, std::size_t n) {
+    while (n > 0) {
+        const ::ssize_t put = ::write(fd, from, std::min<std::size_t>(n, std::size_t(1) << 30));
+        if (put < 0 && errno == EINTR) continue;
+        if (put <= 0) return false;
+        from += put;
+        n -= static_cast<std::size_t>(put);
+    }
+    return true;
+}
+
+}  // namespace detail
+
+/// The tensors and metadata of the safetensors file at `path`. Only a regular file is read:
+/// the file is opened without blocking and checked with fstat before anything is read, so a
+/// FIFO, a device or a directory is a format_error rather than a read that never returns.
+/// The header is read and checked first; then each tensor's bytes go straight into its
+/// Tensor (the file is never held twice).
 inline TensorMap load_safetensors(const std::filesystem::path& path) {
     const std::string source = path.string();
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw format_error(source + ": cannot open the file for reading");
-    std::error_code ec;
-    const std::uint64_t file_size = std::filesystem::file_size(path, ec);
-    if (ec) throw format_error(source + ": cannot read the file's size: " + ec.message());
+    detail::FileHandle file(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    if (file.get() < 0) throw format_error(source + ": cannot open the file for reading: " + detail::errno_text());
+    struct ::stat info {};
+    if (::fstat(file.get(), &info) != 0) throw format_error(source + ": cannot read the file's size: " + detail::errno_text());
+    if (!S_ISREG(info.st_mode))
+        throw format_error(source + ": not a regular file (a directory, FIFO, socket or device): refused");
+    // Reads of a regular file never block; clear the flag all the same, for plain reads.
+    ::fcntl(file.get(), F_SETFL, ::fcntl(file.get(), F_GETFL) & ~O_NONBLOCK);
+    const auto file_size = static_cast<std::uint64_t>(info.st_size);
     const auto read = [&](std::byte* to, std::uint64_t n, const char* what) {
-        if (n && !in.read(reinterpret_cast<char*>(to), static_cast<std::streamsize>(n)))
+        if (!detail::read_fully(file.get(), to, n))
             throw format_error(source + ": reading " + what + " failed (" + std::to_string(n) + " bytes)");
     };
 
@@ -835,30 +938,69 @@ inline std::vector<std::byte> serialize_safetensors(const TensorMap& tensors) {
     return out;
 }
 
-/// Writes `tensors` to `path` as safetensors: first to "<path>.tmp", then renamed over `path`,
-/// so a crash never leaves a half-written file under the final name. format_error on failure.
+namespace detail {
+
+// A name for a temporary file beside `path` that no other file has yet: "<path>.tmp-<16 hex
+// digits>", the digits random. Callers create it with O_EXCL and try another on EEXIST.
+inline std::filesystem::path temporary_beside(const std::filesystem::path& path) {
+    static std::atomic<std::uint64_t> counter{0};
+    std::random_device device;
+    const std::uint64_t bits = (std::uint64_t(device()) << 32) ^ std::uint64_t(device()) ^
+                               (counter.fetch_add(1) * 0x9e3779b97f4a7c15ULL) ^ std::uint64_t(::getpid());
+    char digits[17];
+    std::snprintf(digits, sizeof digits, "%016llx", static_cast<unsigned long long>(bits));
+    std::filesystem::path temporary = path;
+    temporary += ".tmp-";
+    temporary += digits;
+    return temporary;
+}
+
+// fsync of the directory that holds `path`, so that a rename into it is durable.
+inline bool sync_directory_of(const std::filesystem::path& path) {
+    std::filesystem::path dir = path.parent_path();
+    if (dir.empty()) dir = ".";
+    FileHandle handle(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    return handle.get() >= 0 && ::fsync(handle.get()) == 0;
+}
+
+}  // namespace detail
+
+/// Writes `tensors` to `path` as safetensors, atomically and durably:
+///   - the bytes go to a new temporary file beside `path`, created exclusively
+///     (O_CREAT | O_EXCL | O_NOFOLLOW, a random name): an existing file, symlink or FIFO of
+///     any name is never opened, followed or overwritten;
+///   - the temporary file is flushed to disk (fsync), renamed over `path`, and the directory
+///     is flushed, so once this returns the new file survives a crash;
+///   - a crash or an error before the rename leaves `path` as it was (the temporary file is
+///     removed on error).
+/// format_error on failure.
 inline void save_safetensors(const std::filesystem::path& path, const TensorMap& tensors) {
     const std::vector<std::byte> bytes = serialize_safetensors(tensors);
-    std::filesystem::path temporary = path;
-    temporary += ".tmp";
-    {
-        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-        if (!out) throw format_error(temporary.string() + ": cannot open the file for writing");
-        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-        out.close();
-        if (!out) {
-            std::error_code ignored;
-            std::filesystem::remove(temporary, ignored);
-            throw format_error(temporary.string() + ": writing " + std::to_string(bytes.size()) + " bytes failed");
-        }
+    std::filesystem::path temporary;
+    int fd = -1;
+    for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+        temporary = detail::temporary_beside(path);
+        fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd < 0 && errno != EEXIST)
+            throw format_error(path.string() + ": cannot open a new temporary file beside it for writing (" + temporary.string() +
+                               "): " + detail::errno_text());
     }
-    std::error_code ec;
-    std::filesystem::rename(temporary, path, ec);
-    if (ec) {
+    if (fd < 0) throw format_error(path.string() + ": cannot find a free temporary file name beside it");
+    detail::FileHandle file(fd);
+    const auto give_up = [&](const std::string& what) {
+        const std::string reason = detail::errno_text();
         std::error_code ignored;
         std::filesystem::remove(temporary, ignored);
-        throw format_error(path.string() + ": cannot move the written file into place: " + ec.message());
-    }
+        throw format_error(path.string() + ": " + what + ": " + reason);
+    };
+    if (!detail::write_fully(file.get(), bytes.data(), bytes.size()))
+        give_up("writing " + std::to_string(bytes.size()) + " bytes to " + temporary.string() + " failed");
+    if (::fsync(file.get()) != 0) give_up("flushing " + temporary.string() + " to disk failed");
+    if (!file.close()) give_up("closing " + temporary.string() + " failed");
+    if (::rename(temporary.c_str(), path.c_str()) != 0) give_up("cannot move the written file into place");
+    if (!detail::sync_directory_of(path))
+        throw format_error(path.string() + ": written, but flushing its directory to disk failed: " +
+                           detail::errno_text());
 }
 
 }  // namespace seqnn::io
