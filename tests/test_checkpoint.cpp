@@ -100,7 +100,8 @@ TEST(Checkpoint, FileLayoutIsNamedTensorsAndMetadata) {
     EXPECT_EQ(t.at("optimizer.step").values<std::int64_t>(), std::vector<std::int64_t>{1});
     EXPECT_EQ(t.at("rng.dropout_calls").values<std::int64_t>(), std::vector<std::int64_t>(5, 1));  // embedding + 2 per block
     EXPECT_TRUE(t.metadata.count("rng.data"));
-    EXPECT_EQ(t.metadata.at("seqnn.checkpoint"), "1");
+    EXPECT_EQ(t.metadata.at("seqnn.checkpoint"), "2");
+    EXPECT_EQ(t.metadata.at("seqnn.checksum").size(), 16u);
     // The weights load by name from a checkpoint like from a weight file.
     Rng other(9);
     LanguageModel<double> copy(kModel, other);
@@ -125,15 +126,133 @@ TEST(Checkpoint, MissingPiecesAreRejectedBeforeAnythingChanges) {
     TrainingState<double> target{fresh.parameters(), &opt_b, {{"data", &data_b}}, fresh.dropouts()};
     const Matrix<double> before = fresh.parameters()[0].param->value;
 
+    // Each altered copy is sealed again (a fresh checksum), so that what is refused is the
+    // missing piece, not the checksum.
     io::TensorMap no_state = t;
     no_state.erase("optimizer.exp_avg.norm.weight");
+    seal_checkpoint(no_state);
     EXPECT_THROW(restore_checkpoint(no_state, target), format_error);
     io::TensorMap no_rng = t;
     no_rng.metadata.erase("rng.data");
+    seal_checkpoint(no_rng);
     EXPECT_THROW(restore_checkpoint(no_rng, target), format_error);
     io::TensorMap no_weight = t;
     no_weight.erase("norm.weight");
+    seal_checkpoint(no_weight);
     EXPECT_THROW(restore_checkpoint(no_weight, target), io::state_dict_error);
     EXPECT_EQ(fresh.parameters()[0].param->value, before);
     EXPECT_EQ(opt_b.steps(), 0);
+}
+
+namespace {
+
+// A checkpoint after one AdamW step, and a fresh training state of the same shapes to load it into.
+struct CheckpointFixture {
+    Rng init{1}, data{2}, init_b{3}, data_b{4};
+    LanguageModel<double> lm{kModel, init}, fresh{kModel, init_b};
+    AdamW<double> opt{lm.parameters(), {}}, opt_b{fresh.parameters(), {}};
+    TrainingState<double> target{fresh.parameters(), &opt_b, {{"data", &data_b}}, fresh.dropouts()};
+    io::TensorMap tensors;
+
+    CheckpointFixture() {
+        train_step(lm, opt, data);
+        const TrainingState<double> ts{lm.parameters(), &opt, {{"data", &data}}, lm.dropouts()};
+        tensors = checkpoint_tensors(ts);
+    }
+    // `tensors` with one tensor replaced, sealed again so that only the value is wrong.
+    io::TensorMap with(const std::string& name, io::Tensor t) const {
+        io::TensorMap out = tensors;
+        out.set(name, std::move(t));
+        seal_checkpoint(out);
+        return out;
+    }
+    // Throws what restore throws, and checks that nothing changed.
+    void expect_refused(const io::TensorMap& bad, const std::string& needle) {
+        const Matrix<double> before = fresh.parameters()[0].param->value;
+        try {
+            restore_checkpoint(bad, target);
+            ADD_FAILURE() << "restore accepted a checkpoint with " << needle;
+        } catch (const format_error& e) {
+            EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+        }
+        EXPECT_EQ(fresh.parameters()[0].param->value, before);
+        EXPECT_EQ(opt_b.steps(), 0);
+        for (const Dropout<double>* d : fresh.dropouts()) EXPECT_EQ(d->calls(), 0u);
+    }
+};
+
+}  // namespace
+
+TEST(Checkpoint, ValuesThatCannotResumeAreRefusedBeforeAnythingChanges) {
+    CheckpointFixture f;
+    f.expect_refused(f.with("optimizer.step", io::Tensor::from_values(std::vector<std::int64_t>{-1}, {})), "'optimizer.step' is -1");
+    f.expect_refused(f.with("optimizer.step", io::Tensor::from_values(std::vector<std::int64_t>{}, {0})), "holds 0 values");
+    f.expect_refused(f.with("optimizer.step", io::Tensor::from_values(std::vector<double>{1.0}, {})), "cannot be read as integers");
+
+    const std::string squares = "optimizer.exp_avg_sq.norm.weight";
+    Matrix<double> negative = f.tensors.at(squares).to_matrix<double>();
+    negative(0, 0) = -1e-3;
+    f.expect_refused(f.with(squares, io::Tensor::from_matrix(negative, io::DType::F64, f.tensors.at(squares).shape())),
+                     "negative value");
+    Matrix<double> nan = f.tensors.at("optimizer.exp_avg.norm.weight").to_matrix<double>();
+    nan(0, 1) = std::nan("");
+    f.expect_refused(f.with("optimizer.exp_avg.norm.weight",
+                            io::Tensor::from_matrix(nan, io::DType::F64, f.tensors.at("optimizer.exp_avg.norm.weight").shape())),
+                     "NaN or infinite");
+
+    std::vector<std::int64_t> calls = f.tensors.at("rng.dropout_calls").values<std::int64_t>();
+    calls[2] = -5;
+    f.expect_refused(f.with("rng.dropout_calls", io::Tensor::from_values(calls, {Index(calls.size())})), "counter 2 is -5");
+}
+
+TEST(Checkpoint, EveryFlippedBitIsDetected) {
+    CheckpointFixture f;
+    const std::vector<std::byte> file = io::serialize_safetensors(f.tensors);
+    const std::size_t header = 8 + static_cast<std::size_t>(io::detail::load_le<std::uint64_t>(file.data()));
+    Rng pick(11);
+    int detected = 0;
+    for (int trial = 0; trial < 100; ++trial) {
+        std::vector<std::byte> flipped = file;
+        const std::size_t at = header + pick() % (file.size() - header);  // anywhere in the data section
+        flipped[at] ^= std::byte{static_cast<unsigned char>(1u << (pick() % 8))};
+        try {
+            restore_checkpoint(io::parse_safetensors(flipped), f.target);
+        } catch (const format_error& e) {
+            detected += std::string(e.what()).find("checksum mismatch") != std::string::npos;
+        }
+    }
+    EXPECT_EQ(detected, 100);
+    EXPECT_EQ(f.opt_b.steps(), 0);
+    EXPECT_NO_THROW(restore_checkpoint(io::parse_safetensors(file), f.target));  // the intact file loads
+    EXPECT_EQ(f.opt_b.steps(), 1);
+}
+
+// Checkpoints written before checksums existed (format "1") still load; a file with no
+// checksum that does not say it is one of them is refused, and says why.
+TEST(Checkpoint, OldCheckpointsLoadAndUnmarkedFilesWithoutChecksumAreRefused) {
+    CheckpointFixture f;
+    io::TensorMap old = f.tensors;
+    old.metadata.erase("seqnn.checksum");
+    old.metadata["seqnn.checkpoint"] = "1";
+    EXPECT_NO_THROW(restore_checkpoint(old, f.target));
+    EXPECT_EQ(f.opt_b.steps(), 1);
+
+    io::TensorMap stripped = f.tensors;
+    stripped.metadata.clear();
+    try {
+        restore_checkpoint(stripped, f.target);
+        ADD_FAILURE() << "a file without checksum or format marker was accepted";
+    } catch (const format_error& e) {
+        EXPECT_NE(std::string(e.what()).find("no 'seqnn.checksum'"), std::string::npos) << e.what();
+    }
+}
+
+// Plain weight files stay standard safetensors: no checksum in their metadata.
+TEST(Checkpoint, WeightFilesCarryNoChecksum) {
+    Rng init(1);
+    LanguageModel<double> lm(kModel, init);
+    const std::filesystem::path path = temp_file("seqnn_weights_no_checksum");
+    io::save_parameters(path, lm.parameters());
+    EXPECT_FALSE(io::load_safetensors(path).metadata.count("seqnn.checksum"));
+    std::filesystem::remove(path);
 }

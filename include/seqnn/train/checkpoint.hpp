@@ -38,13 +38,97 @@
 #include "seqnn/train/optimizer.hpp"
 
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
+#include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace seqnn {
+
+namespace checkpoint_detail {
+
+inline constexpr const char* checksum_key = "seqnn.checksum";
+
+// A 64-bit checksum of a byte string, 8 bytes at a time (a multiply-rotate round per word,
+// SplitMix64's finaliser at the end): any flipped bit changes it, with 2^-64 odds of a miss.
+class Checksum {
+public:
+    void add(std::span<const std::byte> bytes) {
+        std::size_t i = 0;
+        for (; i + 8 <= bytes.size(); i += 8) {
+            std::uint64_t word;
+            std::memcpy(&word, bytes.data() + i, 8);
+            mix(word);
+        }
+        std::uint64_t tail = 0;
+        if (i < bytes.size()) std::memcpy(&tail, bytes.data() + i, bytes.size() - i);
+        mix(tail ^ (static_cast<std::uint64_t>(bytes.size()) << 3));
+    }
+    void add(std::string_view text) { add(std::as_bytes(std::span<const char>(text.data(), text.size()))); }
+    void add(std::uint64_t value) { mix(value); }
+    std::string hex() const {
+        char digits[17];
+        std::snprintf(digits, sizeof digits, "%016llx", static_cast<unsigned long long>(dropout_detail::mix64(h_)));
+        return digits;
+    }
+
+private:
+    void mix(std::uint64_t word) {
+        h_ ^= word * 0x9e3779b97f4a7c15ULL;
+        h_ = ((h_ << 31) | (h_ >> 33)) * 0xbf58476d1ce4e5b9ULL;
+    }
+    std::uint64_t h_ = 0x243f6a8885a308d3ULL;
+};
+
+// The checksum of everything in `tensors` but the checksum entry itself.
+inline std::string checksum_of(const io::TensorMap& tensors) {
+    Checksum sum;
+    for (const auto& [name, t] : tensors) {
+        sum.add(std::string_view(name));
+        sum.add(io::dtype_name(t.dtype()));
+        sum.add(static_cast<std::uint64_t>(t.shape().size()));
+        for (Index d : t.shape()) sum.add(static_cast<std::uint64_t>(d));
+        sum.add(t.bytes());
+    }
+    for (const auto& [key, value] : tensors.metadata) {
+        if (key == checksum_key) continue;
+        sum.add(std::string_view(key));
+        sum.add(std::string_view(value));
+    }
+    return sum.hex();
+}
+
+}  // namespace checkpoint_detail
+
+/// (Re)writes the checksum of `tensors` into its metadata ("seqnn.checksum"), e.g. after
+/// editing a checkpoint's tensors on purpose. checkpoint_tensors calls it.
+inline void seal_checkpoint(io::TensorMap& tensors) {
+    tensors.metadata.erase(checkpoint_detail::checksum_key);
+    tensors.metadata[checkpoint_detail::checksum_key] = checkpoint_detail::checksum_of(tensors);
+}
+
+/// Throws format_error unless `tensors` carries a checksum that matches its contents, or is a
+/// checkpoint of format "1", which predates checksums (loaded unverified).
+inline void verify_checkpoint(const io::TensorMap& tensors, const std::string& where) {
+    const auto it = tensors.metadata.find(checkpoint_detail::checksum_key);
+    if (it == tensors.metadata.end()) {
+        const auto format = tensors.metadata.find("seqnn.checkpoint");
+        if (format != tensors.metadata.end() && format->second == "1") return;  // written before checksums
+        throw format_error(where + ": the file has no 'seqnn.checksum' in its metadata: it is not a seqnn "
+                                   "checkpoint, or one whose metadata was stripped (a plain weight file loads "
+                                   "with io::load_parameters)");
+    }
+    const std::string expected = checkpoint_detail::checksum_of(tensors);
+    if (it->second != expected)
+        throw format_error(where + ": checksum mismatch (the file says " + io::detail::quote_name(it->second) +
+                           ", its contents give '" + expected + "'): the checkpoint is corrupt or was altered");
+}
 
 /// What a checkpoint saves and restores; the pointers are not owned.
 template <typename Scalar>
@@ -77,9 +161,10 @@ io::TensorMap checkpoint_tensors(const TrainingState<Scalar>& state, std::map<st
         text << *rng;
         metadata["rng." + name] = text.str();
     }
-    metadata["seqnn.checkpoint"] = "1";
+    metadata["seqnn.checkpoint"] = "2";
     metadata.emplace("format", "pt");
     out.metadata = std::move(metadata);
+    seal_checkpoint(out);
     return out;
 }
 
@@ -91,6 +176,7 @@ template <typename Scalar>
 void restore_checkpoint(const io::TensorMap& tensors, TrainingState<Scalar>& state,
                         const std::string& source = "checkpoint") {
     const std::string where = "load_checkpoint(" + source + ")";
+    verify_checkpoint(tensors, where);
     // Check and read everything before changing anything.
     NamedTensors<Scalar> opt;
     std::int64_t step = 0;
@@ -105,8 +191,15 @@ void restore_checkpoint(const io::TensorMap& tensors, TrainingState<Scalar>& sta
                                    io::detail::shape_text(t.shape()) + ", expected " + shape_string(m));
             opt[name] = t.template to_matrix<Scalar>();
         }
+        state.optimizer->check_state(opt, "optimizer.", where);
         if (!tensors.contains("optimizer.step")) throw format_error(where + ": 'optimizer.step' is missing");
-        step = tensors.at("optimizer.step").template values<std::int64_t>().at(0);
+        const io::Tensor& step_tensor = tensors.at("optimizer.step");
+        if (step_tensor.numel() != 1)
+            throw format_error(where + ": 'optimizer.step' holds " + std::to_string(step_tensor.numel()) +
+                               " values, expected one integer");
+        step = step_tensor.template values<std::int64_t>()[0];
+        if (step < 0 || step > std::numeric_limits<long>::max())
+            throw format_error(where + ": 'optimizer.step' is " + std::to_string(step) + ", expected a count >= 0");
     }
     std::vector<std::int64_t> calls;
     if (!state.dropouts.empty()) {
@@ -115,6 +208,10 @@ void restore_checkpoint(const io::TensorMap& tensors, TrainingState<Scalar>& sta
         if (calls.size() != state.dropouts.size())
             throw format_error(where + ": 'rng.dropout_calls' holds " + std::to_string(calls.size()) +
                                " counters for " + std::to_string(state.dropouts.size()) + " dropouts");
+        for (std::size_t i = 0; i < calls.size(); ++i)
+            if (calls[i] < 0)
+                throw format_error(where + ": 'rng.dropout_calls' counter " + std::to_string(i) + " is " +
+                                   std::to_string(calls[i]) + ", expected a count >= 0");
     }
     std::map<std::string, Rng> rngs;
     for (const auto& [name, rng] : state.rngs) {

@@ -27,8 +27,10 @@ Scalar mse_loss(ConstMatrixRef<Scalar> prediction, ConstMatrixRef<Scalar> target
                              " differ in shape");
     if (prediction.size() == 0) fail("mse_loss", "prediction " + shape_string(prediction) + " is empty");
     const Scalar n = static_cast<Scalar>(prediction.size());
-    grad = (scale * Scalar(2) / n) * (prediction - target);
-    return (prediction - target).squaredNorm() / n;
+    // The loss first: grad may be the prediction's or the target's own matrix (in place).
+    const Scalar loss = (prediction - target).squaredNorm() / n;
+    grad = (scale * Scalar(2) / n) * (prediction - target);  // element by element: in place is safe
+    return loss;
 }
 
 /// PyTorch's default ignore_index for F.cross_entropy.
@@ -76,10 +78,11 @@ Scalar cross_entropy_loss(ConstMatrixRef<Scalar> logits, std::span<const int> ta
         // Read what the loss needs before grad's row is written: grad may be the logits'
         // own matrix (in place), and each row reads only its own logits.
         const Scalar m = logits.row(i).maxCoeff();
+        const Scalar target_logit = logits(i, c);
         grad.row(i) = (logits.row(i).array() - m).exp().matrix();  // exp(l - max), (1, V)
         const Scalar sum = grad.row(i).sum();                       // >= 1: the max contributes 1
         const Scalar log_sum = std::log(sum);
-        total += static_cast<double>(log_sum - (logits(i, c) - m));  // logsumexp - l[c]
+        total += static_cast<double>(log_sum - (target_logit - m));  // logsumexp - l[c]
         grad.row(i) *= inv_count / sum;                             // softmax / count
         grad(i, c) -= inv_count;
     }

@@ -42,7 +42,18 @@ Scalar clip_grad_norm(const ParameterList<Scalar>& params, Scalar max_norm) {
     return static_cast<Scalar>(norm);
 }
 
-/// What every optimizer offers: one update from the gradients in .grad, the
+/// Throws shape_error unless lr is a finite number >= 0, as PyTorch requires.
+inline void check_learning_rate(const std::string& where, double lr) {
+    if (!(lr >= 0.0) || !std::isfinite(lr)) fail(where, "lr must be a finite number >= 0, got " + number_text(lr));
+}
+
+/// Throws shape_error unless `value` is a finite number >= 0.
+inline void check_non_negative(const std::string& where, const std::string& what, double value) {
+    if (!(value >= 0.0) || !std::isfinite(value))
+        fail(where, what + " must be a finite number >= 0, got " + number_text(value));
+}
+
+// What every optimizer offers: one update from the gradients in .grad, the
 /// learning rate (for schedules), and its state as named tensors plus a step count.
 template <typename Scalar>
 class Optimizer {
@@ -59,10 +70,24 @@ public:
     /// Reads them back; every tensor must be present with its parameter's shape.
     virtual void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") = 0;
 
+    /// Throws format_error (naming `where`) unless the state tensors `in` (as load_state
+    /// takes them) hold values this optimizer can resume from. By default: all finite.
+    virtual void check_state(const NamedTensors<Scalar>& in, const std::string& prefix, const std::string& where) const {
+        for (const auto& [name, m] : in)
+            if (name.rfind(prefix, 0) == 0 && !m.allFinite())
+                throw format_error(where + ": optimizer state '" + name + "' holds a NaN or infinite value");
+    }
+
+    /// Sets every parameter's gradient to zero.
     void zero_grad() { seqnn::zero_grad(params_); }
     /// The updates taken so far.
     long steps() const { return steps_; }
-    void set_steps(long steps) { steps_ = steps; }
+    /// Sets the update count (restoring a checkpoint).
+    void set_steps(long steps) {
+        if (steps < 0) fail("Optimizer.set_steps", "the step count must be >= 0, got " + std::to_string(steps));
+        steps_ = steps;
+    }
+    /// The parameters it updates.
     const ParameterList<Scalar>& parameters() const { return params_; }
 
 protected:
@@ -126,6 +151,10 @@ public:
 
     /// SGD over these parameters.
     SGD(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
+        check_learning_rate("SGD", opt_.lr);
+        check_non_negative("SGD", "momentum", opt_.momentum);
+        check_non_negative("SGD", "dampening", opt_.dampening);
+        check_non_negative("SGD", "weight_decay", opt_.weight_decay);
         if (opt_.nesterov && (opt_.momentum <= 0 || opt_.dampening != 0))
             fail("SGD", "Nesterov momentum requires a momentum and zero dampening");
         buffers_ = this->zeros_like_parameters();
@@ -159,7 +188,11 @@ public:
     }
 
     double lr() const override { return opt_.lr; }
-    void set_lr(double lr) override { opt_.lr = lr; }
+    void set_lr(double lr) override {
+        check_learning_rate("SGD.set_lr", lr);
+        opt_.lr = lr;
+    }
+    /// The settings.
     const Options& options() const { return opt_; }
 
     void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const override {
@@ -202,6 +235,14 @@ public:
 
     /// AdamW over these parameters.
     AdamW(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
+        // PyTorch's checks: 0 <= lr, 0 <= eps, betas in [0, 1), 0 <= weight_decay (and all finite).
+        check_learning_rate("AdamW", opt_.lr);
+        check_non_negative("AdamW", "eps", opt_.eps);
+        check_non_negative("AdamW", "weight_decay", opt_.weight_decay);
+        for (const double beta : {opt_.beta1, opt_.beta2})
+            if (!(beta >= 0.0 && beta < 1.0))
+                fail("AdamW", "betas must be in [0, 1), got beta1=" + number_text(opt_.beta1) +
+                                  ", beta2=" + number_text(opt_.beta2));
         m_ = this->zeros_like_parameters();
         v_ = this->zeros_like_parameters();
     }
@@ -239,8 +280,21 @@ public:
     }
 
     double lr() const override { return opt_.lr; }
-    void set_lr(double lr) override { opt_.lr = lr; }
+    void set_lr(double lr) override {
+        check_learning_rate("AdamW.set_lr", lr);
+        opt_.lr = lr;
+    }
+    /// The settings.
     const Options& options() const { return opt_; }
+
+    /// Finite values, and exp_avg_sq >= 0 (its square root divides the update).
+    void check_state(const NamedTensors<Scalar>& in, const std::string& prefix, const std::string& where) const override {
+        Base::check_state(in, prefix, where);
+        const std::string squares = prefix + "exp_avg_sq.";
+        for (const auto& [name, m] : in)
+            if (name.rfind(squares, 0) == 0 && (m.array() < Scalar(0)).any())
+                throw format_error(where + ": optimizer state '" + name + "' holds a negative value (a mean of squares)");
+    }
 
     void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const override {
         this->save_slots(out, prefix + "exp_avg", m_);
