@@ -235,6 +235,42 @@ TEST(Scan, TimeSplitWithSmallPiecesMatchesSequential) {
     }
 }
 
+// The time split carries h from one piece into the next. With a carry near 1e37 and a's
+// whose product over the piece falls to 1e-33 (0.9^720), the carried term is still about
+// 1e4 and is most of h: it must be kept, however small its product of a's is next to the carry.
+TEST(Scan, TimeSplitKeepsACarriedTermWhoseProductIsFarBelowFloatRange) {
+    const Index B = 1, T = 8192, D = 8;
+    Matrix<float> a(B * T, D), a_reverse(B * T, D), b(B * T, D);
+    Rng rng(17);
+    std::uniform_real_distribution<float> noise(-1, 1);
+    for (Index t = 0; t < T; ++t)
+        for (Index c = 0; c < D; ++c) {
+            a(t, c) = t < T / 2 ? 1.0f : 0.9f;          // h holds 1e37 for half the sequence, then decays
+            a_reverse(t, c) = t < T / 2 ? 0.9f : 1.0f;  // the same for g, which runs backwards in time
+            b(t, c) = noise(rng);
+        }
+    const Matrix<float> h0 = Matrix<float>::Constant(B, D, 1e37f);
+    Matrix<float> dh(B * T, D);
+    for (Index i = 0; i < dh.size(); ++i) dh.data()[i] = noise(rng);
+    const Matrix<float> dh_last = Matrix<float>::Constant(B, D, 1e37f);
+    const Forward<float> ref = run_forward(a, b, h0, B, T, kSequential);
+    const Backward<float> gref = run_backward(dh, dh_last, a_reverse, ref.h, h0, B, T, kSequential);
+    // Relative to each entry: a max-norm error would hide the late, smaller entries.
+    const auto worst = [](const Matrix<float>& got, const Matrix<float>& want) {
+        return ((got - want).array().abs() / want.array().abs().max(1.0f)).maxCoeff();
+    };
+    ThreadGuard guard;
+    for (int threads : {2, 4}) {
+        set_num_threads(threads);
+        SCOPED_TRACE("threads=" + std::to_string(threads));
+        const ScanOptions o{ScanMode::Parallel, ScanSplit::Time, 0};
+        const Forward<float> f = run_forward(a, b, h0, B, T, o);
+        EXPECT_LT(worst(f.h, ref.h), 1e-4) << "h[4816] = " << f.h(4816, 0) << ", sequentially " << ref.h(4816, 0);
+        const Backward<float> g = run_backward(dh, dh_last, a_reverse, ref.h, h0, B, T, o);
+        EXPECT_LT(worst(g.db, gref.db), 1e-4) << "g[3376] = " << g.db(3376, 0) << ", sequentially " << gref.db(3376, 0);
+    }
+}
+
 // Continuing from a nonzero state equals one pass (the minGRU-pytorch #9 trap).
 TEST(Scan, ChunkedEqualsWholeInEveryMode) {
     const Index B = 3, T = 900, D = 37, T1 = 377;

@@ -21,8 +21,10 @@
 //       knows its carry and scans from it),
 //   (2) carries pass from piece to piece: carry' = prod(a) * carry + local end,
 //   (3) each piece adds prod(a up to t) * carry; this fix-up is shared out evenly over
-//       all threads (the first piece has none), and stops where prod(a) has decayed
-//       below float's range, so with forgetting gates it touches a few rows only.
+//       all threads (the first piece has none), and stops where the added term has
+//       become negligible next to h itself, so with forgetting gates it touches a few
+//       rows only. The products are kept as a mantissa and a power of two, so that a
+//       product far below float's range still carries a huge carry exactly.
 //   Step (1) is one pass over memory; step (3) is a second pass at worst (a near 1).
 //   ScanOptions::time_block cuts time into rounds of smaller pieces (one barrier each),
 //   so that step (3) finds step (1)'s data in cache; one round is the default, since
@@ -193,34 +195,75 @@ void forward_run(Rows<S> h, Rows<const S> a, Rows<const S> b, Index r0, Index r1
         Row<S>(h.row(r), n) = CRow<S>(a.row(r), n) * CRow<S>(h.row(r - 1), n) + CRow<S>(b.row(r), n);
 }
 
-// Running products of a's shrink geometrically when |a| < 1. The time split flushes
-// entries below min_normal / epsilon to zero every few rows: that keeps them out of
-// the denormal range, where x86 arithmetic is ~100x slower, and a fix-up whose product
-// is all zero has nothing left to add, so it stops there. What it skips is below
-// 1e-31 |carry| in float (1e-292 in double), far under the rounding of h.
+// Running products of a's shrink geometrically when |a| < 1, below the smallest float
+// long before the carry they multiply stops mattering: with a carry near 1e37, a product
+// of 1e-32 still adds 1e5 to h. So the time split keeps each product as p * 2^e, p a
+// scalar and e an integer (stored as a scalar): every kFlushEvery rows, a p below
+// 2^-kScaleBits is scaled up by 2^kScaleBits and e lowered to match. p then stays far from
+// the denormal range (where x86 arithmetic is ~100x slower) unless eight consecutive a's
+// multiply to below 2^-kScaleBits.
 constexpr Index kFlushEvery = 8;
 
-// Zeroes the entries of m[0, n) below the threshold; returns whether any is left.
 template <typename S>
-bool flush_tiny(S* m, Index n) {
-    constexpr S tiny = std::numeric_limits<S>::min() / std::numeric_limits<S>::epsilon();
+constexpr int kScaleBits = sizeof(S) >= 8 ? 512 : 64;
+
+// p <- p * 2^k, e <- e - k for each entry of p[0, n) below 2^-kScaleBits (and not zero).
+// One branch-free pass (it vectorises), repeated only while an entry is still below:
+// a denormal p needs two.
+template <typename S>
+void renormalize(S* p, S* e, Index n) {
+    const S low = std::ldexp(S(1), -kScaleBits<S>), up = std::ldexp(S(1), kScaleBits<S>);
+    bool again = true;
+    while (again) {
+        again = false;
+        for (Index c = 0; c < n; ++c) {
+            const bool small = std::abs(p[c]) < low && p[c] != S(0);
+            p[c] = small ? p[c] * up : p[c];
+            e[c] = small ? e[c] - S(kScaleBits<S>) : e[c];
+            again = again || (std::abs(p[c]) < low && p[c] != S(0));
+        }
+    }
+}
+
+// x * 2^e for an exponent e <= 0 kept as a scalar; past float's range it is 0.
+template <typename S>
+S scaled(S x, S e) {
+    return std::ldexp(x, static_cast<int>(std::max(e, S(-100000))));
+}
+
+// term = p * 2^e * carry, element by element, the carried term of a fix-up's first row.
+template <typename S>
+void carried_term(S* term, const S* p, const S* e, const S* carry, Index n) {
+    for (Index c = 0; c < n; ++c) term[c] = scaled(p[c] * carry[c], e[c]);
+}
+
+// A fix-up stops adding a carried term once it cannot change the result: below eps^2 of
+// h (or g) itself, or below the smallest normal number. Zeroes such entries of term[0, n)
+// and returns whether any is left. (With |a| <= 1, as gates are, later terms only shrink.)
+template <typename S>
+bool drop_negligible(S* term, const S* result, Index n) {
+    constexpr S eps2 = std::numeric_limits<S>::epsilon() * std::numeric_limits<S>::epsilon();
+    constexpr S tiny = std::numeric_limits<S>::min();
     bool alive = false;
     for (Index c = 0; c < n; ++c) {
-        const bool small = std::abs(m[c]) < tiny;
-        m[c] = small ? S(0) : m[c];
-        alive = alive || !small;
+        const S size = std::abs(term[c]);
+        const bool negligible = size < tiny || size <= eps2 * std::abs(result[c]);
+        term[c] = negligible ? S(0) : term[c];
+        alive = alive || !negligible;
     }
     return alive;
 }
 
 // Time split step (1): rows [r0, r1) scanned from zero (fresh) or on from h_{r0-1}
-// (a later segment of the same piece); prod *= a_{r0} ... a_{r1-1} (fresh: prod = that).
+// (a later segment of the same piece); prod * 2^exp *= a_{r0} ... a_{r1-1} (fresh: = that).
 template <typename S>
-void forward_local(Rows<S> h, Rows<const S> a, Rows<const S> b, Index r0, Index r1, Index n, S* prod, bool fresh) {
+void forward_local(Rows<S> h, Rows<const S> a, Rows<const S> b, Index r0, Index r1, Index n, S* prod, S* exp,
+                   bool fresh) {
     Row<S> p(prod, n);
     if (fresh) {
         Row<S>(h.row(r0), n) = CRow<S>(b.row(r0), n);
         p = CRow<S>(a.row(r0), n);
+        Row<S>(exp, n).setZero();
     } else {
         Row<S>(h.row(r0), n) = CRow<S>(a.row(r0), n) * CRow<S>(h.row(r0 - 1), n) + CRow<S>(b.row(r0), n);
         p *= CRow<S>(a.row(r0), n);
@@ -229,27 +272,29 @@ void forward_local(Rows<S> h, Rows<const S> a, Rows<const S> b, Index r0, Index 
         const CRow<S> ar(a.row(r), n);
         Row<S>(h.row(r), n) = ar * CRow<S>(h.row(r - 1), n) + CRow<S>(b.row(r), n);
         p *= ar;
-        if ((r - r0) % kFlushEvery == 0) flush_tiny(prod, n);
+        if ((r - r0) % kFlushEvery == 0) renormalize(prod, exp, n);
     }
+    renormalize(prod, exp, n);
 }
 
-// Time split step (3): h_r += m_r * carry for r in [r0, r1), m_r = before * a_{r0} ... a_r,
-// where `before` is the piece's product up to r0 - 1 (nullptr: r0 starts the piece).
+// Time split step (3): h_r += k_r for r in [r0, r1), k_r = before * 2^before_exp * a_{r0} ...
+// a_r * carry, where before * 2^before_exp is the piece's product up to r0 - 1 (nullptr:
+// r0 starts the piece). k is the carried term itself, kept in `k`.
 template <typename S>
-void forward_fixup(Rows<S> h, Rows<const S> a, Index r0, Index r1, Index n, const S* carry, const S* before, S* m) {
-    const CRow<S> c(carry, n);
-    Row<S> mr(m, n);
+void forward_fixup(Rows<S> h, Rows<const S> a, Index r0, Index r1, Index n, const S* carry, const S* before,
+                   const S* before_exp, S* k) {
+    Row<S> kr(k, n);
     if (before) {
-        mr = CRow<S>(before, n) * CRow<S>(a.row(r0), n);
-        if (!flush_tiny(m, n)) return;  // the carry has decayed away before this part
+        carried_term(k, before, before_exp, carry, n);
+        kr *= CRow<S>(a.row(r0), n);
     } else {
-        mr = CRow<S>(a.row(r0), n);
+        kr = CRow<S>(a.row(r0), n) * CRow<S>(carry, n);
     }
-    Row<S>(h.row(r0), n) += mr * c;
+    Row<S>(h.row(r0), n) += kr;
     for (Index r = r0 + 1; r < r1; ++r) {
-        mr *= CRow<S>(a.row(r), n);
-        Row<S>(h.row(r), n) += mr * c;
-        if ((r - r0) % kFlushEvery == 0 && !flush_tiny(m, n)) break;  // decayed away
+        kr *= CRow<S>(a.row(r), n);
+        Row<S>(h.row(r), n) += kr;
+        if ((r - r0) % kFlushEvery == 0 && !drop_negligible(k, h.row(r), n)) break;  // nothing left to add
     }
 }
 
@@ -284,10 +329,11 @@ void prefetch_row(const S* p, Index n) {
 //   g_r = dh_r + a_{r+1} g_{r+1},  where for r = r1 - 1 the second term is `incoming`
 //   (nullptr: zero), or a_{r1} db_{r1} when `above` (a segment continuing one that
 //   ended at r1);  db_r = g_r,  da_r = g_r * h_{r-1}.
-// With `prod`, also prod *= a_{r0} ... a_{r1-1} (the time split's step (1)).
+// With `prod`, also prod * 2^exp *= a_{r0} ... a_{r1-1} (the time split's step (1)).
 template <typename S>
 void backward_run(Rows<S> da, Rows<S> db, Rows<const S> dh, Rows<const S> a, Rows<const S> h, const S* h0,
-                  Index r0, Index r1, Index n, const S* incoming, bool above = false, S* prod = nullptr) {
+                  Index r0, Index r1, Index n, const S* incoming, bool above = false, S* prod = nullptr,
+                  S* exp = nullptr) {
     for (Index hi = r1; hi > r0; hi -= kReverseBlock) {
         const Index lo = std::max(r0, hi - kReverseBlock);
         for (Index r = lo; r < hi; ++r) {  // ascending: db_r = dh_r, da_r = h_{r-1}
@@ -303,7 +349,7 @@ void backward_run(Rows<S> da, Rows<S> db, Rows<const S> dh, Rows<const S> a, Row
             else
                 prefetch_row(a.row(r), n);
         }
-        if (prod) flush_tiny(prod, n);  // kReverseBlock == kFlushEvery rows
+        if (prod) renormalize(prod, exp, n);  // kReverseBlock == kFlushEvery rows
         for (Index r = hi - 1; r >= lo; --r) {  // descending: g_r, then da_r = g_r h_{r-1}
             if (r + 1 < r1 || above)
                 Row<S>(db.row(r), n) += CRow<S>(a.row(r + 1), n) * CRow<S>(db.row(r + 1), n);
@@ -315,38 +361,38 @@ void backward_run(Rows<S> da, Rows<S> db, Rows<const S> dh, Rows<const S> a, Row
 }
 
 // Time split step (1), reversed: rows [r0, r1) from zero (fresh) or on from the rows
-// above (a later segment of the same piece), with prod *= a_{r0} ... a_{r1-1}
-// (fresh: prod = that).
+// above (a later segment of the same piece), with prod * 2^exp *= a_{r0} ... a_{r1-1}
+// (fresh: = that).
 template <typename S>
 void backward_local(Rows<S> da, Rows<S> db, Rows<const S> dh, Rows<const S> a, Rows<const S> h, const S* h0,
-                    Index r0, Index r1, Index n, S* prod, bool fresh) {
-    if (fresh) Row<S>(prod, n).setOnes();
-    backward_run<S>(da, db, dh, a, h, h0, r0, r1, n, nullptr, !fresh, prod);
+                    Index r0, Index r1, Index n, S* prod, S* exp, bool fresh) {
+    if (fresh) {
+        Row<S>(prod, n).setOnes();
+        Row<S>(exp, n).setZero();
+    }
+    backward_run<S>(da, db, dh, a, h, h0, r0, r1, n, nullptr, !fresh, prod, exp);
 }
 
-// Time split step (3), reversed: for r from r1 - 1 down to r0, with k_r = m_r * carry,
-// g_r += k_r and da_r += k_r h_{r-1}; m_r = before * a_{r1} ... a_{r+1}, where `before`
-// is the piece's product of the a's after r1 - 1 (nullptr: r1 - 1 ends the piece).
+// Time split step (3), reversed: for r from r1 - 1 down to r0, with the carried term
+// k_r = before * 2^before_exp * a_{r1} ... a_{r+1} * carry: g_r += k_r and da_r += k_r h_{r-1},
+// where before * 2^before_exp is the piece's product of the a's after r1 - 1 (nullptr:
+// r1 - 1 ends the piece).
 template <typename S>
 void backward_fixup(Rows<S> da, Rows<S> db, Rows<const S> a, Rows<const S> h, const S* h0, Index r0, Index r1,
-                    Index n, const S* carry, const S* before, S* m, S* k) {
-    const CRow<S> c(carry, n);
-    Row<S> mr(m, n), kr(k, n);
-    if (before) {
-        mr = CRow<S>(before, n);
-        if (!flush_tiny(m, n)) return;
-    } else {
-        mr.setOnes();
-    }
+                    Index n, const S* carry, const S* before, const S* before_exp, S* k) {
+    Row<S> kr(k, n);
+    if (before)
+        carried_term(k, before, before_exp, carry, n);
+    else
+        kr = CRow<S>(carry, n);
     for (Index r = r1 - 1; r >= r0; --r) {
-        kr = mr * c;
         Row<S>(db.row(r), n) += kr;
         if (r > 0)
             Row<S>(da.row(r), n) += kr * CRow<S>(h.row(r - 1), n);
         else if (h0)
             Row<S>(da.row(0), n) += kr * CRow<S>(h0, n);
-        mr *= CRow<S>(a.row(r), n);
-        if ((r1 - 1 - r) % kFlushEvery == kFlushEvery - 1 && !flush_tiny(m, n)) break;  // decayed away
+        kr *= CRow<S>(a.row(r), n);
+        if ((r1 - 1 - r) % kFlushEvery == kFlushEvery - 1 && !drop_negligible(k, db.row(r), n)) break;  // nothing left
     }
 }
 
@@ -375,27 +421,30 @@ struct Round {
 
 #ifdef _OPENMP
 // Kernel: start(s, carry) -> bool (a nonzero initial carry?), first(s, u0, u1, carry or
-// nullptr, end), local(s, x0, x1, prod, fresh), edge(s, u0, u1, end),
-// fixup(s, y0, y1, carry, before or nullptr, m, k), finish(s, carry).
+// nullptr, end), local(s, x0, x1, prod, exp, fresh), edge(s, u0, u1, end),
+// fixup(s, y0, y1, carry, before or nullptr, before_exp, k), finish(s, carry).
+// A product of a's is prod * 2^exp (see renormalize).
 template <typename S, typename Kernel>
 void time_split(const Kernel& kernel, Index B, Index T, Index D, const Plan& plan) {
     const Index R = plan.rows;
-    std::vector<S> shared(static_cast<std::size_t>(2 * 3 * plan.threads * D));
+    std::vector<S> shared(static_cast<std::size_t>(2 * 5 * plan.threads * D));
 #pragma omp parallel num_threads(plan.threads)
     {
         const Index P = omp_get_num_threads(), p = omp_get_thread_num();
         Matrix<S> carries(P + 1, D);  // row q: the carry into piece q of the round
-        Buf<S> m(D), k(D);
+        Buf<S> k(D);
         auto carry = [&](Index q) { return carries.data() + q * D; };
         Index round = 0;
         for (Index s = 0; s < B; ++s) {
             bool known = kernel.start(s, carry(0));
             for (Index start = 0; start < T; start += P * R, ++round) {
                 const Round g{start, std::min(T, start + P * R), R, P};
-                S* base = shared.data() + (round % 2) * 3 * P * D;
+                S* base = shared.data() + (round % 2) * 5 * P * D;
                 auto prod = [&](Index q) { return base + q * D; };
                 auto end = [&](Index q) { return base + (P + q) * D; };
                 auto mark = [&](Index q) { return base + (2 * P + q) * D; };
+                auto prod_exp = [&](Index q) { return base + (3 * P + q) * D; };
+                auto mark_exp = [&](Index q) { return base + (4 * P + q) * D; };
                 const Index u0 = g.piece_begin(p), u1 = g.piece_end(p);
                 if (p == 0) {  // (1) the first piece knows its carry
                     kernel.first(s, u0, u1, known ? carry(0) : nullptr, end(0));
@@ -405,26 +454,29 @@ void time_split(const Kernel& kernel, Index B, Index T, Index D, const Plan& pla
                         const Index xq = g.part_begin(q);
                         if (xq <= u0 || xq >= u1) continue;
                         if (xq > x) {
-                            kernel.local(s, x, xq, prod(p), x == u0);
+                            kernel.local(s, x, xq, prod(p), prod_exp(p), x == u0);
                             x = xq;
                         }
                         Row<S>(mark(q), D) = CRow<S>(prod(p), D);  // the product of a over [u0, xq)
+                        Row<S>(mark_exp(q), D) = CRow<S>(prod_exp(p), D);
                     }
-                    kernel.local(s, x, u1, prod(p), x == u0);
+                    kernel.local(s, x, u1, prod(p), prod_exp(p), x == u0);
                     kernel.edge(s, u0, u1, end(p));
                 }
 #pragma omp barrier
                 // (2) carries, piece to piece.
                 Row<S>(carry(1), D) = CRow<S>(end(0), D);
                 Index q = 1;
-                for (; q < P && g.piece_begin(q) < g.end; ++q)
-                    Row<S>(carry(q + 1), D) = CRow<S>(prod(q), D) * CRow<S>(carry(q), D) + CRow<S>(end(q), D);
+                for (; q < P && g.piece_begin(q) < g.end; ++q) {
+                    carried_term(carry(q + 1), prod(q), prod_exp(q), carry(q), D);
+                    Row<S>(carry(q + 1), D) += CRow<S>(end(q), D);
+                }
                 // (3) fix-up of this thread's part.
                 const Index x0 = g.part_begin(p), x1 = g.part_begin(p + 1);
                 for (Index piece = 1; piece < P && x0 < x1; ++piece) {
                     const Index y0 = std::max(x0, g.piece_begin(piece)), y1 = std::min(x1, g.piece_end(piece));
                     if (y0 < y1)
-                        kernel.fixup(s, y0, y1, carry(piece), y0 > g.piece_begin(piece) ? mark(p) : nullptr, m.data(),
+                        kernel.fixup(s, y0, y1, carry(piece), y0 > g.piece_begin(piece) ? mark(p) : nullptr, mark_exp(p),
                                      k.data());
                 }
                 Row<S>(carry(0), D) = CRow<S>(carry(q), D);  // into the next round
@@ -452,12 +504,12 @@ struct ForwardKernel {
         forward_run(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), u0, u1, D, carry);
         edge(s, u0, u1, end);
     }
-    void local(Index s, Index x0, Index x1, S* prod, bool fresh) const {
-        forward_local(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), x0, x1, D, prod, fresh);
+    void local(Index s, Index x0, Index x1, S* prod, S* exp, bool fresh) const {
+        forward_local(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), x0, x1, D, prod, exp, fresh);
     }
     void edge(Index s, Index, Index u1, S* end) const { Row<S>(end, D) = CRow<S>(h.at(s * T, 0).row(u1 - 1), D); }
-    void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, S* m, S*) const {
-        forward_fixup(h.at(s * T, 0), a.at(s * T, 0), y0, y1, D, carry, before, m);
+    void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, const S* before_exp, S* k) const {
+        forward_fixup(h.at(s * T, 0), a.at(s * T, 0), y0, y1, D, carry, before, before_exp, k);
     }
     void finish(Index, const S*) const {}
 };
@@ -483,17 +535,17 @@ struct BackwardKernel {
                      state_row(h0, s, 0), T - u1, T - u0, D, carry);
         edge(s, u0, u1, end);
     }
-    void local(Index s, Index x0, Index x1, S* prod, bool fresh) const {
+    void local(Index s, Index x0, Index x1, S* prod, S* exp, bool fresh) const {
         backward_local(da.at(s * T, 0), db.at(s * T, 0), dh.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0),
-                       state_row(h0, s, 0), T - x1, T - x0, D, prod, fresh);
+                       state_row(h0, s, 0), T - x1, T - x0, D, prod, exp, fresh);
     }
     void edge(Index s, Index, Index u1, S* end) const {
         const Index r = T - u1;
         Row<S>(end, D) = CRow<S>(a.at(s * T, 0).row(r), D) * CRow<S>(db.at(s * T, 0).row(r), D);
     }
-    void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, S* m, S* k) const {
+    void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, const S* before_exp, S* k) const {
         backward_fixup(da.at(s * T, 0), db.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0), state_row(h0, s, 0),
-                       T - y1, T - y0, D, carry, before, m, k);
+                       T - y1, T - y0, D, carry, before, before_exp, k);
     }
     // What flows out of row 0 is a_0 g_0 = dL/dh0.
     void finish(Index s, const S* carry) const {
