@@ -30,8 +30,8 @@
 //   Ordered  every rank gathers every shard's weighted gradient (MPI_Allgatherv, in rank
 //            order, which is shard order) and sums them in shard order. With a fixed shard
 //            count the result is bitwise the same for any number of ranks up to it, because
-//            each shard is computed the same way wherever it runs and the sum's order is
-//            fixed. It moves shards() times the gradient to every rank: for tests and for
+//            each shard is computed the same way wherever it runs (on the same number of
+//            threads) and the sum's order is fixed. It moves shards() times the gradient to every rank: for tests and for
 //            checking reproducibility, not for speed.
 //
 // Dropout: begin_shard(s) sets every Dropout's call counter to (its value at the start of
