@@ -235,7 +235,8 @@ TEST_P(RecurrentKernel, GivesTheSameBitsOnEveryTeamSize) {
     }
 }
 
-// One streaming step of a two-layer stack equals two plain one-step layers, on every team size.
+// One streaming step of a two-layer stack equals two plain one-step layers on every team
+// size, with the same bits on every team of two or more threads.
 TEST_P(RecurrentKernel, StepOfAStackMatchesPlainLoopsOnEveryTeamSize) {
     const Case& c = GetParam();
     const Index B = c.B, H = c.H;
@@ -262,10 +263,12 @@ TEST_P(RecurrentKernel, StepOfAStackMatchesPlainLoopsOnEveryTeamSize) {
         if (c.cell == CellKind::LSTM) {
             EXPECT_LT(relative_error(cs.bottomRows(B), want1.c), 1e-13);
         }
-        if (threads == 1)
+        // A team of two or more sums each unit's products in one order, one thread in Eigen's.
+        if (threads == 2) {
             first_h = h;
-        else
+        } else if (threads > 2) {
             EXPECT_TRUE(h == first_h) << threads << " threads";
+        }
     }
 }
 

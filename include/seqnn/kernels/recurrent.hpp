@@ -163,8 +163,8 @@ void gemm_packed(const S* a, Index lda, Index M, const PackedPanels<S>& w, S* c,
 
 /// out[b, j] = bias[j] + x[b, :] . w[j, :] for j < rows, b < B: products with the
 /// weights as they are stored (row-major, rows of length K), for one streaming step
-/// where packing would cost more than the product. Vectorised along k, four weight rows
-/// at a time; the tail of k (K not a multiple of the packet) is added in scalar order.
+/// where packing would cost more than the product. Vectorised along k, eight weight rows
+/// at a time (eight independent multiply-add chains); the tail of k (K not a multiple of the packet) is added in scalar order.
 template <typename S, int JR>
 void dot_rows_tile(const S* x, Index ldx, Index B, Index K, const S* w, Index ldw, S* out, Index ldo,
                    const S* bias) {
@@ -192,6 +192,8 @@ template <typename S>
 void dot_rows(const S* x, Index ldx, Index B, Index K, const S* w, Index ldw, Index rows, S* out, Index ldo,
               const S* bias) {
     Index j = 0;
+    for (; j + 8 <= rows; j += 8)
+        dot_rows_tile<S, 8>(x, ldx, B, K, w + j * ldw, ldw, out + j, ldo, bias ? bias + j : nullptr);
     for (; j + 4 <= rows; j += 4)
         dot_rows_tile<S, 4>(x, ldx, B, K, w + j * ldw, ldw, out + j, ldo, bias ? bias + j : nullptr);
     for (; j < rows; ++j) dot_rows_tile<S, 1>(x, ldx, B, K, w + j * ldw, ldw, out + j, ldo, bias ? bias + j : nullptr);
@@ -533,7 +535,10 @@ int recurrent_step_threads(CellKind cell, Index B, Index I, Index H) {
 /// One step of an L-layer stack for B streams: x (B, I) in; h (L*B, H) and, for the
 /// LSTM, c (L*B, H) advance in place (rows k*B.. are layer k, PyTorch's (L, B, H)).
 /// gates and hidden are (B, G*H) scratch. weights_of(k) returns layer k's CellWeights.
-/// Uses the weights as stored (no packing) and allocates nothing.
+/// Uses the weights as stored (no packing). On one thread the products are Eigen's
+/// (the fastest at small sizes); on a team each slot computes its units' rows with
+/// dot_rows, and every team size of two or more gives the same bits. One thread and a
+/// team agree to rounding (the sums run in another order).
 template <typename Scalar, typename WeightsOf>
 void recurrent_step(CellKind cell, Index layers, const WeightsOf& weights_of, ConstMatrixRef<Scalar> x,
                     Matrix<Scalar>& h, Matrix<Scalar>* c, Matrix<Scalar>& gates, Matrix<Scalar>& hidden,
@@ -550,14 +555,23 @@ void recurrent_step(CellKind cell, Index layers, const WeightsOf& weights_of, Co
             const S* input = k == 0 ? x.data() : h.data() + (k - 1) * B * H;
             const Index ld_input = k == 0 ? x.outerStride() : H, I = w.w_ih->cols();
             S* h_k = h.data() + k * B * H;
-            for (int s = thread; s < slots; s += team) {
-                const UnitBlock units = unit_block<S>(H, slots, s);
-                for (Index g = 0; g < G; ++g) {
-                    const Index r0 = g * H + units.begin;  // the slot's rows of gate g
-                    dot_rows<S>(input, ld_input, B, I, w.w_ih->data() + r0 * I, I, units.size(), gates.data() + r0, GH,
-                                w.b_ih ? w.b_ih + r0 : nullptr);
-                    dot_rows<S>(h_k, H, B, H, w.w_hh->data() + r0 * H, H, units.size(), hidden.data() + r0, GH,
-                                w.b_hh ? w.b_hh + r0 : nullptr);
+            if (slots == 1) {
+                // One thread: Eigen's matrix-vector product is the faster one at small sizes.
+                using Input = Eigen::Map<const Matrix<S>, 0, Eigen::OuterStride<>>;
+                gates.noalias() = Input(input, B, I, Eigen::OuterStride<>(ld_input)) * w.w_ih->transpose();  // (B, I) x (I, G*H)
+                hidden.noalias() = Eigen::Map<const Matrix<S>>(h_k, B, H) * w.w_hh->transpose();  // (B, H) x (H, G*H)
+                if (w.b_ih) gates.rowwise() += Eigen::Map<const RowVector<S>>(w.b_ih, GH);
+                if (w.b_hh) hidden.rowwise() += Eigen::Map<const RowVector<S>>(w.b_hh, GH);
+            } else {
+                for (int s = thread; s < slots; s += team) {
+                    const UnitBlock units = unit_block<S>(H, slots, s);
+                    for (Index g = 0; g < G; ++g) {
+                        const Index r0 = g * H + units.begin;  // the slot's rows of gate g
+                        dot_rows<S>(input, ld_input, B, I, w.w_ih->data() + r0 * I, I, units.size(), gates.data() + r0,
+                                    GH, w.b_ih ? w.b_ih + r0 : nullptr);
+                        dot_rows<S>(h_k, H, B, H, w.w_hh->data() + r0 * H, H, units.size(), hidden.data() + r0, GH,
+                                    w.b_hh ? w.b_hh + r0 : nullptr);
+                    }
                 }
             }
             team_barrier(team);  // every slot has read h_{t-1} of layer k
