@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -237,12 +236,10 @@ protected:
             fail(kind, "input_size, hidden_size and num_layers must be positive, got " +
                            std::to_string(options.input_size) + ", " + std::to_string(options.hidden_size) + ", " +
                            std::to_string(options.num_layers));
-        // The largest matrices are (G*H, max(I, H)): their element counts must fit an Index.
-        const Index limit = std::numeric_limits<Index>::max() / 4;
-        const Index width = std::max(options.input_size, options.hidden_size);
-        if (options.hidden_size > limit / gate_count_ / width || options.num_layers > limit / options.hidden_size)
-            fail(kind, "sizes overflow: input_size " + std::to_string(options.input_size) + ", hidden_size " +
-                           std::to_string(options.hidden_size) + ", num_layers " + std::to_string(options.num_layers));
+        // Every weight count, one layer's and the stack's, must be a size seqnn allocates.
+        const Index layer_weights = checked_mul(kind, checked_mul(kind, gate_count_, options.hidden_size),
+                                                checked_add(kind, options.input_size, options.hidden_size));
+        checked_elements(kind, options.num_layers, layer_weights);
         // PyTorch initialises every weight and bias U(-1/sqrt(H), 1/sqrt(H)).
         const Scalar bound = Scalar(1) / std::sqrt(Scalar(options.hidden_size));
         const Index GH = gate_width(), H = options.hidden_size;
