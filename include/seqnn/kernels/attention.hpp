@@ -181,6 +181,27 @@ using ConstHead = ConstStridedRows<Scalar>;  // rows of one head: (n, Dh), strid
 template <typename Scalar>
 using Head = StridedRows<Scalar>;
 
+// acc (m, Dh) += p (m, n) x v (n, Dh) over the keys each row may see. Off the diagonal
+// (diagonal false) every row sees all n keys: one GEMM. On it, row i sees the first
+// clamp(seen0 + i, 0, n) keys: the keys all rows see go through one GEMM and the rest row
+// by row, so that masked keys are left out of the sum rather than multiplied by 0 (a NaN
+// or inf at a later position would otherwise turn 0 x NaN into NaN in earlier rows).
+template <typename Acc, typename P, typename V>
+void add_visible_product(Acc& acc, const P& p, const V& v, bool diagonal, Index seen0) {
+    const Index m = p.rows(), n = p.cols();
+    if (!diagonal) {
+        acc.noalias() += p * v;
+        return;
+    }
+    const Index common = std::clamp<Index>(seen0, 0, n);  // keys every row of the block sees
+    if (common > 0) acc.noalias() += p.leftCols(common) * v.topRows(common);
+    for (Index i = 0; i < m; ++i) {
+        const Index seen = std::clamp<Index>(seen0 + i, 0, n);
+        if (seen > common)
+            acc.row(i).noalias() += p.row(i).segment(common, seen - common) * v.middleRows(common, seen - common);
+    }
+}
+
 template <typename Ref>
 auto head_rows(Ref& m, Index row, Index n, Index col, Index dh) {
     using Scalar = typename std::remove_const_t<typename Ref::Scalar>;
@@ -285,7 +306,8 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
                 row_max[i] = new_max;
                 O.row(i) *= alpha;
             }
-            O.noalias() += S * head_rows(v, b * L + j0, n, h * Dh, Dh);  // (m, n) x (n, Dh)
+            add_visible_product(O, S, head_rows(v, b * L + j0, n, h * Dh, Dh), diagonal,
+                                s.q_offset + i0 + 1 - j0);  // (m, n) x (n, Dh)
         }
         for (Index i = 0; i < m; ++i) {
             out_rows.row(i) = O.row(i) / row_sum[i];
@@ -353,6 +375,10 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
                 if (first_masked < n) p.tail(n - first_masked) = Scalar(0);
             }
             dP.row(i).array() = p * (dP.row(i).array() - d);  // dS
+            if (diagonal) {  // masked: dS = 0 exactly, even where dP is NaN (a NaN value at a later key)
+                const Index first_masked = std::max<Index>(0, s.q_offset + i0 + i + 1 - j0);
+                if (first_masked < n) dP.row(i).tail(n - first_masked).setZero();
+            }
         }
     };
 
@@ -430,7 +456,8 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
                 const auto Vt = head_rows(v, b * L + j0, n, h * Dh, Dh);
                 Tile<Scalar> S(s_data, m, n), dP(dp_data, m, n);
                 scores_and_ds(b, h, i0, m, j0, n, Qs, dO, Kt, Vt, S, dP);
-                dQ.noalias() += dP * Kt;  // (m, n) x (n, Dh)
+                const bool diagonal = o.causal && j0 + n - 1 > s.q_offset + i0;
+                add_visible_product(dQ, dP, Kt, diagonal, s.q_offset + i0 + 1 - j0);  // (m, n) x (n, Dh)
             }
             head_rows(dq, b * Tq + i0, m, h * Dh, Dh) = scale * dQ;
         });

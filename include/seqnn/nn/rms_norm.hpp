@@ -48,13 +48,12 @@ public:
         check_input(x.rows(), x.cols());
         check_matrix("RMSNorm", "output y", y, x.rows(), dim_);
         const Index n = x.rows();
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (worth_parallel(n, dim_))
-#endif
-        for (Index i = 0; i < n; ++i) {
-            normalize_row(x, i, y);  // y[i] = xhat[i]
-            if (has_weight()) y.row(i).array() *= weight.row().array();
-        }
+        parallel_row_blocks(n, dim_, [&](Index r0, Index r1) {  // no parallel region unless worth_parallel
+            for (Index i = r0; i < r1; ++i) {
+                normalize_row(x, i, y);  // y[i] = xhat[i]
+                if (has_weight()) y.row(i).array() *= weight.row().array();
+            }
+        });
     }
 
     /// y = x / sqrt(mean(x^2) + eps) * weight, row by row.
@@ -75,27 +74,25 @@ public:
         const Index n = x.rows();
         Matrix<Scalar> dx(n, dim_);                    // holds xhat until the last loop
         Eigen::Matrix<Scalar, Eigen::Dynamic, 1> rstd(n);  // (N)
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (worth_parallel(n, dim_))
-#endif
-        for (Index i = 0; i < n; ++i) rstd(i) = normalize_row(x, i, dx);  // dx[i] = xhat[i]
+        parallel_row_blocks(n, dim_, [&](Index r0, Index r1) {  // no parallel region unless worth_parallel
+            for (Index i = r0; i < r1; ++i) rstd(i) = normalize_row(x, i, dx);  // dx[i] = xhat[i]
+        });
 
         if (has_weight()) add_column_sums(dy.array() * dx.array(), weight.grad);  // (1, D)
 
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (worth_parallel(n, dim_))
-#endif
-        for (Index i = 0; i < n; ++i) {
-            auto xhat = dx.row(i).array();  // overwritten in place by dx[i]
-            if (has_weight()) {
-                const auto w = weight.row().array();
-                const Scalar mean_dxhat_xhat = (dy.row(i).array() * w * xhat).mean();
-                xhat = rstd(i) * (dy.row(i).array() * w - xhat * mean_dxhat_xhat);
-            } else {
-                const Scalar mean_dxhat_xhat = (dy.row(i).array() * xhat).mean();
-                xhat = rstd(i) * (dy.row(i).array() - xhat * mean_dxhat_xhat);
+        parallel_row_blocks(n, dim_, [&](Index r0, Index r1) {  // no parallel region unless worth_parallel
+            for (Index i = r0; i < r1; ++i) {
+                auto xhat = dx.row(i).array();  // overwritten in place by dx[i]
+                if (has_weight()) {
+                    const auto w = weight.row().array();
+                    const Scalar mean_dxhat_xhat = (dy.row(i).array() * w * xhat).mean();
+                    xhat = rstd(i) * (dy.row(i).array() * w - xhat * mean_dxhat_xhat);
+                } else {
+                    const Scalar mean_dxhat_xhat = (dy.row(i).array() * xhat).mean();
+                    xhat = rstd(i) * (dy.row(i).array() - xhat * mean_dxhat_xhat);
+                }
             }
-        }
+        });
         return dx;
     }
 
