@@ -1,6 +1,7 @@
 // seqnn: header-only sequence models on Eigen and OpenMP. Include this for everything.
 #pragma once
 
+#include "seqnn/core/checked.hpp"
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/parameter.hpp"
@@ -38,3 +39,8 @@
 #include "seqnn/models/residual.hpp"
 #include "seqnn/models/rowwise.hpp"
 #include "seqnn/models/sequential.hpp"
+
+#include "seqnn/train/checkpoint.hpp"
+#include "seqnn/train/loss.hpp"
+#include "seqnn/train/optimizer.hpp"
+#include "seqnn/train/schedule.hpp"

@@ -53,6 +53,7 @@ public:
         if (D <= 0 || K <= 0)
             fail("CausalDepthwiseConv1d", "channels and kernel_size must be positive, got " + std::to_string(D) +
                                               ", " + std::to_string(K));
+        if (options.pointwise) checked_elements("CausalDepthwiseConv1d", D, D);  // before anything is allocated
         weight = Parameter<Scalar>(D, K);
         weight.shape = {D, 1, K};
         const Scalar bound0 = Scalar(1) / std::sqrt(Scalar(K));
@@ -84,8 +85,10 @@ public:
     /// {window (B*(K-1), D)} of zeros; workspace: u (B, D) for step.
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+        const Index rows = checked_mul(kind() + ".initial_state", batch, kernel_size() - 1);
+        checked_elements(kind() + ".initial_state", rows, options_.channels);
         State<Scalar> s;
-        s.tensors.push_back(Matrix<Scalar>::Zero(batch * (kernel_size() - 1), options_.channels));
+        s.tensors.push_back(Matrix<Scalar>::Zero(rows, options_.channels));
         s.workspace = {Matrix<Scalar>(batch, options_.channels)};
         return s;
     }
@@ -122,6 +125,7 @@ public:
             ctx->save("input", x.data);
             ctx->save("window", window);
             if (options_.pointwise) ctx->save("u", u);
+            ctx->owner = signature();
         }
         s.position += T;
         if (!options_.pointwise) return Sequence<Scalar>(std::move(u), B, T);
@@ -133,6 +137,7 @@ public:
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         const std::string where = kind() + ".backward";
+        check_context_owner(where, ctx, signature());
         const Index B = ctx.batch, T = ctx.steps, D = options_.channels, K = kernel_size();
         check_sequence(where, "dy", dy, D);
         if (dy.batch != B || dy.steps != T)
@@ -223,6 +228,13 @@ public:
         else
             y = u;
         state.position += 1;
+    }
+
+    /// The layer's sizes, e.g. "CausalDepthwiseConv1d(D=16, K=3, pointwise)": the owner a
+    /// training forward writes into its Context and backward expects there.
+    std::string signature() const {
+        return kind() + "(D=" + std::to_string(options_.channels) + ", K=" + std::to_string(options_.kernel_size) +
+               (options_.pointwise ? ", pointwise)" : ")");
     }
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {

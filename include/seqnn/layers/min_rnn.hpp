@@ -145,6 +145,7 @@ public:
         const Index N = B * T, GE = gate_count_ * E;
         Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
         if (ctx) {
+            ctx->owner.clear();  // set again once the forward has succeeded
             ctx->batch = B;
             ctx->steps = T;
             parallel_copy<Scalar>(ctx->buffer("input", N, input_size()), x.data);
@@ -185,12 +186,14 @@ public:
             parallel_copy<Scalar>(ctx->buffer("h", N, E), y.data);
         s.tensors[0] = h_final;
         s.position += T;
+        if (ctx) ctx->owner = signature();
         return y;
     }
 
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         const std::string where = this->kind() + ".backward";
+        check_context_owner(where, ctx, signature());
         const Index B = ctx.batch, T = ctx.steps, E = hidden_size_;
         const Matrix<Scalar>& x = ctx.get("input");
         const Matrix<Scalar>& pre = ctx.get("pre");
@@ -259,6 +262,14 @@ public:
         state.position += 1;
     }
 
+    /// The layer's kind and sizes, e.g. "MinGRU(5 -> 9 -> 5)" (D -> E, then back to D when
+    /// projecting) or "MinLSTM(8 -> 8)": the owner a training forward writes into its
+    /// Context and backward expects there.
+    std::string signature() const {
+        return this->kind() + "(" + std::to_string(input_size()) + " -> " + std::to_string(hidden_size_) +
+               (projects() ? " -> " + std::to_string(output_size()) : std::string()) + ")";
+    }
+
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         in_proj_.collect_parameters(prefix + in_proj_name_ + ".", out);
         if (projects()) to_out_.collect_parameters(prefix + "to_out.", out);
@@ -270,15 +281,16 @@ protected:
         : options_(options), gate_count_(gate_count), in_proj_name_(in_proj_name) {
         if (options.input_size <= 0)
             fail(kind, "input_size must be positive, got " + std::to_string(options.input_size));
-        hidden_size_ = options.hidden_size > 0
-                           ? options.hidden_size
-                           : static_cast<Index>(static_cast<double>(options.input_size) * options.expansion);
-        if (hidden_size_ <= 0)
-            fail(kind, "hidden size must be positive, got " + std::to_string(hidden_size_) + " (hidden_size " +
-                           std::to_string(options.hidden_size) + ", expansion " + std::to_string(options.expansion) +
-                           ")");
+        if (options.hidden_size < 0)
+            fail(kind, "hidden_size must be positive, or 0 for input_size * expansion; got " +
+                           std::to_string(options.hidden_size));
+        hidden_size_ = options.hidden_size > 0 ? options.hidden_size
+                                               : checked_scaled_size(kind, "expansion", options.input_size, options.expansion);
         check_mode(options.mode, kind);
-        in_proj_ = Linear<Scalar>(options.input_size, gate_count * hidden_size_, options.bias, rng);
+        // The projections' sizes, checked before anything is allocated: (G*E, D) and (D, E).
+        const Index gates_width = checked_mul(kind, gate_count, hidden_size_);
+        checked_elements(kind, gates_width, options.input_size);
+        in_proj_ = Linear<Scalar>(options.input_size, gates_width, options.bias, rng);
         if (options.project_out || hidden_size_ != options.input_size)
             to_out_ = Linear<Scalar>(hidden_size_, options.input_size, options.bias, rng);
     }

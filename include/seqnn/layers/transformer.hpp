@@ -79,6 +79,13 @@ public:
             fail(k, "dim_feedforward must be >= 0, got " + std::to_string(options.dim_feedforward));
         if (options.max_cache_length <= 0)
             fail(k, "max_cache_length must be positive, got " + std::to_string(options.max_cache_length));
+        // The weights' sizes, checked before anything is allocated: (3E, E), (F, E), (E, F).
+        checked_elements(k + " in_proj_weight", checked_mul(k, 3, E), E);
+        checked_elements(k + " linear1.weight", options.dim_feedforward > 0 ? options.dim_feedforward : checked_mul(k, 4, E), E);
+        if (!(options.rope_base > 0) || !std::isfinite(options.rope_base))
+            fail(k, "rope_base must be a finite number > 0, got " + number_text(options.rope_base));
+        if (!(options.layer_norm_eps >= 0) || !std::isfinite(options.layer_norm_eps))
+            fail(k, "layer_norm_eps must be a finite number >= 0, got " + number_text(options.layer_norm_eps));
         if (options.rotary && (E / H) % 2 != 0)
             fail(k, "rotary embeddings need an even head size, got Dh=E/H=" + std::to_string(E / H));
         ffn_ = options.dim_feedforward > 0 ? options.dim_feedforward : 4 * E;
@@ -139,6 +146,7 @@ public:
         const std::string where = kind() + ".forward";
         check_sequence(where, "input", x, input_size());
         const Index B = x.batch, T = x.steps, E = options_.d_model, H = options_.num_heads, Dh = head_dim();
+        if (ctx) ctx->owner.clear();  // set again once the forward has succeeded
 
         // The cache: none (state == nullptr), a new one, or the caller's, grown if needed.
         const bool cached = state != nullptr;
@@ -228,12 +236,14 @@ public:
             meta << Scalar(cached ? 1 : 0), Scalar(pos0), Scalar(initial_capacity), Scalar(L);
         }
         if (cached) state->position = Tk;
+        if (ctx) ctx->owner = signature();
         return y;
     }
 
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         const std::string where = kind() + ".backward";
+        check_context_owner(where, ctx, signature());
         const Index B = ctx.batch, T = ctx.steps, E = options_.d_model, H = options_.num_heads, Dh = head_dim();
         const Matrix<Scalar>& x = ctx.get("input");
         const Matrix<Scalar>& meta = ctx.get("cache");
@@ -369,6 +379,23 @@ public:
         state.position = pos + 1;
     }
 
+    /// Grows the KV cache `s` (for B streams) to hold at least `length` positions per stream,
+    /// keeping what it holds; does nothing if it already does. step() never grows a cache,
+    /// so a caller that knows how far it will step reserves that much first.
+    void reserve_cache(State<Scalar>& s, Index B, Index length) const {
+        const char* where = "TransformerBlock.reserve_cache";
+        check_state(where, s, B);
+        if (length > capacity(s, B)) grow_cache(s, B, length);
+    }
+
+    /// The block's sizes and options, e.g. "TransformerBlock(E=16, H=2, F=64, causal, rotary)":
+    /// the owner a training forward writes into its Context and backward expects there.
+    std::string signature() const {
+        return "TransformerBlock(E=" + std::to_string(options_.d_model) + ", H=" + std::to_string(options_.num_heads) +
+               ", F=" + std::to_string(ffn_) + (options_.causal ? ", causal" : ", full") +
+               (options_.rotary ? ", rotary)" : ")");
+    }
+
     /// PyTorch's state_dict order of nn.TransformerEncoderLayer.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         out.push_back({prefix + "self_attn.in_proj_weight", &in_proj_.weight});
@@ -388,7 +415,10 @@ private:
     AttentionOptions attention_options() const { return {.causal = options_.causal}; }
 
     State<Scalar> empty_cache(Index B, Index L) const {
+        const std::string where = kind() + " KV cache";
+        checked_elements(where, checked_mul(where, B, L), options_.d_model);  // before anything is allocated
         State<Scalar> s;
+        s.batch = B;
         s.tensors = {Matrix<Scalar>::Zero(B * L, options_.d_model), Matrix<Scalar>::Zero(B * L, options_.d_model)};
         return s;
     }
@@ -425,6 +455,9 @@ private:
         const Index E = options_.d_model;
         if (s.tensors.size() != 2)
             fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected 2 (K and V caches)");
+        if (s.batch != 0 && s.batch != B)
+            fail(where, "the KV cache " + shape_string(s.tensors[0]) + " was made for " + std::to_string(s.batch) + " streams, not B=" + std::to_string(B) +
+                            " (its rows would be read as another length per stream)");
         const Index rows = s.tensors[0].rows();
         if (rows == 0 || rows % B != 0 || s.tensors[0].cols() != E || s.tensors[1].rows() != rows ||
             s.tensors[1].cols() != E)

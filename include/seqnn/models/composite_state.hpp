@@ -51,7 +51,17 @@ public:
             }
             s.children.push_back(std::move(cs));
         }
+        s.batch = batch;
         return s;
+    }
+
+    /// A state made for another number of streams than `batch` (State::batch; 0 is not
+    /// recorded and passes) is refused before any child runs, so a mismatch changes nothing.
+    template <typename Where>
+    void check_batch(const Where& where, const State<Scalar>& s, Index batch) const {
+        if (s.batch != 0 && s.batch != batch)
+            fail(name_of(where), "the state was made for " + std::to_string(s.batch) + " streams, not B=" +
+                                     std::to_string(batch));
     }
 
     /// The composite's state holds as many tensors as its children together. `where` is
@@ -69,6 +79,7 @@ public:
         State<Scalar> cs;
         for (Index j = 0; j < counts_[i]; ++j) cs.tensors.push_back(s.tensors[static_cast<std::size_t>(offsets_[i] + j)]);
         cs.position = s.position;
+        cs.batch = s.batch;
         return cs;
     }
 
@@ -101,7 +112,29 @@ public:
         for (Index j = 0; j < counts_[i]; ++j)
             cs.tensors[static_cast<std::size_t>(j)].swap(s.tensors[static_cast<std::size_t>(offsets_[i] + j)]);
         cs.position = s.position;
+        cs.batch = s.batch;
     }
+
+    /// Child i's tensors swapped into its shell for the guard's lifetime, and back when it
+    /// ends, also when the child's step throws: the composite's state keeps its tensors
+    /// whatever happens (`auto in = layout.swapped(state, i); child.step(x, state.children[i], y);`).
+    class Swapped {
+    public:
+        /// Swaps child i's tensors into its shell.
+        Swapped(const CompositeState& layout, State<Scalar>& s, std::size_t i) : layout_(layout), s_(s), i_(i) {
+            layout_.swap(s_, i_);
+        }
+        ~Swapped() { layout_.swap(s_, i_); }
+        Swapped(const Swapped&) = delete;
+        Swapped& operator=(const Swapped&) = delete;
+
+    private:
+        const CompositeState& layout_;
+        State<Scalar>& s_;
+        std::size_t i_;
+    };
+    /// Child i's tensors in its shell until the guard ends.
+    Swapped swapped(State<Scalar>& s, std::size_t i) const { return Swapped(*this, s, i); }
 
 private:
     static std::string name_of(const std::string& where) { return where; }

@@ -39,9 +39,9 @@ int sample_token(const Eigen::MatrixBase<Derived>& logits, const SamplingOptions
                  std::vector<double>& scratch) {
     const Index V = logits.size();
     if (V == 0) fail("sample_token", "logits are empty");
-    if (o.temperature < 0 || o.top_k < 0)
-        fail("sample_token", "temperature and top_k must be >= 0, got " + std::to_string(o.temperature) + ", " +
-                                 std::to_string(o.top_k));
+    if (!(o.temperature >= 0) || !std::isfinite(o.temperature) || o.top_k < 0)
+        fail("sample_token", "temperature must be a finite number >= 0 and top_k >= 0, got " +
+                                 number_text(o.temperature) + ", " + std::to_string(o.top_k));
     Index best = 0;
     for (Index j = 1; j < V; ++j)
         if (logits(j) > logits(best)) best = j;
@@ -81,6 +81,9 @@ TokenBatch generate(const LanguageModel<Scalar>& model, const TokenBatch& prompt
     if (new_tokens <= 0) fail("generate", "new_tokens must be positive, got " + std::to_string(new_tokens));
     const Index B = prompt.batch;
     State<Scalar> state = model.initial_state(B);
+    // Room for every position at once: the prompt and all but the last new token go through
+    // the model (a Transformer's KV cache would otherwise fill up at max_cache_length).
+    model.reserve(state, checked_add("generate", prompt.steps, new_tokens - 1));
     const Sequence<Scalar> prompt_logits = model.forward(prompt, &state);  // (B*P, V)
     Matrix<Scalar> logits = prompt_logits.at_step(prompt.steps - 1);      // (B, V)
     std::vector<int> out(static_cast<std::size_t>(B * new_tokens)), next(static_cast<std::size_t>(B));

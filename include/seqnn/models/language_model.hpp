@@ -52,7 +52,7 @@ struct TokenBatch {
     /// Wraps B*T ids as B sequences of T tokens.
     TokenBatch(std::vector<int> token_ids, Index batch_size, Index num_steps)
         : ids(std::move(token_ids)), batch(batch_size), steps(num_steps) {
-        if (batch <= 0 || steps <= 0 || static_cast<Index>(ids.size()) != batch * steps)
+        if (batch <= 0 || steps <= 0 || static_cast<Index>(ids.size()) != checked_mul("TokenBatch", batch, steps))
             fail("TokenBatch", std::to_string(ids.size()) + " ids do not make B=" + std::to_string(batch) +
                                    " sequences of T=" + std::to_string(steps) + " (B and T must be positive)");
     }
@@ -65,6 +65,10 @@ struct TokenBatch {
     }
     /// Steps [t0, t0 + n) of every sequence, (B, n).
     TokenBatch slice(Index t0, Index n) const {
+        if (t0 < 0 || n <= 0 || t0 > steps || n > steps - t0)
+            fail("TokenBatch.slice", "steps [" + std::to_string(t0) + ", " + std::to_string(t0) + " + " +
+                                         std::to_string(n) + ") are not a non-empty range within T=" +
+                                         std::to_string(steps));
         std::vector<int> out;
         out.reserve(static_cast<std::size_t>(batch * n));
         for (Index b = 0; b < batch; ++b)
@@ -160,14 +164,16 @@ public:
         const Index B = tokens.batch, T = tokens.steps;
         // Without a state the blocks run without one too (a Transformer then keeps no cache).
         if (state && state->empty()) *state = initial_state(B);
-        if (state) layout_.check(where, *state);
+        if (state) {
+            layout_.check(where, *state);
+            layout_.check_batch(where, *state, B);
+        }
         if (ctx) {
+            ctx->owner.clear();  // set again once the forward has succeeded
             ctx->batch = B;
             ctx->steps = T;
             ctx->make_children(2);  // layers, embedding dropout
-            Matrix<Scalar> ids(B * T, 1);  // the ids, for the embedding's backward (exact in float for vocabularies below 2^24)
-            for (Index i = 0; i < B * T; ++i) ids(i, 0) = static_cast<Scalar>(tokens.ids[static_cast<std::size_t>(i)]);
-            ctx->save("ids", std::move(ids));
+            ctx->ids = tokens.ids;  // for the embedding's backward, as integers (a float is exact only below 2^24)
         }
         Sequence<Scalar> x(token_emb_.forward(tokens.ids), B, T);  // (B*T, D)
         embed_drop_.apply(x.data, ctx ? &ctx->children[1] : nullptr);
@@ -184,6 +190,7 @@ public:
             ctx->save("normed", normed);
         }
         if (state) state->position += T;
+        if (ctx) ctx->owner = signature();
         return logits;
     }
 
@@ -193,6 +200,7 @@ public:
     void backward(const Sequence<Scalar>& dlogits, const Context<Scalar>& ctx, const State<Scalar>* d_final = nullptr,
                   State<Scalar>* d_initial = nullptr) {
         const std::string where = kind() + ".backward";
+        check_context_owner(where, ctx, signature());
         if (ctx.children.size() != 2) fail(where, "the context holds no training forward of this model");
         check_sequence(where, "dlogits", dlogits, vocab_size());
         const Index B = ctx.batch, T = ctx.steps;
@@ -213,10 +221,29 @@ public:
             layout_.set_child(*d_initial, 0, std::move(l_initial), layers_, B);
         }
         embed_drop_.apply_backward(dx.data, ctx.children[1]);
-        const Matrix<Scalar>& ids_saved = ctx.get("ids");
-        std::vector<int> ids(static_cast<std::size_t>(B * T));
-        for (Index i = 0; i < B * T; ++i) ids[static_cast<std::size_t>(i)] = static_cast<int>(ids_saved(i, 0));
-        token_emb_.backward(ids, dx.data);
+        token_emb_.backward(ctx.ids, dx.data);
+    }
+
+    /// Makes room in `state` (made by initial_state) for `length` positions per stream:
+    /// grows the Transformer blocks' KV caches, keeping what they hold, so that forward and
+    /// step run that far without the cache filling up. The recurrent kinds' states do not
+    /// grow: for them this only checks the state.
+    void reserve(State<Scalar>& state, Index length) const {
+        const std::string where = kind() + ".reserve";
+        layout_.check(where, state);
+        if (options_.mixer.kind != MixerKind::Transformer) return;
+        if (state.batch <= 0) fail(where, "the state records no stream count: make it with initial_state");
+        const Index B = state.batch;
+        for (Index i = 0; i < options_.depth; ++i) {
+            const auto& block = dynamic_cast<const TransformerBlock<Scalar>&>(layers_[static_cast<std::size_t>(i)]);
+            State<Scalar> cache;  // block i's K and V, the state's tensors 2i and 2i + 1
+            cache.batch = state.batch;
+            cache.position = state.position;
+            for (std::size_t j = 0; j < 2; ++j) cache.tensors.push_back(std::move(state.tensors[static_cast<std::size_t>(2 * i) + j]));
+            block.reserve_cache(cache, B, length);
+            for (std::size_t j = 0; j < 2; ++j) state.tensors[static_cast<std::size_t>(2 * i) + j] = std::move(cache.tensors[j]);
+        }
+        state.children.clear();  // the step shells are remade for the grown caches
     }
 
     /// One token for each of B streams -> logits (B, V); no allocation once the state
@@ -227,14 +254,16 @@ public:
         if (B <= 0) fail(where(), "no tokens: one token per stream is needed");
         if (state.empty()) state = initial_state(B);
         layout_.check(where, state);
+        layout_.check_batch(where, state, B);
         if (!layout_.has_shells(state)) layout_.make_shells(state, {&layers_}, B);
         if (state.workspace.size() != 2 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
         Matrix<Scalar>& x = state.workspace[0];  // (B, D)
         Matrix<Scalar>& h = state.workspace[1];  // (B, D)
-        token_emb_.forward(tokens, x);
-        layout_.swap(state, 0);
-        layers_.step(x, state.children[0], h);
-        layout_.swap(state, 0);
+        token_emb_.forward(tokens, x);  // checks every id before the state is touched
+        {
+            const auto in_shell = layout_.swapped(state, 0);  // swapped back even if a block's step throws
+            layers_.step(x, state.children[0], h);
+        }
         norm_.forward(h, h);
         if (logits.rows() != B || logits.cols() != vocab_size()) logits.resize(B, vocab_size());
         to_logits_.forward(h, logits);  // (B, D) x (D, V)
@@ -256,6 +285,13 @@ public:
     }
     /// Sets every gradient to zero.
     void zero_grad() { seqnn::zero_grad(parameters()); }
+
+    /// The model's kind and sizes, e.g. "LanguageModel(MinGRU, V=256, D=64, depth=2)": the
+    /// owner a training forward writes into its Context and backward expects there.
+    std::string signature() const {
+        return "LanguageModel(" + to_string(options_.mixer.kind) + ", V=" + std::to_string(options_.vocab_size) +
+               ", D=" + std::to_string(options_.dim) + ", depth=" + std::to_string(options_.depth) + ")";
+    }
 
 private:
     static const LanguageModelOptions& checked(const LanguageModelOptions& o) {

@@ -106,8 +106,12 @@ public:
         const Index B = x.batch, T = x.steps;
         // Without a state the children run without one too (a Transformer then keeps no cache).
         if (state && state->empty()) *state = initial_state(B);
-        if (state) layout_.check(where, *state);
+        if (state) {
+            layout_.check(where, *state);
+            layout_.check_batch(where, *state, B);
+        }
         if (ctx) {
+            ctx->owner.clear();  // set again once the forward has succeeded
             ctx->batch = B;
             ctx->steps = T;
             ctx->make_children(4);  // conv, mixer, mixer dropout, ff dropout
@@ -153,12 +157,14 @@ public:
         ff_drop_.apply(f, ctx ? &ctx->children[3] : nullptr);
         parallel_add<Scalar>(h.data, f);
         if (state) state->position += T;
+        if (ctx) ctx->owner = signature();
         return h;
     }
 
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         const std::string where = kind() + ".backward";
+        check_context_owner(where, ctx, signature());
         if (ctx.children.size() != 4) fail(where, "the context holds no training forward of this block");
         check_sequence(where, "dy", dy, output_size());
         const Index B = ctx.batch, T = ctx.steps;
@@ -212,6 +218,7 @@ public:
         const Index B = x.rows();
         if (state.empty()) state = initial_state(B);
         layout_.check(where, state);
+        layout_.check_batch(where, state, B);
         if (!layout_.has_shells(state)) layout_.make_shells(state, stateful(), B);
         if (state.workspace.size() != 5 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
         Matrix<Scalar>& h = state.workspace[0];    // (B, D): the residual stream
@@ -222,17 +229,18 @@ public:
         std::size_t child = 0;
         // Each child's tensors are swapped back into the state even if its step throws.
         if (conv_) {
-            layout_.swap(state, child);
+            const auto in_shell = layout_.swapped(state, child);
             conv_->step(x, state.children[child], m);
-            layout_.swap(state, child++);
             h = x + m;
+            ++child;
         } else {
             h = x;
         }
         norm1_.forward(h, n);
-        layout_.swap(state, child);
-        mixer_->step(n, state.children[child], m);
-        layout_.swap(state, child);
+        {
+            const auto in_shell = layout_.swapped(state, child);
+            mixer_->step(n, state.children[child], m);
+        }
         h += m;
         norm2_.forward(h, n);
         if (y.rows() != B || y.cols() != output_size()) y.resize(B, output_size());
@@ -247,6 +255,15 @@ public:
         mixer_->collect_parameters(prefix + "2.", out);
         norm2_.collect_parameters(prefix + "3.", out);
         ff_->collect_parameters(prefix + "4.", out);
+    }
+
+    /// The block's kind and sizes, e.g. "LMBlock(MinGRU 16 -> 16, D=16, ff=64, conv K=3)": the
+    /// owner a training forward writes into its Context and backward expects there.
+    std::string signature() const {
+        return "LMBlock(" + mixer_->kind() + " " + std::to_string(mixer_->input_size()) + " -> " +
+               std::to_string(mixer_->output_size()) + ", D=" + std::to_string(options_.dim) +
+               ", ff=" + std::to_string(ff_->hidden_size()) +
+               (conv_ ? ", conv K=" + std::to_string(conv_->kernel_size()) : std::string()) + ")";
     }
 
 private:

@@ -82,7 +82,7 @@ std::unique_ptr<Layer<Scalar>> make_mixer(const MixerOptions& o, Index dim, Rng&
             return std::make_unique<TransformerBlock<Scalar>>(
                 TransformerOptions{.d_model = dim,
                                    .num_heads = o.num_heads,
-                                   .dim_feedforward = static_cast<Index>(static_cast<double>(dim) * o.ff_mult),
+                                   .dim_feedforward = checked_scaled_size("make_mixer(Transformer)", "ff_mult", dim, o.ff_mult),
                                    .rotary = o.rotary,
                                    .max_cache_length = o.max_cache_length},
                 rng);

@@ -51,6 +51,7 @@ public:
                              Context<Scalar>* ctx = nullptr) const override {
         check_sequence(kind() + ".forward", "input", x, input_size());
         if (ctx) {
+            ctx->owner.clear();  // set again once the forward has succeeded
             ctx->batch = x.batch;
             ctx->steps = x.steps;
             ctx->make_children(1);
@@ -65,6 +66,7 @@ public:
             y = fn_->forward(x, state, inner_ctx);
         }
         parallel_add<Scalar>(y.data, x.data);  // (B*T, D)
+        if (ctx) ctx->owner = signature();
         return y;
     }
 
@@ -86,14 +88,23 @@ public:
         normed.swap(state.workspace.back());  // borrow the buffer: f must not see it
         state.workspace.pop_back();
         norm_->forward(x, normed);  // (B, D)
-        fn_->step(normed, state, y);
+        const auto give_back = [&] {
+            state.workspace.push_back(Matrix<Scalar>());  // capacity is kept: no allocation
+            state.workspace.back().swap(normed);
+        };
+        try {
+            fn_->step(normed, state, y);
+        } catch (...) {
+            give_back();  // the state keeps its buffer when f refuses the step
+            throw;
+        }
         y += x;
-        state.workspace.push_back(Matrix<Scalar>());  // capacity is kept: no allocation
-        state.workspace.back().swap(normed);
+        give_back();
     }
 
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
+        check_context_owner(kind() + ".backward", ctx, signature());
         if (ctx.children.size() != 1)
             fail(kind() + ".backward", "the context holds no training forward of this layer");
         check_sequence(kind() + ".backward", "dy", dy, output_size());
@@ -106,6 +117,13 @@ public:
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         if (norm_) norm_->collect_parameters(prefix + "norm.", out);
         fn_->collect_parameters(prefix + "fn.", out);
+    }
+
+    /// "Residual(<f's kind>, D -> D, norm)": the owner a training forward writes into its
+    /// Context and backward expects there (f checks its own context in turn).
+    std::string signature() const {
+        return "Residual(" + fn_->kind() + ", " + std::to_string(input_size()) + " -> " +
+               std::to_string(output_size()) + (norm_ ? ", norm)" : ")");
     }
 
 private:

@@ -30,13 +30,15 @@ public:
     Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
                              Context<Scalar>* ctx = nullptr) const override {
         check_sequence(this->kind() + ".forward", "input", x, this->input_size());
-        if (state) state->position += x.steps;
         if (ctx) {
+            ctx->owner.clear();  // set again once the forward has succeeded
             ctx->batch = x.batch;
             ctx->steps = x.steps;
         }
         Sequence<Scalar> y(x.batch, x.steps, this->output_size());
         rows_forward(x.data, y.data, ctx);  // (B*T, in) -> (B*T, out)
+        if (state) state->position += x.steps;
+        if (ctx) ctx->owner = signature();
         return y;
     }
 
@@ -52,12 +54,20 @@ public:
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         (void)d_final;
+        check_context_owner(this->kind() + ".backward", ctx, signature());
         check_sequence(this->kind() + ".backward", "dy", dy, this->output_size());
         if (dy.batch != ctx.batch || dy.steps != ctx.steps)
             fail(this->kind() + ".backward", "dy " + shape_string(dy) + " does not match the forward's (B=" +
                                                  std::to_string(ctx.batch) + ", T=" + std::to_string(ctx.steps) + ")");
         if (d_initial) *d_initial = State<Scalar>{};
         return Sequence<Scalar>(rows_backward(dy.data, ctx), dy.batch, dy.steps);
+    }
+
+    /// The layer's kind and sizes, e.g. "Linear(5 -> 9)": the owner a training forward
+    /// writes into its Context and backward expects there.
+    virtual std::string signature() const {
+        return this->kind() + "(" + std::to_string(this->input_size()) + " -> " + std::to_string(this->output_size()) +
+               ")";
     }
 
 protected:
@@ -154,6 +164,12 @@ public:
         return s;
     }
 
+    /// "FeedForward(D -> H -> D)".
+    std::string signature() const override {
+        return "FeedForward(" + std::to_string(input_size()) + " -> " + std::to_string(hidden_size()) + " -> " +
+               std::to_string(output_size()) + ")";
+    }
+
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         up_.collect_parameters(prefix + "0.", out);
         down_.collect_parameters(prefix + "2.", out);
@@ -196,11 +212,8 @@ protected:
 
 private:
     static Index checked_hidden(Index dim, double mult) {
-        const Index h = static_cast<Index>(static_cast<double>(dim) * mult);
-        if (dim <= 0 || h <= 0)
-            fail("FeedForward", "dim and dim * mult must be positive, got dim=" + std::to_string(dim) +
-                                    ", mult=" + std::to_string(mult));
-        return h;
+        if (dim <= 0) fail("FeedForward", "dim must be positive, got dim=" + std::to_string(dim));
+        return checked_scaled_size("FeedForward", "mult", dim, mult);
     }
 
     Linear<Scalar> up_;

@@ -76,8 +76,12 @@ public:
         check_sequence("Sequential.forward", "input", x, input_size());
         // Without a state the children run without one too (a Transformer then keeps no cache).
         if (state && state->empty() && layout_.total() > 0) *state = initial_state(x.batch);
-        if (state) layout_.check("Sequential.forward", *state);
+        if (state) {
+            layout_.check("Sequential.forward", *state);
+            layout_.check_batch("Sequential.forward", *state, x.batch);
+        }
         if (ctx) {
+            ctx->owner.clear();  // set again once the forward has succeeded
             ctx->batch = x.batch;
             ctx->steps = x.steps;
             ctx->make_children(layers_.size());
@@ -95,6 +99,7 @@ public:
             layout_.set_child(*state, i, std::move(cs), *layers_[i], x.batch);
         }
         if (state) state->position += x.steps;
+        if (ctx) ctx->owner = signature();
         return h;
     }
 
@@ -106,6 +111,7 @@ public:
         const Index B = x.rows();
         if (state.empty() && layout_.total() > 0) state = initial_state(B);
         layout_.check("Sequential.step", state);
+        layout_.check_batch("Sequential.step", state, B);
         if (!layout_.has_shells(state)) layout_.make_shells(state, children(), B);
         if (state.workspace.size() + 1 != layers_.size() || (!state.workspace.empty() && state.workspace[0].rows() != B))
             state.workspace = initial_state(B).workspace;
@@ -113,9 +119,8 @@ public:
         for (std::size_t i = 0; i < layers_.size(); ++i) {
             const Matrix<Scalar>& in = i == 0 ? x : state.workspace[i - 1];
             Matrix<Scalar>& out = i + 1 == layers_.size() ? y : state.workspace[i];  // (B, D_{i+1})
-            layout_.swap(state, i);
+            const auto in_shell = layout_.swapped(state, i);  // swapped back even if the step throws
             layers_[i]->step(in, state.children[i], out);
-            layout_.swap(state, i);
         }
         state.position += 1;
     }
@@ -123,6 +128,7 @@ public:
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         check_not_empty("Sequential.backward");
+        check_context_owner("Sequential.backward", ctx, signature());
         if (ctx.children.size() != layers_.size())
             fail("Sequential.backward", "the context holds no training forward of this stack (" +
                                             std::to_string(ctx.children.size()) + " sub-contexts, expected " +
@@ -149,6 +155,16 @@ public:
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         for (std::size_t i = 0; i < layers_.size(); ++i)
             layers_[i]->collect_parameters(prefix + std::to_string(i) + ".", out);
+    }
+
+    /// The kind and sizes of every child, e.g. "Sequential(GRU 5 -> 9, Linear 9 -> 3)": the
+    /// owner a training forward writes into its Context and backward expects there.
+    std::string signature() const {
+        std::string out = "Sequential(";
+        for (std::size_t i = 0; i < layers_.size(); ++i)
+            out += (i ? ", " : "") + layers_[i]->kind() + " " + std::to_string(layers_[i]->input_size()) + " -> " +
+                   std::to_string(layers_[i]->output_size());
+        return out + ")";
     }
 
 private:

@@ -122,6 +122,7 @@ public:
             ctx->steps = x.steps;
         }
         apply(y.data, ctx);
+        if (ctx) ctx->owner = signature();
         return y;
     }
 
@@ -137,6 +138,7 @@ public:
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                               const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
         (void)d_final;
+        check_context_owner("Dropout.backward", ctx, signature());
         check_sequence("Dropout.backward", "dy", dy, features_);
         if (dy.batch != ctx.batch || dy.steps != ctx.steps)
             fail("Dropout.backward", "dy " + shape_string(dy) + " does not match the forward's (B=" +
@@ -148,6 +150,9 @@ public:
     }
 
     void collect_parameters(const std::string&, ParameterList<Scalar>&) override {}
+
+    /// "Dropout(D=16, p=0.1)": the owner a training forward writes into its Context.
+    std::string signature() const { return "Dropout(D=" + std::to_string(features_) + ", p=" + number_text(p_) + ")"; }
 
 private:
     Index features_;

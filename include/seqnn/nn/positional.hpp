@@ -16,6 +16,7 @@
 #include "seqnn/core/threading.hpp"
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <string>
 
@@ -28,7 +29,8 @@ public:
     /// An encoding of width `dim` with the given base.
     explicit SinusoidalPositionalEncoding(Index dim, double base = 10000.0) : dim_(dim), base_(base) {
         if (dim <= 0) fail("SinusoidalPositionalEncoding", "dim must be positive, got " + std::to_string(dim));
-        if (!(base > 0)) fail("SinusoidalPositionalEncoding", "base must be positive, got " + std::to_string(base));
+        if (!(base > 0) || !std::isfinite(base))
+            fail("SinusoidalPositionalEncoding", "base must be a finite number > 0, got " + number_text(base));
     }
 
     std::string kind() const override { return "SinusoidalPositionalEncoding"; }
@@ -61,7 +63,8 @@ public:
         if (ctx) {
             ctx->batch = x.batch;
             ctx->steps = T;
-            ctx->save("dims", Matrix<Scalar>::Zero(1, 1));  // nothing to keep: marks a training forward
+            ctx->saved.clear();  // nothing to keep: the owner marks a training forward
+            ctx->owner = signature();
         }
         if (state) state->position = offset + T;
         return y;
@@ -70,7 +73,7 @@ public:
     /// The encoding is a constant: dL/dx = dL/dy.
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>* = nullptr,
                               State<Scalar>* d_initial = nullptr) override {
-        ctx.get("dims");
+        check_context_owner(kind() + ".backward", ctx, signature());
         check_sequence(kind() + ".backward", "dy", dy, dim_);
         if (dy.batch != ctx.batch || dy.steps != ctx.steps)
             fail(kind() + ".backward", "dy " + shape_string(dy) + " does not match the forward's (B=" +
@@ -90,6 +93,9 @@ public:
     }
 
     void collect_parameters(const std::string&, ParameterList<Scalar>&) override {}
+
+    /// "SinusoidalPositionalEncoding(D=16)": the owner a training forward writes into its Context.
+    std::string signature() const { return kind() + "(D=" + std::to_string(dim_) + ")"; }
 
 private:
     Index dim_;
@@ -135,6 +141,7 @@ public:
             ctx->batch = x.batch;
             ctx->steps = T;
             ctx->save("offset", Matrix<Scalar>::Constant(1, 1, Scalar(offset)));
+            ctx->owner = signature();
         }
         if (state) state->position = offset + T;
         return y;
@@ -143,6 +150,7 @@ public:
     /// weight.grad[offset + t] += sum_b dy[b*T + t]; dL/dx = dL/dy.
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>* = nullptr,
                               State<Scalar>* d_initial = nullptr) override {
+        check_context_owner(kind() + ".backward", ctx, signature());
         const auto offset = static_cast<Index>(ctx.get("offset")(0, 0));
         check_sequence(kind() + ".backward", "dy", dy, input_size());
         if (dy.batch != ctx.batch || dy.steps != ctx.steps)
@@ -168,10 +176,17 @@ public:
         out.push_back({prefix + "weight", &weight});
     }
 
+    /// "LearnedPositionalEmbedding(L=512, D=16)": the owner a training forward writes into its Context.
+    std::string signature() const {
+        return kind() + "(L=" + std::to_string(max_length()) + ", D=" + std::to_string(input_size()) + ")";
+    }
+
 private:
     void check_range(const char* where, Index offset, Index T) const {
-        if (offset < 0 || offset + T > max_length())
-            fail(where, "positions [" + std::to_string(offset) + ", " + std::to_string(offset + T) +
+        if (offset < 0 || T > max_length() || offset > max_length() - T)  // no offset + T: it may overflow
+            fail(where, "positions [" + std::to_string(offset) + ", " +
+                            (offset > std::numeric_limits<Index>::max() - T ? std::string("beyond 2^63")
+                                                                            : std::to_string(offset + T)) +
                             ") exceed the table's max_length " + std::to_string(max_length()) + " (weight " +
                             shape_string(weight.value) + ")");
     }
