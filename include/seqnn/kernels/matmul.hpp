@@ -1,22 +1,21 @@
-// Products of a tall activation matrix and a small weight matrix, c = a b with a (M, K),
-// M = B*T rows, and b (K, N) a weight or its transpose: the projections of every layer.
-//
-// The rows are split across threads and each thread multiplies its own block with
-// Eigen's serial GEMM, packing b for itself. Eigen's own parallel GEMM instead splits the
-// work into panels whose threads share packed blocks and wait on each other. On 16 device
-// cores (bench_scan, BM_MatmulRows against BM_Gemm, M = 16384) the row split was 1.1-1.7x
-// faster at the Transformer block's four shapes and char_lm's minGRU input projection,
-// and 0.8x at K = 1536, N = 384 (why is not established).
-//
-// The blocks start at multiples of 16 rows (parallel_aligned_blocks), so every row goes
-// through the same micro-kernel path as in a one-thread product (Eigen takes the rows in
-// panels of 4; a block ending elsewhere would send its last rows through the remainder
-// path, which rounds differently): the same bits on any thread count.
-//
-// Short matrices (a decoding step's B rows) keep Eigen's own GEMM, which splits the
-// columns instead: with fewer than kMinRowsPerThread rows a thread, each thread would
-// pack the whole weight for a few rows of work. Eigen's parallel GEMM makes no promise
-// about bits across thread counts, so the one above holds for the row split only.
+/// @file
+/// Products of a tall activation matrix and a small weight matrix, c = a b with a (M, K),
+/// M = B*T rows, and b (K, N) a weight or its transpose: the projections of every layer.
+///
+/// The rows are split across threads and each thread multiplies its own block with
+/// Eigen's serial GEMM, packing b for itself. Eigen's own parallel GEMM instead splits the
+/// work into panels whose threads share packed blocks and wait on each other
+/// (bench_scan's BM_MatmulRows and BM_Gemm compare the two).
+///
+/// The blocks start at multiples of 16 rows (parallel_aligned_blocks), so every row goes
+/// through the same micro-kernel path as in a one-thread product (Eigen takes the rows in
+/// panels of 4; a block ending elsewhere would send its last rows through the remainder
+/// path, which rounds differently): the same bits on any thread count.
+///
+/// Short matrices (a decoding step's B rows) keep Eigen's own GEMM, which splits the
+/// columns instead: with fewer than kMinRowsPerThread rows a thread, each thread would
+/// pack the whole weight for a few rows of work. Eigen's parallel GEMM makes no promise
+/// about bits across thread counts, so the one above holds for the row split only.
 #pragma once
 
 #include "seqnn/core/parallel_rows.hpp"
@@ -24,9 +23,10 @@
 
 namespace seqnn {
 
+/// Rows per thread below which matmul_rows leaves the product to Eigen.
 inline constexpr Index kMinRowsPerThread = 64;
 
-// Whether matmul_rows splits an (M, ...) product by rows on this thread count.
+/// Whether matmul_rows splits an (M, ...) product by rows on this thread count.
 inline bool split_matmul_by_rows(Index rows, Index cols) {
 #ifdef _OPENMP
     return rows >= kMinRowsPerThread * omp_get_max_threads() && worth_parallel(rows, cols);
@@ -37,10 +37,10 @@ inline bool split_matmul_by_rows(Index rows, Index cols) {
 #endif
 }
 
-// c = a b (+ bias on every row): (M, K) x (K, N) -> (M, N). `b` is any Eigen expression
-// of a (K, N) matrix, such as weight.transpose(); `bias` is N values or nullptr. Each
-// thread adds the bias to its own rows right after their product, while they are in
-// cache. c must not alias a or b.
+/// c = a b (+ bias on every row): (M, K) x (K, N) -> (M, N). `b` is any Eigen expression
+/// of a (K, N) matrix, such as weight.transpose(); `bias` is N values or nullptr. Each
+/// thread adds the bias to its own rows right after their product, while they are in
+/// cache. c must not alias a or b.
 template <typename Scalar, typename Rhs>
 void matmul_rows(ConstMatrixRef<Scalar> a, const Rhs& b, MatrixRef<Scalar> c, const Scalar* bias = nullptr) {
     const auto product = [&](Index r0, Index r1) {

@@ -353,7 +353,7 @@ void cell_forward(CellKind cell, const CellStep<S>& p, Index u, Index n) {
 /// H units, G gates; rows of (B*T, ...) arrays are b*T + t.
 template <typename Scalar>
 struct RecurrentForward {
-    CellKind cell = CellKind::GRU;
+    CellKind cell = CellKind::GRU;  ///< the cell of the layer
     Index input_size = 0;          ///< I
     const Scalar* x = nullptr;     ///< (B*T, I): the layer's input; must not alias y
     const Scalar* w_ih = nullptr;  ///< (G*H, I)

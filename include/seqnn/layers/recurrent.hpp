@@ -22,33 +22,41 @@
 
 namespace seqnn {
 
+/// Options of an LSTM or GRU, as PyTorch's constructor takes them.
 struct RecurrentOptions {
-    Index input_size = 0;   // I
-    Index hidden_size = 0;  // H
-    Index num_layers = 1;   // L
-    bool bias = true;       // bias_ih and bias_hh
+    Index input_size = 0;   ///< I
+    Index hidden_size = 0;  ///< H
+    Index num_layers = 1;   ///< L
+    bool bias = true;       ///< bias_ih and bias_hh
 };
 
+/// The base of RNN, LSTM and GRU: L stacked layers of one cell kind, PyTorch's weights
+/// and state layout, the forward, backward and step of the Layer interface.
 template <typename Scalar>
 class RecurrentStack : public Layer<Scalar> {
 public:
-    // The parameters of layer k, as in PyTorch.
+    /// The parameters of layer k, as in PyTorch.
     struct LayerWeights {
-        Parameter<Scalar> weight_ih;  // (G*H, I_k)
-        Parameter<Scalar> weight_hh;  // (G*H, H)
-        Parameter<Scalar> bias_ih;    // (G*H), empty without bias
-        Parameter<Scalar> bias_hh;    // (G*H), empty without bias
+        Parameter<Scalar> weight_ih;  ///< (G*H, I_k)
+        Parameter<Scalar> weight_hh;  ///< (G*H, H)
+        Parameter<Scalar> bias_ih;    ///< (G*H), empty without bias
+        Parameter<Scalar> bias_hh;    ///< (G*H), empty without bias
     };
 
+    /// The options the layer was made with.
     const RecurrentOptions& options() const { return options_; }
+    /// H.
     Index hidden_size() const { return options_.hidden_size; }
+    /// L.
     Index num_layers() const { return options_.num_layers; }
     Index input_size() const override { return options_.input_size; }
     Index output_size() const override { return options_.hidden_size; }
+    /// The parameters of layer k (0 <= k < L).
     LayerWeights& weights(Index k) { return layers_.at(static_cast<std::size_t>(k)); }
+    /// The parameters of layer k (0 <= k < L).
     const LayerWeights& weights(Index k) const { return layers_.at(static_cast<std::size_t>(k)); }
 
-    // Zero state {h (L*B, H)} (plus c for LSTM) and the step workspace.
+    /// Zero state {h (L*B, H)} (plus c for LSTM) and the step workspace.
     State<Scalar> initial_state(Index batch) const override {
         if (batch <= 0) fail(this->kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
         State<Scalar> s;
@@ -257,7 +265,9 @@ protected:
         }
     }
 
+    /// G*H, the width of the gate matrices.
     Index gate_width() const { return gate_count_ * options_.hidden_size; }
+    /// The cell the time loop runs.
     CellKind cell_kind() const { return cell_; }
 
     /// The layer's kind and sizes, as recorded in a Context by forward and checked by backward.
@@ -280,12 +290,13 @@ protected:
         });
     }
 
-    // Rows [k*B, (k+1)*B) of every state tensor: the (B, H) state of layer k.
+    /// Rows [k*B, (k+1)*B) of every state tensor: the (B, H) state of layer k.
     std::vector<Matrix<Scalar>> state_of_layer(const State<Scalar>& s, Index k, Index B) const {
         std::vector<Matrix<Scalar>> out;
         for (const auto& t : s.tensors) out.emplace_back(t.middleRows(k * B, B));
         return out;
     }
+    /// Writes the (B, H) state of layer k back into rows [k*B, (k+1)*B) of `s`.
     void set_state_of_layer(State<Scalar>& s, Index k, Index B, const std::vector<Matrix<Scalar>>& layer) const {
         for (std::size_t j = 0; j < layer.size(); ++j) s.tensors[j].middleRows(k * B, B) = layer[j];
     }
@@ -298,6 +309,7 @@ protected:
         return true;
     }
 
+    /// Throws unless `s` is a state of this stack for B streams.
     void check_state(const std::string& where, const State<Scalar>& s, Index B) const {
         if (static_cast<int>(s.tensors.size()) != state_tensor_count_)
             fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected " +
