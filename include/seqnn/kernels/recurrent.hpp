@@ -213,7 +213,7 @@ UnitBlock unit_block(Index H, int slots, int slot) {
 /// Runs body(thread, team) on a team of `threads` (one call with team 1 without
 /// OpenMP). Inside, team_barrier(team) waits for the whole team.
 template <typename Body>
-void run_team(int threads, const Body& body) {
+void run_team([[maybe_unused]] int threads, const Body& body) {
 #ifdef _OPENMP
     if (threads > 1) {
 #pragma omp parallel num_threads(threads)
