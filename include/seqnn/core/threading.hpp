@@ -72,8 +72,12 @@ Matrix<Scalar> parallel_copy_of(ConstMatrixRef<Scalar> src) {
 /// each column's sum takes the same path, and gives the same bits, for any thread count.
 template <typename Expr, typename Out>
 void add_column_sums(const Expr& m, Out&& out) {
+    using Scalar = typename Expr::Scalar;
     parallel_aligned_blocks(m.cols(), m.rows(), [&](Index c0, Index c1) {
-        out.middleCols(c0, c1 - c0).array() += m.middleCols(c0, c1 - c0).colwise().sum().array();
+        // Row by row, in order: contiguous reads of a row-major matrix, vectorised across columns.
+        Eigen::Array<Scalar, 1, Eigen::Dynamic> sums = Eigen::Array<Scalar, 1, Eigen::Dynamic>::Zero(c1 - c0);
+        for (Index r = 0; r < m.rows(); ++r) sums += m.row(r).segment(c0, c1 - c0).array();
+        out.middleCols(c0, c1 - c0).array() += sums;
     });
 }
 

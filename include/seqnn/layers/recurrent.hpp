@@ -139,10 +139,9 @@ public:
         if (d_initial) *d_initial = State<Scalar>{};
 
         const CellKind cell = cell_kind();
-        // Scratch of this thread: slot A dL/d(gates), B dL/d(hidden map) (GRU), C h_{t-1}.
+        // Scratch of this thread: slot A dL/d(gates), B dL/d(hidden map) (GRU only).
         auto d_gates = scratch_matrix<Scalar>(ScratchSlot::A, B * T, gate_width());
         auto d_gates_hidden = cell == CellKind::GRU ? scratch_matrix<Scalar>(ScratchSlot::B, B * T, gate_width()) : d_gates;
-        auto h_prev = scratch_matrix<Scalar>(ScratchSlot::C, B * T, H);
         Matrix<Scalar> d_input;                  // dL/d(input of layer k), (B*T, I_k)
         Matrix<Scalar> d_above;                  // dL/d(output of layer k) below the top layer
         const Scalar* d_out = dy.data.data();    // dL/d(output of layer k), (B*T, H)
@@ -176,11 +175,26 @@ public:
             d.d_gates_hidden = d_gates_hidden.data();
             recurrent_backward<Scalar>(cell, w.weight_hh.value.data(), saved, d, B, T, H);
 
-            // The weight gradients, each one GEMM over every step.
-            previous_steps(output, h0, B, T, h_prev);
-            w.weight_hh.grad.noalias() += d_gates_hidden.transpose() * h_prev;  // (G*H, B*T) x (B*T, H)
+            // The weight gradients, one GEMM over every step for each of the two maps, or one
+            // for both where both see the same gradient (RNN, LSTM). Scratch slot C holds
+            // their right-hand sides: h_{t-1} (B*T, H), or [input | h_{t-1}] (B*T, I_k + H).
+            const Index I = input.cols();
+            if (cell == CellKind::GRU) {
+                auto h_prev = scratch_matrix<Scalar>(ScratchSlot::C, B * T, H);
+                previous_steps(output, h0, B, T, h_prev);
+                w.weight_hh.grad.noalias() += d_gates_hidden.transpose() * h_prev;  // (G*H, B*T) x (B*T, H)
+                w.weight_ih.grad.noalias() += d_gates.transpose() * input;          // (G*H, B*T) x (B*T, I_k)
+            } else {
+                auto both = scratch_matrix<Scalar>(ScratchSlot::C, B * T, I + H);
+                parallel_row_blocks(B * T, I, [&](Index r0, Index r1) {
+                    both.block(r0, 0, r1 - r0, I) = input.middleRows(r0, r1 - r0);
+                });
+                previous_steps(output, h0, B, T, both.rightCols(H));
+                const Matrix<Scalar> d_weights = d_gates.transpose() * both;  // (G*H, B*T) x (B*T, I_k + H)
+                w.weight_ih.grad += d_weights.leftCols(I);
+                w.weight_hh.grad += d_weights.rightCols(H);
+            }
             if (options_.bias) add_column_sums(d_gates_hidden, w.bias_hh.grad);
-            w.weight_ih.grad.noalias() += d_gates.transpose() * input;  // (G*H, B*T) x (B*T, I_k)
             if (options_.bias) add_column_sums(d_gates, w.bias_ih.grad);
             d_input.resize(B * T, w.weight_ih.value.cols());
             matmul_rows<Scalar>(d_gates, w.weight_ih.value, d_input);  // (B*T, G*H) x (G*H, I_k)
@@ -281,7 +295,7 @@ protected:
     /// prev (B*T, H) <- the state before each step: row b*T + t is h_{t-1} of sequence b
     /// (the initial state at t = 0). `outputs` (B*T, H) holds h_t.
     static void previous_steps(const Matrix<Scalar>& outputs, const Matrix<Scalar>& initial, Index B, Index T,
-                               Eigen::Map<Matrix<Scalar>> prev) {
+                               MatrixRef<Scalar> prev) {
         parallel_row_blocks(B, T * outputs.cols(), [&](Index b0, Index b1) {
             for (Index b = b0; b < b1; ++b) {
                 prev.row(b * T) = initial.row(b);
