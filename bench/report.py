@@ -23,7 +23,7 @@ files it wrote before: all three load the same way) and writes into --out:
 
   serial_vs_parallel.png  GRU/LSTM vs minGRU/minLSTM, time and speedup vs T, forward and training
   complexity.png          RNN, minGRU and Transformer time vs T, log-log, fitted slopes
-  thread_scaling.png      scan, minGRU, attention, GEMM and bandwidth at 1..N threads
+  thread_scaling.png      scan, minGRU, GRU, LSTM, attention, GEMM and bandwidth at 1..N threads
   accuracy.png            fp32 relative error of the linear and log-space scans vs T
   ceilings.png            each layer's FLOP/s and bytes/s as a fraction of BM_Gemm / BM_Bandwidth
   ratios.md, ratios.json  seqnn/PyTorch table (bench/compare.py) and its rows
@@ -241,6 +241,9 @@ def fig_complexity(res, plt):
 SCALING = [
     ("BM_ScanParallelThreads/B:1/T:65536/D:256/threads:{n}", "scan, B=1 T=65536 D=256 (time split)", "tab:blue"),
     ("BM_MinGRU_Forward/B:16/T:1024/D:256", "minGRU forward, B=16 T=1024 D=256", "tab:cyan"),
+    ("BM_GRU_Forward/B:16/T:1024/D:256", "GRU forward, B=16 T=1024 D=256", "tab:red"),
+    ("BM_LSTM_Forward/B:16/T:1024/D:256", "LSTM forward, B=16 T=1024 D=256", "tab:purple"),
+    ("BM_GRU_Step/B:1/D:1024", "GRU step, B=1 D=1024", "tab:orange"),
     ("BM_Attention_Forward/B:1/T:4096/H:8/Dh:64", "attention forward, B=1 T=4096 8x64", "tab:green"),
     ("BM_Attention_Forward/B:16/T:1024/H:8/Dh:32", "attention forward, B=16 T=1024 8x32", "tab:olive"),
     ("BM_Gemm/M:16384/K:256/N:512", "GEMM 16384x256x512 (ceiling)", "black"),
@@ -285,7 +288,7 @@ def fig_thread_scaling(res, plt):
         ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7.5)
-    fig.suptitle(f"Thread scaling: scan, minGRU and attention against the GEMM and streaming ceilings\n"
+    fig.suptitle(f"Thread scaling: scan, minGRU, GRU, LSTM and attention against the GEMM and streaming ceilings\n"
                  f"{res.machine()}; fp32; 1 to {max_t} threads", fontsize=10)
     fig.tight_layout()
     caption = "Time and speedup over one thread. " + "; ".join(notes)
