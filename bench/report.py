@@ -715,6 +715,25 @@ def table_accuracy(run):
             + _md_table(["benchmark", "threads", *[f"T:{T}" for T in Ts]], out) + [""])
 
 
+def table_backends(run):
+    """bench_backends: GFLOP/s of each matrix-product backend at each shape and thread count."""
+    rows = {}
+    for (name, th), r in run.res.ours.items():
+        m = re.match(r"BM_Product(\w+)/(M:\d+/K:\d+/N:\d+)", name)
+        if m and "FLOPS" in r["counters"]:
+            rows.setdefault((m.group(2), th), {})[m.group(1)] = r["counters"]["FLOPS"] / 1e9
+    if not rows:
+        return []
+    order = ["Eigen", "Packed", "OpenBLAS", "BLIS", "Libxsmm"]
+    backends = [b for b in order if any(b in d for d in rows.values())]
+    body = [[f"`{shape}`", str(th), *[f"{d[b]:.0f}" if b in d else "" for b in backends]]
+            for (shape, th), d in sorted(rows.items(), key=lambda kv: (kv[0][1], compare._natural(kv[0][0])))]
+    return (["### Matrix-product backends", "",
+             "GFLOP/s of y = x w^T, x (M, K), w (N, K) (`bench_backends`). Packed is the recurrent kernel's "
+             "`gemm_packed` on one thread with w packed once; Libxsmm is one JIT kernel, on one thread.", ""]
+            + _md_table(["shape", "threads", *backends], body) + [""])
+
+
 def table_all(run, rows, title, note):
     if not rows:
         return []
@@ -736,7 +755,7 @@ def run_section(run):
         out += [f"- `{src}`: `{cmd}`" for src, cmd in sorted(run.commands.items())]
         out += ["", "</details>", ""]
     for part in (table_serial_vs_parallel(run), table_ratios(run), table_scaling(run), table_ceilings(run),
-                 table_accuracy(run),
+                 table_accuracy(run), table_backends(run),
                  table_all(run, run.res.ours, "Every seqnn result",
                            "ms per call (median of the repetitions), by thread count."),
                  table_all(run, run.res.peer, "Every PyTorch result", "ms per call, by thread count.")):
