@@ -21,7 +21,7 @@
 /// Backward runs the same way in reverse: each slot turns dL/dh_t of its units into the
 /// gate gradients of its units, one barrier, then multiplies the whole step's gate
 /// gradients (B, G*H) by its columns of W_hh to get dL/dh_{t-1} of its units. The weight
-/// gradients are left to one large GEMM over the saved gates after the loop.
+/// gradients are left to the caller: one large GEMM over all steps after the loop.
 ///
 /// Every output element is computed by the same sequence of operations whatever the
 /// thread count (the products sum over k in order with one multiply-add per term, and
@@ -294,7 +294,6 @@ Chunk<S> sigmoid(const Chunk<S>& x) {
     return x.logistic();
 }
 
-
 /// Pointers to one row's units for the forward cell: unit u of gate g is at
 /// gates[g*gate_stride + u] (x W_ih^T + b_ih in, the activation out) and
 /// hidden[g*hidden_stride + u] (h_{t-1} W_hh^T + b_hh).
@@ -311,12 +310,14 @@ struct CellStep {
     S* hidden_n = nullptr;      // GRU, optional: W_hn h_{t-1} + b_hn, out
 };
 
-/// The cell on units [u, u + n) of one row, n <= P (Feng et al. and PyTorch's equations
-/// in rnn.hpp, lstm.hpp and gru.hpp).
+/// The cell on units [u, u + n) of one row, n <= P (PyTorch's equations, as rnn.hpp,
+/// lstm.hpp and gru.hpp give them).
 template <typename S>
 void cell_forward(CellKind cell, const CellStep<S>& p, Index u, Index n) {
     using C = Chunk<S>;
-    const auto pre = [&](Index g) { return C(load(p.gates + g * p.gate_stride + u, n) + load(p.hidden + g * p.hidden_stride + u, n)); };
+    const auto pre = [&](Index g) {  // the pre-activation of gate g
+        return C(load(p.gates + g * p.gate_stride + u, n) + load(p.hidden + g * p.hidden_stride + u, n));
+    };
     switch (cell) {
         case CellKind::RNNTanh: store(p.h + u, C(pre(0).tanh()), n); break;
         case CellKind::RNNReLU: store(p.h + u, C(pre(0).max(S(0))), n); break;
