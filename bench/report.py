@@ -547,7 +547,9 @@ class Run:
             print(f"report.py: {label}: no command (report.commands or commands.tsv)", file=sys.stderr)
 
     def title(self):
-        return f"{self.machine}, {self.date}"
+        """The section's heading; find_runs adds the data's name where two runs share one."""
+        base = f"{self.machine}, {self.date}"
+        return f"{base}, {self.label or 'report/'}" if getattr(self, "shared_title", False) else base
 
 
 def _kind_of(path):
@@ -583,6 +585,9 @@ def find_runs(root):
             runs.append(Run(label, Results([], files=raw, meta_from=folder)))
     if not runs:
         sys.exit(f"report.py: no measurements (*.json) in {root}")
+    titles = [r.title() for r in runs]
+    for r in runs:
+        r.shared_title = titles.count(r.title()) > 1
     # Newest first; the same date in the order of the files.
     return sorted(runs, key=lambda r: r.label), sorted(runs, key=lambda r: (r.date[0].isdigit(), r.date), reverse=True)
 
