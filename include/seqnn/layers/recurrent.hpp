@@ -148,25 +148,31 @@ public:
         for (Index k = L - 1; k >= 0; --k) {
             LayerWeights& w = weights(k);
             const Context<Scalar>& lc = ctx.children[static_cast<std::size_t>(k)];
-            const Matrix<Scalar>& output =
-                k + 1 < L ? ctx.children[static_cast<std::size_t>(k + 1)].get("input") : lc.get("output");
-            const Matrix<Scalar>& input = lc.get("input");
-            const Matrix<Scalar>& h0 = lc.get("initial0");
-            check_matrix(where, "the context's saved output", output, B * T, H);
-            check_matrix(where, "the context's saved input", input, B * T, w.weight_ih.value.cols());
+            // What layer k's forward kept, each checked against the shape it must have.
+            const auto saved_tensor = [&](const Context<Scalar>& c, const char* name, Index rows,
+                                          Index cols) -> const Matrix<Scalar>& {
+                const Matrix<Scalar>& m = c.get(name);
+                check_matrix(where, std::string("the context's saved ") + name, m, rows, cols);
+                return m;
+            };
+            const Matrix<Scalar>& output = k + 1 < L ? saved_tensor(ctx.children[static_cast<std::size_t>(k + 1)], "input", B * T, H)
+                                                     : saved_tensor(lc, "output", B * T, H);
+            const Matrix<Scalar>& input = saved_tensor(lc, "input", B * T, w.weight_ih.value.cols());
+            const Matrix<Scalar>& h0 = saved_tensor(lc, "initial0", B, H);
             std::vector<Matrix<Scalar>> d_state;  // dL/d(final state), then dL/d(initial state), of layer k
             for (int j = 0; j < state_tensor_count_; ++j)
                 d_state.push_back(d_final && !d_final->empty() ? Matrix<Scalar>(d_final->tensors[j].middleRows(k * B, B))
                                                                : Matrix<Scalar>::Zero(B, H));
             RecurrentSaved<Scalar> saved;
-            saved.gates = cell == CellKind::RNNTanh || cell == CellKind::RNNReLU ? nullptr : lc.get("gates").data();
             saved.y = output.data();
             saved.h0 = h0.data();
+            if (cell == CellKind::LSTM || cell == CellKind::GRU)
+                saved.gates = saved_tensor(lc, "gates", B * T, gate_width()).data();
             if (cell == CellKind::LSTM) {
-                saved.c0 = lc.get("initial1").data();
-                saved.cells = lc.get("cells").data();
+                saved.c0 = saved_tensor(lc, "initial1", B, H).data();
+                saved.cells = saved_tensor(lc, "cells", B * T, H).data();
             }
-            if (cell == CellKind::GRU) saved.hidden_n = lc.get("hidden_n").data();
+            if (cell == CellKind::GRU) saved.hidden_n = saved_tensor(lc, "hidden_n", B * T, H).data();
             RecurrentBackward<Scalar> d;
             d.d_out = d_out;
             d.dh = d_state[0].data();
@@ -194,8 +200,10 @@ public:
                 w.weight_ih.grad += d_weights.leftCols(I);
                 w.weight_hh.grad += d_weights.rightCols(H);
             }
-            if (options_.bias) add_column_sums(d_gates_hidden, w.bias_hh.grad);
-            if (options_.bias) add_column_sums(d_gates, w.bias_ih.grad);
+            if (options_.bias) {
+                add_column_sums(d_gates_hidden, w.bias_hh.grad);
+                add_column_sums(d_gates, w.bias_ih.grad);
+            }
             d_input.resize(B * T, w.weight_ih.value.cols());
             matmul_rows<Scalar>(d_gates, w.weight_ih.value, d_input);  // (B*T, G*H) x (G*H, I_k)
 
@@ -209,7 +217,6 @@ public:
             }
         }
         return Sequence<Scalar>(std::move(d_input), B, T);
-
     }
 
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
