@@ -194,6 +194,24 @@ TEST_P(EveryKind, AThrowingStepLeavesTheStateAsItWas) {
 
 INSTANTIATE_TEST_SUITE_P(Adversarial, EveryKind, ::testing::ValuesIn(all_kinds()), kind_name);
 
+// A composite checks every child's state before any child steps: a step that a later child
+// refuses (here a full KV cache) has not advanced the earlier ones either.
+TEST(AdversarialComposite, AStepALaterChildRefusesLeavesEveryChildUnstepped) {
+    Rng rng(16);
+    auto stack = std::make_unique<Sequential<double>>();
+    stack->emplace<MinGRU<double>>(MinRNNOptions{.input_size = 4, .hidden_size = 4}, rng);
+    stack->emplace<TransformerBlock<double>>(TransformerOptions{.d_model = 4, .num_heads = 2, .max_cache_length = 3}, rng);
+    Sequential<double> outer;  // and the same through a nested stack
+    outer.add(make_linear_layer<double>(4, 4, true, rng));
+    outer.add(std::move(stack));
+    State<double> state = outer.initial_state(2);
+    Matrix<double> y;
+    for (int t = 0; t < 3; ++t) outer.step(random_matrix<double>(2, 4, rng), state, y);
+    const Snapshot before(state);
+    expect_shape_error([&] { outer.step(random_matrix<double>(2, 4, rng), state, y); }, {"KV cache is full"});
+    EXPECT_TRUE(Snapshot(state) == before) << "the MinGRU stepped before the Transformer refused";
+}
+
 // The language model is not a Layer (it reads token ids): the same promises, by hand.
 TEST(AdversarialLanguageModel, AThrowingStepLeavesTheStateAsItWas) {
     for (const MixerKind kind : {MixerKind::GRU, MixerKind::MinGRU, MixerKind::Transformer}) {

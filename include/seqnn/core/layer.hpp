@@ -44,6 +44,17 @@ public:
     /// if its shape is wrong.
     virtual void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const = 0;
 
+    /// Throws what step() would throw, for B = `batch` streams, because of `state` alone (its
+    /// shapes, its stream count, a full KV cache), and changes nothing: a composite checks
+    /// every child this way before any child steps, so that a step that fails in a later
+    /// child has not advanced the earlier ones. An empty state passes (step makes one). A
+    /// composite swaps its children's tensors in and back, hence the non-const state. The
+    /// default checks nothing (step still checks everything).
+    virtual void check_step_state(State<Scalar>& state, Index batch) const {
+        (void)state;
+        (void)batch;
+    }
+
     /// Given dL/dy (B*T, output_size) for the forward that filled `ctx`, and
     /// optionally dL/d(final state), adds the parameters' gradients into their
     /// .grad, returns dL/dx and, if d_initial is non-null, fills it with

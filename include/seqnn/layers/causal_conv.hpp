@@ -197,6 +197,14 @@ public:
         return dx;
     }
 
+    void check_step_state(State<Scalar>& state, Index batch) const override {
+        if (state.empty()) return;
+        const Index K = kernel_size();
+        if (state.tensors.size() != 1 || state.tensors[0].rows() != batch * (K - 1) ||
+            state.tensors[0].cols() != options_.channels)
+            check_state(kind() + ".step", state, batch);  // the name is built only on failure: a step allocates nothing
+    }
+
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         // Names are built only on failure: a step allocates nothing.
         if (x.cols() != input_size() || x.rows() <= 0)

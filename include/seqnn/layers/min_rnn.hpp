@@ -238,6 +238,12 @@ public:
         return dx;
     }
 
+    void check_step_state(State<Scalar>& state, Index batch) const override {
+        if (state.empty()) return;
+        if (state.tensors.size() != 1 || state.tensors[0].rows() != batch || state.tensors[0].cols() != hidden_size_)
+            check_state(this->kind() + ".step", state, batch);  // the name is built only on failure: a step allocates nothing
+    }
+
     /// One step; the same recurrence, h = a h + b, whatever the mode.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         const std::string where = this->kind() + ".step";

@@ -334,6 +334,18 @@ public:
         return Sequence<Scalar>(std::move(dx), B, T);
     }
 
+    /// The state's shapes and stream count, and room in the cache for one more position.
+    void check_step_state(State<Scalar>& state, Index batch) const override {
+        const char* where = "TransformerBlock.step";
+        if (state.empty()) return;
+        check_state(where, state, batch);
+        if (state.position >= capacity(state, batch))
+            fail(where, "the KV cache is full: it holds " + std::to_string(state.position) + " of " +
+                            std::to_string(capacity(state, batch)) + " positions per stream (state tensors " +
+                            shape_string(state.tensors[0]) + " for B=" + std::to_string(batch) +
+                            "); make the state with a larger max_cache_length");
+    }
+
     /// One position for B streams: appends its key and value to the cache and attends to
     /// every cached position. No heap allocation once the state has its workspace.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {

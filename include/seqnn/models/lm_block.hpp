@@ -226,6 +226,7 @@ public:
         Matrix<Scalar>& m = state.workspace[2];    // (B, D): a branch's output
         Matrix<Scalar>& pre = state.workspace[3];  // (B, H)
         Matrix<Scalar>& act = state.workspace[4];  // (B, H)
+        check_children(state, B);  // the conv's and the mixer's states, before either steps
         std::size_t child = 0;
         // Each child's tensors are swapped back into the state even if its step throws.
         if (conv_) {
@@ -249,6 +250,15 @@ public:
         state.position += 1;
     }
 
+    void check_step_state(State<Scalar>& state, Index batch) const override {
+        const auto where = [this] { return kind() + ".step"; };
+        if (state.empty()) return;
+        layout_.check(where, state);
+        layout_.check_batch(where, state, batch);
+        if (!layout_.has_shells(state)) layout_.make_shells(state, stateful(), batch);
+        check_children(state, batch);
+    }
+
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         if (conv_) conv_->collect_parameters(prefix + "0.", out);
         norm1_.collect_parameters(prefix + "1.", out);
@@ -267,6 +277,16 @@ public:
     }
 
 private:
+    // The conv's and the mixer's check_step_state, each on its tensors swapped in and back.
+    void check_children(State<Scalar>& state, Index B) const {
+        std::size_t child = 0;
+        if (conv_) {
+            const auto in_shell = layout_.swapped(state, child);
+            conv_->check_step_state(state.children[child++], B);
+        }
+        const auto in_shell = layout_.swapped(state, child);
+        mixer_->check_step_state(state.children[child], B);
+    }
     static Index checked_dim(Index dim) {
         if (dim <= 0) fail("LMBlock", "dim must be positive, got " + std::to_string(dim));
         return dim;

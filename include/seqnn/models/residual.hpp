@@ -70,6 +70,8 @@ public:
         return y;
     }
 
+    void check_step_state(State<Scalar>& state, Index batch) const override { fn_->check_step_state(state, batch); }
+
     /// The state's last workspace entry is the normed input when there is a norm; f
     /// sees the state without it.
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {

@@ -116,6 +116,7 @@ public:
         if (state.workspace.size() + 1 != layers_.size() || (!state.workspace.empty() && state.workspace[0].rows() != B))
             state.workspace = initial_state(B).workspace;
         if (y.rows() != B || y.cols() != output_size()) y.resize(B, output_size());
+        check_children(state, B);  // every child's state, before any child steps
         for (std::size_t i = 0; i < layers_.size(); ++i) {
             const Matrix<Scalar>& in = i == 0 ? x : state.workspace[i - 1];
             Matrix<Scalar>& out = i + 1 == layers_.size() ? y : state.workspace[i];  // (B, D_{i+1})
@@ -123,6 +124,14 @@ public:
             layers_[i]->step(in, state.children[i], out);
         }
         state.position += 1;
+    }
+
+    void check_step_state(State<Scalar>& state, Index batch) const override {
+        if (state.empty()) return;
+        layout_.check("Sequential.step", state);
+        layout_.check_batch("Sequential.step", state, batch);
+        if (!layout_.has_shells(state)) layout_.make_shells(state, children(), batch);
+        check_children(state, batch);
     }
 
     Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
@@ -172,6 +181,13 @@ private:
         std::vector<const Layer<Scalar>*> out;
         for (const auto& l : layers_) out.push_back(l.get());
         return out;
+    }
+    // Each child's check_step_state on its tensors, swapped into its shell and back.
+    void check_children(State<Scalar>& state, Index B) const {
+        for (std::size_t i = 0; i < layers_.size(); ++i) {
+            const auto in_shell = layout_.swapped(state, i);
+            layers_[i]->check_step_state(state.children[i], B);
+        }
     }
     void check_not_empty(const std::string& where) const {
         if (layers_.empty()) fail(where, "the stack has no layers");

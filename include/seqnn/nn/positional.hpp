@@ -161,6 +161,10 @@ public:
         return dy;
     }
 
+    void check_step_state(State<Scalar>& state, Index) const override {
+        check_range("LearnedPositionalEmbedding.step", state.position, 1);
+    }
+
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         const char* where = "LearnedPositionalEmbedding.step";  // no std::string: step must not allocate
         if (x.cols() != input_size() || x.rows() <= 0)
