@@ -208,21 +208,23 @@ template <typename S>
 constexpr int kScaleBits = sizeof(S) >= 8 ? 512 : 64;
 
 // p <- p * 2^k, e <- e - k for each entry of p[0, n) below 2^-kScaleBits (and not zero).
-// Two vectorised passes lift any entry, a denormal one included, to at least 2^-kScaleBits;
-// usually a single vectorised minimum finds nothing to do. An entry that is exactly 0 only
-// has its exponent lowered, which changes nothing (its product stays 0).
+// Usually one pass finds nothing to do; otherwise two passes lift any entry, a denormal one
+// included, to at least 2^-kScaleBits. An entry that is exactly 0 only has its exponent
+// lowered, which changes nothing (its product stays 0). Plain branch-free loops: they
+// vectorise, and stay cheap in unoptimised (sanitizer) builds.
 template <typename S>
 void renormalize(S* p, S* e, Index n) {
-    using Flat = Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>;
-    Flat mantissa(p, n), exponent(e, n);
     const S low = std::ldexp(S(1), -kScaleBits<S>), up = std::ldexp(S(1), kScaleBits<S>);
-    if (!(mantissa.abs().minCoeff() < low)) return;
-    for (int pass = 0; pass < 2; ++pass) {
-        exponent = (mantissa.abs() < low).select(exponent - S(kScaleBits<S>), exponent);
-        mantissa = (mantissa.abs() < low).select(mantissa * up, mantissa);
-    }
-}
-// x * 2^e for an exponent e <= 0 kept as a scalar; past float's range it is 0.
+    int any = 0;
+    for (Index c = 0; c < n; ++c) any |= std::abs(p[c]) < low;
+    if (!any) return;
+    for (int pass = 0; pass < 2; ++pass)
+        for (Index c = 0; c < n; ++c) {
+            const bool small = std::abs(p[c]) < low;
+            e[c] = small ? e[c] - S(kScaleBits<S>) : e[c];
+            p[c] = small ? p[c] * up : p[c];
+        }
+}// x * 2^e for an exponent e <= 0 kept as a scalar; past float's range it is 0.
 template <typename S>
 S scaled(S x, S e) {
     return std::ldexp(x, static_cast<int>(std::max(e, S(-100000))));
@@ -241,12 +243,15 @@ template <typename S>
 bool drop_negligible(S* term, const S* result, Index n) {
     constexpr S eps2 = std::numeric_limits<S>::epsilon() * std::numeric_limits<S>::epsilon();
     constexpr S tiny = std::numeric_limits<S>::min();
-    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> k(term, n);
-    const Eigen::Map<const Eigen::Array<S, Eigen::Dynamic, 1>> h(result, n);
-    k = (k.abs() < tiny || k.abs() <= eps2 * h.abs()).select(S(0), k);
-    return k.abs().maxCoeff() > S(0);
-}
-// Time split step (1): rows [r0, r1) scanned from zero (fresh) or on from h_{r0-1}
+    int alive = 0;
+    for (Index c = 0; c < n; ++c) {
+        const S size = std::abs(term[c]);
+        const bool negligible = size < tiny || size <= eps2 * std::abs(result[c]);
+        term[c] = negligible ? S(0) : term[c];
+        alive |= !negligible;
+    }
+    return alive != 0;
+}// Time split step (1): rows [r0, r1) scanned from zero (fresh) or on from h_{r0-1}
 // (a later segment of the same piece); prod * 2^exp *= a_{r0} ... a_{r1-1} (fresh: = that).
 template <typename S>
 void forward_local(Rows<S> h, Rows<const S> a, Rows<const S> b, Index r0, Index r1, Index n, S* prod, S* exp,
