@@ -219,6 +219,11 @@ public:
         return Sequence<Scalar>(std::move(d_input), B, T);
     }
 
+    /// Throws what step() would throw because of the state alone: tensors of another shape.
+    void check_step_state(State<Scalar>& state, Index batch) const override {
+        if (!state.empty() && !state_fits(state, batch)) check_state(this->kind() + ".step", state, batch);
+    }
+
     void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         if (x.cols() != input_size() || x.rows() <= 0)
             fail(this->kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +
