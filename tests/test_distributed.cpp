@@ -386,7 +386,7 @@ private:
 }  // namespace
 
 int main(int argc, char** argv) {
-    dist::Session mpi(argc, argv);
+    dist::MpiEnvironment mpi(argc, argv);
     ::testing::InitGoogleTest(&argc, argv);
     if (mpi.rank() != 0) {
         ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();

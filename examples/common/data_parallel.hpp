@@ -81,7 +81,7 @@ inline void check_data_parallel_flags(const Flags& flags, const DataParallelFlag
 template <typename Body>
 int run_ranks(const std::string& program, int& argc, char**& argv, Body body) {
 #ifdef SEQNN_EXAMPLES_MPI
-    seqnn::distributed::Session mpi(argc, argv);
+    seqnn::distributed::MpiEnvironment mpi(argc, argv);
     if (mpi.rank() != 0 && !std::freopen("/dev/null", "w", stdout))
         seqnn::distributed::abort_all(program, "cannot discard the standard output");
     try {

@@ -7,7 +7,7 @@
 // A training step, for a global batch of B sequences split into `shards()` contiguous
 // shards (by default one per rank; shard_rows says which sequences each holds):
 //
-//   seqnn::distributed::Session mpi(argc, argv);        // MPI_Init / MPI_Finalize
+//   seqnn::distributed::MpiEnvironment mpi(argc, argv); // MPI_Init / MPI_Finalize
 //   seqnn::distributed::DataParallel<float> dp(model.parameters(), {}, model.dropouts());
 //   dp.broadcast_parameters();                          // every rank starts from rank 0's weights
 //   for each step:
@@ -135,18 +135,18 @@ inline int world_rank() {
 
 /// MPI_Init_thread on construction (MPI_THREAD_FUNNELED: OpenMP threads compute, only the
 /// main thread calls MPI) and MPI_Finalize on destruction, unless MPI was already started.
-class Session {
+class MpiEnvironment {
 public:
     /// Starts MPI (MPI_Init_thread, funneled) unless it is running already.
-    Session(int& argc, char**& argv) {
+    MpiEnvironment(int& argc, char**& argv) {
         if (initialized()) return;
         int provided = 0;
         detail::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
         owner_ = true;
     }
-    Session(const Session&) = delete;
-    Session& operator=(const Session&) = delete;
-    ~Session() {
+    MpiEnvironment(const MpiEnvironment&) = delete;
+    MpiEnvironment& operator=(const MpiEnvironment&) = delete;
+    ~MpiEnvironment() {
         if (owner_ && initialized()) MPI_Finalize();
     }
 
@@ -215,7 +215,7 @@ public:
     DataParallel(ParameterList<Scalar> params, DataParallelOptions options = {},
                  std::vector<Dropout<Scalar>*> dropouts = {})
         : params_(std::move(params)), options_(options), dropouts_(std::move(dropouts)) {
-        if (!initialized()) throw distributed_error("DataParallel: MPI is not initialised (make a Session first)");
+        if (!initialized()) throw distributed_error("DataParallel: MPI is not initialised (make an MpiEnvironment first)");
         detail::check(MPI_Comm_dup(options_.comm, &comm_), "MPI_Comm_dup");
         MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
         MPI_Comm_rank(comm_, &rank_);
