@@ -100,7 +100,12 @@ public:
             f.b_hh = options_.bias ? w.bias_hh.value.data() : nullptr;
             f.h = layer_state[0].data();
             f.c = cell == CellKind::LSTM ? layer_state[1].data() : nullptr;
-            f.y = y.data.data();
+            // Layer k writes its output where layer k+1 reads its input: in layer k+1's context
+            // in training, in this thread's scratch (slots A and B in turn) otherwise; the last
+            // layer writes y.
+            f.y = k + 1 == L ? y.data.data()
+                  : lc       ? ctx->children[static_cast<std::size_t>(k + 1)].buffer("input", B * T, H).data()
+                             : scratch_matrix<Scalar>(k % 2 == 0 ? ScratchSlot::A : ScratchSlot::B, B * T, H).data();
             if (lc) {
                 if (k == 0) parallel_copy<Scalar>(lc->buffer("input", B * T, I), x.data);
                 for (std::size_t j = 0; j < layer_state.size(); ++j)
@@ -111,15 +116,7 @@ public:
             }
             recurrent_forward<Scalar>(f, B, T, H);
             set_state_of_layer(s, k, B, layer_state);
-            if (k + 1 == L) break;
-            // The output of layer k is the input of layer k+1: kept in layer k+1's context
-            // in training, in this thread's scratch otherwise.
-            Scalar* next = lc ? ctx->children[static_cast<std::size_t>(k + 1)].buffer("input", B * T, H).data()
-                              : scratch_matrix<Scalar>(k % 2 == 0 ? ScratchSlot::A : ScratchSlot::B, B * T, H).data();
-            parallel_row_blocks(B * T, H, [&](Index r0, Index r1) {
-                std::copy(y.data.data() + r0 * H, y.data.data() + r1 * H, next + r0 * H);
-            });
-            input = next;
+            input = f.y;
         }
         if (ctx) parallel_copy<Scalar>(ctx->children[static_cast<std::size_t>(L - 1)].buffer("output", B * T, H), y.data);
         s.position += T;
