@@ -472,12 +472,16 @@ public:
         return out;
     }
 
-    /// A tensor of rank 0, 1 or 2 as a matrix: (1, 1), (1, n) or (rows, cols).
+    /// A tensor of rank 0, 1 or 2 as a matrix: (1, 1), (1, n) or (rows, cols). For rank 3, see
+    /// seqnn/io/layouts.hpp: sequence_from_tensor, state_from_tensor, min_rnn_state_from_tensor.
     template <typename Scalar>
     Matrix<Scalar> to_matrix() const {
         if (shape_.size() > 2)
             throw shape_error("Tensor: shape " + detail::shape_text(shape_) + " has rank " +
-                              std::to_string(shape_.size()) + "; to_matrix takes rank 0, 1 or 2");
+                              std::to_string(shape_.size()) +
+                              "; to_matrix takes rank 0, 1 or 2 (seqnn/io/layouts.hpp converts PyTorch's layouts: "
+                              "io::sequence_from_tensor reads (B, T, D), io::state_from_tensor (L, B, H), "
+                              "io::min_rnn_state_from_tensor (B, 1, E))");
         const Index rows = shape_.size() == 2 ? shape_[0] : 1;
         const Index cols = shape_.empty() ? 1 : shape_.back();
         Matrix<Scalar> m(rows, cols);

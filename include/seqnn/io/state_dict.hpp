@@ -14,13 +14,27 @@
 // rounded to nearest). A Parameter's shape is its PyTorch shape: {out, in} for a weight,
 // {n} for a bias stored as a (1, n) row.
 //
-// To read a sub-module's tensors out of a larger model's file, name the parameters as the
-// file does: `layer.collect_parameters("encoder.", params)` prefixes every name.
+// To read one sub-module's tensors out of a larger model's file, load with a prefix, as
+// PyTorch's load_state_dict of a submodule does (`model.encoder.load_state_dict(...)`):
+//
+//   io::load_parameters("model.safetensors", encoder, {.prefix = "encoder"});   // strict
+//
+// The tensor "encoder.<name>" sets the parameter "<name>"; tensors outside the prefix are
+// ignored; strictness applies within it (a parameter without its "encoder.<name>" tensor
+// is missing, an "encoder.<other>" tensor no parameter asks for is unexpected). "encoder"
+// and "encoder." are the same prefix. sub_state_dict(tensors, "encoder") extracts those
+// tensors under their short names; with_prefix puts them back under the long ones. (Or name
+// the parameters as the file does: `layer.collect_parameters("encoder.", params)`.)
+//
+// Inputs, outputs and recurrent states in PyTorch's layouts, (B, T, D), nn.RNN/GRU/LSTM's
+// (L, B, H) and lucidrains minGRU's (B, 1, E), convert to and from seqnn's matrices with the
+// functions of seqnn/io/layouts.hpp (included here), which documents the layouts.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/parameter.hpp"
+#include "seqnn/io/layouts.hpp"
 #include "seqnn/io/safetensors.hpp"
 
 #include <filesystem>
@@ -28,6 +42,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -88,7 +103,50 @@ void check_parameter(const NamedParameter<Scalar>& p) {
                           seqnn::shape_string(p.param->value) + " matrix");
 }
 
+// The prefix as it starts a key: "" stays "", "encoder" and "encoder." become "encoder.".
+inline std::string key_prefix(std::string_view prefix) {
+    std::string out(prefix);
+    if (!out.empty() && out.back() != '.') out += '.';
+    return out;
+}
+
+inline bool starts_with(std::string_view text, std::string_view prefix) {
+    return text.substr(0, prefix.size()) == prefix;
+}
+
 }  // namespace detail
+
+/// How load_state_dict and load_parameters match tensors to parameters.
+struct LoadOptions {
+    /// All or nothing: any missing, unexpected or mis-shaped tensor (within the prefix) is a
+    /// state_dict_error and nothing is loaded. Non-strict: load what fits, report the rest.
+    bool strict = true;
+    /// Load only the tensors "<prefix>.<name>", into the parameters "<name>"; other tensors
+    /// are ignored. "" (the default) takes every tensor; "encoder" and "encoder." are the same.
+    std::string prefix;
+};
+
+/// The tensors whose names start with "<prefix>.", under their names without it, e.g. "weight"
+/// for "encoder.weight" with prefix "encoder" (or "encoder."), and the metadata; the empty
+/// prefix gives every tensor. PyTorch: {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}.
+inline TensorMap sub_state_dict(const TensorMap& tensors, std::string_view prefix) {
+    const std::string p = detail::key_prefix(prefix);
+    TensorMap out;
+    out.metadata = tensors.metadata;
+    for (const auto& [name, tensor] : tensors)
+        if (detail::starts_with(name, p)) out.set(name.substr(p.size()), tensor);
+    return out;
+}
+
+/// Every tensor renamed "<prefix>.<name>" (the inverse of sub_state_dict), and the metadata:
+/// how one layer's state_dict takes its place in a larger model's file.
+inline TensorMap with_prefix(const TensorMap& tensors, std::string_view prefix) {
+    const std::string p = detail::key_prefix(prefix);
+    TensorMap out;
+    out.metadata = tensors.metadata;
+    for (const auto& [name, tensor] : tensors) out.set(p + name, tensor);
+    return out;
+}
 
 /// The parameters as named tensors of `dtype` (by default the parameters' own: F32 for float,
 /// F64 for double; F16 and BF16 round to nearest even). Two different parameters under one
@@ -112,38 +170,52 @@ TensorMap state_dict(const ParameterList<Scalar>& params, DType dtype = dtype_of
     return out;
 }
 
-/// Sets `params` from `tensors` by name. Strict: all or nothing, and state_dict_error
-/// (naming `source`) listing every problem. Non-strict: sets what matches, reports the rest.
+/// Sets `params` from `tensors` by name, the tensor "<prefix>.<name>" into the parameter
+/// "<name>" when options.prefix is set (tensors outside the prefix are ignored). Strict: all
+/// or nothing, and state_dict_error (naming `source` and the prefix) listing every problem
+/// within the prefix. Non-strict: sets what matches, reports the rest. The report names
+/// tensors by their keys in `tensors`, the prefix included.
 template <typename Scalar>
-LoadReport load_state_dict(const TensorMap& tensors, const ParameterList<Scalar>& params, bool strict = true,
+LoadReport load_state_dict(const TensorMap& tensors, const ParameterList<Scalar>& params, const LoadOptions& options,
                            const std::string& source = "state_dict") {
+    const std::string prefix = detail::key_prefix(options.prefix);
     LoadReport report;
-    std::set<std::string> asked;  // parameter names, to find the unexpected tensors
+    std::set<std::string> asked;  // the keys the parameters ask for, to find the unexpected tensors
     std::vector<std::pair<const Tensor*, Parameter<Scalar>*>> plan;
     for (const auto& p : params) {
         detail::check_parameter(p);
-        asked.insert(p.name);
-        if (!tensors.contains(p.name)) {
-            report.missing.push_back(p.name);
+        const std::string key = prefix + p.name;
+        asked.insert(key);
+        if (!tensors.contains(key)) {
+            report.missing.push_back(key);
             continue;
         }
-        const Tensor& t = tensors.at(p.name);
+        const Tensor& t = tensors.at(key);
         if (t.shape() != p.param->shape) {
-            report.mismatched.push_back(p.name + ": file has " + std::string(dtype_name(t.dtype())) + " " +
+            report.mismatched.push_back(key + ": file has " + std::string(dtype_name(t.dtype())) + " " +
                                         detail::shape_text(t.shape()) + ", parameter is " +
                                         detail::shape_text(p.param->shape));
             continue;
         }
         plan.emplace_back(&t, p.param);
-        report.loaded.push_back(p.name);
+        report.loaded.push_back(key);
     }
     for (const auto& [name, tensor] : tensors)
-        if (!asked.count(name)) report.unexpected.push_back(name);
-    if (strict && !report.complete()) throw state_dict_error(std::move(report), source);
+        if (detail::starts_with(name, prefix) && !asked.count(name)) report.unexpected.push_back(name);
+    if (options.strict && !report.complete())
+        throw state_dict_error(std::move(report), prefix.empty() ? source : source + " under prefix '" + prefix + "'");
 
     for (const auto& [t, param] : plan)
         t->copy_to(std::span<Scalar>(param->value.data(), static_cast<std::size_t>(param->value.size())));
     return report;
+}
+
+/// Sets `params` from `tensors` by name. Strict: all or nothing, and state_dict_error
+/// (naming `source`) listing every problem. Non-strict: sets what matches, reports the rest.
+template <typename Scalar>
+LoadReport load_state_dict(const TensorMap& tensors, const ParameterList<Scalar>& params, bool strict = true,
+                           const std::string& source = "state_dict") {
+    return load_state_dict(tensors, params, LoadOptions{.strict = strict, .prefix = {}}, source);
 }
 
 /// Saves `params` to a safetensors file, with `metadata` in its header. Unless the metadata
@@ -164,6 +236,14 @@ LoadReport load_parameters(const std::filesystem::path& path, const ParameterLis
     return load_state_dict(load_safetensors(path), params, strict, path.string());
 }
 
+/// Loads `params` from a safetensors file with `options`: strict or not, and the prefix of
+/// the tensors to read (see load_state_dict).
+template <typename Scalar>
+LoadReport load_parameters(const std::filesystem::path& path, const ParameterList<Scalar>& params,
+                           const LoadOptions& options) {
+    return load_state_dict(load_safetensors(path), params, options, path.string());
+}
+
 /// The same for a whole layer or model.
 template <typename Scalar>
 void save_parameters(const std::filesystem::path& path, Layer<Scalar>& layer,
@@ -175,6 +255,13 @@ void save_parameters(const std::filesystem::path& path, Layer<Scalar>& layer,
 template <typename Scalar>
 LoadReport load_parameters(const std::filesystem::path& path, Layer<Scalar>& layer, bool strict = true) {
     return load_parameters(path, layer.parameters(), strict);
+}
+
+/// Loads a layer's parameters from a safetensors file with `options`, e.g. {.prefix =
+/// "encoder"} for one layer of a larger model's file.
+template <typename Scalar>
+LoadReport load_parameters(const std::filesystem::path& path, Layer<Scalar>& layer, const LoadOptions& options) {
+    return load_parameters(path, layer.parameters(), options);
 }
 
 }  // namespace seqnn::io
