@@ -10,7 +10,7 @@
 // the value checks behind the checksum as well as the checksum itself.
 // Build and run as fuzz_safetensors (README.md, "Fuzzing the safetensors reader"), with
 // fuzz/corpus_checkpoint/ as the seed corpus.
-#include <seqnn/nn/dropout.hpp>
+#include <seqnn/layers/dropout.hpp>
 #include <seqnn/train/checkpoint.hpp>
 #include <seqnn/train/optimizer.hpp>
 

@@ -9,6 +9,7 @@
 #include <seqnn/train/optimizer.hpp>
 
 #include <thread>
+#include <utility>
 
 using namespace seqnn;
 using seqnn::testing::relative_error;
@@ -31,7 +32,8 @@ LanguageModelOptions small(MixerKind kind, bool conv = false) {
 // Positive states for the min RNNs' log-space mode; any state for the rest.
 State<double> random_lm_state(const LanguageModel<double>& lm, Index B, Rng& rng) {
     State<double> s = lm.initial_state(B);
-    for (auto& t : s.tensors) t = seqnn::testing::random_matrix<double>(t.rows(), t.cols(), rng, 0.5).cwiseAbs();
+    for (Matrix<double>* t : state_tensors(s))
+        *t = seqnn::testing::random_matrix<double>(t->rows(), t->cols(), rng, 0.5).cwiseAbs();
     return s;
 }
 
@@ -114,9 +116,13 @@ TEST(LanguageModel, ChunkedEqualsWholeAndStepEqualsForward) {
                 const Matrix<double> chunked = t < 4 ? Matrix<double>(a.at_step(t)) : Matrix<double>(b.at_step(t - 4));
                 EXPECT_LT(relative_error(chunked, Matrix<double>(whole.at_step(t))), 1e-12) << "step " << t;
             }
-            for (std::size_t k = 0; k < s_whole.tensors.size(); ++k) {
-                EXPECT_LT(relative_error(s_chunk.tensors[k], s_whole.tensors[k]), 1e-12);
-                EXPECT_LT(relative_error(s_step.tensors[k], s_whole.tensors[k]), 1e-12);
+            const auto whole_state = state_tensors(s_whole), chunk_state = state_tensors(s_chunk),
+                       step_state = state_tensors(s_step);
+            ASSERT_EQ(chunk_state.size(), whole_state.size());
+            ASSERT_EQ(step_state.size(), whole_state.size());
+            for (std::size_t k = 0; k < whole_state.size(); ++k) {
+                EXPECT_LT(relative_error(*chunk_state[k], *whole_state[k]), 1e-12);
+                EXPECT_LT(relative_error(*step_state[k], *whole_state[k]), 1e-12);
             }
         }
 }
@@ -132,14 +138,16 @@ TEST(LanguageModel, GradientsMatchFiniteDifferences) {
         std::vector<int> targets = random_tokens(2, 5, 11, rng).ids;
         targets[3] = kIgnoreIndex;
         State<double> s0 = random_lm_state(lm, 2, rng);
-        std::vector<Matrix<double>> w_state;
-        for (const auto& t : s0.tensors) w_state.push_back(seqnn::testing::random_matrix<double>(t.rows(), t.cols(), rng));
+        State<double> d_final = s0;  // a state tree of s0's shape: W
+        for (Matrix<double>* t : state_tensors(d_final)) *t = seqnn::testing::random_matrix<double>(t->rows(), t->cols(), rng);
+        const std::vector<const Matrix<double>*> w_state = state_tensors(std::as_const(d_final));
 
         const auto loss = [&] {
             State<double> s = s0;
             Matrix<double> g;
             double l = cross_entropy_loss<double>(lm.forward(tokens, &s).data, targets, g);
-            for (std::size_t k = 0; k < s.tensors.size(); ++k) l += (s.tensors[k].array() * w_state[k].array()).sum();
+            const auto final_state = state_tensors(s);
+            for (std::size_t k = 0; k < final_state.size(); ++k) l += (final_state[k]->array() * w_state[k]->array()).sum();
             return l;
         };
         lm.zero_grad();
@@ -148,16 +156,17 @@ TEST(LanguageModel, GradientsMatchFiniteDifferences) {
         const Sequence<double> logits = lm.forward(tokens, &s, &ctx);
         Matrix<double> dlogits;
         cross_entropy_loss<double>(logits.data, targets, dlogits);
-        State<double> d_final, d_initial;
-        d_final.tensors = w_state;
+        State<double> d_initial;
         lm.backward(Sequence<double>(dlogits, 2, 5), ctx, &d_final, &d_initial);
 
         for (auto& p : lm.parameters()) {
             const Matrix<double> analytic = p.param->grad;
             EXPECT_LT(seqnn::testing::finite_difference_error(p.param->value, analytic, loss, 10), 1e-6) << p.name;
         }
-        for (std::size_t k = 0; k < s0.tensors.size(); ++k)
-            EXPECT_LT(seqnn::testing::finite_difference_error(s0.tensors[k], d_initial.tensors[k], loss, 10), 1e-6)
+        const auto initial = state_tensors(s0), d_initial_tensors = state_tensors(d_initial);
+        ASSERT_EQ(d_initial_tensors.size(), initial.size());
+        for (std::size_t k = 0; k < initial.size(); ++k)
+            EXPECT_LT(seqnn::testing::finite_difference_error(*initial[k], *d_initial_tensors[k], loss, 10), 1e-6)
                 << "initial state " << k;
     }
 }
@@ -256,9 +265,9 @@ TEST(LanguageModel, BadInputNamesTheProblem) {
                                        {"Embedding", "id 11", "vocabulary of 11"});
     seqnn::testing::expect_shape_error([&] { TokenBatch({1, 2, 3}, 2, 2); }, {"TokenBatch", "3 ids", "B=2", "T=2"});
     State<double> s = lm.initial_state(2);
-    s.tensors.pop_back();
+    s.children[0].children.pop_back();  // the second block's state
     seqnn::testing::expect_shape_error([&] { lm.forward(TokenBatch({1, 2, 3, 4}, 2, 2), &s); },
-                                       {"LanguageModel(GRU).forward", "1 tensors", "expected 2"});
+                                       {"Sequential.forward", "1 child states", "expected 2"});
     seqnn::testing::expect_shape_error(
         [&] {
             Context<double> ctx;
@@ -296,4 +305,29 @@ TEST(LanguageModel, EveryMixerKindLearnsToRecallThePreviousToken) {
         std::printf("  %-8s final loss %.4f\n", to_string(kind).c_str(), loss);
         EXPECT_LT(loss, 0.3f) << to_string(kind);
     }
+}
+
+// The state is a tree whose leaves each layer owns: a chunked forward and a step write the
+// KV caches in place, where they are, with no copy between the model, the stack and the
+// block (the caches keep their addresses).
+TEST(LanguageModel, ChunkedForwardAndStepWriteTheKVCacheInPlace) {
+    Rng rng(9);
+    LanguageModelOptions o = small(MixerKind::Transformer);
+    o.mixer.max_cache_length = 16;
+    const LanguageModel<double> lm(o, rng);
+    State<double> state = lm.initial_state(2);
+    std::vector<const double*> caches;
+    for (const Matrix<double>* t : state_tensors(state)) caches.push_back(t->data());
+    ASSERT_EQ(caches.size(), 4u);  // K and V of each of the two blocks
+
+    const TokenBatch tokens = random_tokens(2, 6, 11, rng);
+    lm.forward(tokens.slice(0, 3), &state);
+    lm.forward(tokens.slice(3, 3), &state);
+    Matrix<double> logits;
+    lm.step(std::vector<int>{1, 2}, state, logits);
+    const auto after = state_tensors(state);
+    ASSERT_EQ(after.size(), caches.size());
+    for (std::size_t k = 0; k < caches.size(); ++k) EXPECT_EQ(after[k]->data(), caches[k]) << "cache " << k << " moved";
+    EXPECT_EQ(state.position, 7);
+    EXPECT_EQ(state.children[0].children[1].position, 7);
 }

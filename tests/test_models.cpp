@@ -40,9 +40,10 @@ void expect_step_equals_forward(const Layer<double>& layer, const Sequence<doubl
         layer.step(x_t, s_step, y_t);
         EXPECT_LT(relative_error(y_t, Matrix<double>(y.at_step(t))), tol) << layer.kind() << " step " << t;
     }
-    ASSERT_EQ(s_step.tensors.size(), s_fwd.tensors.size());
-    for (std::size_t k = 0; k < s_fwd.tensors.size(); ++k)
-        EXPECT_LT(relative_error(s_step.tensors[k], s_fwd.tensors[k]), tol) << layer.kind() << " state " << k;
+    const auto step_state = state_tensors(s_step), fwd_state = state_tensors(s_fwd);
+    ASSERT_EQ(step_state.size(), fwd_state.size());
+    for (std::size_t k = 0; k < fwd_state.size(); ++k)
+        EXPECT_LT(relative_error(*step_state[k], *fwd_state[k]), tol) << layer.kind() << " state " << k;
     EXPECT_EQ(s_step.position, s_fwd.position);
 }
 
@@ -63,8 +64,10 @@ void expect_chunked_equals_whole(const Layer<double>& layer, const Sequence<doub
         t0 += len;
     }
     EXPECT_LT(relative_error(joined, whole.data), tol) << layer.kind();
-    for (std::size_t k = 0; k < s.tensors.size(); ++k)
-        EXPECT_LT(relative_error(s.tensors[k], s_whole.tensors[k]), tol) << layer.kind() << " state " << k;
+    const auto chunked_state = state_tensors(s), whole_state = state_tensors(s_whole);
+    ASSERT_EQ(chunked_state.size(), whole_state.size());
+    for (std::size_t k = 0; k < whole_state.size(); ++k)
+        EXPECT_LT(relative_error(*chunked_state[k], *whole_state[k]), tol) << layer.kind() << " state " << k;
 }
 
 void expect_gradients(Layer<double>& layer, Index B, Index T, bool with_state, std::uint64_t seed = 3,
@@ -136,22 +139,27 @@ TEST(Sequential, NamesLikeNnSequential) {
     EXPECT_EQ(prefixed.front().name, "layers.0.weight_ih_l0");
 }
 
-TEST(Sequential, StateIsTheChildrensTensorsConcatenated) {
+TEST(Sequential, StateIsATreeOfTheChildrensStates) {
     Rng rng(2);
     auto stack = make_stack(rng);
     const State<double> s = stack->initial_state(3);
-    ASSERT_EQ(s.tensors.size(), 3u);                          // GRU h, LSTM h, LSTM c
-    EXPECT_EQ(s.tensors[0].rows(), 3);                        // GRU (L*B, H) = (3, 5)
-    EXPECT_EQ(s.tensors[0].cols(), 5);
-    EXPECT_EQ(s.tensors[1].rows(), 6);                        // LSTM (2*3, 6)
-    EXPECT_EQ(s.tensors[2].cols(), 6);
+    EXPECT_TRUE(s.tensors.empty());  // a composite owns no tensors: its children do
+    ASSERT_EQ(s.children.size(), 3u);
+    ASSERT_EQ(s.children[0].tensors.size(), 1u);  // GRU h (L*B, H) = (3, 5)
+    EXPECT_EQ(s.children[0].tensors[0].rows(), 3);
+    EXPECT_EQ(s.children[0].tensors[0].cols(), 5);
+    EXPECT_TRUE(s.children[1].tensors.empty());   // Linear: stateless
+    ASSERT_EQ(s.children[2].tensors.size(), 2u);  // LSTM h, c (2*3, 6)
+    EXPECT_EQ(s.children[2].tensors[0].rows(), 6);
+    EXPECT_EQ(s.children[2].tensors[1].cols(), 6);
+    EXPECT_EQ(state_tensors(s).size(), 3u);       // depth first: GRU h, LSTM h, LSTM c
     // The GRU's part of the final state is the GRU's own final state.
     const Sequence<double> x = random_sequence<double>(3, 9, 3, rng);
     State<double> sf;
     stack->forward(x, &sf);
     State<double> gru_state;
     (*stack)[0].forward(x, &gru_state);
-    EXPECT_LT(relative_error(sf.tensors[0], gru_state.tensors[0]), 1e-15);
+    EXPECT_LT(relative_error(sf.children[0].tensors[0], gru_state.tensors[0]), 1e-15);
 }
 
 TEST(Sequential, StepEqualsForwardAndChunkedEqualsWhole) {
@@ -176,7 +184,7 @@ TEST(Sequential, NestedStacksAndStatelessChildren) {
     outer.add(make_rms_norm_layer<double>(4));
     outer.add(make_stack_like_inner(rng));
     const Sequence<double> x = random_sequence<double>(2, 6, 4, rng);
-    EXPECT_EQ(outer.initial_state(2).tensors.size(), 1u);
+    EXPECT_EQ(state_tensors(outer.initial_state(2)).size(), 1u);
     expect_step_equals_forward(outer, x, random_state(outer, 2, rng));
     expect_gradients(outer, 2, 4, true);
     EXPECT_EQ(names(outer).back(), "1.1.to_out.weight");
@@ -189,9 +197,13 @@ TEST(Sequential, RejectsMismatchedLayersAndStates) {
     seqnn::testing::expect_shape_error([&] { stack.add(make_linear_layer<double>(4, 2, true, rng)); },
                                        {"Sequential.add", "Linear", "takes 4", "gives 5"});
     State<double> bad;
-    bad.tensors = {Matrix<double>::Zero(2, 5), Matrix<double>::Zero(2, 5)};
+    bad.tensors = {Matrix<double>::Zero(2, 5), Matrix<double>::Zero(2, 5)};  // a flat state, not one per child
     const Sequence<double> x = random_sequence<double>(2, 3, 3, rng);
-    seqnn::testing::expect_shape_error([&] { stack.forward(x, &bad); }, {"Sequential.forward", "2 tensors", "expected 1"});
+    seqnn::testing::expect_shape_error([&] { stack.forward(x, &bad); },
+                                       {"Sequential.forward", "2 tensors", "expected 1 child states"});
+    State<double> wrong_child = stack.initial_state(2);
+    wrong_child.children[0].tensors[0] = Matrix<double>::Zero(2, 4);
+    seqnn::testing::expect_shape_error([&] { stack.forward(x, &wrong_child); }, {"GRU.forward", "(2, 4)", "(2, 5)"});
     seqnn::testing::expect_shape_error([&] { stack.forward(random_sequence<double>(2, 3, 4, rng)); },
                                        {"Sequential.forward", "D=4", "D=3"});
 }
@@ -314,7 +326,7 @@ TEST_P(LMBlockKinds, StepChunksAndGradients) {
     const Sequence<double> x = random_sequence<double>(2, 7, 4, rng);
     State<double> s0 = random_state(block, 2, rng);
     if (kind == MixerKind::MinGRU || kind == MixerKind::MinLSTM)
-        s0.tensors.back() = s0.tensors.back().cwiseAbs();  // any positive h0 works for every scan mode
+        s0.children.back().tensors[0] = s0.children.back().tensors[0].cwiseAbs();  // any positive h0 works for every scan mode
     expect_step_equals_forward(block, x, s0);
     expect_chunked_equals_whole(block, x, s0, 3);
     expect_gradients(block, 2, 4, true);
@@ -335,7 +347,7 @@ TEST(LMBlock, NamesFollowMinLM) {
                                                       "0.net.1.bias", "1.weight", "2.to_hidden_and_gate.weight",
                                                       "2.to_out.weight", "3.weight", "4.0.weight", "4.0.bias",
                                                       "4.2.weight", "4.2.bias"}));
-    EXPECT_EQ(block.initial_state(2).tensors.size(), 2u);  // conv window, minGRU h
+    EXPECT_EQ(state_tensors(block.initial_state(2)).size(), 2u);  // conv window, minGRU h
 }
 
 TEST(LMBlock, AReusedContextChangesNothing) {

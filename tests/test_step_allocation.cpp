@@ -18,7 +18,7 @@ inline std::atomic<long> eigen_failed_checks{0};
 #include <seqnn/layers/transformer.hpp>
 #include <seqnn/models/language_model.hpp>
 #include <seqnn/models/residual.hpp>
-#include <seqnn/nn/positional.hpp>
+#include <seqnn/layers/positional.hpp>
 
 #include <atomic>
 #include <cstdlib>

@@ -3,7 +3,7 @@
 // accumulation and dropout.
 #include "testing.hpp"
 
-#include <seqnn/nn/dropout.hpp>
+#include <seqnn/layers/dropout.hpp>
 #include <seqnn/seqnn.hpp>
 #include <seqnn/train/loss.hpp>
 #include <seqnn/train/optimizer.hpp>
@@ -388,7 +388,7 @@ TEST(Dropout, BackwardAppliesTheSameMask) {
     const double err = seqnn::testing::finite_difference_error(
         x_mut, dx, [&] { return (forward(x_mut).array() * w.array()).sum(); });
     EXPECT_LT(err, 1e-8);
-    EXPECT_EQ(dx, (w.array() * ctx.get("mask").array()).matrix());
+    EXPECT_EQ(dx, (w.array() * saved_for_backward<Dropout<double>::Saved>(ctx).mask.array()).matrix());
 }
 
 TEST(Dropout, ExtremeRates) {

@@ -1,11 +1,11 @@
-// TransformerBlock (layers/transformer.hpp) and the position embeddings (nn/positional.hpp):
+// TransformerBlock (layers/transformer.hpp) and the position embeddings (layers/positional.hpp):
 // a plain reference in double (loops, full softmax), the causal mask, streaming with the
 // KV cache (step == forward, chunked == whole), gradients, threads, float, names, errors.
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
 #include <seqnn/layers/transformer.hpp>
-#include <seqnn/nn/positional.hpp>
+#include <seqnn/layers/positional.hpp>
 
 #include <limits>
 

@@ -32,7 +32,7 @@ Sequence<Scalar> random_sequence(Index batch, Index steps, Index features, Rng& 
 template <typename Scalar>
 State<Scalar> random_state(const Layer<Scalar>& layer, Index batch, Rng& rng, double scale = 0.5) {
     State<Scalar> s = layer.initial_state(batch);
-    for (auto& t : s.tensors) t = random_matrix<Scalar>(t.rows(), t.cols(), rng, scale);
+    for (Matrix<Scalar>* t : state_tensors(s)) *t = random_matrix<Scalar>(t->rows(), t->cols(), rng, scale);
     return s;
 }
 
@@ -71,16 +71,19 @@ public:
         State<double> probe = initial;
         Sequence<double> y = layer_.forward(x, &probe);
         out_weight_ = random_matrix<double>(y.data.rows(), y.data.cols(), rng_);
+        // dL/d(final state) = W, a state tree shaped like the final state.
+        State<double> d_final = probe;
         state_weights_.clear();
-        for (const auto& t : probe.tensors) state_weights_.push_back(random_matrix<double>(t.rows(), t.cols(), rng_));
+        for (Matrix<double>* t : state_tensors(d_final)) {
+            *t = random_matrix<double>(t->rows(), t->cols(), rng_);
+            state_weights_.push_back(*t);
+        }
 
         // Analytic gradients.
         layer_.zero_grad();
         Context<double> ctx;
         State<double> final_state = initial;
         layer_.forward(x, &final_state, &ctx);
-        State<double> d_final;
-        d_final.tensors = state_weights_;
         State<double> d_initial;
         Sequence<double> dy(out_weight_, x.batch, x.steps);
         Sequence<double> dx = layer_.backward(dy, ctx, &d_final, &d_initial);
@@ -94,8 +97,10 @@ public:
         reports.push_back({"input", compare_input(x_mut, dx.data, initial, max_entries)});
         if (!initial.empty()) {
             State<double> init_mut = initial;
-            for (std::size_t k = 0; k < init_mut.tensors.size(); ++k) {
-                const Matrix<double> analytic = d_initial.tensors.at(k);
+            const auto d_initial_tensors = state_tensors(d_initial);
+            EXPECT_EQ(d_initial_tensors.size(), state_tensors(init_mut).size());
+            for (std::size_t k = 0; k < state_tensors(init_mut).size() && k < d_initial_tensors.size(); ++k) {
+                const Matrix<double> analytic = *d_initial_tensors[k];
                 reports.push_back({"initial_state[" + std::to_string(k) + "]",
                                    compare_state(init_mut, k, analytic, x, max_entries)});
             }
@@ -109,7 +114,8 @@ private:
         State<double> s = initial;
         Sequence<double> y = layer_.forward(x, &s);
         double l = (y.data.array() * out_weight_.array()).sum();
-        for (std::size_t k = 0; k < s.tensors.size(); ++k) l += (s.tensors[k].array() * state_weights_[k].array()).sum();
+        const auto final_state = state_tensors(s);
+        for (std::size_t k = 0; k < final_state.size(); ++k) l += (final_state[k]->array() * state_weights_[k].array()).sum();
         return l;
     }
 
@@ -149,7 +155,7 @@ private:
     }
     double compare_state(State<double>& initial, std::size_t k, const Matrix<double>& analytic,
                          const Sequence<double>& x, Index max_entries) {
-        return perturb(initial.tensors[k], analytic, max_entries, [&] { return loss(x, initial); });
+        return perturb(*state_tensors(initial)[k], analytic, max_entries, [&] { return loss(x, initial); });
     }
 
     Layer<double>& layer_;

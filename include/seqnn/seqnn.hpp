@@ -17,11 +17,11 @@
 #include "seqnn/io/state_dict.hpp"
 
 #include "seqnn/nn/activations.hpp"
-#include "seqnn/nn/dropout.hpp"
+#include "seqnn/layers/dropout.hpp"
 #include "seqnn/nn/embedding.hpp"
 #include "seqnn/nn/layer_norm.hpp"
 #include "seqnn/nn/linear.hpp"
-#include "seqnn/nn/positional.hpp"
+#include "seqnn/layers/positional.hpp"
 #include "seqnn/nn/rms_norm.hpp"
 
 #include "seqnn/layers/causal_conv.hpp"

@@ -65,13 +65,4 @@ void check_context_owner(const std::string& where, const Context<Scalar>& ctx, c
         fail(where, "the context was filled by " + ctx.owner + ", not by this layer, " + signature);
 }
 
-template <typename Scalar>
-const Matrix<Scalar>& Context<Scalar>::get(const std::string& name) const {
-    auto it = saved.find(name);
-    if (it == saved.end())
-        throw shape_error("Context: no saved tensor '" + name +
-                          "': was forward run in training mode (with a Context) before backward?");
-    return it->second;
-}
-
 }  // namespace seqnn

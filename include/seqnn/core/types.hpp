@@ -7,8 +7,9 @@
 
 #include <Eigen/Core>
 
+#include <any>
 #include <cstdint>
-#include <map>
+#include <stdexcept>
 #include <random>
 #include <string>
 #include <vector>
@@ -99,31 +100,55 @@ struct Sequence {
 };
 
 /// The recurrent state a layer carries from one call to the next, owned by the caller.
-/// `tensors` is the state's value, e.g. {h (L*B, H), c (L*B, H)} for a stacked LSTM,
-/// laid out like PyTorch's (L, B, H). `workspace` is scratch for step(), made once by
-/// Layer::initial_state so that streaming never allocates.
+/// It is a tree shaped like the layer: a layer's own value sits in `tensors` (e.g.
+/// {h (L*B, H), c (L*B, H)} for a stacked LSTM, laid out like PyTorch's (L, B, H)), and a
+/// composite layer (a stack, a block, a language model) keeps one child State per child
+/// in `children`. Each child owns its tensors: nothing is copied or swapped between
+/// levels. `workspace` is scratch for step(), made by Layer::initial_state so that
+/// streaming never allocates.
 template <typename Scalar>
 struct State {
-    /// The state's value, e.g. {h} or {h, c}, each (L*B, H).
+    /// This layer's own value, e.g. {h} or {h, c}, each (L*B, H); empty for a composite.
     std::vector<Matrix<Scalar>> tensors;
     /// Scratch for step(), so that streaming does not allocate.
     std::vector<Matrix<Scalar>> workspace;
     Index position = 0;  ///< steps consumed so far (a KV cache's fill level)
     /// The number of streams B the state was made for (0: not recorded). A KV cache's
-    /// (B*L, E) rows alone cannot tell B from L, so the Transformer block records B here
-    /// and refuses the state for another stream count.
+    /// (B*L, E) rows alone cannot tell B from L, so the state records B and a layer
+    /// refuses it for another stream count.
     Index batch = 0;
-    /// Composite layers (models/): one state per child, made by initial_state, so that
-    /// step() can hand each child a State without allocating. The composite's value
-    /// stays in `tensors`; the children's tensors are swapped in only during a step.
+    /// A composite layer's children's states, in child order.
     std::vector<State> children;
 
-    /// Whether the state has no value yet (forward then starts from zeros).
-    bool empty() const { return tensors.empty(); }
+    /// Whether the state has no value yet (forward and step then start from zeros).
+    bool empty() const { return tensors.empty() && children.empty() && batch == 0; }
 };
 
-/// What forward in training mode keeps for backward. The layer that filled it
-/// names its tensors; composite layers keep one child context per sub-layer.
+/// Every tensor of a state tree, depth first (a node's own tensors, then its children's):
+/// the order a checkpoint or a finite-difference test walks them in.
+template <typename Scalar>
+void collect_state_tensors(State<Scalar>& s, std::vector<Matrix<Scalar>*>& out) {
+    for (auto& t : s.tensors) out.push_back(&t);
+    for (auto& c : s.children) collect_state_tensors(c, out);
+}
+/// Every tensor of a state tree, depth first.
+template <typename Scalar>
+std::vector<Matrix<Scalar>*> state_tensors(State<Scalar>& s) {
+    std::vector<Matrix<Scalar>*> out;
+    collect_state_tensors(s, out);
+    return out;
+}
+/// Every tensor of a state tree, depth first, read-only.
+template <typename Scalar>
+std::vector<const Matrix<Scalar>*> state_tensors(const State<Scalar>& s) {
+    std::vector<Matrix<Scalar>*> all = state_tensors(const_cast<State<Scalar>&>(s));
+    return std::vector<const Matrix<Scalar>*>(all.begin(), all.end());
+}
+
+/// What a training forward keeps for its backward. The layer that filled it stores one
+/// struct of named, typed members (its own `Saved` type: matrices, token ids as
+/// integers, cache offsets as indices), reached with saved_for_backward(); composite
+/// layers keep one child context per child.
 template <typename Scalar>
 struct Context {
     Index batch = 0;  ///< B of the forward that filled the context
@@ -131,32 +156,43 @@ struct Context {
     /// The layer whose forward filled this context: its kind and sizes, e.g.
     /// "GRU(5 -> 9, L=2)". backward refuses a context another layer filled.
     std::string owner;
-    /// The tensors backward needs, by name.
-    std::map<std::string, Matrix<Scalar>> saved;
-    /// Token ids a model's forward keeps for its backward, as integers (a float holds
-    /// every id exactly only below 2^24).
-    std::vector<int> ids;
-    /// One context per sub-layer of a composite layer.
+    /// The layer's saved struct (see saved_for_backward).
+    std::any saved;
+    /// One context per child of a composite layer.
     std::vector<Context> children;
 
-    /// Keeps `value` as the saved tensor `name`.
-    void save(const std::string& name, Matrix<Scalar> value) { saved[name] = std::move(value); }
-    /// The saved tensor `name`, shaped (rows, cols), for the layer to fill in place. A
-    /// context reused from one training step to the next keeps its memory, so a
-    /// training loop that reuses its Context does not allocate these again.
-    Matrix<Scalar>& buffer(const std::string& name, Index rows, Index cols) {
-        Matrix<Scalar>& m = saved[name];
-        m.resize(rows, cols);  // a no-op when the shape is unchanged
-        return m;
-    }
     /// Makes `n` child contexts for a composite layer's children. A context reused from one
     /// training step to the next keeps its children, and with them their buffers: every
     /// forward rewrites what its backward reads, so nothing stale survives.
     void make_children(std::size_t n) {
         if (children.size() != n) children.assign(n, Context{});
     }
-    /// The saved tensor `name`; throws if the forward did not save it.
-    const Matrix<Scalar>& get(const std::string& name) const;
 };
+
+/// `m` shaped (rows, cols), returned for filling in place: a saved buffer that a reused
+/// Context already has at this shape is not allocated again.
+template <typename Scalar>
+Matrix<Scalar>& resized(Matrix<Scalar>& m, Index rows, Index cols) {
+    m.resize(rows, cols);  // a no-op when the shape is unchanged
+    return m;
+}
+
+/// The layer's `Saved` struct in `ctx`, for a training forward to fill: made on first use,
+/// and kept when the caller reuses its Context, so that the matrices in it keep their memory
+/// from one training step to the next (resize to an unchanged shape does not allocate).
+template <typename Saved, typename Scalar>
+Saved& keep_for_backward(Context<Scalar>& ctx) {
+    if (Saved* s = std::any_cast<Saved>(&ctx.saved)) return *s;
+    return ctx.saved.template emplace<Saved>();
+}
+
+/// The layer's `Saved` struct, for backward; throws when the context holds none (backward
+/// also checks Context::owner first, so this fails only on a context filled by hand).
+template <typename Saved, typename Scalar>
+const Saved& saved_for_backward(const Context<Scalar>& ctx) {
+    if (const Saved* s = std::any_cast<Saved>(&ctx.saved)) return *s;
+    throw shape_error("Context: it holds no saved tensors of this layer (" + ctx.owner +
+                                "): was forward run in training mode, with this Context, before backward?");
+}
 
 }  // namespace seqnn

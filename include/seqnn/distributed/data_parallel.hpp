@@ -49,7 +49,7 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/parameter.hpp"
 #include "seqnn/io/safetensors.hpp"
-#include "seqnn/nn/dropout.hpp"
+#include "seqnn/layers/dropout.hpp"
 #include "seqnn/train/checkpoint.hpp"
 
 #include <mpi.h>

@@ -82,9 +82,32 @@ public:
     /// The options it was made with.
     const CausalConvOptions& options() const { return options_; }
 
+    /// The layer's sizes, e.g. "CausalDepthwiseConv1d(D=16, K=3, pointwise)": the owner a
+    /// training forward writes into its Context and backward expects there.
+    std::string signature() const override {
+        return kind() + "(D=" + std::to_string(options_.channels) + ", K=" + std::to_string(options_.kernel_size) +
+               (options_.pointwise ? ", pointwise)" : ")");
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
+        out.push_back({prefix + "net.0.weight", &weight});
+        if (options_.bias) out.push_back({prefix + "net.0.bias", &bias});
+        if (options_.pointwise) {
+            out.push_back({prefix + "net.1.weight", &pointwise_weight});
+            if (options_.bias) out.push_back({prefix + "net.1.bias", &pointwise_bias});
+        }
+    }
+
+    /// What a training forward keeps for backward.
+    struct Saved {
+        Matrix<Scalar> input;   ///< (B*T, D)
+        Matrix<Scalar> window;  ///< (B*(K-1), D): the initial window
+        Matrix<Scalar> u;       ///< (B*T, D): the depthwise output, when pointwise
+    };
+
+protected:
     /// {window (B*(K-1), D)} of zeros; workspace: u (B, D) for step.
-    State<Scalar> initial_state(Index batch) const override {
-        if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+    State<Scalar> make_state(Index batch) const override {
         const Index rows = checked_mul(kind() + ".initial_state", batch, kernel_size() - 1);
         checked_elements(kind() + ".initial_state", rows, options_.channels);
         State<Scalar> s;
@@ -93,15 +116,15 @@ public:
         return s;
     }
 
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        const std::string where = kind() + ".forward";
-        check_sequence(where, "input", x, input_size());
+    void validate_state(const State<Scalar>& state, Index batch, Call call) const override {
+        this->check_state_tensors(state, call, 1, batch * (kernel_size() - 1), options_.channels);
+    }
+
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
         const Index B = x.batch, T = x.steps, D = options_.channels, K = kernel_size();
         State<Scalar> zeros;
         State<Scalar>& s = state ? *state : zeros;
-        if (s.empty()) s = initial_state(B);
-        check_state(where, s, B);
+        if (!state) s = this->initial_state(B);
         const Matrix<Scalar> window = s.tensors[0];  // (B*(K-1), D)
 
         Matrix<Scalar> u(B * T, D);  // the depthwise conv's output, (B*T, D)
@@ -120,38 +143,29 @@ public:
         update_window(s.tensors[0], x.data, window, B, T, K);
 
         if (ctx) {
-            ctx->batch = B;
-            ctx->steps = T;
-            ctx->save("input", x.data);
-            ctx->save("window", window);
-            if (options_.pointwise) ctx->save("u", u);
-            ctx->owner = signature();
+            Saved& saved = keep_for_backward<Saved>(*ctx);
+            saved.input = x.data;
+            saved.window = window;
+            if (options_.pointwise) saved.u = u;
         }
-        s.position += T;
         if (!options_.pointwise) return Sequence<Scalar>(std::move(u), B, T);
         Sequence<Scalar> y(B, T, D);
         pointwise_forward(u, y.data);  // (B*T, D) x (D, D)
         return y;
     }
 
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        const std::string where = kind() + ".backward";
-        check_context_owner(where, ctx, signature());
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                                   const State<Scalar>* d_final, State<Scalar>* d_initial) override {
         const Index B = ctx.batch, T = ctx.steps, D = options_.channels, K = kernel_size();
-        check_sequence(where, "dy", dy, D);
-        if (dy.batch != B || dy.steps != T)
-            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
-                            ", T=" + std::to_string(T) + ")");
-        const Matrix<Scalar>& x = ctx.get("input");       // (B*T, D)
-        const Matrix<Scalar>& window = ctx.get("window");  // (B*(K-1), D)
-        const bool has_final = d_final && !d_final->empty();
-        if (has_final) check_state(where + " d_final", *d_final, B);
+        const Saved& saved = saved_for_backward<Saved>(ctx);
+        const Matrix<Scalar>& x = saved.input;        // (B*T, D)
+        const Matrix<Scalar>& window = saved.window;  // (B*(K-1), D)
+        const bool has_final = d_final != nullptr;
 
         // Through the pointwise conv: du = dy W1 (B*T, D).
         Matrix<Scalar> du;
         if (options_.pointwise) {
-            const Matrix<Scalar>& u = ctx.get("u");
+            const Matrix<Scalar>& u = saved.u;
             pointwise_weight.grad.noalias() += dy.data.transpose() * u;  // (D, B*T) x (B*T, D)
             if (options_.bias) add_column_sums(dy.data, pointwise_bias.grad);
             du.resize(dy.data.rows(), pointwise_weight.value.cols());
@@ -191,30 +205,15 @@ public:
                 }
         });
         if (d_initial) {
-            *d_initial = initial_state(B);
+            *d_initial = this->initial_state(B);
             d_initial->tensors[0] = std::move(d_window);
         }
         return dx;
     }
 
-    void check_step_state(State<Scalar>& state, Index batch) const override {
-        if (state.empty()) return;
-        const Index K = kernel_size();
-        if (state.tensors.size() != 1 || state.tensors[0].rows() != batch * (K - 1) ||
-            state.tensors[0].cols() != options_.channels)
-            check_state(kind() + ".step", state, batch);  // the name is built only on failure: a step allocates nothing
-    }
-
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        // Names are built only on failure: a step allocates nothing.
-        if (x.cols() != input_size() || x.rows() <= 0)
-            fail(kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +
-                                       std::to_string(input_size()) + ") with B > 0");
-        const Index B = x.rows(), D = options_.channels, K = kernel_size();
-        if (state.empty()) state = initial_state(B);
-        if (state.tensors.size() != 1 || state.tensors[0].rows() != B * (K - 1) || state.tensors[0].cols() != D)
-            check_state(kind() + ".step", state, B);
-        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        const Index B = x.rows(), K = kernel_size();
+        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = make_state(B).workspace;
         Matrix<Scalar>& window = state.tensors[0];  // (B*(K-1), D)
         Matrix<Scalar>& u = state.workspace[0];     // (B, D)
         for (Index b = 0; b < B; ++b) {
@@ -230,28 +229,10 @@ public:
             for (Index j = 0; j + 1 < K - 1; ++j) window.row(b * (K - 1) + j) = window.row(b * (K - 1) + j + 1);
             if (K > 1) window.row(b * (K - 1) + K - 2) = x.row(b);
         }
-        if (y.rows() != B || y.cols() != D) y.resize(B, D);
         if (options_.pointwise)
             pointwise_forward(u, y);  // (B, D) x (D, D)
         else
             y = u;
-        state.position += 1;
-    }
-
-    /// The layer's sizes, e.g. "CausalDepthwiseConv1d(D=16, K=3, pointwise)": the owner a
-    /// training forward writes into its Context and backward expects there.
-    std::string signature() const {
-        return kind() + "(D=" + std::to_string(options_.channels) + ", K=" + std::to_string(options_.kernel_size) +
-               (options_.pointwise ? ", pointwise)" : ")");
-    }
-
-    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
-        out.push_back({prefix + "net.0.weight", &weight});
-        if (options_.bias) out.push_back({prefix + "net.0.bias", &bias});
-        if (options_.pointwise) {
-            out.push_back({prefix + "net.1.weight", &pointwise_weight});
-            if (options_.bias) out.push_back({prefix + "net.1.bias", &pointwise_bias});
-        }
     }
 
 private:
@@ -275,11 +256,6 @@ private:
                               Index T, Index K) {
         for (Index b = 0; b < B; ++b)
             for (Index j = 0; j < K - 1; ++j) out.row(b * (K - 1) + j) = input_row(x, window, b, T, K, T - (K - 1) + j);
-    }
-
-    void check_state(const std::string& where, const State<Scalar>& s, Index B) const {
-        if (s.tensors.size() != 1) fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected 1");
-        check_matrix(where, "state window", s.tensors[0], B * (kernel_size() - 1), options_.channels);
     }
 
     CausalConvOptions options_;

@@ -120,37 +120,58 @@ public:
     /// The output projection (empty when it does not project).
     Linear<Scalar>& out_projection() { return to_out_; }
 
+    /// The layer's kind and sizes, e.g. "MinGRU(5 -> 9 -> 5)" (D -> E, then back to D when
+    /// projecting) or "MinLSTM(8 -> 8)": the owner a training forward writes into its
+    /// Context and backward expects there.
+    std::string signature() const override {
+        return this->kind() + "(" + std::to_string(input_size()) + " -> " + std::to_string(hidden_size_) +
+               (projects() ? " -> " + std::to_string(output_size()) : std::string()) + ")";
+    }
+
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
+        in_proj_.collect_parameters(prefix + in_proj_name_ + ".", out);
+        if (projects()) to_out_.collect_parameters(prefix + "to_out.", out);
+    }
+
+    /// What a training forward keeps for backward.
+    struct Saved {
+        Matrix<Scalar> input;  ///< x (B*T, D)
+        Matrix<Scalar> h0;     ///< the initial state (B, E)
+        Matrix<Scalar> pre;    ///< the input projection (B*T, G*E)
+        Matrix<Scalar> h;      ///< the states (B*T, E)
+    };
+
+protected:
     /// State {h (B, E)}; workspace: pre (B, G*E), where step computes its gates in place.
-    State<Scalar> initial_state(Index batch) const override {
-        if (batch <= 0) fail(this->kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+    State<Scalar> make_state(Index batch) const override {
         State<Scalar> s;
         s.tensors.push_back(Matrix<Scalar>::Zero(batch, hidden_size_));
         s.workspace = {Matrix<Scalar>(batch, gate_count_ * hidden_size_)};
         return s;
     }
 
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        const std::string where = this->kind() + ".forward";
-        check_sequence(where, "input", x, input_size());
+    void validate_state(const State<Scalar>& state, Index batch, Call call) const override {
+        this->check_state_tensors(state, call, 1, batch, hidden_size_);
+    }
+
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
         const Index B = x.batch, T = x.steps, E = hidden_size_;
         State<Scalar> zeros;
         State<Scalar>& s = state ? *state : zeros;
-        if (s.empty()) s = initial_state(B);
-        check_state(where, s, B);
+        if (!state) s = this->initial_state(B);
         const Matrix<Scalar>& h0 = s.tensors[0];  // (B, E)
 
         // Training mode keeps the pre-activations for backward in the context's own buffer
         // and writes the gates to scratch; otherwise the gates overwrite them in scratch.
         const Index N = B * T, GE = gate_count_ * E;
         Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
-        if (ctx) {
-            ctx->owner.clear();  // set again once the forward has succeeded
-            ctx->batch = B;
-            ctx->steps = T;
-            parallel_copy<Scalar>(ctx->buffer("input", N, input_size()), x.data);
-            ctx->buffer("h0", B, E) = h0;
-            Matrix<Scalar>& pre = ctx->buffer("pre", N, GE);
+        Saved* saved = ctx ? &keep_for_backward<Saved>(*ctx) : nullptr;
+        if (saved) {
+            saved->input.resize(N, input_size());
+            parallel_copy<Scalar>(saved->input, x.data);
+            saved->h0 = h0;
+            Matrix<Scalar>& pre = saved->pre;
+            pre.resize(N, GE);
             in_proj_.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
             compute_coefficients(pre, coeffs);
         } else {
@@ -164,12 +185,12 @@ public:
         Sequence<Scalar> y(B, T, output_size());
         Matrix<Scalar> h_final(B, E);
         MatrixRef<Scalar> h = !projects() ? MatrixRef<Scalar>(y.data)
-                              : ctx       ? MatrixRef<Scalar>(ctx->buffer("h", N, E))
+                              : saved     ? MatrixRef<Scalar>(resized(saved->h, N, E))
                                           : MatrixRef<Scalar>(scratch_matrix<Scalar>(ScratchSlot::B, N, E));
         if (options_.mode == MinRNNMode::LogSpace) {
             // a, b hold log a, log b. A zero state contributes nothing and has no logarithm: scan without it.
             const bool zero_start = h0.isZero(0);
-            if (!zero_start) check_positive(where, h0);
+            if (!zero_start) check_positive(this->where(Call::Forward), h0);
             const Matrix<Scalar> log_h0 = zero_start ? Matrix<Scalar>() : Matrix<Scalar>(h0.array().log().matrix());
             log_scan_forward<Scalar>(h, h_final, a, b, log_h0, B, T);  // log h, log h_T
             parallel_row_blocks(N, E, [&](Index r0, Index r1) {
@@ -182,28 +203,20 @@ public:
 
         if (projects())
             to_out_.forward(h, y.data);  // (B*T, E) x (E, D)
-        else if (ctx)
-            parallel_copy<Scalar>(ctx->buffer("h", N, E), y.data);
+        else if (saved)
+            parallel_copy<Scalar>(resized(saved->h, N, E), y.data);
         s.tensors[0] = h_final;
-        s.position += T;
-        if (ctx) ctx->owner = signature();
         return y;
     }
 
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        const std::string where = this->kind() + ".backward";
-        check_context_owner(where, ctx, signature());
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                                   const State<Scalar>* d_final, State<Scalar>* d_initial) override {
         const Index B = ctx.batch, T = ctx.steps, E = hidden_size_;
-        const Matrix<Scalar>& x = ctx.get("input");
-        const Matrix<Scalar>& pre = ctx.get("pre");
-        const Matrix<Scalar>& h0 = ctx.get("h0");
-        const Matrix<Scalar>& h = ctx.get("h");
-        check_sequence(where, "dy", dy, output_size());
-        if (dy.batch != B || dy.steps != T)
-            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
-                            ", T=" + std::to_string(T) + ")");
-        if (d_final && !d_final->empty()) check_state(where + " d_final", *d_final, B);
+        const Saved& saved = saved_for_backward<Saved>(ctx);
+        const Matrix<Scalar>& x = saved.input;
+        const Matrix<Scalar>& pre = saved.pre;
+        const Matrix<Scalar>& h0 = saved.h0;
+        const Matrix<Scalar>& h = saved.h;
         const Index N = B * T, GE = gate_count_ * E;
 
         // The forward's coefficients a, b again, from the saved pre-activations.
@@ -220,7 +233,7 @@ public:
         // The reverse scan: dL/da and dL/db of h_t = a_t h_{t-1} + b_t, and dL/dh0.
         // The log-space mode computes the same function, so it shares this gradient.
         Matrix<Scalar> dh0(B, E);
-        const Matrix<Scalar> dh_final = d_final && !d_final->empty() ? d_final->tensors[0] : Matrix<Scalar>();
+        const Matrix<Scalar> dh_final = d_final ? d_final->tensors[0] : Matrix<Scalar>();
         scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, {.mode = scan_mode()});
 
         Eigen::Map<Matrix<Scalar>> d_pre = scratch_matrix<Scalar>(ScratchSlot::C, N, GE);
@@ -232,56 +245,28 @@ public:
         Sequence<Scalar> dx(B, T, input_size());
         in_proj_.backward(x, d_pre, dx.data);  // (B*T, G*E) x (G*E, D)
         if (d_initial) {
-            *d_initial = initial_state(B);
+            *d_initial = this->initial_state(B);
             d_initial->tensors[0] = dh0;
         }
         return dx;
     }
 
-    void check_step_state(State<Scalar>& state, Index batch) const override {
-        if (state.empty()) return;
-        if (state.tensors.size() != 1 || state.tensors[0].rows() != batch || state.tensors[0].cols() != hidden_size_)
-            check_state(this->kind() + ".step", state, batch);  // the name is built only on failure: a step allocates nothing
-    }
-
     /// One step; the same recurrence, h = a h + b, whatever the mode.
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        const std::string where = this->kind() + ".step";
-        if (x.cols() != input_size() || x.rows() <= 0)
-            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(input_size()) +
-                            ") with B > 0");
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         const Index B = x.rows();
-        if (state.empty()) state = initial_state(B);
-        check_state(where, state, B);
-        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
+        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = make_state(B).workspace;
         Matrix<Scalar>& pre = state.workspace[0];  // (B, G*E)
         in_proj_.forward(x, pre);                  // (B, D) x (D, G*E)
         const Index E = hidden_size_;
         coefficients(pre, pre.middleCols(E, E), pre.leftCols(E));  // a, b in place
         Matrix<Scalar>& h = state.tensors[0];
         h.array() = pre.middleCols(E, E).array() * h.array() + pre.leftCols(E).array();
-        if (y.rows() != B || y.cols() != output_size()) y.resize(B, output_size());
         if (projects())
             to_out_.forward(h, y);  // (B, E) x (E, D)
         else
             y = h;
-        state.position += 1;
     }
 
-    /// The layer's kind and sizes, e.g. "MinGRU(5 -> 9 -> 5)" (D -> E, then back to D when
-    /// projecting) or "MinLSTM(8 -> 8)": the owner a training forward writes into its
-    /// Context and backward expects there.
-    std::string signature() const {
-        return this->kind() + "(" + std::to_string(input_size()) + " -> " + std::to_string(hidden_size_) +
-               (projects() ? " -> " + std::to_string(output_size()) : std::string()) + ")";
-    }
-
-    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
-        in_proj_.collect_parameters(prefix + in_proj_name_ + ".", out);
-        if (projects()) to_out_.collect_parameters(prefix + "to_out.", out);
-    }
-
-protected:
     /// gate_count: 2 for minGRU (hidden, gate), 3 for minLSTM (hidden, f, i).
     MinRNN(const std::string& kind, MinRNNOptions options, int gate_count, const std::string& in_proj_name, Rng& rng)
         : options_(options), gate_count_(gate_count), in_proj_name_(in_proj_name) {
@@ -340,12 +325,6 @@ private:
         if (mode == MinRNNMode::LogSpace && options_.activation != HiddenActivation::PositiveG)
             fail(kind.empty() ? this->kind() : kind,
                  "the log-space scan needs h > 0: use HiddenActivation::PositiveG, not Identity");
-    }
-
-    void check_state(const std::string& where, const State<Scalar>& s, Index B) const {
-        if (s.tensors.size() != 1)
-            fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected 1");
-        check_matrix(where, "state tensor", s.tensors[0], B, hidden_size_);
     }
 
     static void check_positive(const std::string& where, const Matrix<Scalar>& h0) {

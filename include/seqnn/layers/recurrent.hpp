@@ -56,192 +56,26 @@ public:
     /// The parameters of layer k (0 <= k < L).
     const LayerWeights& weights(Index k) const { return layers_.at(static_cast<std::size_t>(k)); }
 
-    /// Zero state {h (L*B, H)} (plus c for LSTM) and the step workspace.
-    State<Scalar> initial_state(Index batch) const override {
-        if (batch <= 0) fail(this->kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
-        State<Scalar> s;
-        for (int j = 0; j < state_tensor_count_; ++j)
-            s.tensors.push_back(Matrix<Scalar>::Zero(options_.num_layers * batch, options_.hidden_size));
-        s.workspace = {Matrix<Scalar>(batch, gate_width()), Matrix<Scalar>(batch, gate_width())};
-        return s;
-    }
+    /// What a training forward keeps for backward, per layer k of the stack.
+    struct LayerSaved {
+        Matrix<Scalar> input;     ///< (B*T, I_k): x for k = 0, layer k-1's output above it
+        Matrix<Scalar> h0, c0;    ///< (B, H): the initial state (c0 for the LSTM only)
+        Matrix<Scalar> gates;     ///< (B*T, G*H): the gate activations (LSTM, GRU)
+        Matrix<Scalar> cells;     ///< (B*T, H): the LSTM's c_t
+        Matrix<Scalar> hidden_n;  ///< (B*T, H): the GRU's W_hn h_{t-1} + b_hn
+    };
+    /// Every layer's, and the top layer's output (the others' outputs are the next inputs).
+    struct Saved {
+        std::vector<LayerSaved> layers;
+        Matrix<Scalar> output;  ///< (B*T, H)
+    };
 
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        const std::string where = this->kind() + ".forward";
-        check_sequence(where, "input", x, input_size());
-        const Index B = x.batch, T = x.steps, H = hidden_size(), L = num_layers();
-        State<Scalar> zeros;
-        State<Scalar>& s = state ? *state : zeros;
-        if (s.empty()) s = initial_state(B);
-        check_state(where, s, B);
-        if (ctx) {
-            ctx->owner = signature();
-            ctx->batch = B;
-            ctx->steps = T;
-            ctx->make_children(static_cast<std::size_t>(L));
-        }
-
-        const CellKind cell = cell_kind();
-        Sequence<Scalar> y(Matrix<Scalar>(B * T, H), B, T);
-        const Scalar* input = x.data.data();  // (B*T, I_k): the input of layer k
-        for (Index k = 0; k < L; ++k) {
-            const LayerWeights& w = weights(k);
-            const Index I = w.weight_ih.value.cols();
-            Context<Scalar>* lc = ctx ? &ctx->children[static_cast<std::size_t>(k)] : nullptr;
-            std::vector<Matrix<Scalar>> layer_state = state_of_layer(s, k, B);
-            RecurrentForward<Scalar> f;
-            f.cell = cell;
-            f.input_size = I;
-            f.x = input;
-            f.w_ih = w.weight_ih.value.data();
-            f.b_ih = options_.bias ? w.bias_ih.value.data() : nullptr;
-            f.w_hh = w.weight_hh.value.data();
-            f.b_hh = options_.bias ? w.bias_hh.value.data() : nullptr;
-            f.h = layer_state[0].data();
-            f.c = cell == CellKind::LSTM ? layer_state[1].data() : nullptr;
-            // Layer k writes its output where layer k+1 reads its input: in layer k+1's context
-            // in training, in this thread's scratch (slots A and B in turn) otherwise; the last
-            // layer writes y.
-            f.y = k + 1 == L ? y.data.data()
-                  : lc       ? ctx->children[static_cast<std::size_t>(k + 1)].buffer("input", B * T, H).data()
-                             : scratch_matrix<Scalar>(k % 2 == 0 ? ScratchSlot::A : ScratchSlot::B, B * T, H).data();
-            if (lc) {
-                if (k == 0) parallel_copy<Scalar>(lc->buffer("input", B * T, I), x.data);
-                for (std::size_t j = 0; j < layer_state.size(); ++j)
-                    lc->save("initial" + std::to_string(j), layer_state[j]);
-                if (cell == CellKind::LSTM || cell == CellKind::GRU) f.gates = lc->buffer("gates", B * T, gate_width()).data();
-                if (cell == CellKind::LSTM) f.cells = lc->buffer("cells", B * T, H).data();
-                if (cell == CellKind::GRU) f.hidden_n = lc->buffer("hidden_n", B * T, H).data();
-            }
-            recurrent_forward<Scalar>(f, B, T, H);
-            set_state_of_layer(s, k, B, layer_state);
-            input = f.y;
-        }
-        if (ctx) parallel_copy<Scalar>(ctx->children[static_cast<std::size_t>(L - 1)].buffer("output", B * T, H), y.data);
-        s.position += T;
-        return y;
-    }
-
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        const std::string where = this->kind() + ".backward";
-        check_context_owner(where, ctx, signature());
-        const Index B = ctx.batch, T = ctx.steps, H = hidden_size(), L = num_layers();
-        check_sequence(where, "dy", dy, H);
-        if (dy.batch != B || dy.steps != T)
-            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
-                            ", T=" + std::to_string(T) + ")");
-        if (d_final && !d_final->empty()) check_state(where + " d_final", *d_final, B);
-        if (d_initial) *d_initial = State<Scalar>{};
-
-        const CellKind cell = cell_kind();
-        // Scratch of this thread: slot A dL/d(gates), B dL/d(hidden map) (GRU only).
-        auto d_gates = scratch_matrix<Scalar>(ScratchSlot::A, B * T, gate_width());
-        auto d_gates_hidden = cell == CellKind::GRU ? scratch_matrix<Scalar>(ScratchSlot::B, B * T, gate_width()) : d_gates;
-        Matrix<Scalar> d_input;                  // dL/d(input of layer k), (B*T, I_k)
-        Matrix<Scalar> d_above;                  // dL/d(output of layer k) below the top layer
-        const Scalar* d_out = dy.data.data();    // dL/d(output of layer k), (B*T, H)
-        for (Index k = L - 1; k >= 0; --k) {
-            LayerWeights& w = weights(k);
-            const Context<Scalar>& lc = ctx.children[static_cast<std::size_t>(k)];
-            // What layer k's forward kept, each checked against the shape it must have.
-            const auto saved_tensor = [&](const Context<Scalar>& c, const char* name, Index rows,
-                                          Index cols) -> const Matrix<Scalar>& {
-                const Matrix<Scalar>& m = c.get(name);
-                check_matrix(where, std::string("the context's saved ") + name, m, rows, cols);
-                return m;
-            };
-            const Matrix<Scalar>& output = k + 1 < L ? saved_tensor(ctx.children[static_cast<std::size_t>(k + 1)], "input", B * T, H)
-                                                     : saved_tensor(lc, "output", B * T, H);
-            const Matrix<Scalar>& input = saved_tensor(lc, "input", B * T, w.weight_ih.value.cols());
-            const Matrix<Scalar>& h0 = saved_tensor(lc, "initial0", B, H);
-            std::vector<Matrix<Scalar>> d_state;  // dL/d(final state), then dL/d(initial state), of layer k
-            for (int j = 0; j < state_tensor_count_; ++j)
-                d_state.push_back(d_final && !d_final->empty() ? Matrix<Scalar>(d_final->tensors[j].middleRows(k * B, B))
-                                                               : Matrix<Scalar>::Zero(B, H));
-            RecurrentSaved<Scalar> saved;
-            saved.y = output.data();
-            saved.h0 = h0.data();
-            if (cell == CellKind::LSTM || cell == CellKind::GRU)
-                saved.gates = saved_tensor(lc, "gates", B * T, gate_width()).data();
-            if (cell == CellKind::LSTM) {
-                saved.c0 = saved_tensor(lc, "initial1", B, H).data();
-                saved.cells = saved_tensor(lc, "cells", B * T, H).data();
-            }
-            if (cell == CellKind::GRU) saved.hidden_n = saved_tensor(lc, "hidden_n", B * T, H).data();
-            RecurrentBackward<Scalar> d;
-            d.d_out = d_out;
-            d.dh = d_state[0].data();
-            d.dc = cell == CellKind::LSTM ? d_state[1].data() : nullptr;
-            d.d_gates = d_gates.data();
-            d.d_gates_hidden = d_gates_hidden.data();
-            recurrent_backward<Scalar>(cell, w.weight_hh.value.data(), saved, d, B, T, H);
-
-            // The weight gradients, one GEMM over every step for each of the two maps, or one
-            // for both where both see the same gradient (RNN, LSTM). Scratch slot C holds
-            // their right-hand sides: h_{t-1} (B*T, H), or [input | h_{t-1}] (B*T, I_k + H).
-            const Index I = input.cols();
-            if (cell == CellKind::GRU) {
-                auto h_prev = scratch_matrix<Scalar>(ScratchSlot::C, B * T, H);
-                previous_steps(output, h0, B, T, h_prev);
-                w.weight_hh.grad.noalias() += d_gates_hidden.transpose() * h_prev;  // (G*H, B*T) x (B*T, H)
-                w.weight_ih.grad.noalias() += d_gates.transpose() * input;          // (G*H, B*T) x (B*T, I_k)
-            } else {
-                auto both = scratch_matrix<Scalar>(ScratchSlot::C, B * T, I + H);
-                parallel_row_blocks(B * T, I, [&](Index r0, Index r1) {
-                    both.block(r0, 0, r1 - r0, I) = input.middleRows(r0, r1 - r0);
-                });
-                previous_steps(output, h0, B, T, both.rightCols(H));
-                const Matrix<Scalar> d_weights = d_gates.transpose() * both;  // (G*H, B*T) x (B*T, I_k + H)
-                w.weight_ih.grad += d_weights.leftCols(I);
-                w.weight_hh.grad += d_weights.rightCols(H);
-            }
-            if (options_.bias) {
-                add_column_sums(d_gates_hidden, w.bias_hh.grad);
-                add_column_sums(d_gates, w.bias_ih.grad);
-            }
-            d_input.resize(B * T, w.weight_ih.value.cols());
-            matmul_rows<Scalar>(d_gates, w.weight_ih.value, d_input);  // (B*T, G*H) x (G*H, I_k)
-
-            if (d_initial) {
-                if (d_initial->empty()) *d_initial = initial_state(B);
-                set_state_of_layer(*d_initial, k, B, d_state);
-            }
-            if (k > 0) {
-                d_above.swap(d_input);
-                d_out = d_above.data();
-            }
-        }
-        return Sequence<Scalar>(std::move(d_input), B, T);
-    }
-
-    /// Throws what step() would throw because of the state alone: tensors of another shape.
-    void check_step_state(State<Scalar>& state, Index batch) const override {
-        if (!state.empty() && !state_fits(state, batch)) check_state(this->kind() + ".step", state, batch);
-    }
-
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        if (x.cols() != input_size() || x.rows() <= 0)
-            fail(this->kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +
-                                             std::to_string(input_size()) + ") with B > 0");
-        const Index B = x.rows(), H = hidden_size();
-        if (state.empty()) state = initial_state(B);
-        if (!state_fits(state, B)) check_state(this->kind() + ".step", state, B);  // throws with the details
-        if (state.workspace.size() != 2 || state.workspace[0].rows() != B || state.workspace[0].cols() != gate_width())
-            state.workspace = initial_state(B).workspace;
-        const auto weights_of = [this](Index k) {
-            const LayerWeights& w = weights(k);
-            return CellWeights<Scalar>{&w.weight_ih.value, &w.weight_hh.value,
-                                       options_.bias ? w.bias_ih.value.data() : nullptr,
-                                       options_.bias ? w.bias_hh.value.data() : nullptr};
-        };
-        recurrent_step<Scalar>(cell_kind(), num_layers(), weights_of, x, state.tensors[0],
-                               state_tensor_count_ == 2 ? &state.tensors[1] : nullptr, state.workspace[0],
-                               state.workspace[1]);
-        if (y.rows() != B || y.cols() != H) y.resize(B, H);
-        y = state.tensors[0].middleRows((num_layers() - 1) * B, B);
-        state.position += 1;
+    /// The layer's kind and sizes, as recorded in a Context by forward and checked by backward.
+    std::string signature() const override {
+        static constexpr const char* cell_names[] = {"RNN(tanh)", "RNN(relu)", "LSTM", "GRU"};
+        return std::string(cell_names[static_cast<int>(cell_)]) + "(" + std::to_string(options_.input_size) + " -> " +
+               std::to_string(options_.hidden_size) + ", L=" + std::to_string(options_.num_layers) +
+               ", bias=" + (options_.bias ? "true" : "false") + ")";
     }
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
@@ -293,14 +127,6 @@ protected:
     /// The cell the time loop runs.
     CellKind cell_kind() const { return cell_; }
 
-    /// The layer's kind and sizes, as recorded in a Context by forward and checked by backward.
-    std::string signature() const {
-        static constexpr const char* cell_names[] = {"RNN(tanh)", "RNN(relu)", "LSTM", "GRU"};
-        return std::string(cell_names[static_cast<int>(cell_)]) + "(" + std::to_string(options_.input_size) + " -> " +
-               std::to_string(options_.hidden_size) + ", L=" + std::to_string(options_.num_layers) +
-               ", bias=" + (options_.bias ? "true" : "false") + ")";
-    }
-
     /// prev (B*T, H) <- the state before each step: row b*T + t is h_{t-1} of sequence b
     /// (the initial state at t = 0). `outputs` (B*T, H) holds h_t.
     static void previous_steps(const Matrix<Scalar>& outputs, const Matrix<Scalar>& initial, Index B, Index T,
@@ -324,21 +150,168 @@ protected:
         for (std::size_t j = 0; j < layer.size(); ++j) s.tensors[j].middleRows(k * B, B) = layer[j];
     }
 
-    /// Whether `s` is a state of this stack for B streams (no message built: step's fast check).
-    bool state_fits(const State<Scalar>& s, Index B) const {
-        if (static_cast<int>(s.tensors.size()) != state_tensor_count_) return false;
-        for (const auto& t : s.tensors)
-            if (t.rows() != num_layers() * B || t.cols() != hidden_size()) return false;
-        return true;
+    /// Zero state {h (L*B, H)} (plus c for the LSTM); workspace: two (B, G*H) buffers for step.
+    State<Scalar> make_state(Index batch) const override {
+        State<Scalar> s;
+        for (int j = 0; j < state_tensor_count_; ++j)
+            s.tensors.push_back(Matrix<Scalar>::Zero(options_.num_layers * batch, options_.hidden_size));
+        s.workspace = {Matrix<Scalar>(batch, gate_width()), Matrix<Scalar>(batch, gate_width())};
+        return s;
     }
 
-    /// Throws unless `s` is a state of this stack for B streams.
-    void check_state(const std::string& where, const State<Scalar>& s, Index B) const {
-        if (static_cast<int>(s.tensors.size()) != state_tensor_count_)
-            fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected " +
-                            std::to_string(state_tensor_count_));
-        for (const auto& t : s.tensors)
-            check_matrix(where, "state tensor", t, num_layers() * B, hidden_size());
+    void validate_state(const State<Scalar>& state, Index batch, Call call) const override {
+        this->check_state_tensors(state, call, static_cast<std::size_t>(state_tensor_count_), num_layers() * batch,
+                                  hidden_size());
+    }
+
+    /// Layer by layer, each through the whole sequence (kernels/recurrent.hpp); each layer
+    /// writes its output straight where the next layer reads it: the next layer's saved
+    /// input in training, this thread's scratch otherwise.
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
+        const Index B = x.batch, T = x.steps, H = hidden_size(), L = num_layers();
+        State<Scalar> zeros;
+        State<Scalar>& s = state ? *state : zeros;
+        if (!state) s = this->initial_state(B);
+        Saved* saved = ctx ? &keep_for_backward<Saved>(*ctx) : nullptr;
+        if (saved) saved->layers.resize(static_cast<std::size_t>(L));
+
+        const CellKind cell = cell_kind();
+        Sequence<Scalar> y(Matrix<Scalar>(B * T, H), B, T);
+        const Scalar* input = x.data.data();  // (B*T, I_k): the input of layer k
+        for (Index k = 0; k < L; ++k) {
+            const LayerWeights& w = weights(k);
+            const Index I = w.weight_ih.value.cols();
+            LayerSaved* ls = saved ? &saved->layers[static_cast<std::size_t>(k)] : nullptr;
+            std::vector<Matrix<Scalar>> layer_state = state_of_layer(s, k, B);
+            RecurrentForward<Scalar> f;
+            f.cell = cell;
+            f.input_size = I;
+            f.x = input;
+            f.w_ih = w.weight_ih.value.data();
+            f.b_ih = options_.bias ? w.bias_ih.value.data() : nullptr;
+            f.w_hh = w.weight_hh.value.data();
+            f.b_hh = options_.bias ? w.bias_hh.value.data() : nullptr;
+            f.h = layer_state[0].data();
+            f.c = cell == CellKind::LSTM ? layer_state[1].data() : nullptr;
+            f.y = k + 1 == L ? y.data.data()
+                  : ls       ? resized(saved->layers[static_cast<std::size_t>(k + 1)].input, B * T, H).data()
+                             : scratch_matrix<Scalar>(k % 2 == 0 ? ScratchSlot::A : ScratchSlot::B, B * T, H).data();
+            if (ls) {
+                if (k == 0) parallel_copy<Scalar>(ls->input, x.data);
+                ls->h0 = layer_state[0];
+                if (cell == CellKind::LSTM) ls->c0 = layer_state[1];
+                if (cell == CellKind::LSTM || cell == CellKind::GRU) f.gates = resized(ls->gates, B * T, gate_width()).data();
+                if (cell == CellKind::LSTM) f.cells = resized(ls->cells, B * T, H).data();
+                if (cell == CellKind::GRU) f.hidden_n = resized(ls->hidden_n, B * T, H).data();
+            }
+            recurrent_forward<Scalar>(f, B, T, H);
+            set_state_of_layer(s, k, B, layer_state);
+            input = f.y;
+        }
+        if (saved) parallel_copy<Scalar>(saved->output, y.data);
+        return y;
+    }
+
+    /// Layer by layer from the top, each backward through time (kernels/recurrent.hpp),
+    /// then its weight gradients as one GEMM each.
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                                   const State<Scalar>* d_final, State<Scalar>* d_initial) override {
+        const Index B = ctx.batch, T = ctx.steps, H = hidden_size(), L = num_layers();
+        const Saved& saved = saved_for_backward<Saved>(ctx);
+        const std::string where = this->where(Call::Backward);
+        if (static_cast<Index>(saved.layers.size()) != L)
+            fail(where, "the context holds " + std::to_string(saved.layers.size()) + " layers' tensors, expected " +
+                            std::to_string(L));
+        const auto checked = [&](const Matrix<Scalar>& m, const char* name, Index rows, Index cols) -> const Matrix<Scalar>& {
+            check_matrix(where, std::string("the context's saved ") + name, m, rows, cols);
+            return m;
+        };
+
+        const CellKind cell = cell_kind();
+        auto d_gates = scratch_matrix<Scalar>(ScratchSlot::A, B * T, gate_width());
+        auto d_gates_hidden = cell == CellKind::GRU ? scratch_matrix<Scalar>(ScratchSlot::B, B * T, gate_width()) : d_gates;
+        Matrix<Scalar> d_input;                  // dL/d(input of layer k), (B*T, I_k)
+        Matrix<Scalar> d_above;                  // dL/d(output of layer k) below the top layer
+        const Scalar* d_out = dy.data.data();    // dL/d(output of layer k), (B*T, H)
+        for (Index k = L - 1; k >= 0; --k) {
+            LayerWeights& w = weights(k);
+            const LayerSaved& ls = saved.layers[static_cast<std::size_t>(k)];
+            const Matrix<Scalar>& output =
+                checked(k + 1 < L ? saved.layers[static_cast<std::size_t>(k + 1)].input : saved.output, "output", B * T, H);
+            const Matrix<Scalar>& input = checked(ls.input, "input", B * T, w.weight_ih.value.cols());
+            const Matrix<Scalar>& h0 = checked(ls.h0, "h0", B, H);
+            std::vector<Matrix<Scalar>> d_state;  // dL/d(final state), then dL/d(initial state), of layer k
+            for (int j = 0; j < state_tensor_count_; ++j)
+                d_state.push_back(d_final ? Matrix<Scalar>(d_final->tensors[static_cast<std::size_t>(j)].middleRows(k * B, B))
+                                          : Matrix<Scalar>::Zero(B, H));
+            RecurrentSaved<Scalar> rs;
+            rs.y = output.data();
+            rs.h0 = h0.data();
+            if (cell == CellKind::LSTM || cell == CellKind::GRU) rs.gates = checked(ls.gates, "gates", B * T, gate_width()).data();
+            if (cell == CellKind::LSTM) {
+                rs.c0 = checked(ls.c0, "c0", B, H).data();
+                rs.cells = checked(ls.cells, "cells", B * T, H).data();
+            }
+            if (cell == CellKind::GRU) rs.hidden_n = checked(ls.hidden_n, "hidden_n", B * T, H).data();
+            RecurrentBackward<Scalar> d;
+            d.d_out = d_out;
+            d.dh = d_state[0].data();
+            d.dc = cell == CellKind::LSTM ? d_state[1].data() : nullptr;
+            d.d_gates = d_gates.data();
+            d.d_gates_hidden = d_gates_hidden.data();
+            recurrent_backward<Scalar>(cell, w.weight_hh.value.data(), rs, d, B, T, H);
+
+            // The weight gradients: dW_hh needs each step's h_{t-1}, the initial state at t = 0.
+            const Index I = input.cols();
+            if (cell == CellKind::GRU) {  // dW_hh reads its own gate gradients (r scales W_hn h)
+                auto h_prev = scratch_matrix<Scalar>(ScratchSlot::C, B * T, H);
+                previous_steps(output, h0, B, T, h_prev);
+                w.weight_hh.grad.noalias() += d_gates_hidden.transpose() * h_prev;  // (G*H, B*T) x (B*T, H)
+                w.weight_ih.grad.noalias() += d_gates.transpose() * input;          // (G*H, B*T) x (B*T, I_k)
+            } else {  // one GEMM for both: [dW_ih | dW_hh] = dgates^T [input | h_prev]
+                auto both = scratch_matrix<Scalar>(ScratchSlot::C, B * T, I + H);
+                parallel_row_blocks(B * T, I, [&](Index r0, Index r1) {
+                    both.block(r0, 0, r1 - r0, I) = input.middleRows(r0, r1 - r0);
+                });
+                previous_steps(output, h0, B, T, both.rightCols(H));
+                const Matrix<Scalar> d_weights = d_gates.transpose() * both;  // (G*H, B*T) x (B*T, I_k + H)
+                w.weight_ih.grad += d_weights.leftCols(I);
+                w.weight_hh.grad += d_weights.rightCols(H);
+            }
+            if (options_.bias) {
+                add_column_sums(d_gates_hidden, w.bias_hh.grad);
+                add_column_sums(d_gates, w.bias_ih.grad);
+            }
+            d_input.resize(B * T, w.weight_ih.value.cols());
+            matmul_rows<Scalar>(d_gates, w.weight_ih.value, d_input);  // (B*T, G*H) x (G*H, I_k)
+
+            if (d_initial) {
+                if (d_initial->empty()) *d_initial = this->initial_state(B);
+                set_state_of_layer(*d_initial, k, B, d_state);
+            }
+            if (k > 0) {
+                d_above.swap(d_input);
+                d_out = d_above.data();
+            }
+        }
+        return Sequence<Scalar>(std::move(d_input), B, T);
+    }
+
+    /// One step of every layer (kernels/recurrent.hpp's recurrent_step); y is the top layer's h.
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        const Index B = x.rows();
+        if (state.workspace.size() != 2 || state.workspace[0].rows() != B || state.workspace[0].cols() != gate_width())
+            state.workspace = make_state(B).workspace;
+        const auto weights_of = [this](Index k) {
+            const LayerWeights& w = weights(k);
+            return CellWeights<Scalar>{&w.weight_ih.value, &w.weight_hh.value,
+                                       options_.bias ? w.bias_ih.value.data() : nullptr,
+                                       options_.bias ? w.bias_hh.value.data() : nullptr};
+        };
+        recurrent_step<Scalar>(cell_kind(), num_layers(), weights_of, x, state.tensors[0],
+                               state_tensor_count_ == 2 ? &state.tensors[1] : nullptr, state.workspace[0],
+                               state.workspace[1]);
+        y = state.tensors[0].middleRows((num_layers() - 1) * B, B);
     }
 
 private:

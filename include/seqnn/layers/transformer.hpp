@@ -131,36 +131,90 @@ public:
     /// The norm before the MLP.
     LayerNorm<Scalar>& norm2() { return norm2_; }
 
+    /// The block's sizes and options, e.g. "TransformerBlock(E=16, H=2, F=64, causal, rotary)":
+    /// the owner a training forward writes into its Context and backward expects there.
+    std::string signature() const override {
+        return "TransformerBlock(E=" + std::to_string(options_.d_model) + ", H=" + std::to_string(options_.num_heads) +
+               ", F=" + std::to_string(ffn_) + (options_.causal ? ", causal" : ", full") +
+               (options_.rotary ? ", rotary)" : ")");
+    }
+
+    /// PyTorch's state_dict order of nn.TransformerEncoderLayer.
+    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
+        out.push_back({prefix + "self_attn.in_proj_weight", &in_proj_.weight});
+        if (in_proj_.has_bias()) out.push_back({prefix + "self_attn.in_proj_bias", &in_proj_.bias});
+        out_proj_.collect_parameters(prefix + "self_attn.out_proj.", out);
+        linear1_.collect_parameters(prefix + "linear1.", out);
+        linear2_.collect_parameters(prefix + "linear2.", out);
+        norm1_.collect_parameters(prefix + "norm1.", out);
+        norm2_.collect_parameters(prefix + "norm2.", out);
+    }
+
+    /// Grows the KV cache `s` (for B streams) to hold at least `length` positions per stream,
+    /// keeping what it holds; does nothing if it already does. step() never grows a cache,
+    /// so a caller that knows how far it will step reserves that much first.
+    void reserve_cache(State<Scalar>& s, Index B, Index length) const {
+        this->check_state(s, B, Call::Forward);
+        if (length > capacity(s, B)) grow_cache(s, B, length);
+    }
+
+    /// What a training forward keeps for backward.
+    struct Saved {
+        Matrix<Scalar> input;               ///< x (B*T, E)
+        Matrix<Scalar> ln1, qkv, attn, lse;  ///< norm1(x) (B*T, E), [q | k | v] (B*T, 3E), attention (B*T, E), its log-sum-exp (B*T, H)
+        Matrix<Scalar> h, ln2, pre, act;     ///< x + attention branch (B*T, E), norm2(h), linear1 (B*T, F), its GELU
+        Matrix<Scalar> k, v;                 ///< with a cache: every key and value the chunk attended to, (B*Tk, E)
+        bool cached = false;                 ///< whether the forward ran on a KV cache
+        Index position = 0;                  ///< the cache's fill level before the chunk
+        Index initial_capacity = 0;          ///< the cache's rows per stream before the forward
+        Index capacity = 0;                  ///< and after it (it may have grown)
+    };
+
+protected:
     /// An empty KV cache of options.max_cache_length positions for `batch` streams, with the
     /// workspace of step(): {norm (B, E), qkv (B, 3E), attention (B, E), h (B, E),
     /// hidden (B, F), RoPE table (2, Dh/2), attention scratch (1, n)}.
-    State<Scalar> initial_state(Index batch) const override {
-        if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
+    State<Scalar> make_state(Index batch) const override {
         State<Scalar> s = empty_cache(batch, options_.max_cache_length);
         make_workspace(s, batch);
         return s;
     }
 
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        const std::string where = kind() + ".forward";
-        check_sequence(where, "input", x, input_size());
+    /// Two (B*L, E) tensors for some L >= 1, the fill level within [0, L]; a step needs one free row.
+    void validate_state(const State<Scalar>& s, Index B, Call call) const override {
+        const Index E = options_.d_model;
+        if (call == Call::Step && !options_.causal)
+            fail(this->where(call), "a non-causal block has no step(): each output depends on the future");
+        if (s.tensors.size() != 2 || !s.children.empty())
+            fail(this->where(call), "the state has " + std::to_string(s.tensors.size()) +
+                                        " tensors, expected 2 (K and V caches)");
+        const Index rows = s.tensors[0].rows();
+        if (rows == 0 || rows % B != 0 || s.tensors[0].cols() != E || s.tensors[1].rows() != rows ||
+            s.tensors[1].cols() != E)
+            fail(this->where(call), "KV cache tensors " + shape_string(s.tensors[0]) + " and " +
+                                        shape_string(s.tensors[1]) + " do not hold (B*L, E) rows for B=" +
+                                        std::to_string(B) + ", E=" + std::to_string(E));
+        if (s.position < 0 || s.position > rows / B)
+            fail(this->where(call), "cache position " + std::to_string(s.position) + " is outside [0, " +
+                                        std::to_string(rows / B) + "]");
+        if (call == Call::Step && s.position >= rows / B)
+            fail(this->where(call), "the KV cache is full: it holds " + std::to_string(s.position) + " of " +
+                                        std::to_string(rows / B) + " positions per stream (state tensors " +
+                                        shape_string(s.tensors[0]) + " for B=" + std::to_string(B) +
+                                        "); make the state with a larger max_cache_length");
+    }
+
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
         const Index B = x.batch, T = x.steps, E = options_.d_model, H = options_.num_heads, Dh = head_dim();
-        if (ctx) ctx->owner.clear();  // set again once the forward has succeeded
 
         // The cache: none (state == nullptr), a new one, or the caller's, grown if needed.
         const bool cached = state != nullptr;
         Index pos0 = 0, initial_capacity = 0;
         if (cached) {
-            if (state->empty()) {
-                *state = empty_cache(B, std::max(options_.max_cache_length, T));
-            } else {
-                check_state(where.c_str(), *state, B);
-                initial_capacity = capacity(*state, B);
-            }
+            initial_capacity = capacity(*state, B);
             pos0 = state->position;
             if (!options_.causal && pos0 > 0)
-                fail(where, "a non-causal block cannot continue from a KV cache (position " + std::to_string(pos0) +
+                fail(this->where(Call::Forward), "a non-causal block cannot continue from a KV cache (position " + std::to_string(pos0) +
                                 "): its earlier outputs would depend on this chunk");
             if (pos0 + T > capacity(*state, B)) grow_cache(*state, B, std::max(options_.max_cache_length, pos0 + T));
         }
@@ -172,19 +226,16 @@ public:
         // Without a context the scratch slots are recycled as their contents die:
         //   A: ln1, then h;  B: qkv, then pre = act;  C: attn, then ln2.
         const Index N = B * T, F = ffn_;
-        const auto buffer = [&](const char* name, ScratchSlot slot, Index cols) -> MatrixRef<Scalar> {
-            if (ctx) return ctx->buffer(name, N, cols);
+        Saved* saved = ctx ? &keep_for_backward<Saved>(*ctx) : nullptr;
+        const auto buffer = [&](Matrix<Scalar> Saved::*member, ScratchSlot slot, Index cols) -> MatrixRef<Scalar> {
+            if (saved) return resized(saved->*member, N, cols);
             return scratch_matrix<Scalar>(slot, N, cols);
         };
-        if (ctx) {
-            ctx->batch = B;
-            ctx->steps = T;
-            parallel_copy<Scalar>(ctx->buffer("input", N, E), x.data);
-        }
+        if (saved) parallel_copy<Scalar>(saved->input, x.data);
 
-        MatrixRef<Scalar> ln1 = buffer("ln1", ScratchSlot::A, E);
+        MatrixRef<Scalar> ln1 = buffer(&Saved::ln1, ScratchSlot::A, E);
         norm1_.forward(x.data, ln1);  // (B*T, E)
-        MatrixRef<Scalar> qkv = buffer("qkv", ScratchSlot::B, 3 * E);
+        MatrixRef<Scalar> qkv = buffer(&Saved::qkv, ScratchSlot::B, 3 * E);
         in_proj_.forward(ln1, qkv);  // (B*T, E) x (E, 3E) -> (B*T, 3E): [q | k | v]
         if (options_.rotary) {
             Matrix<Scalar> table;
@@ -200,8 +251,8 @@ public:
             }
 
         const AttentionShape shape = attention_shape(B, T, Tk, L, pos0);
-        MatrixRef<Scalar> attn = buffer("attn", ScratchSlot::C, E);  // (B*T, E)
-        Matrix<Scalar>* lse = ctx ? &ctx->buffer("lse", N, H) : nullptr;  // (B*T, H), kept for backward
+        MatrixRef<Scalar> attn = buffer(&Saved::attn, ScratchSlot::C, E);  // (B*T, E)
+        Matrix<Scalar>* lse = saved ? &resized(saved->lse, N, H) : nullptr;  // (B*T, H), kept for backward
         if (cached)
             attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), state->tensors[0],
                                       state->tensors[1], attn, lse);
@@ -209,58 +260,48 @@ public:
             attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
                                       qkv.rightCols(E), attn, lse);
 
-        MatrixRef<Scalar> h = buffer("h", ScratchSlot::A, E);
+        MatrixRef<Scalar> h = buffer(&Saved::h, ScratchSlot::A, E);
         out_proj_.forward(attn, h);  // (B*T, E) x (E, E)
         parallel_add<Scalar>(h, x.data);  // residual
-        MatrixRef<Scalar> ln2 = buffer("ln2", ScratchSlot::C, E);
+        MatrixRef<Scalar> ln2 = buffer(&Saved::ln2, ScratchSlot::C, E);
         norm2_.forward(h, ln2);  // (B*T, E)
-        MatrixRef<Scalar> pre = buffer("pre", ScratchSlot::B, F);
+        MatrixRef<Scalar> pre = buffer(&Saved::pre, ScratchSlot::B, F);
         linear1_.forward(ln2, pre);  // (B*T, E) x (E, F) -> (B*T, F)
         // GELU in place, except in training mode, where backward needs both pre and act.
-        MatrixRef<Scalar> act = ctx ? MatrixRef<Scalar>(ctx->buffer("act", N, F)) : pre;
-        if (ctx) act = pre;  // a copy: act is the context's own buffer
+        MatrixRef<Scalar> act = saved ? MatrixRef<Scalar>(resized(saved->act, N, F)) : pre;
+        if (saved) act = pre;  // a copy: act is the context's own buffer
         activation_forward<Scalar>(Activation::GELU, act);
         Sequence<Scalar> y(B, T, E);
         linear2_.forward(act, y.data);  // (B*T, F) x (F, E) -> (B*T, E)
         parallel_add<Scalar>(y.data, h);  // residual
 
-        if (ctx) {
+        if (saved) {
             if (cached) {  // the keys and values the chunk attended to: (B*Tk, E) each
-                Matrix<Scalar>&k = ctx->buffer("k", B * Tk, E), &v = ctx->buffer("v", B * Tk, E);
+                Matrix<Scalar>&k = resized(saved->k, B * Tk, E), &v = resized(saved->v, B * Tk, E);
                 for (Index b = 0; b < B; ++b) {
                     k.middleRows(b * Tk, Tk) = state->tensors[0].middleRows(b * L, Tk);
                     v.middleRows(b * Tk, Tk) = state->tensors[1].middleRows(b * L, Tk);
                 }
             }
-            Matrix<Scalar>& meta = ctx->buffer("cache", 1, 4);  // whether a cache was used, its fill level, capacities
-            meta << Scalar(cached ? 1 : 0), Scalar(pos0), Scalar(initial_capacity), Scalar(L);
+            saved->cached = cached;
+            saved->position = pos0;
+            saved->initial_capacity = initial_capacity;
+            saved->capacity = L;
         }
-        if (cached) state->position = Tk;
-        if (ctx) ctx->owner = signature();
         return y;
     }
 
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        const std::string where = kind() + ".backward";
-        check_context_owner(where, ctx, signature());
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                                   const State<Scalar>* d_final, State<Scalar>* d_initial) override {
         const Index B = ctx.batch, T = ctx.steps, E = options_.d_model, H = options_.num_heads, Dh = head_dim();
-        const Matrix<Scalar>& x = ctx.get("input");
-        const Matrix<Scalar>& meta = ctx.get("cache");
-        check_sequence(where, "dy", dy, output_size());
-        if (dy.batch != B || dy.steps != T)
-            fail(where, "dy " + shape_string(dy) + " does not match the forward's (B=" + std::to_string(B) +
-                            ", T=" + std::to_string(T) + ")");
-        const bool cached = meta(0, 0) != Scalar(0);
-        const auto pos0 = static_cast<Index>(meta(0, 1)), L0 = static_cast<Index>(meta(0, 2)),
-                   L = static_cast<Index>(meta(0, 3));
+        const Saved& saved = saved_for_backward<Saved>(ctx);
+        const Matrix<Scalar>& x = saved.input;
+        const bool cached = saved.cached;
+        const Index pos0 = saved.position, L0 = saved.initial_capacity, L = saved.capacity;
         const Index Tk = pos0 + T;
-        const bool has_d_final = cached && d_final && !d_final->empty();
-        if (has_d_final) {
-            if (d_final->tensors.size() != 2)
-                fail(where, "d_final has " + std::to_string(d_final->tensors.size()) + " tensors, expected 2 (K, V)");
-            for (const auto& t : d_final->tensors) check_matrix(where, "d_final tensor", t, B * L, E);
-        }
+        const bool has_d_final = cached && d_final;
+        if (has_d_final)
+            for (const auto& t : d_final->tensors) check_matrix(this->where(Call::Backward), "d_final tensor", t, B * L, E);
 
         // The intermediates go to this thread's scratch, as the forward's do without a
         // context, so that a training step does not allocate (and page-fault in) them anew;
@@ -270,27 +311,27 @@ public:
 
         // Feed-forward branch, in reverse: y = h + linear2(gelu(linear1(norm2(h)))).
         MatrixRef<Scalar> d_act = scratch_matrix<Scalar>(ScratchSlot::A, N, F);
-        linear2_.backward(ctx.get("act"), dy.data, d_act);  // (B*T, E) x (E, F) -> (B*T, F)
-        activation_backward<Scalar>(Activation::GELU, ctx.get("pre"), ctx.get("act"), d_act);  // d_pre, in place
+        linear2_.backward(saved.act, dy.data, d_act);  // (B*T, E) x (E, F) -> (B*T, F)
+        activation_backward<Scalar>(Activation::GELU, saved.pre, saved.act, d_act);  // d_pre, in place
         MatrixRef<Scalar> d_ln2 = scratch_matrix<Scalar>(ScratchSlot::B, N, E);
-        linear1_.backward(ctx.get("ln2"), d_act, d_ln2);  // (B*T, F) x (F, E)
+        linear1_.backward(saved.ln2, d_act, d_ln2);  // (B*T, F) x (F, E)
         MatrixRef<Scalar> dh = scratch_matrix<Scalar>(ScratchSlot::C, N, E);
-        norm2_.backward(ctx.get("h"), d_ln2, dh);  // (B*T, E)
+        norm2_.backward(saved.h, d_ln2, dh);  // (B*T, E)
         parallel_add<Scalar>(dh, dy.data);         // residual
 
         // Attention branch: h = x + out_proj(attention(q, k, v)).
         MatrixRef<Scalar> d_attn = scratch_matrix<Scalar>(ScratchSlot::A, N, E);
-        out_proj_.backward(ctx.get("attn"), dh, d_attn);  // (B*T, E) x (E, E)
-        const Matrix<Scalar>& qkv = ctx.get("qkv");
+        out_proj_.backward(saved.attn, dh, d_attn);  // (B*T, E) x (E, E)
+        const Matrix<Scalar>& qkv = saved.qkv;
         MatrixRef<Scalar> d_qkv = scratch_matrix<Scalar>(ScratchSlot::B, N, 3 * E);  // (B*T, 3E): [dq | dk | dv]
         const AttentionShape shape = attention_shape(B, T, Tk, cached ? Tk : T, pos0);
         Matrix<Scalar> dk, dv;  // cached: (B*Tk, E), over every key the chunk attended to
         if (cached) {
-            const Matrix<Scalar>&k = ctx.get("k"), &v = ctx.get("v");
+            const Matrix<Scalar>&k = saved.k, &v = saved.v;
             dk.resize(B * Tk, E);
             dv.resize(B * Tk, E);
-            attention_backward<Scalar>(shape, attention_options(), qkv.leftCols(E), k, v, ctx.get("attn"),
-                                       ctx.get("lse"), d_attn, d_qkv.leftCols(E), dk, dv);
+            attention_backward<Scalar>(shape, attention_options(), qkv.leftCols(E), k, v, saved.attn,
+                                       saved.lse, d_attn, d_qkv.leftCols(E), dk, dv);
             for (Index b = 0; b < B; ++b) {
                 if (has_d_final) {  // the final cache holds these keys and values unchanged
                     dk.middleRows(b * Tk, Tk) += d_final->tensors[0].middleRows(b * L, Tk);
@@ -301,7 +342,7 @@ public:
             }
         } else {
             attention_backward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
-                                       qkv.rightCols(E), ctx.get("attn"), ctx.get("lse"), d_attn, d_qkv.leftCols(E),
+                                       qkv.rightCols(E), saved.attn, saved.lse, d_attn, d_qkv.leftCols(E),
                                        d_qkv.middleCols(E, E), d_qkv.rightCols(E));
         }
         if (options_.rotary) {  // back through the rotation of q and k
@@ -311,7 +352,7 @@ public:
             rope_apply<Scalar>(d_qkv.middleCols(E, E), T, H, table, /*inverse=*/true);
         }
         MatrixRef<Scalar> d_ln1 = scratch_matrix<Scalar>(ScratchSlot::A, N, E);
-        in_proj_.backward(ctx.get("ln1"), d_qkv, d_ln1);  // (B*T, 3E) x (3E, E)
+        in_proj_.backward(saved.ln1, d_qkv, d_ln1);  // (B*T, 3E) x (3E, E)
         Matrix<Scalar> dx(N, E);
         norm1_.backward(x, d_ln1, dx);  // (B*T, E)
         parallel_add<Scalar>(dx, dh);   // residual
@@ -334,34 +375,14 @@ public:
         return Sequence<Scalar>(std::move(dx), B, T);
     }
 
-    /// The state's shapes and stream count, and room in the cache for one more position.
-    void check_step_state(State<Scalar>& state, Index batch) const override {
-        const char* where = "TransformerBlock.step";
-        if (state.empty()) return;
-        check_state(where, state, batch);
-        if (state.position >= capacity(state, batch))
-            fail(where, "the KV cache is full: it holds " + std::to_string(state.position) + " of " +
-                            std::to_string(capacity(state, batch)) + " positions per stream (state tensors " +
-                            shape_string(state.tensors[0]) + " for B=" + std::to_string(batch) +
-                            "); make the state with a larger max_cache_length");
-    }
-
     /// One position for B streams: appends its key and value to the cache and attends to
     /// every cached position. No heap allocation once the state has its workspace.
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        const char* where = "TransformerBlock.step";  // no std::string: step must not allocate
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         const Index E = options_.d_model, H = options_.num_heads, Dh = head_dim();
-        if (x.cols() != E || x.rows() <= 0)
-            fail(where, "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(E) + ") with B > 0");
-        if (!options_.causal) fail(where, "a non-causal block has no step(): each output depends on the future");
+        if (!options_.causal)
+            fail(this->where(Call::Step), "a non-causal block has no step(): each output depends on the future");
         const Index B = x.rows();
-        if (state.empty()) state = initial_state(B);
-        check_state(where, state, B);
         const Index L = capacity(state, B), pos = state.position;
-        if (pos >= L)
-            fail(where, "the KV cache is full: it holds " + std::to_string(pos) + " of " + std::to_string(L) +
-                            " positions per stream (state tensors " + shape_string(state.tensors[0]) +
-                            " for B=" + std::to_string(B) + "); make the state with a larger max_cache_length");
         if (!workspace_fits(state, B)) make_workspace(state, B);  // a state from forward: once
 
         auto& ws = state.workspace;
@@ -385,38 +406,8 @@ public:
         norm2_.forward(h, norm);
         linear1_.forward(norm, hidden);  // (B, E) x (E, F)
         activation_forward<Scalar>(Activation::GELU, hidden);  // the same GELU as forward
-        if (y.rows() != B || y.cols() != E) y.resize(B, E);
         linear2_.forward(hidden, y);  // (B, F) x (F, E)
         y += h;                       // residual
-        state.position = pos + 1;
-    }
-
-    /// Grows the KV cache `s` (for B streams) to hold at least `length` positions per stream,
-    /// keeping what it holds; does nothing if it already does. step() never grows a cache,
-    /// so a caller that knows how far it will step reserves that much first.
-    void reserve_cache(State<Scalar>& s, Index B, Index length) const {
-        const char* where = "TransformerBlock.reserve_cache";
-        check_state(where, s, B);
-        if (length > capacity(s, B)) grow_cache(s, B, length);
-    }
-
-    /// The block's sizes and options, e.g. "TransformerBlock(E=16, H=2, F=64, causal, rotary)":
-    /// the owner a training forward writes into its Context and backward expects there.
-    std::string signature() const {
-        return "TransformerBlock(E=" + std::to_string(options_.d_model) + ", H=" + std::to_string(options_.num_heads) +
-               ", F=" + std::to_string(ffn_) + (options_.causal ? ", causal" : ", full") +
-               (options_.rotary ? ", rotary)" : ")");
-    }
-
-    /// PyTorch's state_dict order of nn.TransformerEncoderLayer.
-    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
-        out.push_back({prefix + "self_attn.in_proj_weight", &in_proj_.weight});
-        if (in_proj_.has_bias()) out.push_back({prefix + "self_attn.in_proj_bias", &in_proj_.bias});
-        out_proj_.collect_parameters(prefix + "self_attn.out_proj.", out);
-        linear1_.collect_parameters(prefix + "linear1.", out);
-        linear2_.collect_parameters(prefix + "linear2.", out);
-        norm1_.collect_parameters(prefix + "norm1.", out);
-        norm2_.collect_parameters(prefix + "norm2.", out);
     }
 
 private:
@@ -462,24 +453,6 @@ private:
                s.workspace[6].size() >= attention_workspace_size(attention_shape(B, 1, L, L, L - 1),
                                                                  attention_options(), 1);
     }
-
-    void check_state(const char* where, const State<Scalar>& s, Index B) const {
-        const Index E = options_.d_model;
-        if (s.tensors.size() != 2)
-            fail(where, "state has " + std::to_string(s.tensors.size()) + " tensors, expected 2 (K and V caches)");
-        if (s.batch != 0 && s.batch != B)
-            fail(where, "the KV cache " + shape_string(s.tensors[0]) + " was made for " + std::to_string(s.batch) + " streams, not B=" + std::to_string(B) +
-                            " (its rows would be read as another length per stream)");
-        const Index rows = s.tensors[0].rows();
-        if (rows == 0 || rows % B != 0 || s.tensors[0].cols() != E || s.tensors[1].rows() != rows ||
-            s.tensors[1].cols() != E)
-            fail(where, "KV cache tensors " + shape_string(s.tensors[0]) + " and " + shape_string(s.tensors[1]) +
-                            " do not hold (B*L, E) rows for B=" + std::to_string(B) + ", E=" + std::to_string(E));
-        if (s.position < 0 || s.position > rows / B)
-            fail(where, "cache position " + std::to_string(s.position) + " is outside [0, " + std::to_string(rows / B) +
-                            "]");
-    }
-
 
     TransformerOptions options_;
     Index ffn_ = 0;

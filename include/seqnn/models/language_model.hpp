@@ -25,10 +25,9 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/parameter.hpp"
-#include "seqnn/models/composite_state.hpp"
 #include "seqnn/models/lm_block.hpp"
 #include "seqnn/models/sequential.hpp"
-#include "seqnn/nn/dropout.hpp"
+#include "seqnn/layers/dropout.hpp"
 #include "seqnn/nn/embedding.hpp"
 #include "seqnn/nn/linear.hpp"
 #include "seqnn/nn/rms_norm.hpp"
@@ -115,7 +114,6 @@ public:
         }
         norm_ = RMSNorm<Scalar>(o.dim);
         to_logits_ = Linear<Scalar>(o.dim, o.vocab_size, false, rng);
-        layout_.add(layers_);
     }
 
     /// "LanguageModel(<mixer>)", for messages.
@@ -146,11 +144,13 @@ public:
         return out;
     }
 
-    /// The blocks' zero states; workspace: the embedded tokens and the final normed
-    /// stream, (B, D) each, for step.
+    /// The blocks' zero states as the one child state; workspace: the embedded tokens and
+    /// the final normed stream, (B, D) each, for step.
     State<Scalar> initial_state(Index batch) const {
         if (batch <= 0) fail(kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
-        State<Scalar> s = layout_.initial({&layers_}, batch);
+        State<Scalar> s;
+        s.batch = batch;
+        s.children.push_back(layers_.initial_state(batch));
         s.workspace = {Matrix<Scalar>(batch, dim()), Matrix<Scalar>(batch, dim())};
         return s;
     }
@@ -164,30 +164,27 @@ public:
         const Index B = tokens.batch, T = tokens.steps;
         // Without a state the blocks run without one too (a Transformer then keeps no cache).
         if (state && state->empty()) *state = initial_state(B);
-        if (state) {
-            layout_.check(where, *state);
-            layout_.check_batch(where, *state, B);
-        }
+        if (state) check_state(*state, B, Call::Forward);
+        Saved* saved = nullptr;
         if (ctx) {
             ctx->owner.clear();  // set again once the forward has succeeded
             ctx->batch = B;
             ctx->steps = T;
             ctx->make_children(2);  // layers, embedding dropout
-            ctx->ids = tokens.ids;  // for the embedding's backward, as integers (a float is exact only below 2^24)
+            saved = &keep_for_backward<Saved>(*ctx);
+            saved->ids = tokens.ids;  // for the embedding's backward
         }
         Sequence<Scalar> x(token_emb_.forward(tokens.ids), B, T);  // (B*T, D)
         embed_drop_.apply(x.data, ctx ? &ctx->children[1] : nullptr);
-
-        State<Scalar> ls = state ? layout_.child(*state, 0) : State<Scalar>{};
-        Sequence<Scalar> h = layers_.forward(x, state ? &ls : nullptr, ctx ? &ctx->children[0] : nullptr);  // (B*T, D)
-        if (state) layout_.set_child(*state, 0, std::move(ls), layers_, B);
+        Sequence<Scalar> h = layers_.forward(x, state ? &state->children[0] : nullptr,
+                                             ctx ? &ctx->children[0] : nullptr);  // (B*T, D)
 
         const Matrix<Scalar> normed = norm_.forward(h.data);  // (B*T, D)
         Sequence<Scalar> logits(B, T, vocab_size());
         to_logits_.forward(normed, logits.data);  // (B*T, D) x (D, V)
-        if (ctx) {
-            ctx->save("h", std::move(h.data));
-            ctx->save("normed", normed);
+        if (saved) {
+            saved->h = std::move(h.data);
+            saved->normed = normed;
         }
         if (state) state->position += T;
         if (ctx) ctx->owner = signature();
@@ -207,21 +204,19 @@ public:
         if (dlogits.batch != B || dlogits.steps != T)
             fail(where, "dlogits " + shape_string(dlogits) + " do not match the forward's (B=" + std::to_string(B) +
                             ", T=" + std::to_string(T) + ")");
-        const Matrix<Scalar> d_normed = to_logits_.backward(ctx.get("normed"), dlogits.data);  // (B*T, V) x (V, D)
-        const Sequence<Scalar> dh(norm_.backward(ctx.get("h"), d_normed), B, T);               // (B*T, D)
+        const Saved& saved = saved_for_backward<Saved>(ctx);
+        const Matrix<Scalar> d_normed = to_logits_.backward(saved.normed, dlogits.data);  // (B*T, V) x (V, D)
+        const Sequence<Scalar> dh(norm_.backward(saved.h, d_normed), B, T);               // (B*T, D)
         const bool has_final = d_final && !d_final->empty();
-        if (has_final) layout_.check(where + " d_final", *d_final);
-        State<Scalar> l_final = has_final ? layout_.child(*d_final, 0) : State<Scalar>{};
-        State<Scalar> l_initial;
-        Sequence<Scalar> dx = layers_.backward(dh, ctx.children[0], has_final ? &l_final : nullptr,
-                                               d_initial ? &l_initial : nullptr);  // (B*T, D)
+        if (has_final) check_state(*d_final, B, Call::Backward);
         if (d_initial) {
             *d_initial = State<Scalar>{};
-            d_initial->tensors.resize(static_cast<std::size_t>(layout_.total()));
-            layout_.set_child(*d_initial, 0, std::move(l_initial), layers_, B);
+            d_initial->children.resize(1);
         }
+        Sequence<Scalar> dx = layers_.backward(dh, ctx.children[0], has_final ? &d_final->children[0] : nullptr,
+                                               d_initial ? &d_initial->children[0] : nullptr);  // (B*T, D)
         embed_drop_.apply_backward(dx.data, ctx.children[1]);
-        token_emb_.backward(ctx.ids, dx.data);
+        token_emb_.backward(saved.ids, dx.data);
     }
 
     /// Makes room in `state` (made by initial_state) for `length` positions per stream:
@@ -229,21 +224,14 @@ public:
     /// step run that far without the cache filling up. The recurrent kinds' states do not
     /// grow: for them this only checks the state.
     void reserve(State<Scalar>& state, Index length) const {
-        const std::string where = kind() + ".reserve";
-        layout_.check(where, state);
-        if (options_.mixer.kind != MixerKind::Transformer) return;
-        if (state.batch <= 0) fail(where, "the state records no stream count: make it with initial_state");
+        if (state.batch <= 0) fail(kind() + ".reserve", "the state records no stream count: make it with initial_state");
         const Index B = state.batch;
+        check_state(state, B, Call::Forward);
+        if (options_.mixer.kind != MixerKind::Transformer) return;
         for (Index i = 0; i < options_.depth; ++i) {
             const auto& block = dynamic_cast<const TransformerBlock<Scalar>&>(layers_[static_cast<std::size_t>(i)]);
-            State<Scalar> cache;  // block i's K and V, the state's tensors 2i and 2i + 1
-            cache.batch = state.batch;
-            cache.position = state.position;
-            for (std::size_t j = 0; j < 2; ++j) cache.tensors.push_back(std::move(state.tensors[static_cast<std::size_t>(2 * i) + j]));
-            block.reserve_cache(cache, B, length);
-            for (std::size_t j = 0; j < 2; ++j) state.tensors[static_cast<std::size_t>(2 * i) + j] = std::move(cache.tensors[j]);
+            block.reserve_cache(state.children[0].children[static_cast<std::size_t>(i)], B, length);
         }
-        state.children.clear();  // the step shells are remade for the grown caches
     }
 
     /// One token for each of B streams -> logits (B, V); no allocation once the state
@@ -253,17 +241,12 @@ public:
         const Index B = static_cast<Index>(tokens.size());
         if (B <= 0) fail(where(), "no tokens: one token per stream is needed");
         if (state.empty()) state = initial_state(B);
-        layout_.check(where, state);
-        layout_.check_batch(where, state, B);
-        if (!layout_.has_shells(state)) layout_.make_shells(state, {&layers_}, B);
+        check_state(state, B, Call::Step);
         if (state.workspace.size() != 2 || state.workspace[0].rows() != B) state.workspace = initial_state(B).workspace;
         Matrix<Scalar>& x = state.workspace[0];  // (B, D)
         Matrix<Scalar>& h = state.workspace[1];  // (B, D)
         token_emb_.forward(tokens, x);  // checks every id before the state is touched
-        {
-            const auto in_shell = layout_.swapped(state, 0);  // swapped back even if a block's step throws
-            layers_.step(x, state.children[0], h);
-        }
+        layers_.step(x, state.children[0], h);
         norm_.forward(h, h);
         if (logits.rows() != B || logits.cols() != vocab_size()) logits.resize(B, vocab_size());
         to_logits_.forward(h, logits);  // (B, D) x (D, V)
@@ -293,6 +276,24 @@ public:
                ", D=" + std::to_string(options_.dim) + ", depth=" + std::to_string(options_.depth) + ")";
     }
 
+    /// Throws what `call` would throw because of `state` alone (see Layer::check_state).
+    void check_state(const State<Scalar>& state, Index batch, Call call) const {
+        if (state.batch != 0 && state.batch != batch)
+            fail(kind() + "." + call_name(call), "the state was made for " + std::to_string(state.batch) +
+                                                     " streams, not B=" + std::to_string(batch));
+        if (!state.tensors.empty() || state.children.size() != 1)
+            fail(kind() + "." + call_name(call), "the state has " + std::to_string(state.children.size()) +
+                                                     " child states, expected 1 (the blocks')");
+        layers_.check_state(state.children[0], batch, call);
+    }
+
+    /// What a training forward keeps for backward (the blocks keep their own).
+    struct Saved {
+        std::vector<int> ids;    ///< the B*T token ids
+        Matrix<Scalar> h;        ///< the blocks' output (B*T, D)
+        Matrix<Scalar> normed;   ///< norm(h) (B*T, D)
+    };
+
 private:
     static const LanguageModelOptions& checked(const LanguageModelOptions& o) {
         if (o.vocab_size <= 0 || o.dim <= 0 || o.depth <= 0)
@@ -314,7 +315,6 @@ private:
     Sequential<Scalar> layers_;
     RMSNorm<Scalar> norm_;
     Linear<Scalar> to_logits_;
-    CompositeState<Scalar> layout_;
 };
 
 }  // namespace seqnn

@@ -3,7 +3,7 @@
 // minGRU language model: y = x + f(norm(x)).
 //
 //   names:  f's parameters are "fn.<its name>", the norm's "norm.<its name>".
-//   state:  f's state, as it is (the norm is stateless).
+//   state:  f's state, as the one child state (the norm is stateless).
 #pragma once
 
 #include "seqnn/core/errors.hpp"
@@ -40,82 +40,6 @@ public:
     /// The wrapped layer f.
     Layer<Scalar>& inner() { return *fn_; }
 
-    /// f's state; workspace: f's workspace plus one (B, D) buffer for the normed input.
-    State<Scalar> initial_state(Index batch) const override {
-        State<Scalar> s = fn_->initial_state(batch);
-        if (norm_) s.workspace.push_back(Matrix<Scalar>(batch, input_size()));
-        return s;
-    }
-
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        check_sequence(kind() + ".forward", "input", x, input_size());
-        if (ctx) {
-            ctx->owner.clear();  // set again once the forward has succeeded
-            ctx->batch = x.batch;
-            ctx->steps = x.steps;
-            ctx->make_children(1);
-            if (norm_) ctx->save("input", x.data);
-        }
-        Context<Scalar>* inner_ctx = ctx ? &ctx->children[0] : nullptr;
-        Sequence<Scalar> y;
-        if (norm_) {
-            const Sequence<Scalar> normed(norm_->forward(x.data), x.batch, x.steps);  // (B*T, D)
-            y = fn_->forward(normed, state, inner_ctx);
-        } else {
-            y = fn_->forward(x, state, inner_ctx);
-        }
-        parallel_add<Scalar>(y.data, x.data);  // (B*T, D)
-        if (ctx) ctx->owner = signature();
-        return y;
-    }
-
-    void check_step_state(State<Scalar>& state, Index batch) const override { fn_->check_step_state(state, batch); }
-
-    /// The state's last workspace entry is the normed input when there is a norm; f
-    /// sees the state without it.
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        if (x.cols() != input_size() || x.rows() <= 0)
-            fail(kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +
-                                       std::to_string(input_size()) + ") with B > 0");
-        if (!norm_) {
-            fn_->step(x, state, y);
-            y += x;
-            return;
-        }
-        const Index B = x.rows();
-        if (state.workspace.empty() || state.workspace.back().rows() != B || state.workspace.back().cols() != input_size())
-            state = rebuilt(state, B);
-        Matrix<Scalar> normed;
-        normed.swap(state.workspace.back());  // borrow the buffer: f must not see it
-        state.workspace.pop_back();
-        norm_->forward(x, normed);  // (B, D)
-        const auto give_back = [&] {
-            state.workspace.push_back(Matrix<Scalar>());  // capacity is kept: no allocation
-            state.workspace.back().swap(normed);
-        };
-        try {
-            fn_->step(normed, state, y);
-        } catch (...) {
-            give_back();  // the state keeps its buffer when f refuses the step
-            throw;
-        }
-        y += x;
-        give_back();
-    }
-
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        check_context_owner(kind() + ".backward", ctx, signature());
-        if (ctx.children.size() != 1)
-            fail(kind() + ".backward", "the context holds no training forward of this layer");
-        check_sequence(kind() + ".backward", "dy", dy, output_size());
-        Sequence<Scalar> dx = fn_->backward(dy, ctx.children[0], d_final, d_initial);  // through f
-        if (norm_) dx.data = norm_->backward(ctx.get("input"), dx.data);                // through the norm
-        dx.data += dy.data;                                                               // the skip path
-        return dx;
-    }
-
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         if (norm_) norm_->collect_parameters(prefix + "norm.", out);
         fn_->collect_parameters(prefix + "fn.", out);
@@ -123,20 +47,76 @@ public:
 
     /// "Residual(<f's kind>, D -> D, norm)": the owner a training forward writes into its
     /// Context and backward expects there (f checks its own context in turn).
-    std::string signature() const {
+    std::string signature() const override {
         return "Residual(" + fn_->kind() + ", " + std::to_string(input_size()) + " -> " +
                std::to_string(output_size()) + (norm_ ? ", norm)" : ")");
     }
 
-private:
-    // A state for B streams that keeps the given tensors (e.g. from forward).
-    State<Scalar> rebuilt(const State<Scalar>& s, Index B) const {
-        State<Scalar> fresh = initial_state(B);
-        if (!s.empty()) fresh.tensors = s.tensors;
-        fresh.position = s.position;
-        return fresh;
+    /// What a training forward keeps: the input, when the norm needs it in backward.
+    struct Saved {
+        Matrix<Scalar> input;  ///< (B*T, D)
+    };
+
+protected:
+    /// f's state as the one child; workspace: one (B, D) buffer for the normed input.
+    State<Scalar> make_state(Index batch) const override {
+        State<Scalar> s;
+        s.children.push_back(fn_->initial_state(batch));
+        if (norm_) s.workspace.push_back(Matrix<Scalar>(batch, input_size()));
+        return s;
     }
 
+    void validate_state(const State<Scalar>& state, Index batch, Call call) const override {
+        if (!state.tensors.empty() || state.children.size() != 1)
+            fail(this->where(call), "the state has " + std::to_string(state.children.size()) +
+                                        " child states, expected 1 (the inner layer's)");
+        fn_->check_state(state.children[0], batch, call);
+    }
+
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
+        if (ctx) ctx->make_children(1);
+        State<Scalar>* inner_state = state ? &state->children[0] : nullptr;
+        Context<Scalar>* inner_ctx = ctx ? &ctx->children[0] : nullptr;
+        Sequence<Scalar> y;
+        if (norm_) {
+            if (ctx) keep_for_backward<Saved>(*ctx).input = x.data;
+            const Sequence<Scalar> normed(norm_->forward(x.data), x.batch, x.steps);  // (B*T, D)
+            y = fn_->forward(normed, inner_state, inner_ctx);
+        } else {
+            y = fn_->forward(x, inner_state, inner_ctx);
+        }
+        parallel_add<Scalar>(y.data, x.data);  // (B*T, D)
+        return y;
+    }
+
+    /// The normed input goes through the state's workspace.
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        if (!norm_) {
+            fn_->step(x, state.children[0], y);
+            y += x;
+            return;
+        }
+        const Index B = x.rows();
+        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = make_state(B).workspace;
+        Matrix<Scalar>& normed = state.workspace[0];
+        norm_->forward(x, normed);  // (B, D)
+        fn_->step(normed, state.children[0], y);
+        y += x;
+    }
+
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                                   const State<Scalar>* d_final, State<Scalar>* d_initial) override {
+        if (ctx.children.size() != 1)
+            fail(this->where(Call::Backward), "the context holds no training forward of this layer");
+        if (d_initial) d_initial->children.resize(1);
+        Sequence<Scalar> dx = fn_->backward(dy, ctx.children[0], d_final ? &d_final->children[0] : nullptr,
+                                            d_initial ? &d_initial->children[0] : nullptr);  // through f
+        if (norm_) dx.data = norm_->backward(saved_for_backward<Saved>(ctx).input, dx.data);  // through the norm
+        dx.data += dy.data;                                                                     // the skip path
+        return dx;
+    }
+
+private:
     std::unique_ptr<Layer<Scalar>> fn_;
     std::optional<RMSNorm<Scalar>> norm_;
 };

@@ -18,70 +18,9 @@
 
 namespace seqnn {
 
-/// What row-wise layers share: no state tensors, a (B, out) step workspace-free path.
-template <typename Scalar>
-class RowwiseLayer : public Layer<Scalar> {
-public:
-    State<Scalar> initial_state(Index batch) const override {
-        if (batch <= 0) fail(this->kind() + ".initial_state", "batch must be positive, got " + std::to_string(batch));
-        return {};
-    }
-
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        check_sequence(this->kind() + ".forward", "input", x, this->input_size());
-        if (ctx) {
-            ctx->owner.clear();  // set again once the forward has succeeded
-            ctx->batch = x.batch;
-            ctx->steps = x.steps;
-        }
-        Sequence<Scalar> y(x.batch, x.steps, this->output_size());
-        rows_forward(x.data, y.data, ctx);  // (B*T, in) -> (B*T, out)
-        if (state) state->position += x.steps;
-        if (ctx) ctx->owner = signature();
-        return y;
-    }
-
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        if (x.cols() != this->input_size() || x.rows() <= 0)
-            fail(this->kind() + ".step", "input has shape " + shape_string(x) + ", expected (B, " +
-                                             std::to_string(this->input_size()) + ") with B > 0");
-        if (y.rows() != x.rows() || y.cols() != this->output_size()) y.resize(x.rows(), this->output_size());
-        rows_step(x, state, y);
-        state.position += 1;
-    }
-
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        (void)d_final;
-        check_context_owner(this->kind() + ".backward", ctx, signature());
-        check_sequence(this->kind() + ".backward", "dy", dy, this->output_size());
-        if (dy.batch != ctx.batch || dy.steps != ctx.steps)
-            fail(this->kind() + ".backward", "dy " + shape_string(dy) + " does not match the forward's (B=" +
-                                                 std::to_string(ctx.batch) + ", T=" + std::to_string(ctx.steps) + ")");
-        if (d_initial) *d_initial = State<Scalar>{};
-        return Sequence<Scalar>(rows_backward(dy.data, ctx), dy.batch, dy.steps);
-    }
-
-    /// The layer's kind and sizes, e.g. "Linear(5 -> 9)": the owner a training forward
-    /// writes into its Context and backward expects there.
-    virtual std::string signature() const {
-        return this->kind() + "(" + std::to_string(this->input_size()) + " -> " + std::to_string(this->output_size()) +
-               ")";
-    }
-
-protected:
-    /// y = f(x) on N rows; with a context, keeps what rows_backward needs.
-    virtual void rows_forward(const Matrix<Scalar>& x, Matrix<Scalar>& y, Context<Scalar>* ctx) const = 0;
-    /// The same on the B rows of one step; scratch lives in state.workspace.
-    virtual void rows_step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const = 0;
-    /// dx from dy on N rows, with the context rows_forward filled.
-    virtual Matrix<Scalar> rows_backward(const Matrix<Scalar>& dy, const Context<Scalar>& ctx) = 0;
-};
-
 /// A Linear, RMSNorm or LayerNorm as a layer.
 template <typename Scalar, typename Block>
-class Rowwise : public RowwiseLayer<Scalar> {
+class Rowwise : public Layer<Scalar> {
 public:
     /// Wraps a row-wise block under the name `kind`.
     Rowwise(std::string kind, Block block) : kind_(std::move(kind)), block_(std::move(block)) {}
@@ -108,14 +47,22 @@ public:
         block_.collect_parameters(prefix, out);
     }
 
+    /// What a training forward keeps: its input.
+    struct Saved {
+        Matrix<Scalar> input;  ///< (B*T, in)
+    };
+
 protected:
-    void rows_forward(const Matrix<Scalar>& x, Matrix<Scalar>& y, Context<Scalar>* ctx) const override {
-        block_.forward(x, y);
-        if (ctx) ctx->save("input", x);
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
+        Sequence<Scalar> y(x.batch, x.steps, output_size());
+        block_.forward(x.data, y.data);  // (B*T, in) -> (B*T, out)
+        if (ctx) keep_for_backward<Saved>(*ctx).input = x.data;
+        return y;
     }
-    void rows_step(const Matrix<Scalar>& x, State<Scalar>&, Matrix<Scalar>& y) const override { block_.forward(x, y); }
-    Matrix<Scalar> rows_backward(const Matrix<Scalar>& dy, const Context<Scalar>& ctx) override {
-        return block_.backward(ctx.get("input"), dy);
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>&, Matrix<Scalar>& y) const override { block_.forward(x, y); }
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>*,
+                                   State<Scalar>*) override {
+        return Sequence<Scalar>(block_.backward(saved_for_backward<Saved>(ctx).input, dy.data), dy.batch, dy.steps);
     }
 
 private:
@@ -133,15 +80,9 @@ template <typename Scalar>
 std::unique_ptr<Layer<Scalar>> make_rms_norm_layer(Index dim) {
     return std::make_unique<Rowwise<Scalar, RMSNorm<Scalar>>>("RMSNorm", RMSNorm<Scalar>(dim));
 }
-/// A LayerNorm as a sequence layer.
-template <typename Scalar>
-std::unique_ptr<Layer<Scalar>> make_layer_norm_layer(Index dim) {
-    return std::make_unique<Rowwise<Scalar, LayerNorm<Scalar>>>("LayerNorm", LayerNorm<Scalar>(dim));
-}
-
 /// The Transformer / minGRU-LM MLP: y = W2 gelu(W1 x + b1) + b2, hidden = mult * D.
 template <typename Scalar>
-class FeedForward : public RowwiseLayer<Scalar> {
+class FeedForward : public Layer<Scalar> {
 public:
     /// Linear(dim -> mult*dim), GELU, Linear back to dim.
     FeedForward(Index dim, double mult, Rng& rng)
@@ -157,12 +98,6 @@ public:
     /// The second Linear.
     Linear<Scalar>& down() { return down_; }
 
-    /// No state tensors; workspace: pre and act (B, H) for step.
-    State<Scalar> initial_state(Index batch) const override {
-        State<Scalar> s = RowwiseLayer<Scalar>::initial_state(batch);
-        s.workspace = {Matrix<Scalar>(batch, hidden_size()), Matrix<Scalar>(batch, hidden_size())};
-        return s;
-    }
 
     /// "FeedForward(D -> H -> D)".
     std::string signature() const override {
@@ -190,24 +125,40 @@ public:
         return up_.backward(x, d_act);                                       // (N, H) x (H, D)
     }
 
+    /// What a training forward keeps: its input, pre and act.
+    struct Saved {
+        Matrix<Scalar> input;  ///< (B*T, D)
+        Matrix<Scalar> pre;    ///< (B*T, H): W1 x + b1
+        Matrix<Scalar> act;    ///< (B*T, H): its GELU
+    };
+
 protected:
-    void rows_forward(const Matrix<Scalar>& x, Matrix<Scalar>& y, Context<Scalar>* ctx) const override {
-        Matrix<Scalar> pre(x.rows(), hidden_size()), act;
-        forward_rows(x, pre, act, y);
-        if (ctx) {
-            ctx->save("input", x);
-            ctx->save("pre", std::move(pre));
-            ctx->save("act", std::move(act));
-        }
+    /// No state tensors; workspace: pre and act (B, H) for step.
+    State<Scalar> make_state(Index batch) const override {
+        State<Scalar> s;
+        s.workspace = {Matrix<Scalar>(batch, hidden_size()), Matrix<Scalar>(batch, hidden_size())};
+        return s;
+    }
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
+        Sequence<Scalar> y(x.batch, x.steps, output_size());
+        Matrix<Scalar> local_pre, local_act;
+        Saved* saved = ctx ? &keep_for_backward<Saved>(*ctx) : nullptr;
+        Matrix<Scalar>& pre = saved ? saved->pre : local_pre;
+        Matrix<Scalar>& act = saved ? saved->act : local_act;
+        pre.resize(x.data.rows(), hidden_size());
+        forward_rows(x.data, pre, act, y.data);
+        if (saved) saved->input = x.data;
+        return y;
     }
     /// The step's (B, H) buffers pre and act live in the state's workspace.
-    void rows_step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        if (state.workspace.size() != 2 || state.workspace[0].rows() != x.rows())
-            state.workspace = initial_state(x.rows()).workspace;
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        if (state.workspace.size() != 2 || state.workspace[0].rows() != x.rows()) state.workspace = make_state(x.rows()).workspace;
         forward_rows(x, state.workspace[0], state.workspace[1], y);
     }
-    Matrix<Scalar> rows_backward(const Matrix<Scalar>& dy, const Context<Scalar>& ctx) override {
-        return backward_rows(ctx.get("input"), ctx.get("pre"), ctx.get("act"), dy);
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>*,
+                                   State<Scalar>*) override {
+        const Saved& saved = saved_for_backward<Saved>(ctx);
+        return Sequence<Scalar>(backward_rows(saved.input, saved.pre, saved.act, dy.data), dy.batch, dy.steps);
     }
 
 private:

@@ -6,14 +6,13 @@
 //           state_dict ("0.weight_ih_l0", "1.to_hidden_and_gate.weight", ...); put
 //           the stack under a prefix (collect_parameters("layers.", ...)) for
 //           "layers.0.weight_ih_l0".
-//   state:  the children's state tensors concatenated in order (composite_state.hpp).
+//   state:  one child state per layer, in State::children.
 //   step:   the children's steps in order through (B, D_i) buffers kept in the
 //           state's workspace, so streaming allocates nothing.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
-#include "seqnn/models/composite_state.hpp"
 
 #include <memory>
 #include <string>
@@ -35,7 +34,6 @@ public:
             fail("Sequential.add", "layer " + std::to_string(layers_.size()) + " (" + layer->kind() +
                                        ") takes " + std::to_string(layer->input_size()) +
                                        " features, but the stack so far gives " + std::to_string(output_size()));
-        layout_.add(*layer);
         layers_.push_back(std::move(layer));
         return *this;
     }
@@ -59,108 +57,6 @@ public:
     Index input_size() const override { return layers_.empty() ? 0 : layers_.front()->input_size(); }
     Index output_size() const override { return layers_.empty() ? 0 : layers_.back()->output_size(); }
 
-    /// The children's states concatenated; workspace: one (B, D_i) buffer between each
-    /// pair of children.
-    State<Scalar> initial_state(Index batch) const override {
-        check_not_empty("Sequential.initial_state");
-        if (batch <= 0) fail("Sequential.initial_state", "batch must be positive, got " + std::to_string(batch));
-        State<Scalar> s = layout_.initial(children(), batch);
-        for (std::size_t i = 0; i + 1 < layers_.size(); ++i)
-            s.workspace.push_back(Matrix<Scalar>(batch, layers_[i]->output_size()));
-        return s;
-    }
-
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        check_not_empty("Sequential.forward");
-        check_sequence("Sequential.forward", "input", x, input_size());
-        // Without a state the children run without one too (a Transformer then keeps no cache).
-        if (state && state->empty() && layout_.total() > 0) *state = initial_state(x.batch);
-        if (state) {
-            layout_.check("Sequential.forward", *state);
-            layout_.check_batch("Sequential.forward", *state, x.batch);
-        }
-        if (ctx) {
-            ctx->owner.clear();  // set again once the forward has succeeded
-            ctx->batch = x.batch;
-            ctx->steps = x.steps;
-            ctx->make_children(layers_.size());
-        }
-        Sequence<Scalar> h;
-        for (std::size_t i = 0; i < layers_.size(); ++i) {
-            Context<Scalar>* child_ctx = ctx ? &ctx->children[i] : nullptr;
-            const Sequence<Scalar>& in = i == 0 ? x : h;  // the first layer reads x itself, uncopied
-            if (!state) {
-                h = layers_[i]->forward(in, nullptr, child_ctx);  // (B*T, D_i) -> (B*T, D_{i+1})
-                continue;
-            }
-            State<Scalar> cs = layout_.child(*state, i);
-            h = layers_[i]->forward(in, &cs, child_ctx);
-            layout_.set_child(*state, i, std::move(cs), *layers_[i], x.batch);
-        }
-        if (state) state->position += x.steps;
-        if (ctx) ctx->owner = signature();
-        return h;
-    }
-
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        check_not_empty("Sequential.step");
-        if (x.cols() != input_size() || x.rows() <= 0)
-            fail("Sequential.step", "input has shape " + shape_string(x) + ", expected (B, " +
-                                        std::to_string(input_size()) + ") with B > 0");
-        const Index B = x.rows();
-        if (state.empty() && layout_.total() > 0) state = initial_state(B);
-        layout_.check("Sequential.step", state);
-        layout_.check_batch("Sequential.step", state, B);
-        if (!layout_.has_shells(state)) layout_.make_shells(state, children(), B);
-        if (state.workspace.size() + 1 != layers_.size() || (!state.workspace.empty() && state.workspace[0].rows() != B))
-            state.workspace = initial_state(B).workspace;
-        if (y.rows() != B || y.cols() != output_size()) y.resize(B, output_size());
-        check_children(state, B);  // every child's state, before any child steps
-        for (std::size_t i = 0; i < layers_.size(); ++i) {
-            const Matrix<Scalar>& in = i == 0 ? x : state.workspace[i - 1];
-            Matrix<Scalar>& out = i + 1 == layers_.size() ? y : state.workspace[i];  // (B, D_{i+1})
-            const auto in_shell = layout_.swapped(state, i);  // swapped back even if the step throws
-            layers_[i]->step(in, state.children[i], out);
-        }
-        state.position += 1;
-    }
-
-    void check_step_state(State<Scalar>& state, Index batch) const override {
-        if (state.empty()) return;
-        layout_.check("Sequential.step", state);
-        layout_.check_batch("Sequential.step", state, batch);
-        if (!layout_.has_shells(state)) layout_.make_shells(state, children(), batch);
-        check_children(state, batch);
-    }
-
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        check_not_empty("Sequential.backward");
-        check_context_owner("Sequential.backward", ctx, signature());
-        if (ctx.children.size() != layers_.size())
-            fail("Sequential.backward", "the context holds no training forward of this stack (" +
-                                            std::to_string(ctx.children.size()) + " sub-contexts, expected " +
-                                            std::to_string(layers_.size()) + ")");
-        check_sequence("Sequential.backward", "dy", dy, output_size());
-        const bool has_final = d_final && !d_final->empty();
-        if (has_final) layout_.check("Sequential.backward d_final", *d_final);
-        if (d_initial) {
-            *d_initial = State<Scalar>{};
-            d_initial->tensors.resize(static_cast<std::size_t>(layout_.total()));
-        }
-        Sequence<Scalar> d;
-        for (std::size_t i = layers_.size(); i-- > 0;) {
-            State<Scalar> cs_final = has_final ? layout_.child(*d_final, i) : State<Scalar>{};
-            State<Scalar> cs_initial;
-            const Sequence<Scalar>& d_out = i + 1 == layers_.size() ? dy : d;  // the last layer reads dy itself
-            d = layers_[i]->backward(d_out, ctx.children[i], has_final ? &cs_final : nullptr,
-                                     d_initial ? &cs_initial : nullptr);  // (B*T, D_{i+1}) -> (B*T, D_i)
-            if (d_initial) layout_.set_child(*d_initial, i, std::move(cs_initial), *layers_[i], dy.batch);
-        }
-        return d;
-    }
-
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         for (std::size_t i = 0; i < layers_.size(); ++i)
             layers_[i]->collect_parameters(prefix + std::to_string(i) + ".", out);
@@ -168,7 +64,7 @@ public:
 
     /// The kind and sizes of every child, e.g. "Sequential(GRU 5 -> 9, Linear 9 -> 3)": the
     /// owner a training forward writes into its Context and backward expects there.
-    std::string signature() const {
+    std::string signature() const override {
         std::string out = "Sequential(";
         for (std::size_t i = 0; i < layers_.size(); ++i)
             out += (i ? ", " : "") + layers_[i]->kind() + " " + std::to_string(layers_[i]->input_size()) + " -> " +
@@ -176,25 +72,75 @@ public:
         return out + ")";
     }
 
-private:
-    std::vector<const Layer<Scalar>*> children() const {
-        std::vector<const Layer<Scalar>*> out;
-        for (const auto& l : layers_) out.push_back(l.get());
-        return out;
+protected:
+    /// One child state per layer; workspace: one (B, D_i) buffer between each pair of layers.
+    State<Scalar> make_state(Index batch) const override {
+        check_not_empty("Sequential.initial_state");
+        State<Scalar> s;
+        for (const auto& layer : layers_) s.children.push_back(layer->initial_state(batch));
+        for (std::size_t i = 0; i + 1 < layers_.size(); ++i)
+            s.workspace.push_back(Matrix<Scalar>(batch, layers_[i]->output_size()));
+        return s;
     }
-    // Each child's check_step_state on its tensors, swapped into its shell and back.
-    void check_children(State<Scalar>& state, Index B) const {
+
+    void validate_state(const State<Scalar>& state, Index batch, Call call) const override {
+        check_not_empty("Sequential.step");
+        if (!state.tensors.empty() || state.children.size() != layers_.size())
+            fail(this->where(call), "the state has " + std::to_string(state.children.size()) + " child states and " +
+                                        std::to_string(state.tensors.size()) + " tensors, expected " +
+                                        std::to_string(layers_.size()) + " child states (one per layer)");
+        for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->check_state(state.children[i], batch, call);
+    }
+
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
+        check_not_empty("Sequential.forward");
+        if (ctx) ctx->make_children(layers_.size());
+        Sequence<Scalar> h;
         for (std::size_t i = 0; i < layers_.size(); ++i) {
-            const auto in_shell = layout_.swapped(state, i);
-            layers_[i]->check_step_state(state.children[i], B);
+            const Sequence<Scalar>& in = i == 0 ? x : h;  // the first layer reads x itself, uncopied
+            h = layers_[i]->forward(in, state ? &state->children[i] : nullptr,
+                                    ctx ? &ctx->children[i] : nullptr);  // (B*T, D_i) -> (B*T, D_{i+1})
+        }
+        return h;
+    }
+
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        const Index B = x.rows();
+        if (state.workspace.size() + 1 != layers_.size() || (!state.workspace.empty() && state.workspace[0].rows() != B))
+            state.workspace = make_state(B).workspace;
+        for (std::size_t i = 0; i < layers_.size(); ++i) {
+            Matrix<Scalar>& out = i + 1 == layers_.size() ? y : state.workspace[i];  // (B, D_{i+1})
+            if (i == 0)
+                layers_[i]->step(x, state.children[i], out);
+            else
+                layers_[i]->step(state.workspace[i - 1], state.children[i], out);
         }
     }
+
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
+                                   const State<Scalar>* d_final, State<Scalar>* d_initial) override {
+        if (ctx.children.size() != layers_.size())
+            fail("Sequential.backward", "the context holds no training forward of this stack (" +
+                                            std::to_string(ctx.children.size()) + " sub-contexts, expected " +
+                                            std::to_string(layers_.size()) + ")");
+        if (d_initial) d_initial->children.resize(layers_.size());
+        Sequence<Scalar> d;
+        for (std::size_t i = layers_.size(); i-- > 0;) {
+            const Sequence<Scalar>& d_out = i + 1 == layers_.size() ? dy : d;  // the last layer reads dy itself
+            State<Scalar>* child_initial = d_initial ? &d_initial->children[i] : nullptr;
+            d = layers_[i]->backward(d_out, ctx.children[i], d_final ? &d_final->children[i] : nullptr,
+                                     child_initial);  // (B*T, D_{i+1}) -> (B*T, D_i)
+            if (child_initial && child_initial->empty()) *child_initial = layers_[i]->initial_state(dy.batch);
+        }
+        return d;
+    }
+
+private:
     void check_not_empty(const std::string& where) const {
         if (layers_.empty()) fail(where, "the stack has no layers");
     }
 
     std::vector<std::unique_ptr<Layer<Scalar>>> layers_;
-    CompositeState<Scalar> layout_;
 };
 
 }  // namespace seqnn

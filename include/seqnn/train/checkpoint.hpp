@@ -34,7 +34,7 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/io/safetensors.hpp"
 #include "seqnn/io/state_dict.hpp"
-#include "seqnn/nn/dropout.hpp"
+#include "seqnn/layers/dropout.hpp"
 #include "seqnn/train/optimizer.hpp"
 
 #include <cstdint>

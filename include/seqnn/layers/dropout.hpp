@@ -65,32 +65,31 @@ public:
     /// Sets the call count (restoring a checkpoint).
     void set_calls(std::uint64_t calls) { calls_.store(calls); }
 
-    /// Stateless: no tensors, no workspace.
-    State<Scalar> initial_state(Index batch) const override {
-        if (batch <= 0) fail("Dropout.initial_state", "batch must be positive, got " + std::to_string(batch));
-        return {};
-    }
+    /// What a training forward keeps: the mask, (N, D), when it was not the identity.
+    struct Saved {
+        Matrix<Scalar> mask;   ///< 0 or 1 / (1 - p) per entry
+        bool active = false;   ///< false: the forward was the identity (p = 0)
+    };
 
     /// In place on x (N, D): with a context, x *= mask and the mask (0 or 1/(1-p)) is
-    /// saved as "mask"; without one, nothing happens.
+    /// kept in it; without one, nothing happens.
     void apply(MatrixRef<Scalar> x, Context<Scalar>* ctx) const {
-        if (!ctx || p_ == 0.0) {
-            if (ctx) ctx->saved.erase("mask");  // identity: backward passes dy through
-            return;
-        }
+        if (!ctx) return;
+        Saved& saved = keep_for_backward<Saved>(*ctx);
+        saved.active = p_ != 0.0;
+        if (!saved.active) return;  // identity: backward passes dy through
         const std::uint64_t call = calls_.fetch_add(1);
-        Matrix<Scalar>& mask = ctx->buffer("mask", x.rows(), x.cols());  // (N, D)
-        fill_mask(call, mask);
-        multiply_by(mask, x);
+        saved.mask.resize(x.rows(), x.cols());  // (N, D); no allocation when a reused context has the shape
+        fill_mask(call, saved.mask);
+        multiply_by(saved.mask, x);
     }
 
     /// In place on dy (N, D): dy *= the mask of the forward that filled ctx.
     void apply_backward(MatrixRef<Scalar> dy, const Context<Scalar>& ctx) const {
-        const auto it = ctx.saved.find("mask");
-        if (it == ctx.saved.end()) return;  // the forward was the identity
-        const Matrix<Scalar>& mask = it->second;
-        check_matrix("Dropout.backward", "dy", dy, mask.rows(), mask.cols());
-        multiply_by(mask, dy);
+        const Saved& saved = saved_for_backward<Saved>(ctx);
+        if (!saved.active) return;  // the forward was the identity
+        check_matrix("Dropout.backward", "dy", dy, saved.mask.rows(), saved.mask.cols());
+        multiply_by(saved.mask, dy);
     }
 
     /// x *= mask, element-wise, split by rows across threads.
@@ -112,47 +111,27 @@ public:
         });
     }
 
-    Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
-                             Context<Scalar>* ctx = nullptr) const override {
-        check_sequence("Dropout.forward", "input", x, features_);
-        if (state) state->position += x.steps;
+    void collect_parameters(const std::string&, ParameterList<Scalar>&) override {}
+
+    /// "Dropout(D=16, p=0.1)": the owner a training forward writes into its Context.
+    std::string signature() const override {
+        return "Dropout(D=" + std::to_string(features_) + ", p=" + number_text(p_) + ")";
+    }
+
+protected:
+    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
         Sequence<Scalar> y = x;
-        if (ctx) {
-            ctx->batch = x.batch;
-            ctx->steps = x.steps;
-        }
         apply(y.data, ctx);
-        if (ctx) ctx->owner = signature();
         return y;
     }
-
-    void step(const Matrix<Scalar>& x, State<Scalar>& state, Matrix<Scalar>& y) const override {
-        if (x.cols() != features_ || x.rows() <= 0)
-            fail("Dropout.step", "input has shape " + shape_string(x) + ", expected (B, " + std::to_string(features_) +
-                                     ") with B > 0");
-        if (y.rows() != x.rows() || y.cols() != x.cols()) y.resize(x.rows(), x.cols());
-        y = x;
-        state.position += 1;
-    }
-
-    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
-                              const State<Scalar>* d_final = nullptr, State<Scalar>* d_initial = nullptr) override {
-        (void)d_final;
-        check_context_owner("Dropout.backward", ctx, signature());
-        check_sequence("Dropout.backward", "dy", dy, features_);
-        if (dy.batch != ctx.batch || dy.steps != ctx.steps)
-            fail("Dropout.backward", "dy " + shape_string(dy) + " does not match the forward's (B=" +
-                                         std::to_string(ctx.batch) + ", T=" + std::to_string(ctx.steps) + ")");
-        if (d_initial) *d_initial = State<Scalar>{};
+    /// Streaming is inference: the identity.
+    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>&, Matrix<Scalar>& y) const override { y = x; }
+    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>*,
+                                   State<Scalar>*) override {
         Sequence<Scalar> dx = dy;
         apply_backward(dx.data, ctx);
         return dx;
     }
-
-    void collect_parameters(const std::string&, ParameterList<Scalar>&) override {}
-
-    /// "Dropout(D=16, p=0.1)": the owner a training forward writes into its Context.
-    std::string signature() const { return "Dropout(D=" + std::to_string(features_) + ", p=" + number_text(p_) + ")"; }
 
 private:
     Index features_;
