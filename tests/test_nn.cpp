@@ -739,7 +739,7 @@ TEST(Relu, PropagatesNaNLikePyTorch) {
 }
 
 // ===========================================================================
-// The threaded helpers the layers share (core/threading.hpp)
+// The threaded passes the layers share (kernels/elementwise.hpp, kernels/matmul.hpp)
 
 namespace {
 
@@ -815,11 +815,11 @@ Matrix<double> reference_product(const Matrix<double>& a, const Matrix<double>& 
 TEST(MatmulRows, MatchesPlainLoopsInDoubleSplitOrNot) {
     Rng rng(74);
     const Matrix<double> w = random_matrix<double>(37, 13, rng);  // (N, K), as a Linear's weight
-    for (Index rows : {Index(5), Index(1037)}) {  // a step's few rows; enough to split on 4 threads
+    for (Index rows : {Index(5), Index(2037)}) {  // a step's few rows; enough to split on 4 threads
         const Matrix<double> a = random_matrix<double>(rows, 13, rng), g = random_matrix<double>(rows, 37, rng);
         with_threads(std::max(num_threads(), 4), [&] {
 #ifdef _OPENMP
-            EXPECT_EQ(split_matmul_by_rows(rows, 37), rows == 1037) << rows << " rows";
+            EXPECT_EQ(matmul_row_threads(rows, 13, 37) > 1, rows == 2037) << rows << " rows";
 #endif
             Matrix<double> c(rows, 37), d(rows, 13);
             matmul_rows<double>(a, w.transpose(), c);  // (rows, K) x (K, N)
@@ -834,7 +834,7 @@ TEST(MatmulRows, MatchesPlainLoopsInDoubleSplitOrNot) {
 TEST(MatmulRows, AddsTheBiasToEveryRowSplitOrNot) {
     Rng rng(76);
     const Matrix<double> w = random_matrix<double>(37, 13, rng), bias = random_matrix<double>(1, 37, rng);
-    for (Index rows : {Index(5), Index(1037)}) {
+    for (Index rows : {Index(5), Index(2037)}) {
         const Matrix<double> a = random_matrix<double>(rows, 13, rng);
         with_threads(std::max(num_threads(), 4), [&] {
             Matrix<double> c(rows, 37);

@@ -330,6 +330,42 @@ TEST(Scan, InPlaceAndStridedViews) {
     }
 }
 
+// scan_plan reports the split a call takes: what a min-RNN layer shows of its scan.
+TEST(ScanPlan, ReportsTheSplitThreadsAndPieces) {
+    ThreadGuard guard;
+    set_num_threads(4);
+    const int threads = num_threads();  // 1 without OpenMP
+    const ScanPlan sequential = scan_plan<float>(16, 1024, 256, kSequential);
+    EXPECT_TRUE(sequential.sequential());
+    EXPECT_EQ(sequential.channel_width, 256);
+    EXPECT_EQ(sequential.channel_blocks, 1);
+    // A tiny call: the rule keeps it on the calling thread.
+    EXPECT_TRUE(scan_plan<float>(1, 16, 8).sequential());
+
+    const ScanPlan time = scan_plan<float>(1, 1000, 64, {ScanMode::Parallel, ScanSplit::Time, 0});
+    const ScanPlan rounds = scan_plan<float>(1, 1000, 64, {ScanMode::Parallel, ScanSplit::Time, 100});
+    const ScanPlan channels = scan_plan<float>(16, 1000, 64, {ScanMode::Parallel, ScanSplit::Channels, 0});
+    const ScanPlan log_space = log_scan_plan<float>(1, 1000, 64, {ScanMode::Parallel, ScanSplit::Time, 0});
+    if (threads == 1) {
+        EXPECT_TRUE(time.sequential() && rounds.sequential() && channels.sequential() && log_space.sequential());
+        return;
+    }
+    EXPECT_EQ(time.split, ScanSplit::Time);
+    EXPECT_EQ(time.threads, threads);
+    EXPECT_EQ(time.piece_steps, (1000 + threads - 1) / threads);
+    EXPECT_EQ(time.pieces, threads);
+    EXPECT_EQ(rounds.piece_steps, std::min<Index>(100, (1000 + threads - 1) / threads));
+    EXPECT_EQ(rounds.pieces, (1000 + rounds.piece_steps - 1) / rounds.piece_steps);
+    EXPECT_EQ(channels.split, ScanSplit::Channels);
+    EXPECT_EQ(channels.threads, threads);
+    EXPECT_EQ(channels.channel_width * channels.channel_blocks >= 64, true);
+    EXPECT_EQ(log_space.split, ScanSplit::Channels);  // the log-space scan has no time split
+    // Auto on a large batch: threads, and the channels split when B fills them.
+    const ScanPlan batch = scan_plan<float>(16, 1024, 256);
+    EXPECT_EQ(batch.split, ScanSplit::Channels);
+    EXPECT_EQ(batch.threads, threads);
+}
+
 #ifdef _OPENMP
 // Inside a parallel region the parallel mode runs sequentially (no nested regions).
 TEST(Scan, InsideAParallelRegionRunsSequentially) {

@@ -5,13 +5,16 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/parameter.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
 
 #include "seqnn/kernels/attention.hpp"
+#include "seqnn/kernels/elementwise.hpp"
 #include "seqnn/kernels/matmul.hpp"
 #include "seqnn/kernels/rope.hpp"
+#include "seqnn/kernels/log_scan.hpp"
 #include "seqnn/kernels/scan.hpp"
+#include "seqnn/kernels/scan_sequence.hpp"
 
 #include "seqnn/io/safetensors.hpp"
 #include "seqnn/io/state_dict.hpp"

@@ -10,15 +10,14 @@
 // Rules: a slot's contents are valid until the same thread asks for that slot
 // again, so a layer uses its slots (A, B, C) within one call and never across a
 // call into another layer that might use them. Each thread holds at most the
-// largest size it has asked for; release_scratch() frees the calling thread's
-// buffers. The buffers are aligned as Eigen aligns its own matrices, so results do
-// not depend on where the heap put them.
+// largest size it has asked for. The buffers are aligned as Eigen aligns its own
+// matrices (core/aligned.hpp), so results do not depend on where the heap put them.
 #pragma once
 
+#include "seqnn/core/aligned.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <array>
-#include <vector>
 
 namespace seqnn {
 
@@ -27,8 +26,8 @@ enum class ScratchSlot { A = 0, B = 1, C = 2, Count = 3 };
 
 namespace scratch_detail {
 template <typename Scalar>
-std::array<std::vector<Scalar, Eigen::aligned_allocator<Scalar>>, static_cast<std::size_t>(ScratchSlot::Count)>& buffers() {
-    thread_local std::array<std::vector<Scalar, Eigen::aligned_allocator<Scalar>>, static_cast<std::size_t>(ScratchSlot::Count)> per_thread;
+std::array<AlignedVector<Scalar>, static_cast<std::size_t>(ScratchSlot::Count)>& buffers() {
+    thread_local std::array<AlignedVector<Scalar>, static_cast<std::size_t>(ScratchSlot::Count)> per_thread;
     return per_thread;
 }
 }  // namespace scratch_detail
@@ -44,12 +43,6 @@ Eigen::Map<Matrix<Scalar>> scratch_matrix(ScratchSlot slot, Index rows, Index co
         buffer.resize(needed);
     }
     return Eigen::Map<Matrix<Scalar>>(buffer.data(), rows, cols);
-}
-
-/// Frees the calling thread's scratch buffers of this scalar type.
-template <typename Scalar>
-void release_scratch() {
-    for (auto& buffer : scratch_detail::buffers<Scalar>()) buffer = {};
 }
 
 }  // namespace seqnn

@@ -33,13 +33,13 @@
 #pragma once
 
 #include "seqnn/core/errors.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/aligned.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <new>
 #include <span>
 #include <string>
 #include <vector>
@@ -121,61 +121,9 @@ inline Index forward_slot(const AttentionShape& s, const AttentionOptions& o) {
     return 2 * round_up(bq * s.head_dim) + round_up(bq * bk) + 2 * round_up(bq);
 }
 
-// Threads a call uses: several only when there is enough work and no region is running.
-inline int threads_for(double flops, Index items) {
-#ifdef _OPENMP
-    // Each thread gets at least kMinFlopsPerThread of work, so a decoding step over a short
-    // cache (a few hundred thousand flops) stays on the calling thread: on a busy machine
-    // waking a second thread can cost more than the whole step.
-    constexpr double kMinFlopsPerThread = 1 << 20;
-    if (items > 1 && !omp_in_parallel()) {
-        const double by_work = flops / kMinFlopsPerThread;
-        const int threads = static_cast<int>(std::min<double>({double(omp_get_max_threads()), double(items), by_work}));
-        return std::max(1, threads);
-    }
-#else
-    (void)flops;
-    (void)items;
-#endif
-    return 1;
-}
-
-// Runs body(item, slot) for item in [0, items): on `threads` threads with a dynamic schedule
-// (causal work items are unequal), or as a plain loop -- no parallel region at all -- on one.
-// slot in [0, threads) names the calling thread's scratch.
-template <typename Body>
-void for_each_item(Index items, int threads, const Body& body) {
-#ifdef _OPENMP
-    if (threads > 1) {
-#pragma omp parallel for schedule(dynamic) num_threads(threads)
-        for (Index item = 0; item < items; ++item) body(item, Index(omp_get_thread_num()));
-        return;
-    }
-#endif
-    (void)threads;
-    for (Index item = 0; item < items; ++item) body(item, Index(0));
-}
-
 template <typename Scalar>
 using Tile = Eigen::Map<Matrix<Scalar>>;  // a contiguous scratch tile
 
-// Scratch aligned as Eigen aligns its own matrices. Vectorised row sums and maxima start
-// with scalar steps up to the first aligned address, so a tile's rounding depends on its
-// address modulo the vector width: a fixed alignment makes every call give the same bits.
-// (Through the aligned operator new, so that a program counting its heap sees it.)
-template <typename Scalar>
-struct AlignedAllocator {
-    using value_type = Scalar;
-    static constexpr std::align_val_t alignment{EIGEN_MAX_ALIGN_BYTES > 16 ? EIGEN_MAX_ALIGN_BYTES : 16};
-    AlignedAllocator() = default;
-    template <typename Other>
-    AlignedAllocator(const AlignedAllocator<Other>&) {}
-    Scalar* allocate(std::size_t n) { return static_cast<Scalar*>(::operator new(n * sizeof(Scalar), alignment)); }
-    void deallocate(Scalar* p, std::size_t) noexcept { ::operator delete(p, alignment); }
-    bool operator==(const AlignedAllocator&) const { return true; }
-};
-template <typename Scalar>
-using AlignedBuffer = std::vector<Scalar, AlignedAllocator<Scalar>>;
 template <typename Scalar>
 using ConstHead = ConstStridedRows<Scalar>;  // rows of one head: (n, Dh), stride = the matrix's row stride
 template <typename Scalar>
@@ -251,7 +199,7 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
     const Index slot = forward_slot(s, o);
     const double flops = 4.0 * double(B * H * Tq) * double(s.kv_steps) * double(Dh);
     int threads = threads_for(flops, items);
-    AlignedBuffer<Scalar> owned;
+    AlignedVector<Scalar> owned;
     if (workspace.empty()) {
         owned.resize(static_cast<std::size_t>(threads * slot));
         workspace = owned;
@@ -314,7 +262,7 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
             if (lse) (*lse)(b * Tq + i0 + i, h) = row_max[i] + std::log(row_sum[i]);
         }
     };
-    for_each_item(items, threads, run_item);
+    parallel_items(threads, items, run_item);
 }
 
 /// Gradients of attention_forward: given q, k, v, the forward's out and lse, and dL/dout
@@ -349,7 +297,7 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
 
     // Drow = rowsum(dO * O) per row and head: (B*Tq, H).
     Matrix<Scalar> drow(B * Tq, H);
-    parallel_row_blocks(B * Tq, E, [&](Index r0, Index r1) {
+    parallel_for(B * Tq, streamed_work(E), [&](Index r0, Index r1) {
         for (Index r = r0; r < r1; ++r)
             for (Index h = 0; h < H; ++h)
                 drow(r, h) = d_out.row(r).segment(h * Dh, Dh).dot(out.row(r).segment(h * Dh, Dh));
@@ -387,8 +335,8 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
     {
         const Index k_blocks = (s.kv_steps + bk - 1) / bk, items = B * H * k_blocks;
         const int threads = threads_for(flops, items);
-        AlignedBuffer<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
-        for_each_item(items, threads, [&](Index item, Index slot_id) {
+        AlignedVector<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
+        parallel_items(threads, items, [&](Index item, Index slot_id) {
             const Index kb = item % k_blocks, h = (item / k_blocks) % H, b = item / (k_blocks * H);
             const Index j0 = kb * bk, n = std::min(bk, s.kv_steps - j0);
             Scalar* p = scratch_all.data() + slot_id * slot;
@@ -433,8 +381,8 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
     {
         const Index q_blocks = (Tq + bq - 1) / bq, items = B * H * q_blocks;
         const int threads = threads_for(flops, items);
-        AlignedBuffer<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
-        for_each_item(items, threads, [&](Index item, Index slot_id) {
+        AlignedVector<Scalar> scratch_all(static_cast<std::size_t>(threads * slot));
+        parallel_items(threads, items, [&](Index item, Index slot_id) {
             const Index qb = q_blocks - 1 - item % q_blocks, h = (item / q_blocks) % H, b = item / (q_blocks * H);
             const Index i0 = qb * bq, m = std::min(bq, Tq - i0);
             Scalar* p = scratch_all.data() + slot_id * slot;

@@ -7,34 +7,33 @@
 /// work into panels whose threads share packed blocks and wait on each other
 /// (bench_scan's BM_MatmulRows and BM_Gemm compare the two).
 ///
-/// The blocks start at multiples of 16 rows (parallel_aligned_blocks), so every row goes
+/// The blocks start at multiples of 16 rows (parallel_for's align), so every row goes
 /// through the same micro-kernel path as in a one-thread product (Eigen takes the rows in
 /// panels of 4; a block ending elsewhere would send its last rows through the remainder
 /// path, which rounds differently): the same bits on any thread count.
 ///
-/// Short matrices (a decoding step's B rows) keep Eigen's own GEMM, which splits the
-/// columns instead: with fewer than kMinRowsPerThread rows a thread, each thread would
-/// pack the whole weight for a few rows of work. Eigen's parallel GEMM makes no promise
-/// about bits across thread counts, so the one above holds for the row split only.
+/// The threads follow core/parallel.hpp's rule on the product's 2 M K N flops, with at
+/// least kMinRowsPerThread rows a thread: with fewer, each thread would pack the whole
+/// weight for a few rows of work. A product that gets one thread (a decoding step's B
+/// rows) keeps Eigen's own GEMM, which splits the columns instead when Eigen threads it.
+/// Eigen's parallel GEMM makes no promise about bits across thread counts, so the one
+/// above holds for the row split only.
 #pragma once
 
-#include "seqnn/core/parallel_rows.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
 
 namespace seqnn {
 
-/// Rows per thread below which matmul_rows leaves the product to Eigen.
+/// Rows per thread below which matmul_rows does not give a thread a block.
 inline constexpr Index kMinRowsPerThread = 64;
+/// Rows per block boundary of the row split (Eigen's micro-kernel takes rows in panels of 4).
+inline constexpr Index kMatmulRowAlign = 16;
 
-/// Whether matmul_rows splits an (M, ...) product by rows on this thread count.
-inline bool split_matmul_by_rows(Index rows, Index cols) {
-#ifdef _OPENMP
-    return rows >= kMinRowsPerThread * omp_get_max_threads() && worth_parallel(rows, cols);
-#else
-    (void)rows;
-    (void)cols;
-    return false;
-#endif
+/// The threads matmul_rows splits an (M, K) x (K, N) product over by rows; 1: it leaves
+/// the product to Eigen.
+inline int matmul_row_threads(Index rows, Index depth, Index cols) {
+    return threads_for(2.0 * double(rows) * double(depth) * double(cols), rows / kMinRowsPerThread);
 }
 
 /// c = a b (+ bias on every row): (M, K) x (K, N) -> (M, N). `b` is any Eigen expression
@@ -48,8 +47,9 @@ void matmul_rows(ConstMatrixRef<Scalar> a, const Rhs& b, MatrixRef<Scalar> c, co
         rows.noalias() = a.middleRows(r0, r1 - r0) * b;  // (rows, K) x (K, N)
         if (bias) rows.rowwise() += Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(bias, c.cols());
     };
-    if (split_matmul_by_rows(a.rows(), c.cols()))
-        parallel_aligned_blocks(a.rows(), c.cols(), product);
+    const int threads = matmul_row_threads(a.rows(), a.cols(), c.cols());
+    if (threads > 1)
+        parallel_blocks(threads, a.rows(), product, kMatmulRowAlign);
     else
         product(0, a.rows());
 }

@@ -29,16 +29,14 @@
 /// equal on any number of threads.
 #pragma once
 
+#include "seqnn/core/aligned.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <Eigen/Core>
 
 #include <algorithm>
 #include <vector>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace seqnn {
 
@@ -73,7 +71,7 @@ constexpr int kTileRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;
 template <typename S>
 struct PackedPanels {
     Index K = 0, N = 0;
-    std::vector<S, Eigen::aligned_allocator<S>> data;
+    AlignedVector<S> data;
 
     /// Packs value(k, j) for k < K, j < N.
     template <typename Value>
@@ -210,40 +208,12 @@ UnitBlock unit_block(Index H, int slots, int slot) {
     return {std::min(H, chunks * slot / slots * P), std::min(H, chunks * (slot + 1) / slots * P)};
 }
 
-/// Runs body(thread, team) on a team of `threads` (one call with team 1 without
-/// OpenMP). Inside, team_barrier(team) waits for the whole team.
-template <typename Body>
-void run_team([[maybe_unused]] int threads, const Body& body) {
-#ifdef _OPENMP
-    if (threads > 1) {
-#pragma omp parallel num_threads(threads)
-        body(omp_get_thread_num(), omp_get_num_threads());
-        return;
-    }
-#endif
-    body(0, 1);
-}
-inline void team_barrier([[maybe_unused]] int team) {
-#ifdef _OPENMP
-    if (team > 1) {
-#pragma omp barrier
-    }
-#endif
-}
-
-/// The team size for `flops` of work per step: enough that each thread gets at least
-/// `min_flops` (a barrier or a fork costs about that much), at most one packet of units
-/// per thread, and one thread inside a running parallel region.
-inline int team_size(double flops, double min_flops, Index H, Index packet) {
-#ifdef _OPENMP
-    if (omp_in_parallel()) return 1;
-    const Index chunks = (H + packet - 1) / packet;
-    const double by_work = std::max(1.0, flops / min_flops);
-    return static_cast<int>(std::min<double>({double(omp_get_max_threads()), double(chunks), by_work}));
-#else
-    (void)flops, (void)min_flops, (void)H, (void)packet;
-    return 1;
-#endif
+/// The team size for `flops` of work per step: core/parallel.hpp's rule with at least
+/// `min_work` a thread (kMinWorkPerBarrier in the time loop, where a step costs one
+/// barrier; kMinWorkPerThread for one streaming step, which costs a fork and a join), at
+/// most one packet of units per thread, and one thread inside a running parallel region.
+inline int team_size(double flops, double min_work, Index H, Index packet) {
+    return threads_for(flops, (H + packet - 1) / packet, min_work);
 }
 
 /// A team of `threads` (as a test asks for), at most one per packet of units.
@@ -255,11 +225,6 @@ int forced_slots(int threads, Index H) {
 /// Rows of the input product a slot computes at once in the forward time loop.
 inline constexpr Index kChunkRows = 128;
 
-/// Floating-point work of one step per thread below which a parallel region does not
-/// pay: in the time loop, where a step costs one barrier, and for one streaming step,
-/// where it costs a fork and a join.
-inline constexpr double kMinLoopFlopsPerThread = 1 << 16;
-inline constexpr double kMinStepFlopsPerThread = 1 << 19;
 
 // ---- The cells, on one packet of units. ----
 // Each function reads its inputs from pointers to the packet's first unit and writes
@@ -397,7 +362,7 @@ struct RecurrentBackward {
 template <typename Scalar>
 int recurrent_loop_threads(CellKind cell, Index B, Index I, Index H) {
     const double flops = 2.0 * double(B) * double(I + H) * double(gate_count(cell) * H);
-    return recurrent_detail::team_size(flops, recurrent_detail::kMinLoopFlopsPerThread, H,
+    return recurrent_detail::team_size(flops, kMinWorkPerBarrier, H,
                                        recurrent_detail::kPacket<Scalar>);
 }
 
@@ -424,7 +389,7 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
         UnitBlock units;
         Index width = 0;  // nu rounded up to whole packets
         PackedPanels<S> w_ih, w_hh;
-        std::vector<S, Eigen::aligned_allocator<S>> b_ih, b_hh, input, hidden, cell_state;
+        AlignedVector<S> b_ih, b_hh, input, hidden, cell_state;
     };
     const Index I = f.input_size;
     std::vector<Slot> slot(static_cast<std::size_t>(slots));
@@ -442,7 +407,7 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
 
     const S* h0 = f.h;
     S* y = f.y;
-    run_team(slots, [&](int thread, int team) {
+    parallel_team(slots, [&](int thread, int team) {
         // Pack: column j = g*width + u of a slot's panels is row g*H + begin + u of the weight.
         for (int s = thread; s < slots; s += team) {
             Slot& sl = slot[static_cast<std::size_t>(s)];
@@ -529,7 +494,7 @@ struct CellWeights {
 template <typename Scalar>
 int recurrent_step_threads(CellKind cell, Index B, Index I, Index H) {
     const double flops = 2.0 * double(B) * double(gate_count(cell) * H) * double(std::max(I, H) + H);
-    return recurrent_detail::team_size(flops, recurrent_detail::kMinStepFlopsPerThread, H,
+    return recurrent_detail::team_size(flops, kMinWorkPerThread, H,
                                        recurrent_detail::kPacket<Scalar>);
 }
 
@@ -549,7 +514,7 @@ void recurrent_step(CellKind cell, Index layers, const WeightsOf& weights_of, Co
     constexpr Index P = kPacket<S>;
     const Index B = x.rows(), H = h.cols(), G = gate_count(cell), GH = G * H;
     const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_step_threads<S>(cell, B, x.cols(), H);
-    run_team(slots, [&](int thread, int team) {
+    parallel_team(slots, [&](int thread, int team) {
         for (Index k = 0; k < layers; ++k) {
             const CellWeights<S> w = weights_of(k);
             // Layer k reads layer k-1's new hidden state, complete after the last barrier.
@@ -613,7 +578,7 @@ void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<
         UnitBlock units;
         Index width = 0;
         PackedPanels<S> w;
-        std::vector<S, Eigen::aligned_allocator<S>> dh, dc;
+        AlignedVector<S> dh, dc;
     };
     std::vector<Slot> slot(static_cast<std::size_t>(slots));
     for (int s = 0; s < slots; ++s) {
@@ -630,7 +595,7 @@ void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<
     S* dg_all = d.d_gates;
     // The left operand of dL/dh_{t-1} = dL/d(h W_hh^T) W_hh: the same as d_gates except for the GRU.
     S* dgh_all = cell == CellKind::GRU ? d.d_gates_hidden : dg_all;
-    run_team(slots, [&](int thread, int team) {
+    parallel_team(slots, [&](int thread, int team) {
         for (int s = thread; s < slots; s += team) {
             Slot& sl = slot[static_cast<std::size_t>(s)];
             const Index begin = sl.units.begin, nu = sl.units.size();

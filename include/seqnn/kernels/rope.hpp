@@ -15,7 +15,7 @@
 #pragma once
 
 #include "seqnn/core/errors.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <cmath>
@@ -52,7 +52,7 @@ void rope_apply(MatrixRef<Scalar> x, Index steps, Index heads, const Matrix<Scal
                          ", H=" + std::to_string(heads) + ", Dh=" + std::to_string(dh) + " for a table " +
                          shape_string(table));
     const Scalar sign = inverse ? Scalar(-1) : Scalar(1);
-    parallel_row_blocks(x.rows(), x.cols(), [&](Index r0, Index r1) {
+    parallel_for(x.rows(), streamed_work(x.cols()), [&](Index r0, Index r1) {
         for (Index r = r0; r < r1; ++r) {
             const Index t = r % steps;
             const auto c = table.row(2 * t).array();

@@ -1,18 +1,20 @@
 // The linear recurrence h_t = a_t * h_{t-1} + b_t (element-wise), the kernel under
 // minGRU and minLSTM, over B sequences of T steps with D channels stored as seqnn's
-// (B*T, D) row-major matrices: row b*T + t is step t of sequence b.
+// (B*T, D) row-major matrices: row b*T + t is step t of sequence b. The engine the layers
+// call:
 //
-//   scan_forward       h, h_last  <- a, b, h0                       (linear space)
+//   scan_forward       h, h_last  <- a, b, h0
 //   scan_backward      da, db, dh0 <- dh, dh_last, a, h, h0
-//   log_scan_forward   log h, log h_last <- log a, log b, log h0     (Heinsen 2023)
-//   log_scan_backward  dlog_a, dlog_b, dlog_h0 <- dlog_h, dlog_h_last, log a, log b, log h0
+//   scan_plan          how a call of these sizes runs (sequential, or which split, on how
+//                      many threads, in how many pieces)
 //
-// plus `scan`, `scan_grad`, `log_scan`, `log_scan_grad` that take and return seqnn::Sequence.
-// The low-level functions take Eigen::Ref views (so blocks of a wider GEMM output work
-// without a copy) and need the scalar spelled out: scan_forward<float>(h, h_last, a, b, h0, B, T).
-// An optional matrix (h0, h_last, dh_last, dh0, ...) is passed as an empty one: Matrix<S>().
+// The log-space form is kernels/log_scan.hpp; calls that take and return seqnn::Sequence
+// are kernels/scan_sequence.hpp. These functions take Eigen::Ref views (so blocks of a
+// wider GEMM output work without a copy) and need the scalar spelled out:
+// scan_forward<float>(h, h_last, a, b, h0, B, T). An optional matrix (h0, h_last, dh_last,
+// dh0) is passed as an empty one: Matrix<S>().
 //
-// Parallel algorithms (ScanMode::Parallel, OpenMP; docs/design.md, "The scan"):
+// Parallel algorithms (ScanMode::Parallel; docs/design.md, "The scan"):
 // * Channels split: the B*D recurrences are independent, so threads take (sequence,
 //   channel block) pairs and run time in order, SIMD over the block's channels. One
 //   pass over memory. Chosen when B fills the threads or rows are wide enough to share.
@@ -30,15 +32,15 @@
 //   so that step (3) finds step (1)'s data in cache; one round is the default, since
 //   every round costs a barrier.
 // The reverse scan (backward) runs the same way, backwards in time.
-// In linear space there is no exp/log and no division by a vanishing product, so fp32
-// stays accurate at any T (a in (0,1)); the log-space form is kept for fidelity to the
-// paper and for comparison (its fp32 error grows with T, see tests/test_scan.cpp).
-// Never nests parallel regions: inside one it runs sequentially. Without OpenMP every
-// mode runs the sequential code.
+// ScanSplit::Auto threads a call only when core/parallel.hpp's rule says it pays (the
+// scan streams its operands: kStreamedElementWork an element). In linear space there is
+// no exp/log and no division by a vanishing product, so fp32 stays accurate at any T
+// (a in (0,1)). Never nests parallel regions: inside one it runs sequentially. Without
+// OpenMP every mode runs the sequential code.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <algorithm>
@@ -59,13 +61,30 @@ enum class ScanSplit { Auto, Channels, Time };
 struct ScanOptions {
     /// Sequential or parallel.
     ScanMode mode = ScanMode::Parallel;
-    /// Parallel only. Auto: sequential for tiny inputs, Channels when B fills the
-    /// threads (or rows are wide), Time otherwise. The log-space scan always splits
-    /// over channels.
+    /// Parallel only. Auto: sequential unless threading pays (core/parallel.hpp's rule),
+    /// Channels when B fills the threads (or rows are wide), Time otherwise. Channels or
+    /// Time force that split on every thread, whatever the size. The log-space scan
+    /// always splits over channels.
     ScanSplit split = ScanSplit::Auto;
     /// Steps per piece of the time split; 0: T / threads (one round). Smaller pieces run
     /// in rounds of `threads` pieces, one barrier per round.
     Index time_block = 0;
+};
+
+/// How a scan call runs, as scan_plan reports it.
+struct ScanPlan {
+    /// Channels or Time (never Auto). A sequential call reports Channels with one block.
+    ScanSplit split = ScanSplit::Channels;
+    /// Threads of the call's parallel region; 1: sequential, time in order on the calling
+    /// thread, with no parallel region.
+    int threads = 1;
+    Index channel_width = 0;   ///< Channels: channels per block (whole cache lines; D when sequential)
+    Index channel_blocks = 1;  ///< Channels: blocks per sequence, so B * channel_blocks work items
+    Index piece_steps = 0;     ///< Time: steps per piece; `threads` pieces make a round
+    Index pieces = 0;          ///< Time: pieces per sequence, ceil(T / piece_steps)
+
+    /// Whether the call runs on the calling thread alone.
+    bool sequential() const { return threads <= 1; }
 };
 
 namespace scan_detail {
@@ -101,40 +120,23 @@ using CRow = Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>;
 template <typename S>
 using Buf = Eigen::Array<S, 1, Eigen::Dynamic>;
 
-inline bool in_parallel() {
-#ifdef _OPENMP
-    return omp_in_parallel() != 0;
-#else
-    return false;
-#endif
-}
-
-// How a call runs: `threads` == 1 means sequentially.
-struct Plan {
-    ScanSplit split = ScanSplit::Channels;
-    int threads = 1;
-    Index width = 0;   // channels per block (Channels split)
-    Index blocks = 1;  // channel blocks per sequence
-    Index rows = 0;    // rows per piece (Time split)
-};
-
-constexpr Index kSmallScan = Index(1) << 15;  // below this many elements Auto runs sequentially
 constexpr Index kWideBlock = 2048;            // bytes of a row a thread must get for Auto to split channels
 
 template <typename S>
-Plan make_plan(const ScanOptions& o, Index B, Index T, Index D, bool allow_time = true) {
-    Plan plan;
-    plan.width = D;
-    int threads = 1;
-    if (o.mode == ScanMode::Parallel && !in_parallel()) threads = num_threads();
-    if (threads <= 1 || D == 0) return plan;
+ScanPlan make_plan(const ScanOptions& o, Index B, Index T, Index D, bool allow_time = true) {
+    ScanPlan plan;
+    plan.channel_width = D;
+    if (o.mode != ScanMode::Parallel || B <= 0 || T <= 0 || D <= 0) return plan;
+    // Auto: as many threads as the rule gives the whole pass; a forced split: all of them.
+    const int threads = o.split == ScanSplit::Auto ? threads_for(streamed_work(B * T * D))
+                                                   : (in_parallel_region() ? 1 : num_threads());
+    if (threads <= 1) return plan;
     ScanSplit split = o.split;
     if (!allow_time) split = split == ScanSplit::Auto ? ScanSplit::Auto : ScanSplit::Channels;
     // Channel blocks are whole cache lines, at least two (one for the log space, which is compute-bound).
     const Index line = std::max<Index>(1, Index(64) / Index(sizeof(S)));
     const Index max_blocks = std::max<Index>(1, D / (allow_time ? 2 * line : line));
     if (split == ScanSplit::Auto) {
-        if (B * T * D < kSmallScan) return plan;
         // Channels when every thread gets whole sequences, or row segments of at least
         // kWideBlock bytes (long contiguous runs stream well); time otherwise. Splitting
         // a row of 1 KiB between threads streamed at half the speed of the time split.
@@ -148,35 +150,31 @@ Plan make_plan(const ScanOptions& o, Index B, Index T, Index D, bool allow_time 
         const Index P = threads;
         Index blocks = 1;
         while (blocks < max_blocks && 4 * ((B * blocks + P - 1) / P * P) > 5 * B * blocks) ++blocks;
-        plan.width = ((D + blocks - 1) / blocks + line - 1) / line * line;  // rounded up to whole lines
-        if (plan.width > D) plan.width = D;
-        plan.blocks = (D + plan.width - 1) / plan.width;
+        plan.channel_width = ((D + blocks - 1) / blocks + line - 1) / line * line;  // rounded up to whole lines
+        if (plan.channel_width > D) plan.channel_width = D;
+        plan.channel_blocks = (D + plan.channel_width - 1) / plan.channel_width;
         plan.split = ScanSplit::Channels;
-        plan.threads = static_cast<int>(std::min<Index>(threads, B * plan.blocks));
+        plan.threads = static_cast<int>(std::min<Index>(threads, B * plan.channel_blocks));
     } else {
         // One round of P pieces by default: every round costs a barrier, which cache-sized
         // rounds (L2 or L3) do not win back.
         const Index rows = std::min(o.time_block > 0 ? o.time_block : T, (T + threads - 1) / threads);
         plan.split = ScanSplit::Time;
-        plan.rows = rows;
-        plan.threads = static_cast<int>(std::min<Index>(threads, (T + rows - 1) / rows));
+        plan.piece_steps = rows;
+        plan.pieces = (T + rows - 1) / rows;
+        plan.threads = static_cast<int>(std::min<Index>(threads, plan.pieces));
     }
-    if (plan.threads <= 1) plan = Plan{ScanSplit::Channels, 1, D, 1, 0};
+    if (plan.threads <= 1) plan = ScanPlan{ScanSplit::Channels, 1, D, 1, 0, 0};
     return plan;
 }
 
-// Runs body(i) for i in [0, n) on plan.threads threads (static schedule) or in a plain loop.
-template <typename Body>
-void parallel_items(int threads, Index n, const Body& body) {
-#ifdef _OPENMP
-    if (threads > 1) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-        for (Index i = 0; i < n; ++i) body(i);
-        return;
-    }
-#endif
-    (void)threads;
-    for (Index i = 0; i < n; ++i) body(i);
+// Runs item(i) for the plan's B * channel_blocks work items (sequence, channel block), in
+// contiguous runs of items, one per thread, or in a plain loop when sequential.
+template <typename Item>
+void for_each_channel_block(const ScanPlan& plan, Index B, const Item& item) {
+    parallel_blocks(plan.threads, B * plan.channel_blocks, [&](Index i0, Index i1) {
+        for (Index i = i0; i < i1; ++i) item(i);
+    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -295,17 +293,6 @@ void forward_fixup(Rows<S> h, Rows<const S> a, Index r0, Index r1, Index n, cons
     }
 }
 
-// dL/da_r = g_r * h_{r-1}, with h_{-1} = h0 (nullptr: zero).
-template <typename S>
-void grad_a_row(Rows<S> da, Rows<const S> db, Rows<const S> h, const S* h0, Index r, Index n) {
-    if (r > 0)
-        Row<S>(da.row(r), n) = CRow<S>(db.row(r), n) * CRow<S>(h.row(r - 1), n);
-    else if (h0)
-        Row<S>(da.row(0), n) = CRow<S>(db.row(0), n) * CRow<S>(h0, n);
-    else
-        Row<S>(da.row(0), n).setZero();
-}
-
 // Descending streams prefetch poorly on some CPUs (up to half the speed of ascending
 // ones), so the reverse scan walks memory up in
 // blocks of kReverseBlock rows: per block, an ascending pass copies dh into db and
@@ -416,18 +403,16 @@ struct Round {
     }
 };
 
-#ifdef _OPENMP
 // Kernel: start(s, carry) -> bool (a nonzero initial carry?), first(s, u0, u1, carry or
 // nullptr, end), local(s, x0, x1, prod, exp, fresh), edge(s, u0, u1, end),
 // fixup(s, y0, y1, carry, before or nullptr, before_exp, k), finish(s, carry).
 // A product of a's is prod * 2^exp (see renormalize).
 template <typename S, typename Kernel>
-void time_split(const Kernel& kernel, Index B, Index T, Index D, const Plan& plan) {
-    const Index R = plan.rows;
+void time_split(const Kernel& kernel, Index B, Index T, Index D, const ScanPlan& plan) {
+    const Index R = plan.piece_steps;
     std::vector<S> shared(static_cast<std::size_t>(2 * 5 * plan.threads * D));
-#pragma omp parallel num_threads(plan.threads)
-    {
-        const Index P = omp_get_num_threads(), p = omp_get_thread_num();
+    parallel_team(plan.threads, [&](int thread, int team) {
+        const Index P = team, p = thread;
         Matrix<S> carries(P + 1, D);  // row q: the carry into piece q of the round
         Buf<S> k(D);
         auto carry = [&](Index q) { return carries.data() + q * D; };
@@ -460,7 +445,7 @@ void time_split(const Kernel& kernel, Index B, Index T, Index D, const Plan& pla
                     kernel.local(s, x, u1, prod(p), prod_exp(p), x == u0);
                     kernel.edge(s, u0, u1, end(p));
                 }
-#pragma omp barrier
+                team_barrier(team);
                 // (2) carries, piece to piece.
                 Row<S>(carry(1), D) = CRow<S>(end(0), D);
                 Index q = 1;
@@ -481,7 +466,7 @@ void time_split(const Kernel& kernel, Index B, Index T, Index D, const Plan& pla
             }
             if (p == 0) kernel.finish(s, carry(0));
         }
-    }
+    });
 }
 
 // h_t = a_t h_{t-1} + b_t; u = t.
@@ -549,36 +534,8 @@ struct BackwardKernel {
         if (dh0.size() != 0) dh0.row(s) = Eigen::Map<const RowVector<S>>(carry, D);
     }
 };
-#endif
 
-inline std::string dims(Index B, Index T) {
-    std::string s = "B=";
-    s += std::to_string(B);
-    s += ", T=";
-    s += std::to_string(T);
-    return s;
-}
-inline std::string shape(Index rows, Index cols) {
-    std::string s = "(";
-    s += std::to_string(rows);
-    s += ", ";
-    s += std::to_string(cols);
-    s += ")";
-    return s;
-}
-template <typename Derived>
-std::string shape(const Eigen::EigenBase<Derived>& m) {
-    return shape(m.rows(), m.cols());
-}
-template <typename Scalar>
-std::string shape(const Sequence<Scalar>& x) {
-    std::string s = "(";
-    s += dims(x.batch, x.steps);
-    s += ", D=";
-    s += std::to_string(x.features());
-    s += ")";
-    return s;
-}
+inline std::string dims(Index B, Index T) { return "B=" + std::to_string(B) + ", T=" + std::to_string(T); }
 
 inline void check_batch(const std::string& where, Index B, Index T) {
     if (B <= 0 || T <= 0) fail(where, "empty batch: B and T must be positive, got " + dims(B, T));
@@ -588,18 +545,14 @@ inline void check_batch(const std::string& where, Index B, Index T) {
 template <typename Derived>
 void check_steps(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m, Index B,
                  Index T, Index D) {
-    if (m.rows() != B * T || m.cols() != D)
-        fail(where, what + " has shape " + shape(m) + ", expected (B*T, D) = " + shape(B * T, D) +
-                        " for " + dims(B, T) + ", D=" + std::to_string(D));
+    check_matrix(where, what + " (B*T, D) for " + dims(B, T) + ", D=" + std::to_string(D), m, B * T, D);
 }
 
 // An optional (B, D) operand: empty or exactly (B, D).
 template <typename Derived>
 void check_state(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m, Index B,
                  Index D) {
-    if (m.size() != 0 && (m.rows() != B || m.cols() != D))
-        fail(where, what + " has shape " + shape(m) + ", expected (B, D) = " + shape(B, D) +
-                        " or empty");
+    if (m.size() != 0) check_matrix(where, what + " (B, D) or empty", m, B, D);
 }
 
 template <typename S>
@@ -608,20 +561,15 @@ void copy_last(MatrixRef<S>& last, const Rows<const S>& h, Index B, Index T) {
     for (Index s = 0; s < B; ++s) last.row(s) = Eigen::Map<const RowVector<S>>(h.row(s * T + T - 1), last.cols());
 }
 
-// acc = log(exp(acc) + exp(v)) = max + log1p(exp(-|acc - v|)), in place, vectorised;
-// -inf + -inf = -inf (the formula gives NaN there: such entries are patched afterwards).
-// mx is scratch.
-template <typename S>
-void log_add_exp(Buf<S>& acc, const Buf<S>& v, Buf<S>& mx) {
-    constexpr S ninf = -std::numeric_limits<S>::infinity();
-    mx = acc.max(v);
-    acc = mx + (-(acc - v).abs()).exp().log1p();
-    if (std::isnan(acc.sum()))
-        for (Index c = 0; c < acc.size(); ++c)
-            if (std::isnan(acc[c]) && mx[c] == ninf) acc[c] = ninf;
-}
-
 }  // namespace scan_detail
+
+/// How scan_forward and scan_backward, called now with these sizes and options, would
+/// run: sequentially or split (by channels or by time), on how many threads, in how many
+/// pieces. Inside a parallel region every call is sequential.
+template <typename Scalar>
+ScanPlan scan_plan(Index B, Index T, Index D, const ScanOptions& options = {}) {
+    return scan_detail::make_plan<Scalar>(options, B, T, D);
+}
 
 // ---------------------------------------------------------------------------------
 // Linear space.
@@ -644,17 +592,16 @@ void scan_forward(MatrixRef<Scalar> h, MatrixRef<Scalar> h_last, ConstMatrixRef<
 
     const Rows<Scalar> hr = rows_of(h);
     const Rows<const Scalar> ar = rows_of(a), br = rows_of(b);
-    const Plan plan = make_plan<Scalar>(options, B, T, D);
-#ifdef _OPENMP
+    const ScanPlan plan = make_plan<Scalar>(options, B, T, D);
     if (plan.split == ScanSplit::Time) {
         time_split<Scalar>(ForwardKernel<Scalar>{hr, ar, br, h0, T, D}, B, T, D, plan);
         copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
         return;
     }
-#endif
     // Sequential, or the channels split: item i is (sequence s, channel block j).
-    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
-        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
+    for_each_channel_block(plan, B, [&](Index i) {
+        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
+        const Index n = std::min(plan.channel_width, D - c);
         forward_run(hr.at(s * T, c), ar.at(s * T, c), br.at(s * T, c), 0, T, n, state_row(h0, s, c));
     });
     copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
@@ -683,15 +630,14 @@ void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar>
 
     const Rows<Scalar> dar = rows_of(da), dbr = rows_of(db);
     const Rows<const Scalar> dhr = rows_of(dh), ar = rows_of(a), hr = rows_of(h);
-    const Plan plan = make_plan<Scalar>(options, B, T, D);
-#ifdef _OPENMP
+    const ScanPlan plan = make_plan<Scalar>(options, B, T, D);
     if (plan.split == ScanSplit::Time) {
         time_split<Scalar>(BackwardKernel<Scalar>{dar, dbr, dhr, ar, hr, h0, dh_last, dh0, T, D}, B, T, D, plan);
         return;
     }
-#endif
-    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
-        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
+    for_each_channel_block(plan, B, [&](Index i) {
+        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
+        const Index n = std::min(plan.channel_width, D - c);
         const Rows<Scalar> dbs = dbr.at(s * T, c);
         const Rows<const Scalar> as = ar.at(s * T, c);
         backward_run(dar.at(s * T, c), dbs, dhr.at(s * T, c), as, hr.at(s * T, c), state_row(h0, s, c), 0, T, n,
@@ -700,220 +646,8 @@ void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar>
     });
 }
 
-// ---------------------------------------------------------------------------------
-// Log space (Heinsen 2023), for a in (0, 1] and b > 0:
-//   a*_t = sum_{s<=t} log a_s,   v_s = log b_s - a*_s   (v_{-1} = log h0, a*_{-1} = 0),
-//   log h_t = a*_t + LSE_t,      LSE_t = log sum_{-1<=s<=t} exp(v_s)  (logcumsumexp).
-// Sequential in time per channel (as the paper's cumsum/logcumsumexp evaluate it on
-// a CPU), vectorised over channels and parallel across (sequence, channel block).
-
-///   log_h (B*T, D) out; log_h_last (B, D) out (empty: skipped); log_a, log_b (B*T, D);
-///   log_h0 (B, D) or empty (h0 = 0).
-template <typename Scalar>
-void log_scan_forward(MatrixRef<Scalar> log_h, MatrixRef<Scalar> log_h_last, ConstMatrixRef<Scalar> log_a,
-                      ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0, Index B, Index T,
-                      ScanOptions options = {}) {
-    using namespace scan_detail;
-    const std::string where = "log_scan_forward";
-    check_batch(where, B, T);
-    const Index D = log_a.cols();
-    check_steps(where, "log_a", log_a, B, T, D);
-    check_steps(where, "log_b", log_b, B, T, D);
-    check_steps(where, "log_h", log_h, B, T, D);
-    check_state(where, "log_h0", log_h0, B, D);
-    check_state(where, "log_h_last", log_h_last, B, D);
-
-    const Rows<Scalar> lhr = rows_of(log_h);
-    const Rows<const Scalar> lar = rows_of(log_a), lbr = rows_of(log_b);
-    const Plan plan = make_plan<Scalar>(options, B, T, D, false);
-    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
-        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
-        const Rows<Scalar> lh = lhr.at(s * T, c);
-        const Rows<const Scalar> la = lar.at(s * T, c), lb = lbr.at(s * T, c);
-        const Scalar* lh0 = state_row(log_h0, s, c);
-        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);  // a*_0
-        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;  // v_0
-        Buf<Scalar> v(n), mx(n);
-        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
-        Row<Scalar>(lh.row(0), n) = astar + lse;
-        for (Index t = 1; t < T; ++t) {
-            astar += CRow<Scalar>(la.row(t), n);
-            v = CRow<Scalar>(lb.row(t), n) - astar;
-            log_add_exp(lse, v, mx);
-            Row<Scalar>(lh.row(t), n) = astar + lse;
-        }
-    });
-    copy_last(log_h_last, Rows<const Scalar>{lhr.data, lhr.stride}, B, T);
-}
-
-/// Gradients of the log-space scan, as autograd takes them through cumsum and
-/// logcumsumexp (the latter in log space, split by the sign of the gradient):
-///   dL/dv_s    = sum_{t>=s} G_t exp(v_s - LSE_t),   G_t = dL/dlog h_t
-///   dL/dlog b  = dL/dv,   dL/dlog h0 = dL/dv_{-1},
-///   dL/dlog a_r = sum_{t>=r} (G_t - dL/dv_t)        (a*_t enters log h_t and v_t).
-/// The forward is recomputed (a* and LSE) into the outputs' memory, so nothing is saved.
-///   dlog_a, dlog_b (B*T, D) out, distinct from the inputs; dlog_h0 (B, D) out (empty:
-///   skipped); dlog_h (B*T, D); dlog_h_last (B, D) or empty; log_a, log_b, log_h0 as in the forward.
-template <typename Scalar>
-void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, MatrixRef<Scalar> dlog_h0,
-                       ConstMatrixRef<Scalar> dlog_h, ConstMatrixRef<Scalar> dlog_h_last,
-                       ConstMatrixRef<Scalar> log_a, ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0,
-                       Index B, Index T, ScanOptions options = {}) {
-    using namespace scan_detail;
-    const std::string where = "log_scan_backward";
-    check_batch(where, B, T);
-    const Index D = log_a.cols();
-    check_steps(where, "log_a", log_a, B, T, D);
-    check_steps(where, "log_b", log_b, B, T, D);
-    check_steps(where, "dlog_h", dlog_h, B, T, D);
-    check_steps(where, "dlog_a", dlog_a, B, T, D);
-    check_steps(where, "dlog_b", dlog_b, B, T, D);
-    check_state(where, "log_h0", log_h0, B, D);
-    check_state(where, "dlog_h_last", dlog_h_last, B, D);
-    check_state(where, "dlog_h0", dlog_h0, B, D);
-
-    const Rows<Scalar> dar = rows_of(dlog_a), dbr = rows_of(dlog_b);
-    const Rows<const Scalar> gr = rows_of(dlog_h), lar = rows_of(log_a), lbr = rows_of(log_b);
-    const Plan plan = make_plan<Scalar>(options, B, T, D, false);
-    constexpr Scalar ninf = -std::numeric_limits<Scalar>::infinity();
-    parallel_items(plan.threads, B * plan.blocks, [&](Index i) {
-        const Index s = i / plan.blocks, c = (i % plan.blocks) * plan.width, n = std::min(plan.width, D - c);
-        const Rows<Scalar> da = dar.at(s * T, c), db = dbr.at(s * T, c);
-        const Rows<const Scalar> g = gr.at(s * T, c), la = lar.at(s * T, c), lb = lbr.at(s * T, c);
-        const Scalar* lh0 = state_row(log_h0, s, c);
-        const Scalar* glast = state_row(dlog_h_last, s, c);
-        // Recompute the forward: a*_t into dlog_a, LSE_t into dlog_b.
-        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);
-        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;
-        Buf<Scalar> v(n), mx(n);
-        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
-        Row<Scalar>(da.row(0), n) = astar;
-        Row<Scalar>(db.row(0), n) = lse;
-        for (Index t = 1; t < T; ++t) {
-            astar += CRow<Scalar>(la.row(t), n);
-            v = CRow<Scalar>(lb.row(t), n) - astar;
-            log_add_exp(lse, v, mx);
-            Row<Scalar>(da.row(t), n) = astar;
-            Row<Scalar>(db.row(t), n) = lse;
-        }
-        // Reverse: R+-_s = log sum_{t>=s, +-G_t>0} |G_t| exp(-LSE_t); dL/dv_s = exp(R+_s + v_s) - exp(R-_s + v_s).
-        // log(max(+-G, 0)) is -inf where G has the other sign (or is 0), so neither sum sees it.
-        Buf<Scalar> rpos = Buf<Scalar>::Constant(n, ninf), rneg = rpos, w(n), grad(n), dv(n);
-        Buf<Scalar> sum = Buf<Scalar>::Zero(n);
-        for (Index t = T - 1; t >= 0; --t) {
-            grad = CRow<Scalar>(g.row(t), n);
-            if (t == T - 1 && glast) grad += CRow<Scalar>(glast, n);
-            v = CRow<Scalar>(lb.row(t), n) - CRow<Scalar>(da.row(t), n);
-            w = grad.max(Scalar(0)).log() - CRow<Scalar>(db.row(t), n);
-            log_add_exp(rpos, w, mx);
-            w = (-grad).max(Scalar(0)).log() - CRow<Scalar>(db.row(t), n);
-            log_add_exp(rneg, w, mx);
-            dv = (rpos + v).exp() - (rneg + v).exp();
-            sum += grad - dv;
-            Row<Scalar>(db.row(t), n) = dv;
-            Row<Scalar>(da.row(t), n) = sum;
-        }
-        if (Scalar* out = state_row(dlog_h0, s, c)) {
-            if (lh0) {
-                const CRow<Scalar> l0(lh0, n);
-                Row<Scalar>(out, n) = (rpos + l0).exp() - (rneg + l0).exp();
-            } else {
-                Row<Scalar>(out, n).setZero();  // h0 = 0 is not a point log space can differentiate at
-            }
-        }
-    });
-}
-
-// ---------------------------------------------------------------------------------
-// Whole-sequence conveniences.
-
-/// The output of scan() and log_scan(): h for every step, and the last step's h.
-template <typename Scalar>
-struct ScanResult {
-    Sequence<Scalar> h;     ///< (B*T, D)
-    Matrix<Scalar> h_last;  ///< (B, D)
-};
-
-/// The gradients scan_grad() and log_scan_grad() return: of a, b and h0.
-template <typename Scalar>
-struct ScanGrad {
-    Sequence<Scalar> da;  ///< (B*T, D)
-    Sequence<Scalar> db;  ///< (B*T, D)
-    Matrix<Scalar> dh0;   ///< (B, D); empty when no h0 was given
-};
-
-namespace scan_detail {
-template <typename Scalar>
-void check_pair(const std::string& where, const std::string& what, const Sequence<Scalar>& x,
-                const Sequence<Scalar>& ref, const std::string& ref_name) {
-    if (ref.batch <= 0 || ref.steps <= 0 || ref.data.rows() != ref.batch * ref.steps)
-        fail(where, ref_name + " " + shape(ref) + " with a matrix of " + shape(ref.data) +
-                        " is not a batch of B*T rows with B, T > 0");
-    if (x.batch != ref.batch || x.steps != ref.steps || x.data.rows() != ref.data.rows() ||
-        x.features() != ref.features())
-        fail(where, what + " " + shape(x) + " does not match " + ref_name + " " + shape(ref));
-}
-template <typename Scalar>
-ConstMatrixRef<Scalar> optional_ref(const Matrix<Scalar>* m) {
-    static const Matrix<Scalar> none;
-    return m ? ConstMatrixRef<Scalar>(*m) : ConstMatrixRef<Scalar>(none);
-}
-}  // namespace scan_detail
-
-/// h_t = a_t * h_{t-1} + b_t; h0 (B, D) or nullptr for zeros.
-template <typename Scalar>
-ScanResult<Scalar> scan(const Sequence<Scalar>& a, const Sequence<Scalar>& b, const Matrix<Scalar>* h0 = nullptr,
-                        ScanOptions options = {}) {
-    scan_detail::check_pair("scan", "b", b, a, "a");
-    ScanResult<Scalar> out{Sequence<Scalar>(Matrix<Scalar>(a.data.rows(), a.features()), a.batch, a.steps),
-                           Matrix<Scalar>(a.batch, a.features())};
-    scan_forward<Scalar>(out.h.data, out.h_last, a.data, b.data, scan_detail::optional_ref(h0), a.batch, a.steps,
-                         options);
-    return out;
-}
-
-/// Gradients of scan(a, b, h0) given dL/dh and dL/dh_last (nullptr: zero).
-template <typename Scalar>
-ScanGrad<Scalar> scan_grad(const Sequence<Scalar>& dh, const Matrix<Scalar>* dh_last, const Sequence<Scalar>& a,
-                           const Sequence<Scalar>& h, const Matrix<Scalar>* h0 = nullptr, ScanOptions options = {}) {
-    scan_detail::check_pair("scan_grad", "h", h, a, "a");
-    scan_detail::check_pair("scan_grad", "dh", dh, a, "a");
-    ScanGrad<Scalar> out{Sequence<Scalar>(Matrix<Scalar>(a.data.rows(), a.features()), a.batch, a.steps),
-                         Sequence<Scalar>(Matrix<Scalar>(a.data.rows(), a.features()), a.batch, a.steps),
-                         h0 ? Matrix<Scalar>(a.batch, a.features()) : Matrix<Scalar>()};
-    scan_backward<Scalar>(out.da.data, out.db.data, out.dh0, dh.data, scan_detail::optional_ref(dh_last), a.data,
-                          h.data, scan_detail::optional_ref(h0), a.batch, a.steps, options);
-    return out;
-}
-
-/// log h from log a, log b and log h0 (nullptr: h0 = 0). h is ScanResult::h, in log space.
-template <typename Scalar>
-ScanResult<Scalar> log_scan(const Sequence<Scalar>& log_a, const Sequence<Scalar>& log_b,
-                            const Matrix<Scalar>* log_h0 = nullptr, ScanOptions options = {}) {
-    scan_detail::check_pair("log_scan", "log_b", log_b, log_a, "log_a");
-    ScanResult<Scalar> out{
-        Sequence<Scalar>(Matrix<Scalar>(log_a.data.rows(), log_a.features()), log_a.batch, log_a.steps),
-        Matrix<Scalar>(log_a.batch, log_a.features())};
-    log_scan_forward<Scalar>(out.h.data, out.h_last, log_a.data, log_b.data, scan_detail::optional_ref(log_h0),
-                             log_a.batch, log_a.steps, options);
-    return out;
-}
-
-/// Gradients of log_scan w.r.t. log a, log b and log h0 (ScanGrad's da, db, dh0).
-template <typename Scalar>
-ScanGrad<Scalar> log_scan_grad(const Sequence<Scalar>& dlog_h, const Matrix<Scalar>* dlog_h_last,
-                               const Sequence<Scalar>& log_a, const Sequence<Scalar>& log_b,
-                               const Matrix<Scalar>* log_h0 = nullptr, ScanOptions options = {}) {
-    scan_detail::check_pair("log_scan_grad", "log_b", log_b, log_a, "log_a");
-    scan_detail::check_pair("log_scan_grad", "dlog_h", dlog_h, log_a, "log_a");
-    const Index BT = log_a.data.rows(), D = log_a.features();
-    ScanGrad<Scalar> out{Sequence<Scalar>(Matrix<Scalar>(BT, D), log_a.batch, log_a.steps),
-                         Sequence<Scalar>(Matrix<Scalar>(BT, D), log_a.batch, log_a.steps),
-                         log_h0 ? Matrix<Scalar>(log_a.batch, D) : Matrix<Scalar>()};
-    log_scan_backward<Scalar>(out.da.data, out.db.data, out.dh0, dlog_h.data, scan_detail::optional_ref(dlog_h_last),
-                              log_a.data, log_b.data, scan_detail::optional_ref(log_h0), log_a.batch, log_a.steps,
-                              options);
-    return out;
-}
-
 }  // namespace seqnn
+
+// layers/min_rnn.hpp reaches log_scan_forward through this header; removed once it
+// includes kernels/log_scan.hpp itself.
+#include "seqnn/kernels/log_scan.hpp"

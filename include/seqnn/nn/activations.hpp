@@ -3,7 +3,7 @@
 #pragma once
 
 #include "seqnn/core/errors.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
 
 #include <unsupported/Eigen/SpecialFunctions>
@@ -95,7 +95,7 @@ void gelu_derivative_block(ConstBlock x, Block grad) {
 template <typename Scalar>
 void activation_forward(Activation a, MatrixRef<Scalar> z) {
     if (a == Activation::Identity) return;
-    parallel_row_blocks(z.rows(), z.cols(), [&](Index r0, Index r1) {
+    parallel_for(z.rows(), streamed_work(z.cols()), [&](Index r0, Index r1) {
         auto block = z.middleRows(r0, r1 - r0);
         switch (a) {
             case Activation::Identity: return;
@@ -118,7 +118,7 @@ void activation_backward(Activation a, ConstMatrixRef<Scalar> pre, ConstMatrixRe
                                                              shape_string(out) + " and grad " + shape_string(grad) +
                                                              " must have one shape");
     if (a == Activation::Identity) return;
-    parallel_row_blocks(grad.rows(), grad.cols(), [&](Index r0, Index r1) {
+    parallel_for(grad.rows(), streamed_work(grad.cols()), [&](Index r0, Index r1) {
         const Index n = r1 - r0;
         auto g = grad.middleRows(r0, n).array();
         const auto y = out.middleRows(r0, n).array();

@@ -10,7 +10,8 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/parameter.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
+#include "seqnn/kernels/elementwise.hpp"
 
 #include <cmath>
 #include <string>
@@ -51,7 +52,7 @@ public:
         check_input(x.rows(), x.cols());
         check_matrix("LayerNorm", "output y", y, x.rows(), dim_);
         const Index n = x.rows();
-        parallel_row_blocks(n, dim_, [&](Index r0, Index r1) {  // no parallel region unless worth_parallel
+        parallel_for(n, streamed_work(dim_), [&](Index r0, Index r1) {
             for (Index i = r0; i < r1; ++i) {
                 normalize_row(x, i, y);  // y[i] = xhat[i]
                 if (has_weight()) y.row(i).array() *= weight.row().array();
@@ -85,14 +86,14 @@ public:
         check_matrix("LayerNorm.backward", "dx", dx, x.rows(), dim_);
         const Index n = x.rows();  // dx holds xhat until the last loop
         Eigen::Matrix<Scalar, Eigen::Dynamic, 1> rstd(n);  // (N)
-        parallel_row_blocks(n, dim_, [&](Index r0, Index r1) {  // no parallel region unless worth_parallel
+        parallel_for(n, streamed_work(dim_), [&](Index r0, Index r1) {
             for (Index i = r0; i < r1; ++i) rstd(i) = normalize_row(x, i, dx);  // dx[i] = xhat[i]
         });
 
         if (has_weight()) add_column_sums(dy.array() * dx.array(), weight.grad);  // (1, D)
         if (has_bias()) add_column_sums(dy, bias.grad);                            // (1, D)
 
-        parallel_row_blocks(n, dim_, [&](Index r0, Index r1) {  // no parallel region unless worth_parallel
+        parallel_for(n, streamed_work(dim_), [&](Index r0, Index r1) {
             for (Index i = r0; i < r1; ++i) {
                 auto xhat = dx.row(i).array();  // overwritten in place by dx[i]
                 if (has_weight()) {

@@ -3,7 +3,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/parameter.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/kernels/elementwise.hpp"
 #include "seqnn/kernels/matmul.hpp"
 
 #include <cmath>

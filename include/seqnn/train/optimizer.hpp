@@ -14,7 +14,7 @@
 #pragma once
 
 #include "seqnn/core/errors.hpp"
-#include "seqnn/core/parallel_rows.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/parameter.hpp"
 
 #include <cmath>
@@ -207,6 +207,10 @@ private:
     std::vector<Matrix<Scalar>> buffers_;
 };
 
+/// Elements per block boundary of AdamW's threaded update: a cache line of floats, whole
+/// SIMD packets, so an element takes the same path on any thread count.
+inline constexpr Index kAdamBlock = 16;
+
 /// AdamW (Loshchilov & Hutter), PyTorch's torch.optim.AdamW (amsgrad off):
 ///   t += 1
 ///   w *= 1 - lr * weight_decay
@@ -258,11 +262,12 @@ public:
         const Scalar eps = static_cast<Scalar>(opt_.eps);
         for (std::size_t i = 0; i < this->params_.size(); ++i) {
             Parameter<Scalar>& p = *this->params_[i].param;
-            // Elementwise over the flat arrays, so threads give bitwise the serial result.
+            // Elementwise over the flat arrays in blocks of whole packets, so threads give
+            // bitwise the serial result.
             using Flat = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
             Flat value(p.value.data(), p.value.size()), grad(p.grad.data(), p.grad.size());
             Flat m_all(m_[i].data(), m_[i].size()), v_all(v_[i].data(), v_[i].size());
-            parallel_aligned_blocks(p.value.size(), 1, [&](Index begin, Index end) {
+            parallel_for(p.value.size(), streamed_work(1), [&](Index begin, Index end) {
                 auto w = value.segment(begin, end - begin);
                 auto m = m_all.segment(begin, end - begin);
                 auto v = v_all.segment(begin, end - begin);
@@ -275,7 +280,7 @@ public:
                     m = g - (g - m) * static_cast<Scalar>(1.0 - w1);
                 v = v * beta2 + one_minus_beta2 * g * g;
                 w += -step_size * (m / (v.sqrt() / bc2_sqrt + eps));
-            });
+            }, kAdamBlock);
         }
     }
 

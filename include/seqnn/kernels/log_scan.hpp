@@ -1,0 +1,167 @@
+// The log-space form of kernels/scan.hpp's recurrence (Heinsen 2023, "Efficient
+// Parallelization of a Ubiquitous Sequential Computation"), for a in (0, 1] and b > 0:
+//   a*_t = sum_{s<=t} log a_s,   v_s = log b_s - a*_s   (v_{-1} = log h0, a*_{-1} = 0),
+//   log h_t = a*_t + LSE_t,      LSE_t = log sum_{-1<=s<=t} exp(v_s)  (logcumsumexp).
+// Sequential in time per channel (as the paper's cumsum/logcumsumexp evaluate it on
+// a CPU), vectorised over channels and parallel across (sequence, channel block).
+//
+// Kept for fidelity to the paper and for comparison: its fp32 error grows with T (see
+// tests/test_scan.cpp), where the linear-space scan's does not.
+//
+//   log_scan_forward   log h, log h_last <- log a, log b, log h0
+//   log_scan_backward  dlog_a, dlog_b, dlog_h0 <- dlog_h, dlog_h_last, log a, log b, log h0
+//   log_scan_plan      how a call of these sizes runs (sequential, or the channels split)
+#pragma once
+
+#include "seqnn/kernels/scan.hpp"
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+namespace seqnn {
+
+namespace scan_detail {
+
+// acc = log(exp(acc) + exp(v)) = max + log1p(exp(-|acc - v|)), in place, vectorised;
+// -inf + -inf = -inf (the formula gives NaN there: such entries are patched afterwards).
+// mx is scratch.
+template <typename S>
+void log_add_exp(Buf<S>& acc, const Buf<S>& v, Buf<S>& mx) {
+    constexpr S ninf = -std::numeric_limits<S>::infinity();
+    mx = acc.max(v);
+    acc = mx + (-(acc - v).abs()).exp().log1p();
+    if (std::isnan(acc.sum()))
+        for (Index c = 0; c < acc.size(); ++c)
+            if (std::isnan(acc[c]) && mx[c] == ninf) acc[c] = ninf;
+}
+
+}  // namespace scan_detail
+
+/// How log_scan_forward and log_scan_backward, called now with these sizes and options,
+/// would run (sequentially, or split by channels: the log-space scan has no time split).
+template <typename Scalar>
+ScanPlan log_scan_plan(Index B, Index T, Index D, const ScanOptions& options = {}) {
+    return scan_detail::make_plan<Scalar>(options, B, T, D, false);
+}
+
+///   log_h (B*T, D) out; log_h_last (B, D) out (empty: skipped); log_a, log_b (B*T, D);
+///   log_h0 (B, D) or empty (h0 = 0).
+template <typename Scalar>
+void log_scan_forward(MatrixRef<Scalar> log_h, MatrixRef<Scalar> log_h_last, ConstMatrixRef<Scalar> log_a,
+                      ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0, Index B, Index T,
+                      ScanOptions options = {}) {
+    using namespace scan_detail;
+    const std::string where = "log_scan_forward";
+    check_batch(where, B, T);
+    const Index D = log_a.cols();
+    check_steps(where, "log_a", log_a, B, T, D);
+    check_steps(where, "log_b", log_b, B, T, D);
+    check_steps(where, "log_h", log_h, B, T, D);
+    check_state(where, "log_h0", log_h0, B, D);
+    check_state(where, "log_h_last", log_h_last, B, D);
+
+    const Rows<Scalar> lhr = rows_of(log_h);
+    const Rows<const Scalar> lar = rows_of(log_a), lbr = rows_of(log_b);
+    const ScanPlan plan = make_plan<Scalar>(options, B, T, D, false);
+    for_each_channel_block(plan, B, [&](Index i) {
+        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
+        const Index n = std::min(plan.channel_width, D - c);
+        const Rows<Scalar> lh = lhr.at(s * T, c);
+        const Rows<const Scalar> la = lar.at(s * T, c), lb = lbr.at(s * T, c);
+        const Scalar* lh0 = state_row(log_h0, s, c);
+        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);  // a*_0
+        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;  // v_0
+        Buf<Scalar> v(n), mx(n);
+        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
+        Row<Scalar>(lh.row(0), n) = astar + lse;
+        for (Index t = 1; t < T; ++t) {
+            astar += CRow<Scalar>(la.row(t), n);
+            v = CRow<Scalar>(lb.row(t), n) - astar;
+            log_add_exp(lse, v, mx);
+            Row<Scalar>(lh.row(t), n) = astar + lse;
+        }
+    });
+    copy_last(log_h_last, Rows<const Scalar>{lhr.data, lhr.stride}, B, T);
+}
+
+/// Gradients of the log-space scan, as autograd takes them through cumsum and
+/// logcumsumexp (the latter in log space, split by the sign of the gradient):
+///   dL/dv_s    = sum_{t>=s} G_t exp(v_s - LSE_t),   G_t = dL/dlog h_t
+///   dL/dlog b  = dL/dv,   dL/dlog h0 = dL/dv_{-1},
+///   dL/dlog a_r = sum_{t>=r} (G_t - dL/dv_t)        (a*_t enters log h_t and v_t).
+/// The forward is recomputed (a* and LSE) into the outputs' memory, so nothing is saved.
+///   dlog_a, dlog_b (B*T, D) out, distinct from the inputs; dlog_h0 (B, D) out (empty:
+///   skipped); dlog_h (B*T, D); dlog_h_last (B, D) or empty; log_a, log_b, log_h0 as in the forward.
+template <typename Scalar>
+void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, MatrixRef<Scalar> dlog_h0,
+                       ConstMatrixRef<Scalar> dlog_h, ConstMatrixRef<Scalar> dlog_h_last,
+                       ConstMatrixRef<Scalar> log_a, ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0,
+                       Index B, Index T, ScanOptions options = {}) {
+    using namespace scan_detail;
+    const std::string where = "log_scan_backward";
+    check_batch(where, B, T);
+    const Index D = log_a.cols();
+    check_steps(where, "log_a", log_a, B, T, D);
+    check_steps(where, "log_b", log_b, B, T, D);
+    check_steps(where, "dlog_h", dlog_h, B, T, D);
+    check_steps(where, "dlog_a", dlog_a, B, T, D);
+    check_steps(where, "dlog_b", dlog_b, B, T, D);
+    check_state(where, "log_h0", log_h0, B, D);
+    check_state(where, "dlog_h_last", dlog_h_last, B, D);
+    check_state(where, "dlog_h0", dlog_h0, B, D);
+
+    const Rows<Scalar> dar = rows_of(dlog_a), dbr = rows_of(dlog_b);
+    const Rows<const Scalar> gr = rows_of(dlog_h), lar = rows_of(log_a), lbr = rows_of(log_b);
+    const ScanPlan plan = make_plan<Scalar>(options, B, T, D, false);
+    constexpr Scalar ninf = -std::numeric_limits<Scalar>::infinity();
+    for_each_channel_block(plan, B, [&](Index i) {
+        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
+        const Index n = std::min(plan.channel_width, D - c);
+        const Rows<Scalar> da = dar.at(s * T, c), db = dbr.at(s * T, c);
+        const Rows<const Scalar> g = gr.at(s * T, c), la = lar.at(s * T, c), lb = lbr.at(s * T, c);
+        const Scalar* lh0 = state_row(log_h0, s, c);
+        const Scalar* glast = state_row(dlog_h_last, s, c);
+        // Recompute the forward: a*_t into dlog_a, LSE_t into dlog_b.
+        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);
+        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;
+        Buf<Scalar> v(n), mx(n);
+        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
+        Row<Scalar>(da.row(0), n) = astar;
+        Row<Scalar>(db.row(0), n) = lse;
+        for (Index t = 1; t < T; ++t) {
+            astar += CRow<Scalar>(la.row(t), n);
+            v = CRow<Scalar>(lb.row(t), n) - astar;
+            log_add_exp(lse, v, mx);
+            Row<Scalar>(da.row(t), n) = astar;
+            Row<Scalar>(db.row(t), n) = lse;
+        }
+        // Reverse: R+-_s = log sum_{t>=s, +-G_t>0} |G_t| exp(-LSE_t); dL/dv_s = exp(R+_s + v_s) - exp(R-_s + v_s).
+        // log(max(+-G, 0)) is -inf where G has the other sign (or is 0), so neither sum sees it.
+        Buf<Scalar> rpos = Buf<Scalar>::Constant(n, ninf), rneg = rpos, w(n), grad(n), dv(n);
+        Buf<Scalar> sum = Buf<Scalar>::Zero(n);
+        for (Index t = T - 1; t >= 0; --t) {
+            grad = CRow<Scalar>(g.row(t), n);
+            if (t == T - 1 && glast) grad += CRow<Scalar>(glast, n);
+            v = CRow<Scalar>(lb.row(t), n) - CRow<Scalar>(da.row(t), n);
+            w = grad.max(Scalar(0)).log() - CRow<Scalar>(db.row(t), n);
+            log_add_exp(rpos, w, mx);
+            w = (-grad).max(Scalar(0)).log() - CRow<Scalar>(db.row(t), n);
+            log_add_exp(rneg, w, mx);
+            dv = (rpos + v).exp() - (rneg + v).exp();
+            sum += grad - dv;
+            Row<Scalar>(db.row(t), n) = dv;
+            Row<Scalar>(da.row(t), n) = sum;
+        }
+        if (Scalar* out = state_row(dlog_h0, s, c)) {
+            if (lh0) {
+                const CRow<Scalar> l0(lh0, n);
+                Row<Scalar>(out, n) = (rpos + l0).exp() - (rneg + l0).exp();
+            } else {
+                Row<Scalar>(out, n).setZero();  // h0 = 0 is not a point log space can differentiate at
+            }
+        }
+    });
+}
+
+}  // namespace seqnn
