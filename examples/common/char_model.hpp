@@ -5,6 +5,7 @@
 
 #include "cli.hpp"
 
+#include <seqnn/io.hpp>
 #include <seqnn/models/language_model.hpp>
 
 #include <map>

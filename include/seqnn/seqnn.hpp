@@ -1,4 +1,6 @@
-// seqnn: header-only sequence models on Eigen and OpenMP. Include this for everything.
+// seqnn: header-only sequence models on Eigen and OpenMP. Include this for everything but
+// files: reading and writing safetensors, state dicts and checkpoints is seqnn/io.hpp, so
+// that code without files does not compile nlohmann/json.
 #pragma once
 
 #include "seqnn/core/checked.hpp"
@@ -15,9 +17,6 @@
 #include "seqnn/kernels/log_scan.hpp"
 #include "seqnn/kernels/scan.hpp"
 #include "seqnn/kernels/scan_sequence.hpp"
-
-#include "seqnn/io/safetensors.hpp"
-#include "seqnn/io/state_dict.hpp"
 
 #include "seqnn/nn/activations.hpp"
 #include "seqnn/layers/dropout.hpp"
@@ -43,7 +42,6 @@
 #include "seqnn/models/rowwise.hpp"
 #include "seqnn/models/sequential.hpp"
 
-#include "seqnn/train/checkpoint.hpp"
 #include "seqnn/train/loss.hpp"
 #include "seqnn/train/optimizer.hpp"
 #include "seqnn/train/schedule.hpp"
