@@ -32,8 +32,6 @@ struct Parameter {
 
     /// The number of scalars.
     Index size() const { return value.size(); }
-    /// Whether the PyTorch tensor is one-dimensional (a bias, a norm's weight).
-    bool is_vector() const { return shape.size() == 1; }
     auto row() const { return value.row(0); }  ///< a vector parameter as a row vector
     /// Sets the gradient to zero.
     void zero_grad() { grad.setZero(); }
