@@ -321,3 +321,129 @@ TEST(MinRNNOptionsTest, LogSpaceRejectsANegativeInitialState) {
     seqnn::testing::expect_shape_error([&] { layer.forward(random_sequence<double>(2, 3, 4, rng), &state); },
                                        {"MinLSTM", "(2, 4)", "positive"});
 }
+
+namespace {
+
+// Restores the thread count a test changed.
+class ThreadGuard {
+public:
+    ThreadGuard() : saved_(num_threads()) {}
+    ~ThreadGuard() { set_num_threads(saved_); }
+    ThreadGuard(const ThreadGuard&) = delete;
+    ThreadGuard& operator=(const ThreadGuard&) = delete;
+
+private:
+    int saved_;
+};
+
+// One training forward and backward from a nonzero state: y, the final state, dx,
+// dL/d(initial state) and every parameter's gradient.
+std::vector<Matrix<double>> forward_and_backward(MinRNN<double>& layer, const Sequence<double>& x,
+                                                 const Sequence<double>& dy, const Matrix<double>& h0) {
+    layer.zero_grad();
+    State<double> state;
+    state.tensors = {h0};
+    state.batch = x.batch;
+    Context<double> ctx;
+    const Sequence<double> y = layer.forward(x, &state, &ctx);
+    State<double> d_initial;
+    const Sequence<double> dx = layer.backward(dy, ctx, &state, &d_initial);
+    std::vector<Matrix<double>> out{y.data, state.tensors[0], dx.data, d_initial.tensors[0]};
+    for (const auto& p : layer.parameters()) out.push_back(p.param->grad);
+    return out;
+}
+
+}  // namespace
+
+// The split is an option: each forced split, Auto and the sequential mode give the same
+// outputs and gradients, and scan_plan reports the split that ran.
+TEST(MinRNNSplit, EveryForcedSplitGivesTheSameOutputsAndGradients) {
+    ThreadGuard guard;
+    set_num_threads(3);
+    for (const Cell cell : {Cell::MinGru, Cell::MinLstm})
+        for (const MinRNNMode mode : {MinRNNMode::Parallel, MinRNNMode::LogSpace}) {
+            const Config c{cell, MinRNNMode::Sequential, HiddenActivation::PositiveG, 7, true};
+            Rng rng(41);
+            auto layer = make_layer<double>(c, rng);  // D = 5 -> E = 7 -> D = 5
+            const Index B = 3, T = 101;                // odd sizes: uneven pieces and channel blocks
+            const Sequence<double> x = random_sequence<double>(B, T, 5, rng);
+            const Sequence<double> dy = random_sequence<double>(B, T, layer->output_size(), rng);
+            const Matrix<double> h0 = random_h0(B, c.hidden, rng);
+            EXPECT_TRUE(layer->scan_plan(B, T).sequential());
+            const auto reference = forward_and_backward(*layer, x, dy, h0);
+
+            layer->set_mode(mode);
+            for (const ScanSplit split : {ScanSplit::Auto, ScanSplit::Channels, ScanSplit::Time}) {
+                if (split == ScanSplit::Time && mode == MinRNNMode::LogSpace) continue;  // refused, tested below
+                layer->set_split(split);
+                EXPECT_EQ(layer->split(), split);
+                const ScanPlan plan = layer->scan_plan(B, T);
+                if (split != ScanSplit::Auto && openmp_enabled()) {
+                    EXPECT_EQ(plan.split, split);
+                    EXPECT_EQ(plan.threads, 3);
+                    if (split == ScanSplit::Time) {
+                        EXPECT_EQ(plan.pieces, 3);
+                        EXPECT_EQ(plan.piece_steps, 34);
+                    } else {
+                        EXPECT_EQ(plan.channel_blocks, 1);  // 7 doubles: one cache line
+                    }
+                } else if (split != ScanSplit::Auto) {
+                    EXPECT_TRUE(plan.sequential());  // one thread without OpenMP
+                }
+                const auto got = forward_and_backward(*layer, x, dy, h0);
+                ASSERT_EQ(got.size(), reference.size());
+                const double tol = mode == MinRNNMode::LogSpace ? 1e-11 : 1e-12;
+                for (std::size_t k = 0; k < got.size(); ++k)
+                    EXPECT_LT(relative_error(got[k], reference[k]), tol)
+                        << (cell == Cell::MinGru ? "MinGRU" : "MinLSTM") << " mode " << static_cast<int>(mode)
+                        << " split " << static_cast<int>(split) << ", tensor " << k;
+            }
+        }
+}
+
+// One long sequence, where Auto could take either split: the plan follows the option,
+// Auto reports what kernels/scan.hpp's scan_plan chooses, and every split agrees.
+TEST(MinRNNSplit, ThePlanFollowsTheOptionAndAutoMatchesAForcedSplit) {
+    ThreadGuard guard;
+    set_num_threads(2);
+    Rng rng(42);
+    MinGRU<double> layer({.input_size = 5, .hidden_size = 33, .split = ScanSplit::Time}, rng);
+    EXPECT_EQ(layer.options().split, ScanSplit::Time);
+    const ScanPlan time = layer.scan_plan(1, 2001);
+    if (openmp_enabled()) {
+        EXPECT_EQ(time.split, ScanSplit::Time);
+        EXPECT_EQ(time.pieces, 2);
+    }
+    const Sequence<double> x = random_sequence<double>(1, 2001, 5, rng);
+    const Sequence<double> y_time = layer.forward(x);
+    layer.set_split(ScanSplit::Channels);
+    const ScanPlan channels = layer.scan_plan(1, 2001);
+    if (openmp_enabled()) {
+        EXPECT_EQ(channels.split, ScanSplit::Channels);
+    }
+    EXPECT_LT(relative_error(layer.forward(x).data, y_time.data), 1e-12);
+    layer.set_split(ScanSplit::Auto);
+    const ScanPlan automatic = layer.scan_plan(1, 2001);
+    EXPECT_EQ(automatic.split, scan_plan<double>(1, 2001, 33).split);
+    EXPECT_EQ(automatic.threads, scan_plan<double>(1, 2001, 33).threads);
+    EXPECT_LT(relative_error(layer.forward(x).data, y_time.data), 1e-12);
+}
+
+TEST(MinRNNSplit, AContradictorySplitIsRefused) {
+    Rng rng(43);
+    using seqnn::testing::expect_shape_error;
+    expect_shape_error([&] { MinGRU<float>({.input_size = 4, .mode = MinRNNMode::LogSpace, .split = ScanSplit::Time}, rng); },
+                       {"MinGRU", "log-space", "channels only", "ScanSplit::Time"});
+    expect_shape_error(
+        [&] { MinLSTM<float>({.input_size = 4, .mode = MinRNNMode::Sequential, .split = ScanSplit::Channels}, rng); },
+        {"MinLSTM", "ScanSplit::Channels", "Sequential"});
+    expect_shape_error([&] { MinGRU<float>({.input_size = 4, .split = static_cast<ScanSplit>(7)}, rng); },
+                       {"MinGRU", "split", "Auto, Channels or Time", "7"});
+    MinLSTM<double> layer({.input_size = 4, .mode = MinRNNMode::LogSpace}, rng);
+    expect_shape_error([&] { layer.set_split(ScanSplit::Time); }, {"MinLSTM", "ScanSplit::Time"});
+    EXPECT_EQ(layer.split(), ScanSplit::Auto);  // a refused option changes nothing
+    layer.set_split(ScanSplit::Channels);
+    expect_shape_error([&] { layer.set_mode(MinRNNMode::Sequential); }, {"MinLSTM", "Sequential"});
+    EXPECT_EQ(layer.mode(), MinRNNMode::LogSpace);
+    expect_shape_error([&] { (void)layer.scan_plan(0, 5); }, {"MinLSTM.scan_plan", "B=0"});
+}

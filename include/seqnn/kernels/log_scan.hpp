@@ -36,6 +36,25 @@ void log_add_exp(Buf<S>& acc, const Buf<S>& v, Buf<S>& mx) {
             if (std::isnan(acc[c]) && mx[c] == ninf) acc[c] = ninf;
 }
 
+// The forward recurrence over one (sequence, channel block) of n channels: for t = 0..T-1,
+// a*_t and LSE_t (with lse starting from log h0 when lh0 is not null), handed to
+// row(t, astar, lse). log_scan_forward writes log h_t = a*_t + LSE_t; the backward keeps
+// both. row is a lambda: it inlines, so the loop is what it would be written out.
+template <typename S, typename Row>
+void log_forward_run(Rows<const S> la, Rows<const S> lb, const S* lh0, Index T, Index n, const Row& row) {
+    Buf<S> astar = CRow<S>(la.row(0), n);  // a*_0
+    Buf<S> lse = CRow<S>(lb.row(0), n) - astar;  // v_0
+    Buf<S> v(n), mx(n);
+    if (lh0) log_add_exp(lse, v = CRow<S>(lh0, n), mx);
+    row(0, astar, lse);
+    for (Index t = 1; t < T; ++t) {
+        astar += CRow<S>(la.row(t), n);
+        v = CRow<S>(lb.row(t), n) - astar;
+        log_add_exp(lse, v, mx);
+        row(t, astar, lse);
+    }
+}
+
 }  // namespace scan_detail
 
 /// How log_scan_forward and log_scan_backward, called now with these sizes and options,
@@ -52,35 +71,18 @@ void log_scan_forward(MatrixRef<Scalar> log_h, MatrixRef<Scalar> log_h_last, Con
                       ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0, Index B, Index T,
                       ScanOptions options = {}) {
     using namespace scan_detail;
-    const std::string where = "log_scan_forward";
-    check_batch(where, B, T);
-    const Index D = log_a.cols();
-    check_steps(where, "log_a", log_a, B, T, D);
-    check_steps(where, "log_b", log_b, B, T, D);
-    check_steps(where, "log_h", log_h, B, T, D);
-    check_state(where, "log_h0", log_h0, B, D);
-    check_state(where, "log_h_last", log_h_last, B, D);
+    const Index D = check_operands("log_scan_forward", B, T, {{"log_a", log_a}, {"log_b", log_b}, {"log_h", log_h}},
+                                   {{"log_h0", log_h0}, {"log_h_last", log_h_last}});
 
     const Rows<Scalar> lhr = rows_of(log_h);
     const Rows<const Scalar> lar = rows_of(log_a), lbr = rows_of(log_b);
     const ScanPlan plan = make_plan<Scalar>(options, B, T, D, false);
-    for_each_channel_block(plan, B, [&](Index i) {
-        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
-        const Index n = std::min(plan.channel_width, D - c);
+    for_each_channel_block(plan, B, D, [&](Index s, Index c, Index n) {
         const Rows<Scalar> lh = lhr.at(s * T, c);
-        const Rows<const Scalar> la = lar.at(s * T, c), lb = lbr.at(s * T, c);
-        const Scalar* lh0 = state_row(log_h0, s, c);
-        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);  // a*_0
-        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;  // v_0
-        Buf<Scalar> v(n), mx(n);
-        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
-        Row<Scalar>(lh.row(0), n) = astar + lse;
-        for (Index t = 1; t < T; ++t) {
-            astar += CRow<Scalar>(la.row(t), n);
-            v = CRow<Scalar>(lb.row(t), n) - astar;
-            log_add_exp(lse, v, mx);
-            Row<Scalar>(lh.row(t), n) = astar + lse;
-        }
+        log_forward_run<Scalar>(lar.at(s * T, c), lbr.at(s * T, c), state_row(log_h0, s, c), T, n,
+                                [&](Index t, const Buf<Scalar>& astar, const Buf<Scalar>& lse) {
+                                    Row<Scalar>(lh.row(t), n) = astar + lse;
+                                });
     });
     copy_last(log_h_last, Rows<const Scalar>{lhr.data, lhr.stride}, B, T);
 }
@@ -99,46 +101,28 @@ void log_scan_backward(MatrixRef<Scalar> dlog_a, MatrixRef<Scalar> dlog_b, Matri
                        ConstMatrixRef<Scalar> log_a, ConstMatrixRef<Scalar> log_b, ConstMatrixRef<Scalar> log_h0,
                        Index B, Index T, ScanOptions options = {}) {
     using namespace scan_detail;
-    const std::string where = "log_scan_backward";
-    check_batch(where, B, T);
-    const Index D = log_a.cols();
-    check_steps(where, "log_a", log_a, B, T, D);
-    check_steps(where, "log_b", log_b, B, T, D);
-    check_steps(where, "dlog_h", dlog_h, B, T, D);
-    check_steps(where, "dlog_a", dlog_a, B, T, D);
-    check_steps(where, "dlog_b", dlog_b, B, T, D);
-    check_state(where, "log_h0", log_h0, B, D);
-    check_state(where, "dlog_h_last", dlog_h_last, B, D);
-    check_state(where, "dlog_h0", dlog_h0, B, D);
+    const Index D = check_operands("log_scan_backward", B, T,
+                                   {{"log_a", log_a}, {"log_b", log_b}, {"dlog_h", dlog_h}, {"dlog_a", dlog_a},
+                                    {"dlog_b", dlog_b}},
+                                   {{"log_h0", log_h0}, {"dlog_h_last", dlog_h_last}, {"dlog_h0", dlog_h0}});
 
     const Rows<Scalar> dar = rows_of(dlog_a), dbr = rows_of(dlog_b);
     const Rows<const Scalar> gr = rows_of(dlog_h), lar = rows_of(log_a), lbr = rows_of(log_b);
     const ScanPlan plan = make_plan<Scalar>(options, B, T, D, false);
     constexpr Scalar ninf = -std::numeric_limits<Scalar>::infinity();
-    for_each_channel_block(plan, B, [&](Index i) {
-        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
-        const Index n = std::min(plan.channel_width, D - c);
+    for_each_channel_block(plan, B, D, [&](Index s, Index c, Index n) {
         const Rows<Scalar> da = dar.at(s * T, c), db = dbr.at(s * T, c);
         const Rows<const Scalar> g = gr.at(s * T, c), la = lar.at(s * T, c), lb = lbr.at(s * T, c);
         const Scalar* lh0 = state_row(log_h0, s, c);
         const Scalar* glast = state_row(dlog_h_last, s, c);
         // Recompute the forward: a*_t into dlog_a, LSE_t into dlog_b.
-        Buf<Scalar> astar = CRow<Scalar>(la.row(0), n);
-        Buf<Scalar> lse = CRow<Scalar>(lb.row(0), n) - astar;
-        Buf<Scalar> v(n), mx(n);
-        if (lh0) log_add_exp(lse, v = CRow<Scalar>(lh0, n), mx);
-        Row<Scalar>(da.row(0), n) = astar;
-        Row<Scalar>(db.row(0), n) = lse;
-        for (Index t = 1; t < T; ++t) {
-            astar += CRow<Scalar>(la.row(t), n);
-            v = CRow<Scalar>(lb.row(t), n) - astar;
-            log_add_exp(lse, v, mx);
+        log_forward_run<Scalar>(la, lb, lh0, T, n, [&](Index t, const Buf<Scalar>& astar, const Buf<Scalar>& lse) {
             Row<Scalar>(da.row(t), n) = astar;
             Row<Scalar>(db.row(t), n) = lse;
-        }
+        });
         // Reverse: R+-_s = log sum_{t>=s, +-G_t>0} |G_t| exp(-LSE_t); dL/dv_s = exp(R+_s + v_s) - exp(R-_s + v_s).
         // log(max(+-G, 0)) is -inf where G has the other sign (or is 0), so neither sum sees it.
-        Buf<Scalar> rpos = Buf<Scalar>::Constant(n, ninf), rneg = rpos, w(n), grad(n), dv(n);
+        Buf<Scalar> rpos = Buf<Scalar>::Constant(n, ninf), rneg = rpos, v(n), w(n), mx(n), grad(n), dv(n);
         Buf<Scalar> sum = Buf<Scalar>::Zero(n);
         for (Index t = T - 1; t >= 0; --t) {
             grad = CRow<Scalar>(g.row(t), n);

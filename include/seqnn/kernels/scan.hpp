@@ -46,6 +46,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <initializer_list>
 #include <limits>
 #include <string>
 #include <vector>
@@ -168,12 +169,15 @@ ScanPlan make_plan(const ScanOptions& o, Index B, Index T, Index D, bool allow_t
     return plan;
 }
 
-// Runs item(i) for the plan's B * channel_blocks work items (sequence, channel block), in
-// contiguous runs of items, one per thread, or in a plain loop when sequential.
+// Runs item(s, c, n) for the plan's B * channel_blocks work items: sequence s, channels
+// [c, c + n) of D. Contiguous runs of items go to one thread each; sequential, a plain loop.
 template <typename Item>
-void for_each_channel_block(const ScanPlan& plan, Index B, const Item& item) {
+void for_each_channel_block(const ScanPlan& plan, Index B, Index D, const Item& item) {
     parallel_blocks(plan.threads, B * plan.channel_blocks, [&](Index i0, Index i1) {
-        for (Index i = i0; i < i1; ++i) item(i);
+        for (Index i = i0; i < i1; ++i) {
+            const Index c = (i % plan.channel_blocks) * plan.channel_width;
+            item(i / plan.channel_blocks, c, std::min(plan.channel_width, D - c));
+        }
     });
 }
 
@@ -404,7 +408,7 @@ struct Round {
 };
 
 // Kernel: start(s, carry) -> bool (a nonzero initial carry?), first(s, u0, u1, carry or
-// nullptr, end), local(s, x0, x1, prod, exp, fresh), edge(s, u0, u1, end),
+// nullptr), local(s, x0, x1, prod, exp, fresh), edge(s, u0, u1, end),
 // fixup(s, y0, y1, carry, before or nullptr, before_exp, k), finish(s, carry).
 // A product of a's is prod * 2^exp (see renormalize).
 template <typename S, typename Kernel>
@@ -429,7 +433,8 @@ void time_split(const Kernel& kernel, Index B, Index T, Index D, const ScanPlan&
                 auto mark_exp = [&](Index q) { return base + (4 * P + q) * D; };
                 const Index u0 = g.piece_begin(p), u1 = g.piece_end(p);
                 if (p == 0) {  // (1) the first piece knows its carry
-                    kernel.first(s, u0, u1, known ? carry(0) : nullptr, end(0));
+                    kernel.first(s, u0, u1, known ? carry(0) : nullptr);
+                    kernel.edge(s, u0, u1, end(0));
                 } else if (u0 < u1) {  // (1) the others scan from zero, in segments cut at the parts' starts
                     Index x = u0;
                     for (Index q = 1; q < P; ++q) {
@@ -469,6 +474,14 @@ void time_split(const Kernel& kernel, Index B, Index T, Index D, const ScanPlan&
     });
 }
 
+// carry = row s of an optional (B, D) matrix m; false, carry untouched, when m is absent.
+template <typename S>
+bool load_row(const ConstMatrixRef<S>& m, Index s, S* carry) {
+    const S* init = state_row(m, s, 0);
+    if (init) Row<S>(carry, m.cols()) = CRow<S>(init, m.cols());
+    return init != nullptr;
+}
+
 // h_t = a_t h_{t-1} + b_t; u = t.
 template <typename S>
 struct ForwardKernel {
@@ -477,14 +490,9 @@ struct ForwardKernel {
     const ConstMatrixRef<S>& h0;
     Index T, D;
 
-    bool start(Index s, S* carry) const {
-        const S* init = state_row(h0, s, 0);
-        if (init) Row<S>(carry, D) = CRow<S>(init, D);
-        return init != nullptr;
-    }
-    void first(Index s, Index u0, Index u1, const S* carry, S* end) const {
+    bool start(Index s, S* carry) const { return load_row(h0, s, carry); }
+    void first(Index s, Index u0, Index u1, const S* carry) const {
         forward_run(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), u0, u1, D, carry);
-        edge(s, u0, u1, end);
     }
     void local(Index s, Index x0, Index x1, S* prod, S* exp, bool fresh) const {
         forward_local(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), x0, x1, D, prod, exp, fresh);
@@ -507,15 +515,10 @@ struct BackwardKernel {
     MatrixRef<S>& dh0;
     Index T, D;
 
-    bool start(Index s, S* carry) const {
-        const S* init = state_row(dh_last, s, 0);
-        if (init) Row<S>(carry, D) = CRow<S>(init, D);
-        return init != nullptr;
-    }
-    void first(Index s, Index u0, Index u1, const S* carry, S* end) const {
+    bool start(Index s, S* carry) const { return load_row(dh_last, s, carry); }
+    void first(Index s, Index u0, Index u1, const S* carry) const {
         backward_run(da.at(s * T, 0), db.at(s * T, 0), dh.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0),
                      state_row(h0, s, 0), T - u1, T - u0, D, carry);
-        edge(s, u0, u1, end);
     }
     void local(Index s, Index x0, Index x1, S* prod, S* exp, bool fresh) const {
         backward_local(da.at(s * T, 0), db.at(s * T, 0), dh.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0),
@@ -537,22 +540,29 @@ struct BackwardKernel {
 
 inline std::string dims(Index B, Index T) { return "B=" + std::to_string(B) + ", T=" + std::to_string(T); }
 
-inline void check_batch(const std::string& where, Index B, Index T) {
+// An operand's name and shape, for check_operands.
+struct Operand {
+    const char* name;
+    Index rows, cols;
+    template <typename Derived>
+    Operand(const char* operand, const Eigen::EigenBase<Derived>& m) : name(operand), rows(m.rows()), cols(m.cols()) {}
+};
+
+// The checks of every scan call: B and T positive, each of `steps` (B*T, D) with D the
+// first one's width, each of `states` empty or (B, D). Returns D.
+inline Index check_operands(const char* where, Index B, Index T, std::initializer_list<Operand> steps,
+                            std::initializer_list<Operand> states) {
     if (B <= 0 || T <= 0) fail(where, "empty batch: B and T must be positive, got " + dims(B, T));
-}
-
-// A (B*T, D) operand.
-template <typename Derived>
-void check_steps(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m, Index B,
-                 Index T, Index D) {
-    check_matrix(where, what + " (B*T, D) for " + dims(B, T) + ", D=" + std::to_string(D), m, B * T, D);
-}
-
-// An optional (B, D) operand: empty or exactly (B, D).
-template <typename Derived>
-void check_state(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m, Index B,
-                 Index D) {
-    if (m.size() != 0) check_matrix(where, what + " (B, D) or empty", m, B, D);
+    const Index D = steps.begin()->cols;
+    for (const Operand& m : steps)
+        if (m.rows != B * T || m.cols != D)
+            fail(where, std::string(m.name) + " (B*T, D) for " + dims(B, T) + ", D=" + std::to_string(D) +
+                            " has shape " + shape_string(m.rows, m.cols) + ", expected " + shape_string(B * T, D));
+    for (const Operand& m : states)
+        if (m.rows * m.cols != 0 && (m.rows != B || m.cols != D))
+            fail(where, std::string(m.name) + " (B, D) or empty has shape " + shape_string(m.rows, m.cols) +
+                            ", expected " + shape_string(B, D));
+    return D;
 }
 
 template <typename S>
@@ -581,14 +591,7 @@ template <typename Scalar>
 void scan_forward(MatrixRef<Scalar> h, MatrixRef<Scalar> h_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> b,
                   ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {}) {
     using namespace scan_detail;
-    const std::string where = "scan_forward";
-    check_batch(where, B, T);
-    const Index D = a.cols();
-    check_steps(where, "a", a, B, T, D);
-    check_steps(where, "b", b, B, T, D);
-    check_steps(where, "h", h, B, T, D);
-    check_state(where, "h0", h0, B, D);
-    check_state(where, "h_last", h_last, B, D);
+    const Index D = check_operands("scan_forward", B, T, {{"a", a}, {"b", b}, {"h", h}}, {{"h0", h0}, {"h_last", h_last}});
 
     const Rows<Scalar> hr = rows_of(h);
     const Rows<const Scalar> ar = rows_of(a), br = rows_of(b);
@@ -599,9 +602,7 @@ void scan_forward(MatrixRef<Scalar> h, MatrixRef<Scalar> h_last, ConstMatrixRef<
         return;
     }
     // Sequential, or the channels split: item i is (sequence s, channel block j).
-    for_each_channel_block(plan, B, [&](Index i) {
-        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
-        const Index n = std::min(plan.channel_width, D - c);
+    for_each_channel_block(plan, B, D, [&](Index s, Index c, Index n) {
         forward_run(hr.at(s * T, c), ar.at(s * T, c), br.at(s * T, c), 0, T, n, state_row(h0, s, c));
     });
     copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
@@ -616,17 +617,8 @@ void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar>
                    ConstMatrixRef<Scalar> dh_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> h,
                    ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {}) {
     using namespace scan_detail;
-    const std::string where = "scan_backward";
-    check_batch(where, B, T);
-    const Index D = a.cols();
-    check_steps(where, "a", a, B, T, D);
-    check_steps(where, "h", h, B, T, D);
-    check_steps(where, "dh", dh, B, T, D);
-    check_steps(where, "da", da, B, T, D);
-    check_steps(where, "db", db, B, T, D);
-    check_state(where, "h0", h0, B, D);
-    check_state(where, "dh_last", dh_last, B, D);
-    check_state(where, "dh0", dh0, B, D);
+    const Index D = check_operands("scan_backward", B, T, {{"a", a}, {"h", h}, {"dh", dh}, {"da", da}, {"db", db}},
+                                   {{"h0", h0}, {"dh_last", dh_last}, {"dh0", dh0}});
 
     const Rows<Scalar> dar = rows_of(da), dbr = rows_of(db);
     const Rows<const Scalar> dhr = rows_of(dh), ar = rows_of(a), hr = rows_of(h);
@@ -635,9 +627,7 @@ void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar>
         time_split<Scalar>(BackwardKernel<Scalar>{dar, dbr, dhr, ar, hr, h0, dh_last, dh0, T, D}, B, T, D, plan);
         return;
     }
-    for_each_channel_block(plan, B, [&](Index i) {
-        const Index s = i / plan.channel_blocks, c = (i % plan.channel_blocks) * plan.channel_width;
-        const Index n = std::min(plan.channel_width, D - c);
+    for_each_channel_block(plan, B, D, [&](Index s, Index c, Index n) {
         const Rows<Scalar> dbs = dbr.at(s * T, c);
         const Rows<const Scalar> as = ar.at(s * T, c);
         backward_run(dar.at(s * T, c), dbs, dhr.at(s * T, c), as, hr.at(s * T, c), state_row(h0, s, c), 0, T, n,
@@ -647,7 +637,3 @@ void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar>
 }
 
 }  // namespace seqnn
-
-// layers/min_rnn.hpp reaches log_scan_forward through this header; removed once it
-// includes kernels/log_scan.hpp itself.
-#include "seqnn/kernels/log_scan.hpp"

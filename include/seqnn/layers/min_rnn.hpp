@@ -6,6 +6,8 @@
 //   4. optionally one GEMM: y = h W_out^T back to D features    (B*T, E) -> (B*T, D)
 // The cells (mingru.hpp, minlstm.hpp) define step 2 and its derivative; this
 // class does the rest, in any of three scan modes that all give the same result.
+// MinRNNOptions::split forces the parallel scan's split (by channels or by time), and
+// scan_plan(B, T) reports the split, threads and pieces a forward of that size runs.
 //
 // Parameter names follow lucidrains/minGRU-pytorch, so its checkpoints load:
 // the input projection's rows are [hidden, gate(s)], and `to_out` exists only
@@ -14,8 +16,10 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/scratch.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/kernels/elementwise.hpp"
+#include "seqnn/kernels/log_scan.hpp"
 #include "seqnn/kernels/scan.hpp"
 #include "seqnn/nn/linear.hpp"
 
@@ -47,6 +51,11 @@ struct MinRNNOptions {
     HiddenActivation activation = HiddenActivation::PositiveG;
     /// How the recurrence is evaluated.
     MinRNNMode mode = MinRNNMode::Parallel;
+    /// How the parallel scan divides the work (kernels/scan.hpp): Auto lets the sizes and
+    /// core/parallel.hpp's rule decide, Channels or Time force that split on every thread.
+    /// A forced split needs a parallel mode; the log-space scan splits over channels only.
+    /// MinRNN::scan_plan reports what a forward would run.
+    ScanSplit split = ScanSplit::Auto;
 };
 
 namespace min_rnn_math {
@@ -99,6 +108,8 @@ public:
     /// Row-major array for the element-wise gate math.
     using Array = Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+    /// "MinGRU" or "MinLSTM".
+    std::string kind() const override { return kind_; }
     /// The options it was made with.
     const MinRNNOptions& options() const { return options_; }
     Index input_size() const override { return options_.input_size; }
@@ -111,8 +122,27 @@ public:
     MinRNNMode mode() const { return options_.mode; }
     /// Chooses how the recurrence is evaluated; all modes give the same outputs.
     void set_mode(MinRNNMode mode) {
-        check_mode(mode);
+        check_options(this->kind(), options_.activation, mode, options_.split);
         options_.mode = mode;
+    }
+    /// How the parallel scan divides the work.
+    ScanSplit split() const { return options_.split; }
+    /// Chooses how the parallel scan divides the work; every split gives the same outputs.
+    void set_split(ScanSplit split) {
+        check_options(this->kind(), options_.activation, options_.mode, split);
+        options_.split = split;
+    }
+    /// How forward's scan (and backward's reverse scan) would run, called now for B = `batch`
+    /// sequences of T = `steps` steps: sequentially, or which split on how many threads in
+    /// how many pieces (kernels/scan.hpp's scan_plan over the E channels of h). The
+    /// log-space mode reports its forward's plan; its backward runs the linear-space
+    /// reverse scan, with this layer's split.
+    ScanPlan scan_plan(Index batch, Index steps) const {
+        if (batch <= 0 || steps <= 0)
+            fail(this->where("scan_plan"), "B and T must be positive, got B=" + std::to_string(batch) +
+                                               ", T=" + std::to_string(steps));
+        if (options_.mode == MinRNNMode::LogSpace) return log_scan_plan<Scalar>(batch, steps, hidden_size_, scan_options());
+        return seqnn::scan_plan<Scalar>(batch, steps, hidden_size_, scan_options());
     }
 
     /// The input projection to [hidden, gates].
@@ -192,13 +222,13 @@ protected:
             const bool zero_start = h0.isZero(0);
             if (!zero_start) check_positive(this->where(Call::Forward), h0);
             const Matrix<Scalar> log_h0 = zero_start ? Matrix<Scalar>() : Matrix<Scalar>(h0.array().log().matrix());
-            log_scan_forward<Scalar>(h, h_final, a, b, log_h0, B, T);  // log h, log h_T
-            parallel_row_blocks(N, E, [&](Index r0, Index r1) {
+            log_scan_forward<Scalar>(h, h_final, a, b, log_h0, B, T, scan_options());  // log h, log h_T
+            parallel_for(N, streamed_work(E), [&](Index r0, Index r1) {
                 h.middleRows(r0, r1 - r0).array() = h.middleRows(r0, r1 - r0).array().exp();
             });
             h_final = h_final.array().exp().matrix();
         } else {
-            scan_forward<Scalar>(h, h_final, a, b, h0, B, T, {.mode = scan_mode()});
+            scan_forward<Scalar>(h, h_final, a, b, h0, B, T, scan_options());
         }
 
         if (projects())
@@ -234,10 +264,10 @@ protected:
         // The log-space mode computes the same function, so it shares this gradient.
         Matrix<Scalar> dh0(B, E);
         const Matrix<Scalar> dh_final = d_final ? d_final->tensors[0] : Matrix<Scalar>();
-        scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, {.mode = scan_mode()});
+        scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, scan_options());
 
         Eigen::Map<Matrix<Scalar>> d_pre = scratch_matrix<Scalar>(ScratchSlot::C, N, GE);
-        parallel_row_blocks(N, E, [&](Index r0, Index r1) {
+        parallel_for(N, streamed_work(E), [&](Index r0, Index r1) {
             const Index n = r1 - r0;
             coefficients_backward(pre.middleRows(r0, n), da.middleRows(r0, n), db.middleRows(r0, n),
                                   d_pre.middleRows(r0, n));
@@ -269,7 +299,7 @@ protected:
 
     /// gate_count: 2 for minGRU (hidden, gate), 3 for minLSTM (hidden, f, i).
     MinRNN(const std::string& kind, MinRNNOptions options, int gate_count, const std::string& in_proj_name, Rng& rng)
-        : options_(options), gate_count_(gate_count), in_proj_name_(in_proj_name) {
+        : kind_(kind), options_(options), gate_count_(gate_count), in_proj_name_(in_proj_name) {
         if (options.input_size <= 0)
             fail(kind, "input_size must be positive, got " + std::to_string(options.input_size));
         if (options.hidden_size < 0)
@@ -277,7 +307,7 @@ protected:
                            std::to_string(options.hidden_size));
         hidden_size_ = options.hidden_size > 0 ? options.hidden_size
                                                : checked_scaled_size(kind, "expansion", options.input_size, options.expansion);
-        check_mode(options.mode, kind);
+        check_options(kind, options.activation, options.mode, options.split);
         // The projections' sizes, checked before anything is allocated: (G*E, D) and (D, E).
         const Index gates_width = checked_mul(kind, gate_count, hidden_size_);
         checked_elements(kind, gates_width, options.input_size);
@@ -307,7 +337,7 @@ private:
     }
     void compute_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> coeffs, bool log_space) const {
         const Index E = hidden_size_;
-        parallel_row_blocks(pre.rows(), E, [&](Index r0, Index r1) {
+        parallel_for(pre.rows(), streamed_work(E), [&](Index r0, Index r1) {
             const Index n = r1 - r0;
             auto a = coeffs.middleCols(E, E).middleRows(r0, n), b = coeffs.leftCols(E).middleRows(r0, n);
             if (log_space)
@@ -317,14 +347,25 @@ private:
         });
     }
 
-    ScanMode scan_mode() const {
-        return options_.mode == MinRNNMode::Sequential ? ScanMode::Sequential : ScanMode::Parallel;
+    ScanOptions scan_options() const {
+        return {.mode = options_.mode == MinRNNMode::Sequential ? ScanMode::Sequential : ScanMode::Parallel,
+                .split = options_.split};
     }
 
-    void check_mode(MinRNNMode mode, const std::string& kind = "") const {
-        if (mode == MinRNNMode::LogSpace && options_.activation != HiddenActivation::PositiveG)
-            fail(kind.empty() ? this->kind() : kind,
-                 "the log-space scan needs h > 0: use HiddenActivation::PositiveG, not Identity");
+    // Refuses a combination of options that cannot run as asked.
+    static void check_options(const std::string& kind, HiddenActivation activation, MinRNNMode mode, ScanSplit split) {
+        if (mode == MinRNNMode::LogSpace && activation != HiddenActivation::PositiveG)
+            fail(kind, "the log-space scan needs h > 0: use HiddenActivation::PositiveG, not Identity");
+        if (split != ScanSplit::Auto && split != ScanSplit::Channels && split != ScanSplit::Time)
+            fail(kind, "split must be ScanSplit::Auto, Channels or Time, got " +
+                           std::to_string(static_cast<int>(split)));
+        if (split != ScanSplit::Auto && mode == MinRNNMode::Sequential)
+            fail(kind, std::string("split ScanSplit::") + (split == ScanSplit::Time ? "Time" : "Channels") +
+                           " forces a parallel split, but the mode is MinRNNMode::Sequential (time in order on one "
+                           "thread); use MinRNNMode::Parallel or ScanSplit::Auto");
+        if (split == ScanSplit::Time && mode == MinRNNMode::LogSpace)
+            fail(kind, "the log-space scan splits over channels only: ScanSplit::Time needs MinRNNMode::Parallel "
+                       "(use ScanSplit::Channels or Auto with MinRNNMode::LogSpace)");
     }
 
     static void check_positive(const std::string& where, const Matrix<Scalar>& h0) {
@@ -333,6 +374,7 @@ private:
                             shape_string(h0) + " has entries <= 0 (use a linear-space mode for such states)");
     }
 
+    std::string kind_;
     MinRNNOptions options_;
     int gate_count_;
     std::string in_proj_name_;
