@@ -98,6 +98,31 @@ void check_operand(const char* where, const char* what, const Eigen::EigenBase<D
                         shape_text(s));
 }
 
+// The checks of both directions: the shape and options, then q, k, v and out (any of them
+// a column block of a wider matrix) and the lengths. Builds a message only to fail.
+template <typename Q, typename K, typename V, typename O>
+void check_call(const char* where, const AttentionShape& s, const AttentionOptions& o, const Q& q, const K& k,
+                const V& v, const O& out, std::span<const Index> lengths) {
+    check_shape(where, s, o);
+    const Index queries = s.batch * s.q_steps, keys = s.batch * s.kv_rows(), E = s.model_dim();
+    check_operand(where, "q", q, queries, E, s);
+    check_operand(where, "k", k, keys, E, s);
+    check_operand(where, "v", v, keys, E, s);
+    check_operand(where, "out", out, queries, E, s);
+    if (!lengths.empty() && static_cast<Index>(lengths.size()) != s.batch)
+        fail(where, "got " + std::to_string(lengths.size()) + " lengths for " + shape_text(s));
+}
+
+// Query and key rows per tile, and the work of a call: 4 B H Tq Tk Dh flops.
+struct Tiling {
+    Index bq, bk;
+    double flops;
+};
+inline Tiling tiling_of(const AttentionShape& s, const AttentionOptions& o) {
+    return {std::min(o.q_block, s.q_steps), std::min(o.kv_block, s.kv_steps),
+            4.0 * double(s.batch * s.heads * s.q_steps) * double(s.kv_steps) * double(s.head_dim)};
+}
+
 // Keys sequence b may see at all: min(Tk, length[b]).
 inline Index visible_keys(const AttentionShape& s, std::span<const Index> lengths, Index b) {
     return lengths.empty() ? s.kv_steps : std::clamp<Index>(lengths[static_cast<std::size_t>(b)], 0, s.kv_steps);
@@ -117,8 +142,8 @@ inline Index round_up(Index n) { return (n + 15) / 16 * 16; }  // 64-byte steps 
 
 // Per-thread scratch of the forward, in scalars: Qs and O (bq, Dh), S (bq, bk), m and l (bq).
 inline Index forward_slot(const AttentionShape& s, const AttentionOptions& o) {
-    const Index bq = std::min(o.q_block, s.q_steps), bk = std::min(o.kv_block, s.kv_steps);
-    return 2 * round_up(bq * s.head_dim) + round_up(bq * bk) + 2 * round_up(bq);
+    const Tiling t = tiling_of(s, o);
+    return 2 * round_up(t.bq * s.head_dim) + round_up(t.bq * t.bk) + 2 * round_up(t.bq);
 }
 
 template <typename Scalar>
@@ -184,21 +209,15 @@ void attention_forward(const AttentionShape& s, const AttentionOptions& o, const
                        std::span<Scalar> workspace = {}) {
     using namespace attention_detail;
     const char* where = "attention_forward";  // not a std::string: with a workspace nothing allocates
-    check_shape(where, s, o);
-    const Index B = s.batch, H = s.heads, Dh = s.head_dim, Tq = s.q_steps, E = s.model_dim(), L = s.kv_rows();
-    check_operand(where, "q", q, B * Tq, E, s);
-    check_operand(where, "k", k, B * L, E, s);
-    check_operand(where, "v", v, B * L, E, s);
-    check_operand(where, "out", out, B * Tq, E, s);
-    if (!lengths.empty() && static_cast<Index>(lengths.size()) != B)
-        fail(where, "got " + std::to_string(lengths.size()) + " lengths for " + shape_text(s));
+    check_call(where, s, o, q, k, v, out, lengths);
+    const Index B = s.batch, H = s.heads, Dh = s.head_dim, Tq = s.q_steps, L = s.kv_rows();
     if (lse && (lse->rows() != B * Tq || lse->cols() != H)) lse->resize(B * Tq, H);
 
-    const Index bq = std::min(o.q_block, Tq), bk = std::min(o.kv_block, s.kv_steps);
+    const Tiling tiling = tiling_of(s, o);
+    const Index bq = tiling.bq, bk = tiling.bk;
     const Index q_blocks = (Tq + bq - 1) / bq, items = B * H * q_blocks;
     const Index slot = forward_slot(s, o);
-    const double flops = 4.0 * double(B * H * Tq) * double(s.kv_steps) * double(Dh);
-    int threads = threads_for(flops, items);
+    int threads = threads_for(tiling.flops, items);
     AlignedVector<Scalar> owned;
     if (workspace.empty()) {
         owned.resize(static_cast<std::size_t>(threads * slot));
@@ -277,23 +296,18 @@ void attention_backward(const AttentionShape& s, const AttentionOptions& o, cons
                         MatrixRef<Scalar> dv, std::span<const Index> lengths = {}) {
     using namespace attention_detail;
     const char* where = "attention_backward";
-    check_shape(where, s, o);
+    check_call(where, s, o, q, k, v, out, lengths);
     const Index B = s.batch, H = s.heads, Dh = s.head_dim, Tq = s.q_steps, E = s.model_dim(), L = s.kv_rows();
-    check_operand(where, "q", q, B * Tq, E, s);
-    check_operand(where, "k", k, B * L, E, s);
-    check_operand(where, "v", v, B * L, E, s);
-    check_operand(where, "out", out, B * Tq, E, s);
     check_operand(where, "lse", lse, B * Tq, H, s);
     check_operand(where, "d_out", d_out, B * Tq, E, s);
     check_operand(where, "dq", dq, B * Tq, E, s);
     check_operand(where, "dk", dk, B * L, E, s);
     check_operand(where, "dv", dv, B * L, E, s);
-    if (!lengths.empty() && static_cast<Index>(lengths.size()) != B)
-        fail(where, "got " + std::to_string(lengths.size()) + " lengths for " + shape_text(s));
 
     const Scalar scale = scale_of<Scalar>(s, o);
-    const Index bq = std::min(o.q_block, Tq), bk = std::min(o.kv_block, s.kv_steps);
-    const double flops = 4.0 * double(B * H * Tq) * double(s.kv_steps) * double(Dh);
+    const Tiling tiling = tiling_of(s, o);
+    const Index bq = tiling.bq, bk = tiling.bk;
+    const double flops = tiling.flops;
 
     // Drow = rowsum(dO * O) per row and head: (B*Tq, H).
     Matrix<Scalar> drow(B * Tq, H);
