@@ -234,3 +234,22 @@ INSTANTIATE_TEST_SUITE_P(Cells, RecurrentLayer,
                                            Config{Cell::Gru, 1, true}, Config{Cell::Gru, 2, true},
                                            Config{Cell::Gru, 1, false}, Config{Cell::RnnTanh, 3, false}),
                          config_name);
+
+// One options struct serves the three cells; the nonlinearity is the RNN's alone.
+TEST(RecurrentOptionsTest, TheNonlinearityIsTheRnnsOption) {
+    Rng rng(17);
+    const RNN<float> relu({.input_size = 3, .hidden_size = 4, .nonlinearity = Activation::ReLU}, rng);
+    EXPECT_EQ(relu.nonlinearity(), Activation::ReLU);
+    EXPECT_EQ(relu.kind(), "RNN");
+    EXPECT_EQ(GRU<float>({.input_size = 3, .hidden_size = 4}, rng).kind(), "GRU");
+    EXPECT_EQ(LSTM<float>({.input_size = 3, .hidden_size = 4}, rng).kind(), "LSTM");
+    seqnn::testing::expect_shape_error(
+        [&] { LSTM<float>({.input_size = 3, .hidden_size = 4, .nonlinearity = Activation::ReLU}, rng); },
+        {"LSTM", "nonlinearity", "relu"});
+    seqnn::testing::expect_shape_error(
+        [&] { GRU<float>({.input_size = 3, .hidden_size = 4, .nonlinearity = Activation::ReLU}, rng); },
+        {"GRU", "nonlinearity"});
+    seqnn::testing::expect_shape_error(
+        [&] { RNN<float>({.input_size = 3, .hidden_size = 4, .nonlinearity = Activation::GELU}, rng); },
+        {"RNN", "tanh or relu"});
+}

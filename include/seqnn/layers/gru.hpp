@@ -17,8 +17,6 @@ class GRU : public RecurrentStack<Scalar> {
 public:
     /// A GRU initialised as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)).
     GRU(RecurrentOptions options, Rng& rng) : RecurrentStack<Scalar>("GRU", options, CellKind::GRU, rng) {}
-
-    std::string kind() const override { return "GRU"; }
 };
 
 }  // namespace seqnn

@@ -16,8 +16,6 @@ class LSTM : public RecurrentStack<Scalar> {
 public:
     /// An LSTM initialised as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)).
     LSTM(RecurrentOptions options, Rng& rng) : RecurrentStack<Scalar>("LSTM", options, CellKind::LSTM, rng) {}
-
-    std::string kind() const override { return "LSTM"; }
 };
 
 }  // namespace seqnn

@@ -14,14 +14,9 @@ namespace seqnn {
 /// minGRU (Feng et al. 2024): a_t = 1 - z_t, b_t = z_t * h~_t, z and h~ from x alone.
 template <typename Scalar>
 class MinGRU : public MinRNN<Scalar> {
-    using Base = MinRNN<Scalar>;
-    using Array = typename Base::Array;
-
 public:
     /// A minGRU with weights drawn as PyTorch's nn.Linear draws them.
-    MinGRU(MinRNNOptions options, Rng& rng) : Base("MinGRU", options, 2, "to_hidden_and_gate", rng) {}
-
-    std::string kind() const override { return "MinGRU"; }
+    MinGRU(MinRNNOptions options, Rng& rng) : MinRNN<Scalar>("MinGRU", options, 2, "to_hidden_and_gate", rng) {}
 
 protected:
     /// b = z * act(h~), then a = 1 - z = sigmoid(-k), with pre = [h~ | k]. Each
@@ -49,8 +44,8 @@ protected:
                                MatrixRef<Scalar> d_pre) const override {
         const Index E = this->hidden_size();
         const auto hidden = pre.leftCols(E).array();
-        const Array z = pre.rightCols(E).array().logistic();
-        Array db_v = db.array();  // dL/db * v
+        const typename MinRNN<Scalar>::Array z = pre.rightCols(E).array().logistic();
+        typename MinRNN<Scalar>::Array db_v = db.array();  // dL/db * v
         min_rnn_math::multiply_by_candidate<Scalar>(this->activation(), hidden, db_v);
         d_pre.rightCols(E).array() = z * (Scalar(1) - z) * (db_v - da.array());
         auto d_hidden = d_pre.leftCols(E).array();

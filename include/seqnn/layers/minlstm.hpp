@@ -15,14 +15,11 @@ namespace seqnn {
 /// minLSTM (Feng et al. 2024): normalised forget and input gates from x alone.
 template <typename Scalar>
 class MinLSTM : public MinRNN<Scalar> {
-    using Base = MinRNN<Scalar>;
-    using Array = typename Base::Array;
+    using Array = typename MinRNN<Scalar>::Array;
 
 public:
     /// A minLSTM with weights drawn as PyTorch's nn.Linear draws them.
-    MinLSTM(MinRNNOptions options, Rng& rng) : Base("MinLSTM", options, 3, "to_hidden_and_f_i_gate", rng) {}
-
-    std::string kind() const override { return "MinLSTM"; }
+    MinLSTM(MinRNNOptions options, Rng& rng) : MinRNN<Scalar>("MinLSTM", options, 3, "to_hidden_and_f_i_gate", rng) {}
 
 protected:
     /// With d = log(i / f) = softplus(-k_f) - softplus(-k_i):

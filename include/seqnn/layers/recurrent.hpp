@@ -10,10 +10,12 @@
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/core/parameter.hpp"
+#include "seqnn/core/parallel.hpp"
 #include "seqnn/core/scratch.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/kernels/elementwise.hpp"
 #include "seqnn/kernels/matmul.hpp"
 #include "seqnn/kernels/recurrent.hpp"
+#include "seqnn/nn/activations.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -22,12 +24,15 @@
 
 namespace seqnn {
 
-/// Options of an LSTM or GRU, as PyTorch's constructor takes them.
+/// Options of an RNN, LSTM or GRU, as PyTorch's constructors take them.
 struct RecurrentOptions {
     Index input_size = 0;   ///< I
     Index hidden_size = 0;  ///< H
     Index num_layers = 1;   ///< L
     bool bias = true;       ///< bias_ih and bias_hh
+    /// The RNN's nonlinearity, Tanh or ReLU, as nn.RNN allows; the LSTM and GRU have their
+    /// own gates and take Tanh (the default) only.
+    Activation nonlinearity = Activation::Tanh;
 };
 
 /// The base of RNN, LSTM and GRU: L stacked layers of one cell kind, PyTorch's weights
@@ -43,6 +48,8 @@ public:
         Parameter<Scalar> bias_hh;    ///< (G*H), empty without bias
     };
 
+    /// "RNN", "LSTM" or "GRU".
+    std::string kind() const override { return kind_; }
     /// The options the layer was made with.
     const RecurrentOptions& options() const { return options_; }
     /// H.
@@ -95,12 +102,16 @@ protected:
     /// `kind` names the layer in errors; the cell fixes the gate count G and the state
     /// tensors ({h}, or {h, c} for the LSTM).
     RecurrentStack(const std::string& kind, RecurrentOptions options, CellKind cell, Rng& rng)
-        : options_(options), cell_(cell), gate_count_(static_cast<int>(gate_count(cell))),
+        : kind_(kind), options_(options), cell_(cell), gate_count_(static_cast<int>(gate_count(cell))),
           state_tensor_count_(cell == CellKind::LSTM ? 2 : 1) {
         if (options.input_size <= 0 || options.hidden_size <= 0 || options.num_layers <= 0)
             fail(kind, "input_size, hidden_size and num_layers must be positive, got " +
                            std::to_string(options.input_size) + ", " + std::to_string(options.hidden_size) + ", " +
                            std::to_string(options.num_layers));
+        const bool rnn = cell == CellKind::RNNTanh || cell == CellKind::RNNReLU;
+        if (!rnn && options.nonlinearity != Activation::Tanh)
+            fail(kind, "nonlinearity is the RNN's option (tanh or relu); the " + kind +
+                           " has its own gates, got " + to_string(options.nonlinearity));
         // Every weight count, one layer's and the stack's, must be a size seqnn allocates.
         const Index layer_weights = checked_mul(kind, checked_mul(kind, gate_count_, options.hidden_size),
                                                 checked_add(kind, options.input_size, options.hidden_size));
@@ -131,7 +142,7 @@ protected:
     /// (the initial state at t = 0). `outputs` (B*T, H) holds h_t.
     static void previous_steps(const Matrix<Scalar>& outputs, const Matrix<Scalar>& initial, Index B, Index T,
                                MatrixRef<Scalar> prev) {
-        parallel_row_blocks(B, T * outputs.cols(), [&](Index b0, Index b1) {
+        parallel_for(B, streamed_work(T * outputs.cols()), [&](Index b0, Index b1) {
             for (Index b = b0; b < b1; ++b) {
                 prev.row(b * T) = initial.row(b);
                 prev.middleRows(b * T + 1, T - 1) = outputs.middleRows(b * T, T - 1);
@@ -270,7 +281,7 @@ protected:
                 w.weight_ih.grad.noalias() += d_gates.transpose() * input;          // (G*H, B*T) x (B*T, I_k)
             } else {  // one GEMM for both: [dW_ih | dW_hh] = dgates^T [input | h_prev]
                 auto both = scratch_matrix<Scalar>(ScratchSlot::C, B * T, I + H);
-                parallel_row_blocks(B * T, I, [&](Index r0, Index r1) {
+                parallel_for(B * T, streamed_work(I), [&](Index r0, Index r1) {
                     both.block(r0, 0, r1 - r0, I) = input.middleRows(r0, r1 - r0);
                 });
                 previous_steps(output, h0, B, T, both.rightCols(H));
@@ -315,6 +326,7 @@ protected:
     }
 
 private:
+    std::string kind_;
     RecurrentOptions options_;
     CellKind cell_;
     int gate_count_;

@@ -5,32 +5,21 @@
 #pragma once
 
 #include "seqnn/layers/recurrent.hpp"
-#include "seqnn/nn/activations.hpp"
 
 namespace seqnn {
 
-/// Options of an Elman RNN: RecurrentOptions plus the nonlinearity.
-struct RNNOptions {
-    Index input_size = 0;                        ///< I
-    Index hidden_size = 0;                       ///< H
-    Index num_layers = 1;                        ///< L
-    bool bias = true;                            ///< bias_ih and bias_hh
-    Activation nonlinearity = Activation::Tanh;  ///< Tanh or ReLU, as PyTorch allows
-};
+/// Options of an Elman RNN: RecurrentOptions, whose nonlinearity (Tanh or ReLU) is the RNN's.
+using RNNOptions = RecurrentOptions;
 
 /// A stack of Elman RNN layers; the state is {h (L*B, H)}, PyTorch's h_n.
 template <typename Scalar>
 class RNN : public RecurrentStack<Scalar> {
 public:
     /// An RNN initialised as PyTorch does, U(-1/sqrt(H), 1/sqrt(H)).
-    RNN(RNNOptions options, Rng& rng)
-        : RecurrentStack<Scalar>("RNN", {options.input_size, options.hidden_size, options.num_layers, options.bias},
-                                 cell_of(options.nonlinearity), rng),
-          nonlinearity_(options.nonlinearity) {}
+    RNN(RNNOptions options, Rng& rng) : RecurrentStack<Scalar>("RNN", options, cell_of(options.nonlinearity), rng) {}
 
-    std::string kind() const override { return "RNN"; }
     /// Tanh or ReLU.
-    Activation nonlinearity() const { return nonlinearity_; }
+    Activation nonlinearity() const { return this->options().nonlinearity; }
 
 private:
     static CellKind cell_of(Activation nonlinearity) {
@@ -38,8 +27,6 @@ private:
         if (nonlinearity == Activation::ReLU) return CellKind::RNNReLU;
         fail("RNN", "nonlinearity must be tanh or relu, got " + to_string(nonlinearity));
     }
-
-    Activation nonlinearity_;
 };
 
 }  // namespace seqnn
