@@ -5,6 +5,7 @@
 #include "seqnn/core/types.hpp"
 
 #include <cmath>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,11 @@ struct Parameter {
     void init_uniform(Scalar bound, Rng& rng) {
         std::uniform_real_distribution<double> dist(-static_cast<double>(bound), static_cast<double>(bound));
         for (Index i = 0; i < value.size(); ++i) value.data()[i] = static_cast<Scalar>(dist(rng));
+    }
+    /// N(0, 1), PyTorch's default for nn.Embedding.
+    void init_normal(Rng& rng) {
+        std::normal_distribution<double> normal(0.0, 1.0);
+        for (Index i = 0; i < value.size(); ++i) value.data()[i] = static_cast<Scalar>(normal(rng));
     }
 };
 

@@ -13,11 +13,11 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
+#include "seqnn/nn/embedding.hpp"
 
 #include <cmath>
 #include <limits>
-#include <random>
 #include <string>
 
 namespace seqnn {
@@ -54,7 +54,7 @@ protected:
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>*) const override {
         const Index T = x.steps, offset = state ? state->position : 0;
         Matrix<Scalar> table = Matrix<Scalar>::Zero(T, dim_);  // (T, D): P[offset + t]
-        parallel_row_blocks(T, dim_, [&](Index t0, Index t1) {
+        parallel_for(T, streamed_work(dim_), [&](Index t0, Index t1) {
             for (Index t = t0; t < t1; ++t) add_encoding(offset + t, table.row(t).data());
         });
         Sequence<Scalar> y = x;
@@ -85,14 +85,8 @@ public:
     Parameter<Scalar> weight;  ///< (max_length, D)
 
     /// A table of max_length positions of width `dim`, drawn as nn.Embedding draws it.
-    LearnedPositionalEmbedding(Index max_length, Index dim, Rng& rng) {
-        if (max_length <= 0 || dim <= 0)
-            fail("LearnedPositionalEmbedding", "sizes must be positive, got max_length=" + std::to_string(max_length) +
-                                                   ", dim=" + std::to_string(dim));
-        weight = Parameter<Scalar>(max_length, dim);
-        std::normal_distribution<double> normal(0.0, 1.0);
-        for (Index i = 0; i < weight.value.size(); ++i) weight.value.data()[i] = static_cast<Scalar>(normal(rng));
-    }
+    LearnedPositionalEmbedding(Index max_length, Index dim, Rng& rng)
+        : weight(embedding_table<Scalar>("LearnedPositionalEmbedding", "max_length", max_length, "dim", dim, rng)) {}
 
     std::string kind() const override { return "LearnedPositionalEmbedding"; }
     Index input_size() const override { return weight.value.cols(); }

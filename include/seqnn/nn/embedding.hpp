@@ -11,11 +11,24 @@
 #include "seqnn/core/parameter.hpp"
 
 #include <cstddef>
-#include <random>
 #include <span>
 #include <string>
 
 namespace seqnn {
+
+/// A lookup table of `rows` vectors of width `cols`, drawn N(0, 1) as nn.Embedding draws
+/// its weight: the token table, and layers/positional.hpp's table of positions. `kind`
+/// and the sizes' names label the error when a size is not positive.
+template <typename Scalar>
+Parameter<Scalar> embedding_table(const char* kind, const char* rows_name, Index rows, const char* cols_name,
+                                  Index cols, Rng& rng) {
+    if (rows <= 0 || cols <= 0)
+        fail(kind, std::string("sizes must be positive, got ") + rows_name + "=" + std::to_string(rows) + ", " +
+                       cols_name + "=" + std::to_string(cols));
+    Parameter<Scalar> table(rows, cols);
+    table.init_normal(rng);
+    return table;
+}
 
 /// A lookup table of token vectors, nn.Embedding.
 template <typename Scalar>
@@ -25,14 +38,9 @@ public:
 
     Embedding() = default;
     /// PyTorch's default initialisation: every entry N(0, 1).
-    Embedding(Index num_embeddings, Index embedding_dim, Rng& rng) {
-        if (num_embeddings <= 0 || embedding_dim <= 0)
-            fail("Embedding", "sizes must be positive, got num_embeddings=" + std::to_string(num_embeddings) +
-                                  ", embedding_dim=" + std::to_string(embedding_dim));
-        weight = Parameter<Scalar>(num_embeddings, embedding_dim);
-        std::normal_distribution<double> normal(0.0, 1.0);
-        for (Index i = 0; i < weight.value.size(); ++i) weight.value.data()[i] = static_cast<Scalar>(normal(rng));
-    }
+    Embedding(Index num_embeddings, Index embedding_dim, Rng& rng)
+        : weight(embedding_table<Scalar>("Embedding", "num_embeddings", num_embeddings, "embedding_dim", embedding_dim,
+                                         rng)) {}
 
     /// The vocabulary size.
     Index num_embeddings() const { return weight.value.rows(); }
