@@ -66,9 +66,26 @@ public:
     /// Sets the learning rate (a schedule calls this).
     virtual void set_lr(double lr) = 0;
     /// Appends the state tensors, named `<prefix><key>.<parameter name>`.
-    virtual void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const = 0;
+    virtual void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const {
+        for (const Slot& slot : slots_)
+            for (std::size_t i = 0; i < params_.size(); ++i)
+                out[prefix + slot.key + "." + params_[i].name] = slot.tensors[i];
+    }
     /// Reads them back; every tensor must be present with its parameter's shape.
-    virtual void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") = 0;
+    virtual void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") {
+        const std::string where = name_ + ".load_state";
+        for (Slot& slot : slots_)
+            for (std::size_t i = 0; i < params_.size(); ++i) {
+                const std::string key = prefix + slot.key + "." + params_[i].name;
+                const auto it = in.find(key);
+                if (it == in.end()) throw format_error(where + ": optimizer state '" + key + "' is missing");
+                const Matrix<Scalar>& v = params_[i].param->value;
+                if (it->second.rows() != v.rows() || it->second.cols() != v.cols())
+                    throw format_error(where + ": optimizer state '" + key + "' has shape " + shape_string(it->second) +
+                                       ", expected " + shape_string(v) + " like the parameter");
+                slot.tensors[i] = it->second;
+            }
+    }
 
     /// Throws format_error (naming `where`) unless the state tensors `in` (as load_state
     /// takes them) hold values this optimizer can resume from. By default: all finite.
@@ -91,38 +108,69 @@ public:
     const ParameterList<Scalar>& parameters() const { return params_; }
 
 protected:
-    /// An optimizer of these parameters.
-    explicit Optimizer(ParameterList<Scalar> params) : params_(std::move(params)) {}
+    /// An optimizer called `name` in messages ("SGD") of these parameters.
+    Optimizer(std::string name, ParameterList<Scalar> params) : name_(std::move(name)), params_(std::move(params)) {}
 
-    /// One zero matrix per parameter, for per-parameter state.
-    std::vector<Matrix<Scalar>> zeros_like_parameters() const {
-        std::vector<Matrix<Scalar>> out;
-        for (const auto& p : params_) out.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
-        return out;
+    /// Per-parameter state: one tensor per parameter, saved as `<prefix><key>.<parameter name>`
+    /// with PyTorch's key ("exp_avg").
+    struct Slot {
+        std::string key;
+        std::vector<Matrix<Scalar>> tensors;
+    };
+    /// Adds a slot of zeros shaped like the parameters; slot(k) is the k-th added.
+    void add_slot(std::string key) {
+        Slot slot{std::move(key), {}};
+        for (const auto& p : params_)
+            slot.tensors.push_back(Matrix<Scalar>::Zero(p.param->value.rows(), p.param->value.cols()));
+        slots_.push_back(std::move(slot));
     }
-    /// Names per-parameter state `key.<parameter name>` into `out`.
-    void save_slots(NamedTensors<Scalar>& out, const std::string& key, const std::vector<Matrix<Scalar>>& slots) const {
-        for (std::size_t i = 0; i < params_.size(); ++i) out[key + "." + params_[i].name] = slots[i];
-    }
-    /// Reads per-parameter state back; throws format_error if one is missing or mis-shaped.
-    void load_slots(const NamedTensors<Scalar>& in, const std::string& where, const std::string& key,
-                    std::vector<Matrix<Scalar>>& slots) const {
-        for (std::size_t i = 0; i < params_.size(); ++i) {
-            const std::string name = key + "." + params_[i].name;
-            const auto it = in.find(name);
-            if (it == in.end()) throw format_error(where + ": optimizer state '" + name + "' is missing");
-            const Matrix<Scalar>& v = params_[i].param->value;
-            if (it->second.rows() != v.rows() || it->second.cols() != v.cols())
-                throw format_error(where + ": optimizer state '" + name + "' has shape " + shape_string(it->second) +
-                                   ", expected " + shape_string(v) + " like the parameter");
-            slots[i] = it->second;
-        }
-    }
+    /// The tensors of the k-th slot, one per parameter.
+    std::vector<Matrix<Scalar>>& slot(std::size_t k) { return slots_[k].tensors; }
 
+    /// The name in messages.
+    std::string name_;
     /// The parameters it updates.
     ParameterList<Scalar> params_;
     /// The updates taken so far.
     long steps_ = 0;
+    /// The per-parameter state, what save_state writes and load_state reads.
+    std::vector<Slot> slots_;
+};
+
+/// What SGD and AdamW share beyond the interface: their settings, an Options struct whose
+/// lr the schedules read and set.
+template <typename Scalar, typename Settings>
+class OptimizerWith : public Optimizer<Scalar> {
+public:
+    double lr() const override { return opt_.lr; }
+    void set_lr(double lr) override {
+        check_learning_rate(this->name_ + ".set_lr", lr);
+        opt_.lr = lr;
+    }
+    /// The settings.
+    const Settings& options() const { return opt_; }
+
+protected:
+    OptimizerWith(const char* name, ParameterList<Scalar> params, Settings options)
+        : Optimizer<Scalar>(name, std::move(params)), opt_(options) {
+        check_learning_rate(name, opt_.lr);
+    }
+
+    Settings opt_;
+};
+
+/// PyTorch's SGD settings.
+struct SGDOptions {
+    /// Learning rate.
+    double lr = 1e-3;
+    /// Momentum factor.
+    double momentum = 0;
+    /// Dampening of the momentum.
+    double dampening = 0;
+    /// L2 penalty added to the gradient.
+    double weight_decay = 0;
+    /// Nesterov momentum.
+    bool nesterov = false;
 };
 
 /// SGD with momentum, dampening, weight decay and Nesterov, PyTorch's torch.optim.SGD:
@@ -131,53 +179,41 @@ protected:
 ///   g = g + momentum * buf (nesterov) or buf
 ///   w -= lr * g
 template <typename Scalar>
-class SGD : public Optimizer<Scalar> {
-    using Base = Optimizer<Scalar>;
-
+class SGD : public OptimizerWith<Scalar, SGDOptions> {
 public:
     /// PyTorch's SGD settings.
-    struct Options {
-        /// Learning rate.
-        double lr = 1e-3;
-        /// Momentum factor.
-        double momentum = 0;
-        /// Dampening of the momentum.
-        double dampening = 0;
-        /// L2 penalty added to the gradient.
-        double weight_decay = 0;
-        /// Nesterov momentum.
-        bool nesterov = false;
-    };
+    using Options = SGDOptions;
 
     /// SGD over these parameters.
-    SGD(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
-        check_learning_rate("SGD", opt_.lr);
-        check_non_negative("SGD", "momentum", opt_.momentum);
-        check_non_negative("SGD", "dampening", opt_.dampening);
-        check_non_negative("SGD", "weight_decay", opt_.weight_decay);
-        if (opt_.nesterov && (opt_.momentum <= 0 || opt_.dampening != 0))
+    SGD(ParameterList<Scalar> params, Options options) : OptimizerWith<Scalar, SGDOptions>("SGD", std::move(params), options) {
+        const Options& o = this->opt_;
+        check_non_negative("SGD", "momentum", o.momentum);
+        check_non_negative("SGD", "dampening", o.dampening);
+        check_non_negative("SGD", "weight_decay", o.weight_decay);
+        if (o.nesterov && (o.momentum <= 0 || o.dampening != 0))
             fail("SGD", "Nesterov momentum requires a momentum and zero dampening");
-        buffers_ = this->zeros_like_parameters();
+        if (o.momentum != 0) this->add_slot("momentum_buffer");
     }
     /// SGD with a learning rate and momentum.
     SGD(ParameterList<Scalar> params, double lr, double momentum = 0)
         : SGD(std::move(params), Options{.lr = lr, .momentum = momentum}) {}
 
     void step() override {
-        const Scalar lr = static_cast<Scalar>(opt_.lr), mu = static_cast<Scalar>(opt_.momentum);
-        const Scalar wd = static_cast<Scalar>(opt_.weight_decay);
-        const Scalar keep = static_cast<Scalar>(1.0 - opt_.dampening);
+        const Options& o = this->opt_;
+        const Scalar lr = static_cast<Scalar>(o.lr), mu = static_cast<Scalar>(o.momentum);
+        const Scalar wd = static_cast<Scalar>(o.weight_decay);
+        const Scalar keep = static_cast<Scalar>(1.0 - o.dampening);
         for (std::size_t i = 0; i < this->params_.size(); ++i) {
             Parameter<Scalar>& p = *this->params_[i].param;
             Matrix<Scalar> g = p.grad;
-            if (opt_.weight_decay != 0) g += wd * p.value;
-            if (opt_.momentum != 0) {
-                Matrix<Scalar>& buf = buffers_[i];
+            if (o.weight_decay != 0) g += wd * p.value;
+            if (o.momentum != 0) {
+                Matrix<Scalar>& buf = this->slot(0)[i];
                 if (this->steps_ == 0)
                     buf = g;
                 else
                     buf = buf * mu + keep * g;
-                if (opt_.nesterov)
+                if (o.nesterov)
                     g += mu * buf;
                 else
                     g = buf;
@@ -187,29 +223,25 @@ public:
         ++this->steps_;
     }
 
-    double lr() const override { return opt_.lr; }
-    void set_lr(double lr) override {
-        check_learning_rate("SGD.set_lr", lr);
-        opt_.lr = lr;
-    }
-    /// The settings.
-    const Options& options() const { return opt_; }
-
-    void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const override {
-        if (opt_.momentum != 0) this->save_slots(out, prefix + "momentum_buffer", buffers_);
-    }
-    void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") override {
-        if (opt_.momentum != 0) this->load_slots(in, "SGD.load_state", prefix + "momentum_buffer", buffers_);
-    }
-
-private:
-    Options opt_;
-    std::vector<Matrix<Scalar>> buffers_;
 };
 
 /// Elements per block boundary of AdamW's threaded update: a cache line of floats, whole
 /// SIMD packets, so an element takes the same path on any thread count.
 inline constexpr Index kAdamBlock = 16;
+
+/// PyTorch's AdamW settings.
+struct AdamWOptions {
+    /// Learning rate.
+    double lr = 1e-3;
+    /// Decay of the first moment.
+    double beta1 = 0.9;
+    /// Decay of the second moment.
+    double beta2 = 0.999;
+    /// Added to the second moment's root.
+    double eps = 1e-8;
+    /// Decoupled weight decay.
+    double weight_decay = 0.01;
+};
 
 /// AdamW (Loshchilov & Hutter), PyTorch's torch.optim.AdamW (amsgrad off):
 ///   t += 1
@@ -219,60 +251,51 @@ inline constexpr Index kAdamBlock = 16;
 ///   w += -(lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 /// With weight_decay = 0 this is Adam.
 template <typename Scalar>
-class AdamW : public Optimizer<Scalar> {
-    using Base = Optimizer<Scalar>;
-
+class AdamW : public OptimizerWith<Scalar, AdamWOptions> {
 public:
     /// PyTorch's AdamW settings.
-    struct Options {
-        /// Learning rate.
-        double lr = 1e-3;
-        /// Decay of the first moment.
-        double beta1 = 0.9;
-        /// Decay of the second moment.
-        double beta2 = 0.999;
-        /// Added to the second moment's root.
-        double eps = 1e-8;
-        /// Decoupled weight decay.
-        double weight_decay = 0.01;
-    };
+    using Options = AdamWOptions;
 
     /// AdamW over these parameters.
-    AdamW(ParameterList<Scalar> params, Options options) : Base(std::move(params)), opt_(options) {
+    AdamW(ParameterList<Scalar> params, Options options)
+        : OptimizerWith<Scalar, AdamWOptions>("AdamW", std::move(params), options) {
         // PyTorch's checks: 0 <= lr, 0 <= eps, betas in [0, 1), 0 <= weight_decay (and all finite).
-        check_learning_rate("AdamW", opt_.lr);
-        check_non_negative("AdamW", "eps", opt_.eps);
-        check_non_negative("AdamW", "weight_decay", opt_.weight_decay);
-        for (const double beta : {opt_.beta1, opt_.beta2})
+        const Options& o = this->opt_;
+        check_non_negative("AdamW", "eps", o.eps);
+        check_non_negative("AdamW", "weight_decay", o.weight_decay);
+        for (const double beta : {o.beta1, o.beta2})
             if (!(beta >= 0.0 && beta < 1.0))
-                fail("AdamW", "betas must be in [0, 1), got beta1=" + number_text(opt_.beta1) +
-                                  ", beta2=" + number_text(opt_.beta2));
-        m_ = this->zeros_like_parameters();
-        v_ = this->zeros_like_parameters();
+                fail("AdamW", "betas must be in [0, 1), got beta1=" + number_text(o.beta1) +
+                                  ", beta2=" + number_text(o.beta2));
+        this->add_slot("exp_avg");     // m
+        this->add_slot("exp_avg_sq");  // v
     }
 
     void step() override {
+        const Options& o = this->opt_;
+        std::vector<Matrix<Scalar>>& exp_avg = this->slot(0);
+        std::vector<Matrix<Scalar>>& exp_avg_sq = this->slot(1);
         ++this->steps_;
         const double t = static_cast<double>(this->steps_);
-        const Scalar decay = static_cast<Scalar>(1.0 - opt_.lr * opt_.weight_decay);
-        const double w1 = 1.0 - opt_.beta1;  // torch.lerp's weight
-        const Scalar beta2 = static_cast<Scalar>(opt_.beta2), one_minus_beta2 = static_cast<Scalar>(1.0 - opt_.beta2);
-        const Scalar step_size = static_cast<Scalar>(opt_.lr / (1.0 - std::pow(opt_.beta1, t)));
-        const Scalar bc2_sqrt = static_cast<Scalar>(std::sqrt(1.0 - std::pow(opt_.beta2, t)));
-        const Scalar eps = static_cast<Scalar>(opt_.eps);
+        const Scalar decay = static_cast<Scalar>(1.0 - o.lr * o.weight_decay);
+        const double w1 = 1.0 - o.beta1;  // torch.lerp's weight
+        const Scalar beta2 = static_cast<Scalar>(o.beta2), one_minus_beta2 = static_cast<Scalar>(1.0 - o.beta2);
+        const Scalar step_size = static_cast<Scalar>(o.lr / (1.0 - std::pow(o.beta1, t)));
+        const Scalar bc2_sqrt = static_cast<Scalar>(std::sqrt(1.0 - std::pow(o.beta2, t)));
+        const Scalar eps = static_cast<Scalar>(o.eps);
         for (std::size_t i = 0; i < this->params_.size(); ++i) {
             Parameter<Scalar>& p = *this->params_[i].param;
             // Elementwise over the flat arrays in blocks of whole packets, so threads give
             // bitwise the serial result.
             using Flat = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
             Flat value(p.value.data(), p.value.size()), grad(p.grad.data(), p.grad.size());
-            Flat m_all(m_[i].data(), m_[i].size()), v_all(v_[i].data(), v_[i].size());
+            Flat m_all(exp_avg[i].data(), exp_avg[i].size()), v_all(exp_avg_sq[i].data(), exp_avg_sq[i].size());
             parallel_for(p.value.size(), streamed_work(1), [&](Index begin, Index end) {
                 auto w = value.segment(begin, end - begin);
                 auto m = m_all.segment(begin, end - begin);
                 auto v = v_all.segment(begin, end - begin);
                 const auto g = grad.segment(begin, end - begin);
-                if (opt_.weight_decay != 0) w *= decay;
+                if (o.weight_decay != 0) w *= decay;
                 // torch.lerp: start + w (end - start) for w < 0.5, else end - (end - start)(1 - w).
                 if (w1 < 0.5)
                     m = m + static_cast<Scalar>(w1) * (g - m);
@@ -284,35 +307,15 @@ public:
         }
     }
 
-    double lr() const override { return opt_.lr; }
-    void set_lr(double lr) override {
-        check_learning_rate("AdamW.set_lr", lr);
-        opt_.lr = lr;
-    }
-    /// The settings.
-    const Options& options() const { return opt_; }
-
     /// Finite values, and exp_avg_sq >= 0 (its square root divides the update).
     void check_state(const NamedTensors<Scalar>& in, const std::string& prefix, const std::string& where) const override {
-        Base::check_state(in, prefix, where);
+        Optimizer<Scalar>::check_state(in, prefix, where);
         const std::string squares = prefix + "exp_avg_sq.";
         for (const auto& [name, m] : in)
             if (name.rfind(squares, 0) == 0 && (m.array() < Scalar(0)).any())
                 throw format_error(where + ": optimizer state '" + name + "' holds a negative value (a mean of squares)");
     }
 
-    void save_state(NamedTensors<Scalar>& out, const std::string& prefix = "optimizer.") const override {
-        this->save_slots(out, prefix + "exp_avg", m_);
-        this->save_slots(out, prefix + "exp_avg_sq", v_);
-    }
-    void load_state(const NamedTensors<Scalar>& in, const std::string& prefix = "optimizer.") override {
-        this->load_slots(in, "AdamW.load_state", prefix + "exp_avg", m_);
-        this->load_slots(in, "AdamW.load_state", prefix + "exp_avg_sq", v_);
-    }
-
-private:
-    Options opt_;
-    std::vector<Matrix<Scalar>> m_, v_;
 };
 
 }  // namespace seqnn
