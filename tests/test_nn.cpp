@@ -541,6 +541,22 @@ TEST(RMSNorm, InPlaceEqualsOutOfPlace) {
     EXPECT_EQ(relative_error(x, expected), 0.0);
 }
 
+// LayerNorm and RMSNorm share their row loops (nn/row_norm.hpp): RMSNorm's backward
+// writes into a given dx as LayerNorm's does, and checks it.
+TEST(RMSNorm, BackwardIntoAGivenDxEqualsTheReturnedOne) {
+    Rng rng(45);
+    RMSNorm<double> norm = random_rms_norm<double>(true, D, rng);
+    const Matrix<double> x = random_matrix<double>(N, D, rng), dy = random_matrix<double>(N, D, rng);
+    const Matrix<double> expected = norm.backward(x, dy);
+    const Matrix<double> weight_grad = norm.weight.grad;
+    Matrix<double> dx(N, D);
+    norm.backward(x, dy, dx);
+    EXPECT_EQ(dx, expected);
+    EXPECT_EQ(norm.weight.grad, 2 * weight_grad);
+    Matrix<double> wrong(N, D + 1);
+    seqnn::testing::expect_shape_error([&] { norm.backward(x, dy, wrong); }, {"RMSNorm.backward", "dx"});
+}
+
 TEST(RMSNorm, FloatAgreesWithDouble) {
     for (bool affine : {true, false}) {
         Rng rng(42), data_rng(43);
