@@ -3,7 +3,7 @@
 #pragma once
 
 #include "seqnn/core/checked.hpp"
-#include "seqnn/core/parallel_rows.hpp"
+#include "seqnn/core/parallel.hpp"
 
 #include <Eigen/Core>
 
@@ -60,7 +60,7 @@ using Rng = std::mt19937_64;
 /// faults and all, is shared out rather than left to one thread while the others wait.
 template <typename Scalar>
 void set_zero_by_rows(Matrix<Scalar>& m) {
-    parallel_row_blocks(m.rows(), m.cols(), [&](Index r0, Index r1) { m.middleRows(r0, r1 - r0).setZero(); });
+    parallel_for(m.rows(), streamed_work(m.cols()), [&](Index r0, Index r1) { m.middleRows(r0, r1 - r0).setZero(); });
 }
 
 /// A batch of B sequences of T steps with D features: one (B*T, D) matrix,

@@ -19,7 +19,8 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
+#include "seqnn/kernels/elementwise.hpp"
 #include "seqnn/kernels/matmul.hpp"
 #include "seqnn/nn/linear.hpp"
 
@@ -128,7 +129,7 @@ protected:
         const Matrix<Scalar> window = s.tensors[0];  // (B*(K-1), D)
 
         Matrix<Scalar> u(B * T, D);  // the depthwise conv's output, (B*T, D)
-        parallel_row_blocks(B, T * D * K, [&](Index b0, Index b1) {
+        parallel_for(B, streamed_work(T * D * K), [&](Index b0, Index b1) {
             for (Index b = b0; b < b1; ++b)
                 for (Index t = 0; t < T; ++t) {
                     auto u_t = u.row(b * T + t);
@@ -180,7 +181,7 @@ protected:
         // by sequence and dw0 by channel, so each sum runs in the serial order.
         Sequence<Scalar> dx(B, T, D);
         Matrix<Scalar> d_window = Matrix<Scalar>::Zero(B * (K - 1), D);
-        parallel_row_blocks(B, T * D * K, [&](Index b0, Index b1) {
+        parallel_for(B, streamed_work(T * D * K), [&](Index b0, Index b1) {
             for (Index b = b0; b < b1; ++b) {
                 // dL/d(final window) flows to the inputs it holds: row j is step T-(K-1)+j.
                 if (has_final)
@@ -194,7 +195,7 @@ protected:
                 }
             }
         });
-        parallel_row_blocks(D, B * T * K, [&](Index d0, Index d1) {
+        parallel_for(D, streamed_work(B * T * K), [&](Index d0, Index d1) {
             const Index n = d1 - d0;
             for (Index b = 0; b < B; ++b)
                 for (Index t = 0; t < T; ++t) {

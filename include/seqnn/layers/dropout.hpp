@@ -14,7 +14,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
-#include "seqnn/core/threading.hpp"
+#include "seqnn/core/parallel.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -94,7 +94,7 @@ public:
 
     /// x *= mask, element-wise, split by rows across threads.
     static void multiply_by(const Matrix<Scalar>& mask, MatrixRef<Scalar> x) {
-        parallel_row_blocks(x.rows(), x.cols(), [&](Index r0, Index r1) {
+        parallel_for(x.rows(), streamed_work(x.cols()), [&](Index r0, Index r1) {
             x.middleRows(r0, r1 - r0).array() *= mask.middleRows(r0, r1 - r0).array();
         });
     }
@@ -104,7 +104,7 @@ public:
     void fill_mask(std::uint64_t call, Matrix<Scalar>& mask) const {
         const Scalar scale = p_ < 1.0 ? static_cast<Scalar>(1.0 / (1.0 - p_)) : Scalar(0);
         const Index cols = mask.cols();
-        parallel_row_blocks(mask.rows(), cols, [&](Index r0, Index r1) {
+        parallel_for(mask.rows(), streamed_work(cols), [&](Index r0, Index r1) {
             for (Index i = r0 * cols; i < r1 * cols; ++i)
                 mask.data()[i] =
                     dropout_detail::uniform(seed_, call, static_cast<std::uint64_t>(i)) >= p_ ? scale : Scalar(0);
