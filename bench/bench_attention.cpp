@@ -10,7 +10,7 @@
 #include "bench_common.hpp"
 
 #include <seqnn/kernels/attention.hpp>
-#include <seqnn/layers/transformer.hpp>
+#include <seqnn/models/transformer_block.hpp>
 
 namespace {
 

@@ -18,7 +18,7 @@
 #include "common/data_parallel.hpp"
 
 #include <seqnn/models/sequential.hpp>
-#include <seqnn/models/rowwise.hpp>
+#include <seqnn/layers/rowwise.hpp>
 #include <seqnn/train/loss.hpp>
 #include <seqnn/train/optimizer.hpp>
 #include <seqnn/train/schedule.hpp>

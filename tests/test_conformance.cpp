@@ -7,7 +7,7 @@
 #include "testing.hpp"
 
 #include <seqnn/io/state_dict.hpp>
-#include <seqnn/layers/transformer.hpp>
+#include <seqnn/models/transformer_block.hpp>
 #include <seqnn/models/language_model.hpp>
 #include <seqnn/seqnn.hpp>
 #include <seqnn/train/loss.hpp>

@@ -17,7 +17,7 @@
 
 #include <seqnn/distributed/data_parallel.hpp>
 #include <seqnn/models/language_model.hpp>
-#include <seqnn/models/rowwise.hpp>
+#include <seqnn/layers/rowwise.hpp>
 #include <seqnn/models/sequential.hpp>
 #include <seqnn/train/loss.hpp>
 #include <seqnn/train/optimizer.hpp>

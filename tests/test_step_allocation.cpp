@@ -15,7 +15,7 @@ inline std::atomic<long> eigen_failed_checks{0};
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
-#include <seqnn/layers/transformer.hpp>
+#include <seqnn/models/transformer_block.hpp>
 #include <seqnn/models/language_model.hpp>
 #include <seqnn/models/residual.hpp>
 #include <seqnn/layers/positional.hpp>

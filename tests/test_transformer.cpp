@@ -1,10 +1,10 @@
-// TransformerBlock (layers/transformer.hpp) and the position embeddings (layers/positional.hpp):
+// TransformerBlock (models/transformer_block.hpp) and the position embeddings (layers/positional.hpp):
 // a plain reference in double (loops, full softmax), the causal mask, streaming with the
 // KV cache (step == forward, chunked == whole), gradients, threads, float, names, errors.
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
-#include <seqnn/layers/transformer.hpp>
+#include <seqnn/models/transformer_block.hpp>
 #include <seqnn/layers/positional.hpp>
 
 #include <limits>
@@ -157,8 +157,8 @@ TEST(TransformerBlock, StepEqualsForward) {
         EXPECT_EQ(whole_state.position, 11);
         for (int c = 0; c < 2; ++c)
             for (Index b = 0; b < 3; ++b)
-                EXPECT_LT(relative_error(state.tensors[c].middleRows(b * 16, 11),
-                                         whole_state.tensors[c].middleRows(b * 16, 11)),
+                EXPECT_LT(relative_error(TransformerBlock<double>::kv_cache(state).tensors[c].middleRows(b * 16, 11),
+                                         TransformerBlock<double>::kv_cache(whole_state).tensors[c].middleRows(b * 16, 11)),
                           1e-13);
     }
 }
@@ -181,12 +181,12 @@ TEST(TransformerBlock, ChunkedEqualsWhole) {
             start += len;
             EXPECT_EQ(state.position, start);
         }
-        EXPECT_EQ(state.tensors[0].rows(), 3 * 37);
+        EXPECT_EQ(TransformerBlock<double>::kv_cache(state).tensors[0].rows(), 3 * 37);
         Matrix<double> y;
         seqnn::testing::expect_shape_error([&] { blk.step(Matrix<double>(x.at_step(37)), state, y); },
-                                           {"TransformerBlock.step", "full", "37 of 37", "(111, 24)"});
+                                           {"SelfAttention.step", "full", "37 of 37", "(111, 24)"});
         EXPECT_LT(relative_error(blk.forward(chunk_of(x, 37, 1), &state).data, chunk_of(whole, 37, 1).data), 1e-13);
-        EXPECT_EQ(state.tensors[0].rows(), 3 * 38);
+        EXPECT_EQ(TransformerBlock<double>::kv_cache(state).tensors[0].rows(), 3 * 38);
     }
 }
 
@@ -200,7 +200,7 @@ TEST(TransformerBlock, StepsContinueFromForwardsCache) {
         const Sequence<double> whole = blk.forward(x);
         State<double> state;
         blk.forward(chunk_of(x, 0, 17), &state);
-        EXPECT_EQ(state.tensors[0].rows(), 3 * 30);  // max(max_cache_length, T) rows per stream
+        EXPECT_EQ(TransformerBlock<double>::kv_cache(state).tensors[0].rows(), 3 * 30);  // max(max_cache_length, T) rows per stream
         Matrix<double> y;
         for (Index t = 17; t < 30; ++t) {
             blk.step(Matrix<double>(x.at_step(t)), state, y);
@@ -315,9 +315,9 @@ TEST(TransformerBlock, BadInputRaisesShapeError) {
     using seqnn::testing::expect_shape_error;
     Rng rng(51);
     expect_shape_error([&] { TransformerBlock<double>({.d_model = 25, .num_heads = 3}, rng); },
-                       {"TransformerBlock", "E=25", "H=3", "divisible"});
+                       {"SelfAttention", "E=25", "H=3", "divisible"});  // the block's mixer names itself
     expect_shape_error([&] { TransformerBlock<double>({.d_model = 6, .num_heads = 2, .rotary = true}, rng); },
-                       {"TransformerBlock", "even", "Dh=E/H=3"});
+                       {"SelfAttention", "even", "Dh=E/H=3"});
     TransformerBlock<double> blk(options(false, true, 4), rng);
     expect_shape_error([&] { blk.forward(random_sequence<double>(3, 5, 23, rng)); },
                        {"TransformerBlock.forward", "(B=3, T=5, D=23)", "D=24"});
@@ -330,7 +330,7 @@ TEST(TransformerBlock, BadInputRaisesShapeError) {
                        {"TransformerBlock.step", "(2, 20)", "24"});
     for (int t = 0; t < 4; ++t) blk.step(Matrix<double>::Zero(2, 24), state, y);
     expect_shape_error([&] { blk.step(Matrix<double>::Zero(2, 24), state, y); },
-                       {"TransformerBlock.step", "KV cache is full", "4 of 4", "(8, 24)", "max_cache_length"});
+                       {"SelfAttention.step", "KV cache is full", "4 of 4", "(8, 24)", "max_cache_length"});
     Context<double> ctx;
     blk.forward(random_sequence<double>(3, 5, 24, rng), nullptr, &ctx);
     expect_shape_error([&] { blk.backward(random_sequence<double>(3, 4, 24, rng), ctx); },
@@ -338,7 +338,7 @@ TEST(TransformerBlock, BadInputRaisesShapeError) {
     Context<double> empty;
     expect_shape_error([&] { blk.backward(random_sequence<double>(3, 5, 24, rng), empty); }, {"Context", "forward"});
     TransformerBlock<double> full(options(false, false), rng);
-    expect_shape_error([&] { full.step(Matrix<double>::Zero(2, 24), state, y); }, {"TransformerBlock.step", "non-causal"});
+    expect_shape_error([&] { full.step(Matrix<double>::Zero(2, 24), state, y); }, {"SelfAttention.step", "non-causal"});
 }
 
 // ---- position embeddings ----

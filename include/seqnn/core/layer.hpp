@@ -14,6 +14,7 @@
 #include "seqnn/core/types.hpp"
 
 #include <string>
+#include <vector>
 
 namespace seqnn {
 
@@ -118,6 +119,17 @@ public:
         validate_state(state, batch, call);
     }
 
+    /// Makes room in `state` (from initial_state, for state.batch streams) for `length`
+    /// positions per stream, so that forward and step run that far without growing
+    /// anything: a KV cache grows, keeping what it holds; other states have nothing to grow.
+    /// A composite reserves for every child.
+    void reserve(State<Scalar>& state, Index length) const {
+        if (state.batch <= 0) fail(where("reserve"), "the state records no stream count: make it with initial_state");
+        if (length < 0) fail(where("reserve"), "length must be >= 0, got " + std::to_string(length));
+        check_state(state, state.batch, Call::Forward);
+        reserve_impl(state, length);
+    }
+
     /// Given dL/dy (B*T, output_size) for the forward that filled `ctx`, and optionally
     /// dL/d(final state), adds the parameters' gradients into their .grad, returns dL/dx
     /// and, if d_initial is non-null, fills it with dL/d(initial state).
@@ -160,6 +172,12 @@ protected:
         (void)batch;
         check_state_tensors(state, call, 0, 0, 0);
     }
+    /// What reserve() grows (the state is valid for state.batch streams). The default, for a
+    /// state with nothing to grow, does nothing.
+    virtual void reserve_impl(State<Scalar>& state, Index length) const {
+        (void)state;
+        (void)length;
+    }
     /// The forward's math. x matches input_size; `state`, when given, is a valid state for
     /// x.batch streams; ctx, when given, has B and T recorded. The contract advances the
     /// state's position and marks the context afterwards.
@@ -172,12 +190,13 @@ protected:
     virtual Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                                            const State<Scalar>* d_final, State<Scalar>* d_initial) = 0;
 
-    /// " (tensors (2, 7), (2, 7))": a state's own tensor shapes, for messages; "" when it has none.
+    /// " (tensors (2, 7), (2, 7))": the shapes of every tensor of a state tree, for messages;
+    /// "" when it has none.
     static std::string tensor_shapes(const State<Scalar>& state) {
-        if (state.tensors.empty()) return "";
+        const std::vector<const Matrix<Scalar>*> tensors = state_tensors(state);
+        if (tensors.empty()) return "";
         std::string out = " (tensors ";
-        for (std::size_t i = 0; i < state.tensors.size(); ++i)
-            out += (i ? ", " : "") + shape_string(state.tensors[i]);
+        for (std::size_t i = 0; i < tensors.size(); ++i) out += (i ? ", " : "") + shape_string(*tensors[i]);
         return out + ")";
     }
 

@@ -1,15 +1,16 @@
 // The minGRU paper's language model (lucidrains/minGRU-pytorch's minLM), with any
 // mixer kind:
-//   tokens (B, T) -> token_emb -> [LMBlock] x depth -> RMSNorm -> to_logits -> logits (B*T, V)
+//   tokens (B, T) -> token_emb -> [Block] x depth -> RMSNorm -> to_logits -> logits (B*T, V)
 //
 // Names, as minLM's state_dict, so its checkpoints load by name (with MinGRU or
 // MinLSTM mixers and minLM's defaults):
 //   token_emb.weight (V, D), layers.{i}.{0..4}... (lm_block.hpp), norm.weight (D),
 //   to_logits.weight (V, D) (no bias).
 //
-// With the Transformer kind each block is a TransformerBlock (rotary positions, a KV
-// cache as state), named as nn.TransformerEncoder's layers.{i}.self_attn.in_proj_weight, ...;
-// the conv and dropout options do not apply to it (its attention has no dropout).
+// Every kind uses the same Block (block.hpp). With the Transformer kind its mixer is
+// causal self-attention (rotary positions, a KV cache as state), its norms LayerNorms, and
+// it is named as nn.TransformerEncoder's layers.{i}.self_attn.in_proj_weight, ...; the
+// conv option does not apply to it.
 //
 // Like a seqnn::Layer, with token ids for input:
 //   forward(tokens, state, ctx)  whole sequences, from and to a state, so that
@@ -20,7 +21,7 @@
 // forward without a context keeps nothing in the object: one model may serve several
 // threads at once.
 //
-// State: the blocks' states concatenated (conv window, then mixer state, per block).
+// State: a tree, children[0] the blocks' Sequential's state (block i's in its children[i]).
 #pragma once
 
 #include "seqnn/core/errors.hpp"
@@ -100,18 +101,8 @@ public:
     LanguageModel(const LanguageModelOptions& o, Rng& rng)
         : options_(o), embed_drop_(checked(o).dim, o.dropout, dropout_detail::mix64(o.dropout_seed)) {
         token_emb_ = Embedding<Scalar>(o.vocab_size, o.dim, rng);
-        for (Index i = 0; i < o.depth; ++i) {
-            if (o.mixer.kind == MixerKind::Transformer) {  // a whole block already
-                MixerOptions m = o.mixer;
-                m.ff_mult = o.ff_mult;
-                layers_.add(make_mixer<Scalar>(m, o.dim, rng));
-                continue;
-            }
-            LMBlockOptions b{.dim = o.dim, .mixer = o.mixer, .ff_mult = o.ff_mult, .conv = o.conv,
-                             .conv_kernel = o.conv_kernel, .dropout = o.dropout,
-                             .dropout_seed = dropout_detail::mix64(o.dropout_seed + 1000 + static_cast<std::uint64_t>(i))};
-            layers_.template emplace<LMBlock<Scalar>>(b, rng);
-        }
+        for (Index i = 0; i < o.depth; ++i)
+            blocks_.push_back(&layers_.template emplace<Block<Scalar>>(block_options(o, i), rng));
         norm_ = RMSNorm<Scalar>(o.dim);
         to_logits_ = Linear<Scalar>(o.dim, o.vocab_size, false, rng);
     }
@@ -126,8 +117,8 @@ public:
     Index dim() const { return options_.dim; }
     /// The blocks.
     Sequential<Scalar>& layers() { return layers_; }
-    /// Block i: an LMBlock, or a TransformerBlock for the Transformer kind.
-    Layer<Scalar>& block(Index i) { return layers_[static_cast<std::size_t>(i)]; }
+    /// Block i.
+    Block<Scalar>& block(Index i) { return *blocks_.at(static_cast<std::size_t>(i)); }
     /// The token embedding.
     Embedding<Scalar>& token_emb() { return token_emb_; }
     /// The output head.
@@ -136,11 +127,10 @@ public:
     /// Every dropout of the model, for checkpoints (their counters are the RNG state).
     std::vector<Dropout<Scalar>*> dropouts() {
         std::vector<Dropout<Scalar>*> out{&embed_drop_};
-        for (Index i = 0; i < options_.depth; ++i)
-            if (auto* b = dynamic_cast<LMBlock<Scalar>*>(&block(i))) {
-                out.push_back(&b->mixer_dropout());
-                out.push_back(&b->ff_dropout());
-            }
+        for (Block<Scalar>* b : blocks_) {
+            out.push_back(&b->mixer_dropout());
+            out.push_back(&b->ff_dropout());
+        }
         return out;
     }
 
@@ -225,13 +215,8 @@ public:
     /// grow: for them this only checks the state.
     void reserve(State<Scalar>& state, Index length) const {
         if (state.batch <= 0) fail(kind() + ".reserve", "the state records no stream count: make it with initial_state");
-        const Index B = state.batch;
-        check_state(state, B, Call::Forward);
-        if (options_.mixer.kind != MixerKind::Transformer) return;
-        for (Index i = 0; i < options_.depth; ++i) {
-            const auto& block = dynamic_cast<const TransformerBlock<Scalar>&>(layers_[static_cast<std::size_t>(i)]);
-            block.reserve_cache(state.children[0].children[static_cast<std::size_t>(i)], B, length);
-        }
+        check_state(state, state.batch, Call::Forward);
+        layers_.reserve(state.children[0], length);
     }
 
     /// One token for each of B streams -> logits (B, V); no allocation once the state
@@ -295,6 +280,17 @@ public:
     };
 
 private:
+    // Block i: minLM's (RMSNorms, lucidrains' names) for the recurrent kinds, PyTorch's
+    // nn.TransformerEncoderLayer (LayerNorms, its names) for the Transformer kind.
+    static BlockOptions block_options(const LanguageModelOptions& o, Index i) {
+        const std::uint64_t seed = dropout_detail::mix64(o.dropout_seed + 1000 + static_cast<std::uint64_t>(i));
+        if (o.mixer.kind == MixerKind::Transformer)
+            return {.dim = o.dim, .mixer = o.mixer, .ff_mult = o.ff_mult, .norm = BlockNorm::LayerNorm,
+                    .dropout = o.dropout, .dropout_seed = seed, .names = BlockNames::TransformerEncoderLayer};
+        return lm_block_options({.dim = o.dim, .mixer = o.mixer, .ff_mult = o.ff_mult, .conv = o.conv,
+                                 .conv_kernel = o.conv_kernel, .dropout = o.dropout, .dropout_seed = seed});
+    }
+
     static const LanguageModelOptions& checked(const LanguageModelOptions& o) {
         if (o.vocab_size <= 0 || o.dim <= 0 || o.depth <= 0)
             fail("LanguageModel", "vocab_size, dim and depth must be positive, got " + std::to_string(o.vocab_size) +
@@ -313,6 +309,7 @@ private:
     Embedding<Scalar> token_emb_;
     Dropout<Scalar> embed_drop_;
     Sequential<Scalar> layers_;
+    std::vector<Block<Scalar>*> blocks_;  // the blocks, owned by layers_
     RMSNorm<Scalar> norm_;
     Linear<Scalar> to_logits_;
 };

@@ -6,11 +6,9 @@
 //   MinGRU, MinLSTM:   lucidrains' minGRU/minLSTM(D, expansion_factor), names
 //                      to_hidden_and_gate.weight / to_hidden_and_f_i_gate.weight and
 //                      to_out.weight (when expansion != 1), no biases, g activation.
-//   Transformer:       a causal TransformerBlock (PyTorch's pre-norm
-//                      nn.TransformerEncoderLayer names: self_attn.in_proj_weight, ...),
-//                      rotary position embeddings on by default, state = its KV cache.
-//                      It is a whole block (attention and MLP, each with its norm and
-//                      residual): the language model uses it in place of an LMBlock.
+//   Transformer:       causal multi-head SelfAttention (nn.MultiheadAttention's names:
+//                      in_proj_weight, in_proj_bias, out_proj.*), rotary position
+//                      embeddings on by default, state = its KV cache.
 //
 // Adding a kind is one enum value and one case here.
 #pragma once
@@ -22,7 +20,7 @@
 #include "seqnn/layers/mingru.hpp"
 #include "seqnn/layers/minlstm.hpp"
 #include "seqnn/layers/rnn.hpp"
-#include "seqnn/layers/transformer.hpp"
+#include "seqnn/layers/attention.hpp"
 
 #include <memory>
 #include <string>
@@ -55,7 +53,9 @@ struct MixerOptions {
     Index num_heads = 2;                      ///< Transformer: D must be divisible by it
     bool rotary = true;                       ///< Transformer: RoPE on q and k
     Index max_cache_length = 1024;            ///< Transformer: KV-cache rows per stream of initial_state
-    double ff_mult = 4.0;                     ///< Transformer: its MLP's hidden size is D * ff_mult
+    bool causal = true;                       ///< Transformer: the causal mask (false: full attention, no step)
+    double rope_base = 10000.0;               ///< Transformer: RoPE's base
+    bool bias = true;                         ///< Transformer: in_proj_bias and out_proj.bias
 };
 
 /// A mixer of `dim` features to `dim` features.
@@ -79,12 +79,14 @@ std::unique_ptr<Layer<Scalar>> make_mixer(const MixerOptions& o, Index dim, Rng&
             return std::make_unique<MinLSTM<Scalar>>(
                 MinRNNOptions{.input_size = dim, .expansion = o.expansion, .mode = o.mode}, rng);
         case MixerKind::Transformer:
-            return std::make_unique<TransformerBlock<Scalar>>(
-                TransformerOptions{.d_model = dim,
-                                   .num_heads = o.num_heads,
-                                   .dim_feedforward = checked_scaled_size("make_mixer(Transformer)", "ff_mult", dim, o.ff_mult),
-                                   .rotary = o.rotary,
-                                   .max_cache_length = o.max_cache_length},
+            return std::make_unique<SelfAttention<Scalar>>(
+                SelfAttentionOptions{.embed_dim = dim,
+                                     .num_heads = o.num_heads,
+                                     .causal = o.causal,
+                                     .rotary = o.rotary,
+                                     .rope_base = o.rope_base,
+                                     .max_cache_length = o.max_cache_length,
+                                     .bias = o.bias},
                 rng);
     }
     fail("make_mixer", "unknown mixer kind " + std::to_string(static_cast<int>(o.kind)));

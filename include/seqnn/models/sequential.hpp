@@ -92,6 +92,10 @@ protected:
         for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->check_state(state.children[i], batch, call);
     }
 
+    void reserve_impl(State<Scalar>& state, Index length) const override {
+        for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->reserve(state.children[i], length);
+    }
+
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
         check_not_empty("Sequential.forward");
         if (ctx) ctx->make_children(layers_.size());

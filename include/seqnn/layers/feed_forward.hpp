@@ -1,92 +1,36 @@
-// Row-wise blocks as sequence layers, so that they stack with recurrent layers in a
-// Sequential: each step is transformed on its own, there is no state.
-//   Rowwise<Scalar, Block>: Linear, RMSNorm or LayerNorm (anything with
-//       forward(x, y), backward(x, dy) and collect_parameters), named as the block;
-//   FeedForward: Linear(D, mult*D) -> GELU -> Linear(mult*D, D), named like
-//       nn.Sequential(Linear, GELU, Linear): "0.weight", "0.bias", "2.weight", "2.bias".
+// The MLP of a Transformer block and of the minGRU paper's language model:
+//   y = W2 gelu(W1 x + b1) + b2,   W1 (H, D), W2 (D, H), hidden H = mult * D.
+// GELU is the exact erf form (PyTorch's default). Its parameters are named like
+// nn.Sequential(Linear, GELU, Linear) by default ("0.weight", "0.bias", "2.weight",
+// "2.bias"); nn.TransformerEncoderLayer names them "linear1.*" and "linear2.*".
 #pragma once
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
 #include "seqnn/nn/activations.hpp"
-#include "seqnn/nn/layer_norm.hpp"
 #include "seqnn/nn/linear.hpp"
-#include "seqnn/nn/rms_norm.hpp"
 
 #include <string>
 #include <utility>
 
 namespace seqnn {
 
-/// A Linear, RMSNorm or LayerNorm as a layer.
-template <typename Scalar, typename Block>
-class Rowwise : public Layer<Scalar> {
-public:
-    /// Wraps a row-wise block under the name `kind`.
-    Rowwise(std::string kind, Block block) : kind_(std::move(kind)), block_(std::move(block)) {}
-
-    std::string kind() const override { return kind_; }
-    Index input_size() const override {
-        if constexpr (requires(const Block& b) { b.in_features(); })
-            return block_.in_features();
-        else
-            return block_.dim();
-    }
-    Index output_size() const override {
-        if constexpr (requires(const Block& b) { b.out_features(); })
-            return block_.out_features();
-        else
-            return block_.dim();
-    }
-    /// The wrapped block.
-    Block& block() { return block_; }
-    /// The wrapped block, read-only.
-    const Block& block() const { return block_; }
-
-    void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
-        block_.collect_parameters(prefix, out);
-    }
-
-    /// What a training forward keeps: its input.
-    struct Saved {
-        Matrix<Scalar> input;  ///< (B*T, in)
-    };
-
-protected:
-    Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
-        Sequence<Scalar> y(x.batch, x.steps, output_size());
-        block_.forward(x.data, y.data);  // (B*T, in) -> (B*T, out)
-        if (ctx) keep_for_backward<Saved>(*ctx).input = x.data;
-        return y;
-    }
-    void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>&, Matrix<Scalar>& y) const override { block_.forward(x, y); }
-    Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>*,
-                                   State<Scalar>*) override {
-        return Sequence<Scalar>(block_.backward(saved_for_backward<Saved>(ctx).input, dy.data), dy.batch, dy.steps);
-    }
-
-private:
-    std::string kind_;
-    Block block_;
+/// The names of a FeedForward's two Linears, after the layer's prefix.
+struct FeedForwardNames {
+    std::string up = "0.";    ///< the first Linear (D -> H)
+    std::string down = "2.";  ///< the second Linear (H -> D)
 };
 
-/// A Linear as a sequence layer.
-template <typename Scalar>
-std::unique_ptr<Layer<Scalar>> make_linear_layer(Index in, Index out, bool bias, Rng& rng) {
-    return std::make_unique<Rowwise<Scalar, Linear<Scalar>>>("Linear", Linear<Scalar>(in, out, bias, rng));
-}
-/// An RMSNorm as a sequence layer.
-template <typename Scalar>
-std::unique_ptr<Layer<Scalar>> make_rms_norm_layer(Index dim) {
-    return std::make_unique<Rowwise<Scalar, RMSNorm<Scalar>>>("RMSNorm", RMSNorm<Scalar>(dim));
-}
 /// The Transformer / minGRU-LM MLP: y = W2 gelu(W1 x + b1) + b2, hidden = mult * D.
 template <typename Scalar>
 class FeedForward : public Layer<Scalar> {
 public:
     /// Linear(dim -> mult*dim), GELU, Linear back to dim.
-    FeedForward(Index dim, double mult, Rng& rng)
-        : up_(dim, checked_hidden(dim, mult), true, rng), down_(checked_hidden(dim, mult), dim, true, rng) {}
+    FeedForward(Index dim, double mult, Rng& rng, FeedForwardNames names = {})
+        : FeedForward(dim, checked_hidden(dim, mult), rng, std::move(names)) {}
+    /// Linear(dim -> hidden), GELU, Linear back to dim; both with biases unless `bias` is false.
+    FeedForward(Index dim, Index hidden, Rng& rng, FeedForwardNames names = {}, bool bias = true)
+        : up_(checked_dim(dim), checked_width(hidden), bias, rng), down_(hidden, dim, bias, rng), names_(std::move(names)) {}
 
     std::string kind() const override { return "FeedForward"; }
     Index input_size() const override { return up_.in_features(); }
@@ -106,8 +50,8 @@ public:
     }
 
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
-        up_.collect_parameters(prefix + "0.", out);
-        down_.collect_parameters(prefix + "2.", out);
+        up_.collect_parameters(prefix + names_.up, out);
+        down_.collect_parameters(prefix + names_.down, out);
     }
 
     /// Forward on N rows; `pre` (N, H) receives W1 x + b1 and `act` (N, H) its GELU.
@@ -162,13 +106,21 @@ protected:
     }
 
 private:
-    static Index checked_hidden(Index dim, double mult) {
+    static Index checked_dim(Index dim) {
         if (dim <= 0) fail("FeedForward", "dim must be positive, got dim=" + std::to_string(dim));
-        return checked_scaled_size("FeedForward", "mult", dim, mult);
+        return dim;
+    }
+    static Index checked_width(Index hidden) {
+        if (hidden <= 0) fail("FeedForward", "the hidden width must be positive, got " + std::to_string(hidden));
+        return hidden;
+    }
+    static Index checked_hidden(Index dim, double mult) {
+        return checked_scaled_size("FeedForward", "mult", checked_dim(dim), mult);
     }
 
     Linear<Scalar> up_;
     Linear<Scalar> down_;
+    FeedForwardNames names_;
 };
 
 }  // namespace seqnn
