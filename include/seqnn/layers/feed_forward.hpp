@@ -7,6 +7,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/scratch.hpp"
 #include "seqnn/nn/activations.hpp"
 #include "seqnn/nn/linear.hpp"
 
@@ -83,15 +84,21 @@ protected:
         s.workspace = {Matrix<Scalar>(batch, hidden_size()), Matrix<Scalar>(batch, hidden_size())};
         return s;
     }
+    /// In training, pre and act go to the context's buffers (backward needs both); otherwise
+    /// GELU runs in place on pre, in this thread's scratch, so inference allocates only y.
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
-        Sequence<Scalar> y(x.batch, x.steps, output_size());
-        Matrix<Scalar> local_pre, local_act;
-        Saved* saved = ctx ? &keep_for_backward<Saved>(*ctx) : nullptr;
-        Matrix<Scalar>& pre = saved ? saved->pre : local_pre;
-        Matrix<Scalar>& act = saved ? saved->act : local_act;
-        pre.resize(x.data.rows(), hidden_size());
-        forward_rows(x.data, pre, act, y.data);
-        if (saved) saved->input = x.data;
+        const Index N = x.data.rows(), H = hidden_size();
+        Sequence<Scalar> y(Matrix<Scalar>(N, output_size()), x.batch, x.steps);  // every entry is written
+        if (ctx) {
+            Saved& saved = keep_for_backward<Saved>(*ctx);
+            forward_rows(x.data, resized(saved.pre, N, H), saved.act, y.data);
+            saved.input = x.data;
+            return y;
+        }
+        auto pre = scratch_matrix<Scalar>(ScratchSlot::A, N, H);  // (B*T, H)
+        up_.forward(x.data, pre);  // (B*T, D) x (D, H)
+        activation_forward<Scalar>(Activation::GELU, pre);
+        down_.forward(pre, y.data);  // (B*T, H) x (H, D)
         return y;
     }
     /// The step's (B, H) buffers pre and act live in the state's workspace.

@@ -52,7 +52,7 @@ public:
 
 protected:
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
-        Sequence<Scalar> y(x.batch, x.steps, output_size());
+        Sequence<Scalar> y(Matrix<Scalar>(x.data.rows(), output_size()), x.batch, x.steps);  // every entry is written
         block_.forward(x.data, y.data);  // (B*T, in) -> (B*T, out)
         if (ctx) keep_for_backward<Saved>(*ctx).input = x.data;
         return y;
