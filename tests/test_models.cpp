@@ -410,3 +410,35 @@ TEST(LMBlock, DropoutGradientsWithAFixedMask) {
             << p.name;
     }
 }
+
+// ---------------------------------------------------------------- typed saved tensors
+
+// A training loop that reuses its Context reuses each layer's Saved struct and the memory of
+// the matrices in it: the second forward writes where the first one did.
+TEST(Context, AReusedContextKeepsEachLayersSavedBuffers) {
+    Rng rng(21);
+    const Sequence<double> x = random_sequence<double>(3, 9, 4, rng);
+
+    MinGRU<double> mingru(MinRNNOptions{.input_size = 4, .expansion = 1.5}, rng);
+    Context<double> ctx;
+    mingru.forward(x, nullptr, &ctx);
+    const auto& saved = saved_for_backward<MinGRU<double>::Saved>(ctx);
+    const double *pre = saved.pre.data(), *h = saved.h.data(), *input = saved.input.data();
+    mingru.forward(x, nullptr, &ctx);
+    EXPECT_EQ(&saved_for_backward<MinGRU<double>::Saved>(ctx), &saved);
+    EXPECT_EQ(saved.pre.data(), pre);
+    EXPECT_EQ(saved.h.data(), h);
+    EXPECT_EQ(saved.input.data(), input);
+
+    GRU<double> gru(RecurrentOptions{.input_size = 4, .hidden_size = 5, .num_layers = 2}, rng);
+    Context<double> gru_ctx;
+    gru.forward(x, nullptr, &gru_ctx);
+    const auto& gru_saved = saved_for_backward<GRU<double>::Saved>(gru_ctx);
+    const double *gates = gru_saved.layers[1].gates.data(), *between = gru_saved.layers[1].input.data();
+    gru.forward(x, nullptr, &gru_ctx);
+    EXPECT_EQ(gru_saved.layers[1].gates.data(), gates);
+    EXPECT_EQ(gru_saved.layers[1].input.data(), between);  // layer 0 wrote its output there, again
+
+    // A context filled by another layer is refused, typed or not.
+    EXPECT_THROW(saved_for_backward<GRU<double>::Saved>(ctx), shape_error);
+}
