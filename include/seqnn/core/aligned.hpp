@@ -18,7 +18,7 @@ namespace seqnn {
 /// A std::allocator that aligns to EIGEN_MAX_ALIGN_BYTES (at least 16 bytes).
 template <typename T>
 struct AlignedAllocator {
-    using value_type = T;
+    using value_type = T;  ///< the element type
     /// The alignment of every block, in bytes.
     static constexpr std::align_val_t alignment{EIGEN_MAX_ALIGN_BYTES > 16 ? EIGEN_MAX_ALIGN_BYTES : 16};
     AlignedAllocator() = default;

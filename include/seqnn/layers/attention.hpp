@@ -117,7 +117,8 @@ public:
         Matrix<Scalar> qkv;       ///< [q | k | v] (B*T, 3E), after RoPE
         Matrix<Scalar> attn;      ///< the heads' outputs, concatenated (B*T, E)
         Matrix<Scalar> lse;       ///< each query's log-sum-exp of scores (B*T, H)
-        Matrix<Scalar> k, v;      ///< with a cache: every key and value the chunk attended to, (B*Tk, E)
+        Matrix<Scalar> k;         ///< with a cache: every key the chunk attended to, (B*Tk, E)
+        Matrix<Scalar> v;         ///< with a cache: every value the chunk attended to, (B*Tk, E)
         bool cached = false;      ///< whether the forward ran on a KV cache
         Index position = 0;       ///< the cache's fill level before the chunk
         Index initial_capacity = 0;  ///< the cache's rows per stream before the forward

@@ -105,7 +105,7 @@ public:
 
     /// What a training forward keeps: the position of its first step.
     struct Saved {
-        Index offset = 0;
+        Index offset = 0;  ///< the position of the forward's first step
     };
 
 protected:

@@ -66,14 +66,15 @@ public:
     /// What a training forward keeps for backward, per layer k of the stack.
     struct LayerSaved {
         Matrix<Scalar> input;     ///< (B*T, I_k): x for k = 0, layer k-1's output above it
-        Matrix<Scalar> h0, c0;    ///< (B, H): the initial state (c0 for the LSTM only)
+        Matrix<Scalar> h0;        ///< (B, H): the initial hidden state
+        Matrix<Scalar> c0;        ///< (B, H): the initial cell state (LSTM only)
         Matrix<Scalar> gates;     ///< (B*T, G*H): the gate activations (LSTM, GRU)
         Matrix<Scalar> cells;     ///< (B*T, H): the LSTM's c_t
         Matrix<Scalar> hidden_n;  ///< (B*T, H): the GRU's W_hn h_{t-1} + b_hn
     };
     /// Every layer's, and the top layer's output (the others' outputs are the next inputs).
     struct Saved {
-        std::vector<LayerSaved> layers;
+        std::vector<LayerSaved> layers;  ///< one per layer of the stack, bottom first
         Matrix<Scalar> output;  ///< (B*T, H)
     };
 

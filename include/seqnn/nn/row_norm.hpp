@@ -121,14 +121,15 @@ protected:
         }
     }
 
+    /// Throws unless an input of (rows, cols) has D columns.
     void check_input(Index rows, Index cols) const {
         if (cols != dim_)
             fail(Norm::kName, "input has shape " + shape_string(rows, cols) + ", expected (N, " +
                                   std::to_string(dim_) + ")");
     }
 
-    Index dim_ = 0;
-    Scalar eps_ = Norm::default_eps();
+    Index dim_ = 0;                     ///< D
+    Scalar eps_ = Norm::default_eps();  ///< added to the variance (or mean square)
 
 private:
     const Norm& self() const { return static_cast<const Norm&>(*this); }

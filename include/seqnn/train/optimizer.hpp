@@ -111,11 +111,11 @@ protected:
     /// An optimizer called `name` in messages ("SGD") of these parameters.
     Optimizer(std::string name, ParameterList<Scalar> params) : name_(std::move(name)), params_(std::move(params)) {}
 
-    /// Per-parameter state: one tensor per parameter, saved as `<prefix><key>.<parameter name>`
-    /// with PyTorch's key ("exp_avg").
+    /// Per-parameter state: one tensor per parameter, saved under the prefix, then PyTorch's
+    /// key ("exp_avg"), a dot and the parameter's name.
     struct Slot {
-        std::string key;
-        std::vector<Matrix<Scalar>> tensors;
+        std::string key;                       ///< PyTorch's name of the state ("exp_avg", "momentum_buffer")
+        std::vector<Matrix<Scalar>> tensors;   ///< one per parameter, shaped like it
     };
     /// Adds a slot of zeros shaped like the parameters; slot(k) is the k-th added.
     void add_slot(std::string key) {
@@ -142,7 +142,9 @@ protected:
 template <typename Scalar, typename Settings>
 class OptimizerWith : public Optimizer<Scalar> {
 public:
+    /// The learning rate.
     double lr() const override { return opt_.lr; }
+    /// Sets the learning rate (a schedule's step); it must be finite and >= 0.
     void set_lr(double lr) override {
         check_learning_rate(this->name_ + ".set_lr", lr);
         opt_.lr = lr;
@@ -151,12 +153,13 @@ public:
     const Settings& options() const { return opt_; }
 
 protected:
+    /// An optimizer called `name` of `params` with `options`, whose lr is checked.
     OptimizerWith(const char* name, ParameterList<Scalar> params, Settings options)
         : Optimizer<Scalar>(name, std::move(params)), opt_(options) {
         check_learning_rate(name, opt_.lr);
     }
 
-    Settings opt_;
+    Settings opt_;  ///< the settings; lr changes with set_lr
 };
 
 /// PyTorch's SGD settings.
