@@ -130,8 +130,8 @@ public:
         ff_->collect_parameters(prefix + "4.", out);
     }
 
-    /// "Block(<its parts' signatures>)": the owner a training forward writes into its Context.
-    std::string signature() const override { return "Block" + Sequential<Scalar>::signature().substr(10); }
+    /// "Block(<its parts' kinds and sizes>)": the owner a training forward writes into its Context.
+    std::string signature() const override { return "Block" + this->children_signature(); }
 
 private:
     std::unique_ptr<Layer<Scalar>> make_norm() const {

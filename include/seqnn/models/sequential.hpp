@@ -64,15 +64,18 @@ public:
 
     /// The kind and sizes of every child, e.g. "Sequential(GRU 5 -> 9, Linear 9 -> 3)": the
     /// owner a training forward writes into its Context and backward expects there.
-    std::string signature() const override {
-        std::string out = "Sequential(";
+    std::string signature() const override { return "Sequential" + children_signature(); }
+
+protected:
+    /// "(GRU 5 -> 9, Linear 9 -> 3)": every child's kind and sizes.
+    std::string children_signature() const {
+        std::string out = "(";
         for (std::size_t i = 0; i < layers_.size(); ++i)
             out += (i ? ", " : "") + layers_[i]->kind() + " " + std::to_string(layers_[i]->input_size()) + " -> " +
                    std::to_string(layers_[i]->output_size());
         return out + ")";
     }
 
-protected:
     /// One child state per layer; workspace: one (B, D_i) buffer between each pair of layers.
     State<Scalar> make_state(Index batch) const override {
         check_not_empty("Sequential.initial_state");
@@ -84,7 +87,7 @@ protected:
     }
 
     void validate_state(const State<Scalar>& state, Index batch, Call call) const override {
-        check_not_empty("Sequential.step");
+        if (layers_.empty()) fail(this->where(call), "the stack has no layers");  // no string is built otherwise
         if (!state.tensors.empty() || state.children.size() != layers_.size())
             fail(this->where(call), "the state has " + std::to_string(state.children.size()) + " child states and " +
                                         std::to_string(state.tensors.size()) + " tensors, expected " +
