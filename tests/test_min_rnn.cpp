@@ -324,17 +324,7 @@ TEST(MinRNNOptionsTest, LogSpaceRejectsANegativeInitialState) {
 
 namespace {
 
-// Restores the thread count a test changed.
-class ThreadGuard {
-public:
-    ThreadGuard() : saved_(num_threads()) {}
-    ~ThreadGuard() { set_num_threads(saved_); }
-    ThreadGuard(const ThreadGuard&) = delete;
-    ThreadGuard& operator=(const ThreadGuard&) = delete;
-
-private:
-    int saved_;
-};
+using seqnn::testing::ThreadGuard;
 
 // One training forward and backward from a nonzero state: y, the final state, dx,
 // dL/d(initial state) and every parameter's gradient.

@@ -411,6 +411,21 @@ TEST(LMBlock, DropoutGradientsWithAFixedMask) {
     }
 }
 
+// ---------------------------------------------------------------- SelfAttention
+
+// The attention mixer on its own, with rotary positions and its KV cache as state.
+TEST(SelfAttention, StepChunksAndGradients) {
+    Rng rng(22);
+    SelfAttention<double> attn({.embed_dim = 6, .num_heads = 3, .rotary = true, .max_cache_length = 16}, rng);
+    attn.in_proj().bias.value = seqnn::testing::random_matrix<double>(1, 18, rng);  // PyTorch starts them at 0
+    attn.out_proj().bias.value = seqnn::testing::random_matrix<double>(1, 6, rng);
+    const Sequence<double> x = random_sequence<double>(2, 7, 6, rng);
+    expect_step_equals_forward(attn, x, State<double>{});
+    expect_chunked_equals_whole(attn, x, attn.initial_state(2), 3);
+    expect_gradients(attn, 2, 5, /*with_state=*/false);
+    expect_gradients(attn, 2, 5, /*with_state=*/true);
+}
+
 // ---------------------------------------------------------------- typed saved tensors
 
 // A training loop that reuses its Context reuses each layer's Saved struct and the memory of

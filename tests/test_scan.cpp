@@ -17,17 +17,7 @@ using seqnn::testing::relative_error;
 
 namespace {
 
-// Restores the thread count a test changed.
-class ThreadGuard {
-public:
-    ThreadGuard() : saved_(num_threads()) {}
-    ~ThreadGuard() { set_num_threads(saved_); }
-    ThreadGuard(const ThreadGuard&) = delete;
-    ThreadGuard& operator=(const ThreadGuard&) = delete;
-
-private:
-    int saved_;
-};
+using seqnn::testing::ThreadGuard;
 
 template <typename Scalar>
 Matrix<Scalar> uniform(Index rows, Index cols, double lo, double hi, Rng& rng) {

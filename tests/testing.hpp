@@ -3,6 +3,7 @@
 #pragma once
 
 #include <seqnn/core/layer.hpp>
+#include <seqnn/core/parallel.hpp>
 
 #include <gtest/gtest.h>
 
@@ -27,6 +28,18 @@ template <typename Scalar>
 Sequence<Scalar> random_sequence(Index batch, Index steps, Index features, Rng& rng, double scale = 1.0) {
     return Sequence<Scalar>(random_matrix<Scalar>(batch * steps, features, rng, scale), batch, steps);
 }
+
+// Restores the thread count a test changed, when the test ends.
+class ThreadGuard {
+public:
+    ThreadGuard() : saved_(num_threads()) {}
+    ~ThreadGuard() { set_num_threads(saved_); }
+    ThreadGuard(const ThreadGuard&) = delete;
+    ThreadGuard& operator=(const ThreadGuard&) = delete;
+
+private:
+    int saved_;
+};
 
 // A random state shaped like layer.initial_state(batch).
 template <typename Scalar>

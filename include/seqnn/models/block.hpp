@@ -70,7 +70,7 @@ public:
             auto conv = std::make_unique<CausalDepthwiseConv1d<Scalar>>(
                 CausalConvOptions{.channels = D, .kernel_size = o.conv_kernel}, rng);
             conv_ = conv.get();
-            conv_part_ = &this->template emplace<Residual<Scalar>>(std::move(conv));
+            this->template emplace<Residual<Scalar>>(std::move(conv));
         }
         std::unique_ptr<Layer<Scalar>> mixer = make_mixer<Scalar>(o.mixer, D, rng);
         if (mixer->input_size() != D || mixer->output_size() != D)
@@ -151,8 +151,7 @@ private:
     CausalDepthwiseConv1d<Scalar>* conv_ = nullptr;  // owned by conv_part_
     Layer<Scalar>* mixer_ = nullptr;                 // owned by mixer_part_
     FeedForward<Scalar>* ff_ = nullptr;              // owned by ff_part_
-    Residual<Scalar>* conv_part_ = nullptr;          // the parts, owned by the Sequential
-    Residual<Scalar>* mixer_part_ = nullptr;
+    Residual<Scalar>* mixer_part_ = nullptr;         // the branches, owned by the Sequential
     Residual<Scalar>* ff_part_ = nullptr;
 };
 

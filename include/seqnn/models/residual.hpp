@@ -128,11 +128,14 @@ protected:
         if (d_initial) d_initial->children.resize(norm_ ? 2 : 1);
         State<Scalar>* fn_initial = d_initial ? &d_initial->children[0] : nullptr;
 
-        // y = x + drop(f(norm(x))): dx = dy + norm'(f'(drop'(dy)))
-        Sequence<Scalar> d_branch = dy;  // (B*T, D)
-        drop_.apply_backward(d_branch.data, ctx.children[2]);
-        Sequence<Scalar> dx = fn_->backward(d_branch, ctx.children[0], d_final ? &d_final->children[0] : nullptr,
-                                            fn_initial);
+        // y = x + drop(f(norm(x))): dx = dy + norm'(f'(drop'(dy))); dy is copied only to apply a mask
+        Sequence<Scalar> masked;
+        if (drop_.p() > 0) {
+            masked = dy;  // (B*T, D)
+            drop_.apply_backward(masked.data, ctx.children[2]);
+        }
+        Sequence<Scalar> dx = fn_->backward(drop_.p() > 0 ? masked : dy, ctx.children[0],
+                                            d_final ? &d_final->children[0] : nullptr, fn_initial);
         if (fn_initial && fn_initial->empty()) *fn_initial = fn_->initial_state(B);
         if (norm_) {
             dx = norm_->backward(dx, ctx.children[1]);
