@@ -46,6 +46,18 @@ void check_sequence(const std::string& where, const std::string& what, const Seq
                         ", expected D=" + std::to_string(features));
 }
 
+/// Sequence::lengths: empty, or B lengths each in [1, T].
+inline void check_lengths(const std::string& where, const std::vector<Index>& lengths, Index batch, Index steps) {
+    if (lengths.empty()) return;
+    if (static_cast<Index>(lengths.size()) != batch)
+        fail(where, "got " + std::to_string(lengths.size()) + " lengths for B=" + std::to_string(batch) +
+                        " sequences; give one per sequence, or none");
+    for (std::size_t b = 0; b < lengths.size(); ++b)
+        if (lengths[b] < 1 || lengths[b] > steps)
+            fail(where, "lengths[" + std::to_string(b) + "] is " + std::to_string(lengths[b]) +
+                            ", expected 1 <= length <= T=" + std::to_string(steps));
+}
+
 /// A matrix of exactly (rows, cols).
 template <typename Derived>
 void check_matrix(const std::string& where, const std::string& what, const Eigen::EigenBase<Derived>& m,

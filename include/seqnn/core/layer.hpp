@@ -67,10 +67,14 @@ public:
     /// ctx:   non-null puts the layer in training mode: it keeps there what backward needs.
     ///        The caller owns it; reusing one Context from step to step lets a layer reuse
     ///        its buffers.
+    /// lengths: x.lengths, when given, marks each sequence's padding (see Sequence): y is
+    ///        zero there and carries the same lengths, the state ends at each sequence's
+    ///        own last step, and backward passes no gradient through padding.
     /// forward is const: one layer object may serve several threads at once.
     Sequence<Scalar> forward(const Sequence<Scalar>& x, State<Scalar>* state = nullptr,
                              Context<Scalar>* ctx = nullptr) const {
         check_sequence(where(Call::Forward), "input", x, input_size());
+        check_lengths(where(Call::Forward), x.lengths, x.batch, x.steps);
         if (state) {
             if (state->empty())
                 *state = initial_state(x.batch);
@@ -81,8 +85,13 @@ public:
             ctx->owner.clear();  // set once the forward has succeeded: a failed one leaves no usable context
             ctx->batch = x.batch;
             ctx->steps = x.steps;
+            ctx->lengths = x.lengths;
         }
         Sequence<Scalar> y = forward_impl(x, state, ctx);
+        if (x.padded()) {
+            y.lengths = x.lengths;
+            zero_padding<Scalar>(y.data, y.steps, y.lengths);
+        }
         if (state) state->position += x.steps;
         if (ctx) ctx->owner = signature();
         return y;
@@ -143,7 +152,26 @@ public:
         const State<Scalar>* d_last = d_final && !d_final->empty() ? d_final : nullptr;
         if (d_last) check_state(*d_last, ctx.batch, Call::Backward);
         if (d_initial) *d_initial = State<Scalar>{};
-        return backward_impl(dy, ctx, d_last, d_initial);
+        if (ctx.lengths.empty()) {
+            if (dy.padded())
+                fail(where(Call::Backward), "dy carries lengths, but the forward had none");
+            return backward_impl(dy, ctx, d_last, d_initial);
+        }
+        // A padded batch: y was zero past each end whatever the input, so dL/dy there reaches
+        // nothing. Layers read dy's padding as zero; a dy that is not gets a zeroed copy.
+        if (dy.padded() && dy.lengths != ctx.lengths)
+            fail(where(Call::Backward), "dy's lengths differ from the forward's");
+        Sequence<Scalar> dx;
+        if (padding_is_zero(dy.data, dy.steps, ctx.lengths)) {
+            dx = backward_impl(dy, ctx, d_last, d_initial);
+        } else {
+            Sequence<Scalar> zeroed = dy;
+            zero_padding<Scalar>(zeroed.data, zeroed.steps, ctx.lengths);
+            dx = backward_impl(zeroed, ctx, d_last, d_initial);
+        }
+        dx.lengths = ctx.lengths;
+        zero_padding<Scalar>(dx.data, dx.steps, dx.lengths);
+        return dx;
     }
 
     /// Appends the parameters, named as in PyTorch's state_dict, after `prefix`.

@@ -65,11 +65,20 @@ void set_zero_by_rows(Matrix<Scalar>& m) {
 
 /// A batch of B sequences of T steps with D features: one (B*T, D) matrix,
 /// row b*T + t is step t of sequence b. B and T travel with the data.
+///
+/// A padded batch of sequences of different lengths (torch.nn.utils.rnn.pack_padded_sequence's
+/// case) also carries `lengths`: sequence b has lengths[b] real steps (1 <= lengths[b] <= T)
+/// and its rows past them are padding. Every layer's output is zero there, its final state
+/// is each sequence's state at its own last step, and no gradient flows from padding, so a
+/// padded batch gives what each sequence run alone gives. The lengths travel with the data
+/// from layer to layer.
 template <typename Scalar>
 struct Sequence {
     Matrix<Scalar> data;  ///< (B*T, D)
     Index batch = 0;      ///< B
     Index steps = 0;      ///< T
+    /// Empty when every sequence has T steps; otherwise B lengths, each in [1, T].
+    std::vector<Index> lengths;
 
     Sequence() = default;
     /// batch_size sequences of num_steps steps with `features` zeros each.
@@ -87,6 +96,10 @@ struct Sequence {
 
     /// D, the features per step.
     Index features() const { return data.cols(); }
+    /// Whether the batch carries lengths (some rows may be padding).
+    bool padded() const { return !lengths.empty(); }
+    /// The real steps of sequence b: lengths[b], or T without lengths.
+    Index length(Index b) const { return lengths.empty() ? steps : lengths[static_cast<std::size_t>(b)]; }
 
     /// The B rows of step t, (B, D), as a strided view into `data`.
     StridedRows<Scalar> at_step(Index t) { return step_rows(data, steps, t); }
@@ -98,6 +111,25 @@ struct Sequence {
     /// The T rows of sequence b, read-only.
     auto sequence(Index b) const { return data.middleRows(b * steps, steps); }
 };
+
+/// Sets the padding rows of a (B*T, D) matrix to zero: rows b*T + t with t >= lengths[b].
+template <typename Scalar>
+void zero_padding(MatrixRef<Scalar> m, Index steps, const std::vector<Index>& lengths) {
+    for (std::size_t b = 0; b < lengths.size(); ++b) {
+        const Index first = static_cast<Index>(b) * steps;
+        m.middleRows(first + lengths[b], steps - lengths[b]).setZero();
+    }
+}
+
+/// Whether every padding row of a (B*T, D) matrix is zero (true without lengths).
+template <typename Scalar>
+bool padding_is_zero(const Matrix<Scalar>& m, Index steps, const std::vector<Index>& lengths) {
+    for (std::size_t b = 0; b < lengths.size(); ++b) {
+        const Index first = static_cast<Index>(b) * steps;
+        if (!m.middleRows(first + lengths[b], steps - lengths[b]).isZero(0)) return false;
+    }
+    return true;
+}
 
 /// The recurrent state a layer carries from one call to the next, owned by the caller.
 /// It is a tree shaped like the layer: a layer's own value sits in `tensors` (e.g.
@@ -153,6 +185,8 @@ template <typename Scalar>
 struct Context {
     Index batch = 0;  ///< B of the forward that filled the context
     Index steps = 0;  ///< T of the forward that filled the context
+    /// The forward's Sequence::lengths (empty when it had none).
+    std::vector<Index> lengths;
     /// The layer whose forward filled this context: its kind and sizes, e.g.
     /// "GRU(5 -> 9, L=2)". backward refuses a context another layer filled.
     std::string owner;
