@@ -251,4 +251,64 @@ std::vector<GradientReport> check_block_gradients(Forward forward, Backward back
     return reports;
 }
 
+// A padded batch (x with lengths) against each sequence run alone, from the same initial
+// state: the outputs on real steps, zeros past each end, the final state, dL/dx and every
+// parameter's gradient (the batch's equals the sum of the sequences' own) agree within `tol`.
+// dL/dy is random everywhere, padding included: the padding's share must reach nothing.
+// State tensors are laid out (L*B, ...), row k*B + b for sequence b, as every seqnn state is.
+// `initial` may be empty (zeros).
+template <typename Scalar>
+void expect_padded_batch_matches_each_alone(Layer<Scalar>& layer, const Sequence<Scalar>& x,
+                                            const State<Scalar>& initial, double tol, std::uint64_t seed = 3) {
+    ASSERT_TRUE(x.padded());
+    const Index B = x.batch, T = x.steps;
+    Rng rng(seed);
+    const Matrix<Scalar> dy_all = random_matrix<Scalar>(B * T, layer.output_size(), rng);
+
+    layer.zero_grad();
+    State<Scalar> batched_state = initial;
+    Context<Scalar> ctx;
+    const Sequence<Scalar> y = layer.forward(x, &batched_state, &ctx);
+    const Sequence<Scalar> dx = layer.backward(Sequence<Scalar>(dy_all, B, T), ctx);
+    ASSERT_EQ(y.lengths, x.lengths);
+    std::vector<Matrix<Scalar>> batched_grads;
+    for (const auto& named : layer.parameters()) batched_grads.push_back(named.param->grad);
+
+    layer.zero_grad();
+    const State<Scalar> zeros = layer.initial_state(B);
+    const State<Scalar>& start = initial.empty() ? zeros : initial;
+    const auto start_tensors = state_tensors(start);
+    const auto final_tensors = state_tensors(batched_state);
+    for (Index b = 0; b < B; ++b) {
+        const Index n = x.length(b);
+        // Sequence b alone, from its rows of the initial state.
+        State<Scalar> alone_state = layer.initial_state(1);
+        const auto alone_tensors = state_tensors(alone_state);
+        ASSERT_EQ(alone_tensors.size(), start_tensors.size());
+        for (std::size_t k = 0; k < alone_tensors.size(); ++k) {
+            const Index layers = start_tensors[k]->rows() / B;
+            for (Index l = 0; l < layers; ++l) alone_tensors[k]->row(l) = start_tensors[k]->row(l * B + b);
+        }
+        Context<Scalar> alone_ctx;
+        const Sequence<Scalar> xb(Matrix<Scalar>(x.sequence(b).topRows(n)), 1, n);
+        const Sequence<Scalar> yb = layer.forward(xb, &alone_state, &alone_ctx);
+        const Sequence<Scalar> dyb(Matrix<Scalar>(dy_all.middleRows(b * T, n)), 1, n);
+        const Sequence<Scalar> dxb = layer.backward(dyb, alone_ctx);  // the parameters' gradients add up
+
+        EXPECT_LT(relative_error(y.sequence(b).topRows(n), yb.data), tol) << "output of sequence " << b;
+        EXPECT_TRUE(y.sequence(b).bottomRows(T - n).isZero(0)) << "padding of sequence " << b;
+        EXPECT_LT(relative_error(dx.sequence(b).topRows(n), dxb.data), tol) << "dL/dx of sequence " << b;
+        EXPECT_TRUE(dx.sequence(b).bottomRows(T - n).isZero(0)) << "dL/dx padding of sequence " << b;
+        for (std::size_t k = 0; k < alone_tensors.size(); ++k) {
+            const Index layers = final_tensors[k]->rows() / B;
+            for (Index l = 0; l < layers; ++l)
+                EXPECT_LT(relative_error(final_tensors[k]->row(l * B + b), alone_tensors[k]->row(l)), tol)
+                    << "final state tensor " << k << ", layer " << l << ", sequence " << b;
+        }
+    }
+    const auto params = layer.parameters();
+    for (std::size_t i = 0; i < params.size(); ++i)
+        EXPECT_LT(relative_error(batched_grads[i], params[i].param->grad), tol) << "gradient of " << params[i].name;
+}
+
 }  // namespace seqnn::testing
