@@ -1,11 +1,13 @@
 // The recurrent kernel (kernels/recurrent.hpp) against plain loops, one layer at a time:
 // the time loop forward, backward through time and one streaming step, for every cell,
-// in double on odd sizes, and bitwise equal on every team size.
+// in double on odd sizes, and bitwise equal on every team size; with lengths (a padded
+// batch), the same loops stopping at each sequence's own end; two loops side by side.
 #include <seqnn/kernels/recurrent.hpp>
 
 #include "testing.hpp"
 
 #include <cmath>
+#include <limits>
 
 namespace seqnn {
 namespace {
@@ -15,12 +17,15 @@ using testing::relative_error;
 
 double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 
-// One layer's weights, inputs and initial state, in double.
+// One layer's weights, inputs and initial state, in double; with `lengths` (empty: T
+// each), sequence b runs steps [0, lengths[b]) and its other rows are padding (x and
+// d_out there stay random: the kernel must not read them).
 struct Problem {
     CellKind cell;
     Index B, T, I, H, G;
     bool bias;
     Matrix<double> x, w_ih, b_ih, w_hh, b_hh, h0, c0, d_out, dh_T, dc_T;
+    std::vector<Index> lengths;
 
     Problem(CellKind c, Index batch, Index steps, Index input, Index hidden, bool with_bias, std::uint64_t seed = 7)
         : cell(c), B(batch), T(steps), I(input), H(hidden), G(gate_count(c)), bias(with_bias) {
@@ -36,6 +41,9 @@ struct Problem {
         dh_T = random_matrix<double>(B, H, rng);
         dc_T = random_matrix<double>(B, H, rng);
     }
+
+    Index length(Index b) const { return lengths.empty() ? T : lengths[static_cast<std::size_t>(b)]; }
+    const Index* lengths_or_null() const { return lengths.empty() ? nullptr : lengths.data(); }
 
     // x W_ih^T + b_ih, (B*T, G*H).
     Matrix<double> gates_in() const {
@@ -54,10 +62,11 @@ struct PlainForward {
 PlainForward plain_forward(const Problem& p) {
     const Index H = p.H;
     const Matrix<double> gates_in = p.gates_in();
-    PlainForward out{Matrix<double>(p.B * p.T, H), p.h0, p.c0, gates_in, Matrix<double>(p.B * p.T, H),
-                     Matrix<double>(p.B * p.T, H)};
+    // Padding rows stay zero in every output.
+    PlainForward out{Matrix<double>::Zero(p.B * p.T, H), p.h0, p.c0, Matrix<double>::Zero(p.B * p.T, p.G * H),
+                     Matrix<double>::Zero(p.B * p.T, H), Matrix<double>::Zero(p.B * p.T, H)};
     for (Index b = 0; b < p.B; ++b)
-        for (Index t = 0; t < p.T; ++t) {
+        for (Index t = 0; t < p.length(b); ++t) {
             const Index row = b * p.T + t;
             std::vector<double> hidden(static_cast<std::size_t>(p.G * H));  // h_{t-1} W_hh^T + b_hh
             for (Index j = 0; j < p.G * H; ++j) {
@@ -107,7 +116,7 @@ PlainBackward plain_backward(const Problem& p, const PlainForward& f) {
     const Index H = p.H, GH = p.G * H;
     PlainBackward out{Matrix<double>::Zero(p.B * p.T, GH), Matrix<double>::Zero(p.B * p.T, GH), p.dh_T, p.dc_T};
     for (Index b = 0; b < p.B; ++b)
-        for (Index t = p.T - 1; t >= 0; --t) {
+        for (Index t = p.length(b) - 1; t >= 0; --t) {  // the final state's gradient enters at the last step
             const Index row = b * p.T + t;
             const auto h_prev = [&](Index u) { return t == 0 ? p.h0(b, u) : f.y(row - 1, u); };
             std::vector<double> dh_prev(static_cast<std::size_t>(H), 0.0);
@@ -152,15 +161,22 @@ PlainBackward plain_backward(const Problem& p, const PlainForward& f) {
     return out;
 }
 
-// What the kernel computes for a problem on a team of `threads`.
+// What the kernel computes for a problem.
 struct KernelRun {
     Matrix<double> y, h, c, gates, cells, hidden_n, d_gates, d_hidden, dh0, dc0;
+
+    // Outputs start as NaN: the kernel must write every entry, padding included.
+    explicit KernelRun(const Problem& p) {
+        const Index BT = p.B * p.T, H = p.H, GH = p.G * H;
+        const double nan = std::numeric_limits<double>::quiet_NaN();
+        y = cells = hidden_n = Matrix<double>::Constant(BT, H, nan);
+        gates = d_gates = d_hidden = Matrix<double>::Constant(BT, GH, nan);
+        h = p.h0, c = p.c0, dh0 = p.dh_T, dc0 = p.dc_T;
+    }
 };
 
-KernelRun run_kernel(const Problem& p, int threads) {
-    const Index BT = p.B * p.T, H = p.H, GH = p.G * H;
-    KernelRun r{Matrix<double>(BT, H), p.h0, p.c0, Matrix<double>(BT, GH), Matrix<double>(BT, H), Matrix<double>(BT, H),
-                Matrix<double>(BT, GH), Matrix<double>(BT, GH), p.dh_T, p.dc_T};
+// The kernel's arguments for problem p, writing into r.
+RecurrentForward<double> forward_args(const Problem& p, KernelRun& r) {
     RecurrentForward<double> f;
     f.cell = p.cell;
     f.input_size = p.I;
@@ -175,15 +191,80 @@ KernelRun run_kernel(const Problem& p, int threads) {
     f.y = r.y.data();
     f.cells = r.cells.data();
     f.hidden_n = r.hidden_n.data();
-    recurrent_forward<double>(f, p.B, p.T, H, threads);
+    f.lengths = p.lengths_or_null();
+    return f;
+}
+RecurrentSaved<double> saved_args(const Problem& p, const KernelRun& r) {
+    return {r.gates.data(), r.y.data(), p.h0.data(), p.c0.data(), r.cells.data(), r.hidden_n.data()};
+}
+RecurrentBackward<double> backward_args(const Problem& p, KernelRun& r) {
+    return {p.d_out.data(), r.dh0.data(), r.dc0.data(), r.d_gates.data(),
+            p.cell == CellKind::GRU ? r.d_hidden.data() : r.d_gates.data(), p.lengths_or_null()};
+}
 
-    RecurrentSaved<double> saved{r.gates.data(), r.y.data(), p.h0.data(), p.c0.data(), r.cells.data(),
-                                 r.hidden_n.data()};
-    RecurrentBackward<double> d{p.d_out.data(), r.dh0.data(), r.dc0.data(), r.d_gates.data(),
-                                p.cell == CellKind::GRU ? r.d_hidden.data() : r.d_gates.data()};
-    recurrent_backward<double>(p.cell, p.w_hh.data(), saved, d, p.B, p.T, H, threads);
+// The outputs a cell does not write, set as the plain loops leave them: the RNN keeps no
+// gates, only the LSTM cells and only the GRU hidden_n and a d_hidden of its own.
+void finish(const Problem& p, KernelRun& r) {
     if (p.cell != CellKind::GRU) r.d_hidden = r.d_gates;
+    if (p.cell == CellKind::RNNTanh || p.cell == CellKind::RNNReLU) r.gates.setZero();
+    if (p.cell != CellKind::LSTM) r.cells.setZero();
+    if (p.cell != CellKind::GRU) r.hidden_n.setZero();
+}
+
+// The forward and backward of problem p on a team of `threads`.
+KernelRun run_kernel(const Problem& p, int threads) {
+    KernelRun r(p);
+    recurrent_forward<double>(forward_args(p, r), p.B, p.T, p.H, threads);
+    recurrent_backward<double>(p.cell, p.w_hh.data(), saved_args(p, r), backward_args(p, r), p.B, p.T, p.H, threads);
+    finish(p, r);
     return r;
+}
+
+// Problems p and q (the same cell and sizes) side by side, each on `threads_each`.
+std::pair<KernelRun, KernelRun> run_pair(const Problem& p, const Problem& q, int threads_each) {
+    KernelRun rp(p), rq(q);
+    recurrent_forward_pair<double>(forward_args(p, rp), forward_args(q, rq), p.B, p.T, p.H, threads_each);
+    recurrent_backward_pair<double>(p.cell, p.w_hh.data(), saved_args(p, rp), backward_args(p, rp), q.w_hh.data(),
+                                    saved_args(q, rq), backward_args(q, rq), p.B, p.T, p.H, threads_each);
+    finish(p, rp);
+    finish(q, rq);
+    return {rp, rq};
+}
+
+// Every output of two runs has the same bits.
+void expect_same_bits(const KernelRun& a, const KernelRun& b, const std::string& what) {
+    EXPECT_TRUE(a.y == b.y) << what;
+    EXPECT_TRUE(a.h == b.h) << what;
+    EXPECT_TRUE(a.c == b.c) << what;
+    EXPECT_TRUE(a.gates == b.gates) << what;
+    EXPECT_TRUE(a.cells == b.cells) << what;
+    EXPECT_TRUE(a.hidden_n == b.hidden_n) << what;
+    EXPECT_TRUE(a.d_gates == b.d_gates) << what;
+    EXPECT_TRUE(a.d_hidden == b.d_hidden) << what;
+    EXPECT_TRUE(a.dh0 == b.dh0) << what;
+    EXPECT_TRUE(a.dc0 == b.dc0) << what;
+}
+
+// Every output of a run against the plain loops.
+void expect_matches_plain(const Problem& p, const KernelRun& got, const std::string& what) {
+    const PlainForward want = plain_forward(p);
+    const PlainBackward want_d = plain_backward(p, want);
+    EXPECT_LT(relative_error(got.y, want.y), 1e-13) << what;
+    EXPECT_LT(relative_error(got.h, want.h), 1e-13) << what;
+    EXPECT_LT(relative_error(got.d_gates, want_d.d_gates), 1e-12) << what;
+    EXPECT_LT(relative_error(got.d_hidden, want_d.d_hidden), 1e-12) << what;
+    EXPECT_LT(relative_error(got.dh0, want_d.dh0), 1e-12) << what;
+    if (p.cell == CellKind::LSTM) {
+        EXPECT_LT(relative_error(got.c, want.c), 1e-13) << what;
+        EXPECT_LT(relative_error(got.cells, want.cells), 1e-13) << what;
+        EXPECT_LT(relative_error(got.dc0, want_d.dc0), 1e-12) << what;
+    }
+    if (p.cell == CellKind::LSTM || p.cell == CellKind::GRU) {
+        EXPECT_LT(relative_error(got.gates, want.gates), 1e-13) << what;
+    }
+    if (p.cell == CellKind::GRU) {
+        EXPECT_LT(relative_error(got.hidden_n, want.hidden_n), 1e-13) << what;
+    }
 }
 
 struct Case {
@@ -198,41 +279,14 @@ class RecurrentKernel : public ::testing::TestWithParam<Case> {};
 TEST_P(RecurrentKernel, ForwardAndBackwardMatchPlainLoopsInDouble) {
     const Case& c = GetParam();
     const Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
-    const PlainForward want = plain_forward(p);
-    const PlainBackward want_d = plain_backward(p, want);
-    const KernelRun got = run_kernel(p, 3);
-    EXPECT_LT(relative_error(got.y, want.y), 1e-13);
-    EXPECT_LT(relative_error(got.h, want.h), 1e-13);
-    EXPECT_LT(relative_error(got.d_gates, want_d.d_gates), 1e-12);
-    EXPECT_LT(relative_error(got.d_hidden, want_d.d_hidden), 1e-12);
-    EXPECT_LT(relative_error(got.dh0, want_d.dh0), 1e-12);
-    if (c.cell == CellKind::LSTM) {
-        EXPECT_LT(relative_error(got.c, want.c), 1e-13);
-        EXPECT_LT(relative_error(got.cells, want.cells), 1e-13);
-        EXPECT_LT(relative_error(got.dc0, want_d.dc0), 1e-12);
-    }
-    if (c.cell == CellKind::LSTM || c.cell == CellKind::GRU) {
-        EXPECT_LT(relative_error(got.gates, want.gates), 1e-13);
-    }
-    if (c.cell == CellKind::GRU) {
-        EXPECT_LT(relative_error(got.hidden_n, want.hidden_n), 1e-13);
-    }
+    expect_matches_plain(p, run_kernel(p, 3), "3 threads");
 }
 
 TEST_P(RecurrentKernel, GivesTheSameBitsOnEveryTeamSize) {
     const Case& c = GetParam();
     const Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
     const KernelRun one = run_kernel(p, 1);
-    for (int threads : {2, 3, 7}) {
-        const KernelRun many = run_kernel(p, threads);
-        EXPECT_TRUE(many.y == one.y) << threads << " threads";
-        EXPECT_TRUE(many.h == one.h) << threads << " threads";
-        EXPECT_TRUE(many.c == one.c) << threads << " threads";
-        EXPECT_TRUE(many.d_gates == one.d_gates) << threads << " threads";
-        EXPECT_TRUE(many.d_hidden == one.d_hidden) << threads << " threads";
-        EXPECT_TRUE(many.dh0 == one.dh0) << threads << " threads";
-        EXPECT_TRUE(many.dc0 == one.dc0) << threads << " threads";
-    }
+    for (int threads : {2, 3, 7}) expect_same_bits(run_kernel(p, threads), one, std::to_string(threads) + " threads");
 }
 
 // One streaming step of a two-layer stack equals two plain one-step layers on every team
@@ -283,6 +337,101 @@ INSTANTIATE_TEST_SUITE_P(
                       // T beyond one chunk of the input product (kChunkRows / B steps), with a short last chunk
                       Case{CellKind::LSTM, 5, 60, 4, 21, true, "Lstm_T60_three_chunks"},
                       Case{CellKind::GRU, 3, 100, 2, 9, false, "Gru_T100_three_chunks_nobias"}),
+    [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
+
+// Lengths for a padded batch of B sequences of T steps, out of order: random in [1, T], the
+// first sequence of a single step and the last of all T (B > 1); about T/2 for B = 1.
+std::vector<Index> uneven_lengths(Index B, Index T, std::uint64_t seed = 3) {
+    if (B == 1) return {(T + 1) / 2};
+    Rng rng(seed);
+    std::uniform_int_distribution<Index> draw(1, T);
+    std::vector<Index> lengths(static_cast<std::size_t>(B));
+    for (Index& n : lengths) n = draw(rng);
+    lengths.front() = 1;
+    lengths.back() = T;
+    return lengths;
+}
+
+class RecurrentKernelPadded : public ::testing::TestWithParam<Case> {};
+
+// A padded batch: the plain loops stop at each sequence's end (zeros past it, the final
+// state and its gradient at the last step); every team size gives the same bits.
+TEST_P(RecurrentKernelPadded, MatchesPlainLoopsStoppingAtEachEndOnEveryTeamSize) {
+    const Case& c = GetParam();
+    Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
+    p.lengths = uneven_lengths(c.B, c.T);
+    const KernelRun one = run_kernel(p, 1);
+    expect_matches_plain(p, one, "1 thread");
+    for (Index b = 0; b < p.B; ++b) {
+        const Index n = p.length(b), padding = p.T - n;
+        EXPECT_TRUE(one.y.middleRows(b * p.T + n, padding).isZero(0)) << "y past the end of " << b;
+        EXPECT_TRUE(one.d_gates.middleRows(b * p.T + n, padding).isZero(0)) << "d_gates past the end of " << b;
+        EXPECT_TRUE(one.d_hidden.middleRows(b * p.T + n, padding).isZero(0)) << "d_hidden past the end of " << b;
+    }
+    for (int threads : {2, 3, 7}) expect_same_bits(run_kernel(p, threads), one, std::to_string(threads) + " threads");
+}
+
+// Each sequence of a padded batch gives the bits it gives run alone (B = 1, its own T):
+// its rows take the same path whatever rows run beside them.
+TEST_P(RecurrentKernelPadded, EachSequenceGivesTheBitsItGivesAlone) {
+    const Case& c = GetParam();
+    Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
+    p.lengths = uneven_lengths(c.B, c.T);
+    const KernelRun batch = run_kernel(p, 2);
+    for (Index b = 0; b < p.B; ++b) {
+        const Index n = p.length(b);
+        Problem alone(c.cell, 1, n, c.I, c.H, c.bias);
+        alone.w_ih = p.w_ih, alone.b_ih = p.b_ih, alone.w_hh = p.w_hh, alone.b_hh = p.b_hh;
+        alone.x = p.x.middleRows(b * p.T, n);
+        alone.d_out = p.d_out.middleRows(b * p.T, n);
+        alone.h0 = p.h0.row(b), alone.c0 = p.c0.row(b), alone.dh_T = p.dh_T.row(b), alone.dc_T = p.dc_T.row(b);
+        const KernelRun one = run_kernel(alone, 2);
+        const std::string what = "sequence " + std::to_string(b);
+        EXPECT_TRUE(batch.y.middleRows(b * p.T, n) == one.y) << what;
+        EXPECT_TRUE(batch.h.row(b) == one.h) << what;
+        EXPECT_TRUE(batch.c.row(b) == one.c) << what;
+        EXPECT_TRUE(batch.d_gates.middleRows(b * p.T, n) == one.d_gates) << what;
+        EXPECT_TRUE(batch.dh0.row(b) == one.dh0) << what;
+        EXPECT_TRUE(batch.dc0.row(b) == one.dc0) << what;
+    }
+}
+
+// Lengths of T everywhere run exactly the loop without lengths.
+TEST_P(RecurrentKernelPadded, FullLengthsGiveTheBitsOfNoLengths) {
+    const Case& c = GetParam();
+    Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
+    const KernelRun none = run_kernel(p, 3);
+    p.lengths.assign(static_cast<std::size_t>(c.B), c.T);
+    expect_same_bits(run_kernel(p, 3), none, "lengths all T");
+}
+
+// Two loops side by side (the directions of a bidirectional layer) give each loop's own
+// bits, on teams of 1, 2 and 3 threads each.
+TEST_P(RecurrentKernelPadded, TwoLoopsSideBySideGiveEachLoopsBits) {
+    const Case& c = GetParam();
+    Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias, 21), q(c.cell, c.B, c.T, c.I, c.H, c.bias, 22);
+    p.lengths = uneven_lengths(c.B, c.T, 4);
+    q.lengths = uneven_lengths(c.B, c.T, 5);
+    const KernelRun want_p = run_kernel(p, 1), want_q = run_kernel(q, 1);
+    for (int threads_each : {1, 2, 3}) {
+        const auto [got_p, got_q] = run_pair(p, q, threads_each);
+        expect_same_bits(got_p, want_p, "first of the pair, " + std::to_string(threads_each) + " threads each");
+        expect_same_bits(got_q, want_q, "second of the pair, " + std::to_string(threads_each) + " threads each");
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cells, RecurrentKernelPadded,
+    ::testing::Values(Case{CellKind::GRU, 3, 7, 5, 37, true, "Gru_H37"}, Case{CellKind::GRU, 1, 5, 1, 5, false, "Gru_B1_I1_H5_nobias"},
+                      Case{CellKind::LSTM, 5, 6, 11, 37, true, "Lstm_H37"}, Case{CellKind::LSTM, 4, 4, 3, 100, false, "Lstm_H100_nobias"},
+                      Case{CellKind::RNNTanh, 4, 5, 7, 19, true, "RnnTanh_H19"}, Case{CellKind::RNNReLU, 6, 6, 2, 33, true, "RnnRelu_H33"},
+                      Case{CellKind::LSTM, 1, 9, 1, 3, true, "Lstm_B1_I1_H3"},
+                      // H = 3 and 5: fewer packets of units than threads in a team
+                      Case{CellKind::GRU, 7, 8, 4, 3, true, "Gru_B7_H3"},
+                      // several chunks of the input product, the running rows shrinking inside them
+                      Case{CellKind::LSTM, 9, 60, 4, 21, true, "Lstm_T60_chunks"},
+                      Case{CellKind::GRU, 5, 100, 2, 9, false, "Gru_T100_chunks_nobias"},
+                      Case{CellKind::RNNReLU, 3, 70, 3, 11, false, "RnnRelu_T70_chunks_nobias"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });
 
 // The per-step product on packed weights equals the plain product, whatever the rows and columns.

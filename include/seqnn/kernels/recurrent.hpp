@@ -27,6 +27,16 @@
 /// thread count (the products sum over k in order with one multiply-add per term, and
 /// the cell math works on packets aligned to unit indices), so results are bitwise
 /// equal on any number of threads.
+///
+/// Variable lengths (a padded batch, PyTorch's pack_padded_sequence): with lengths, the
+/// batch rows are put once in rank order, longest first, so that the rows still running
+/// at step t are ranks [0, n_t). Both products and the cell run over those rows only, so
+/// an ended sequence costs nothing; its h (and c) stay at its last step, which is its
+/// final state. Without lengths the rank order is the identity and n_t = B.
+///
+/// Two independent loops (the two directions of a bidirectional layer) can run side by
+/// side in one parallel region, each on its own share of the threads with a barrier of
+/// its own (recurrent_forward_pair, recurrent_backward_pair).
 #pragma once
 
 #include "seqnn/core/aligned.hpp"
@@ -36,6 +46,9 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <atomic>
+#include <numeric>
+#include <thread>
 #include <vector>
 
 namespace seqnn {
@@ -313,6 +326,85 @@ void cell_forward(CellKind cell, const CellStep<S>& p, Index u, Index n) {
     }
 }
 
+/// The batch rows in rank order: rank r is row order[r], longest sequence first (ties in
+/// row order), so that the rows still running at step t are ranks [0, active[t]). Without
+/// lengths the order is the identity and every step runs all B rows.
+struct RowOrder {
+    std::vector<Index> order;   // rank -> batch row
+    std::vector<Index> active;  // T values: rows running at step t
+    std::vector<Index> first;   // T + 1 values: rows run before step t, summed over the steps
+};
+
+/// The rank order of B rows of lengths[b] steps each (null: T each). Lengths may be 0
+/// (such a row never runs: its final state is its initial state).
+inline RowOrder row_order(const Index* lengths, Index B, Index T) {
+    RowOrder o;
+    o.order.resize(static_cast<std::size_t>(B));
+    std::iota(o.order.begin(), o.order.end(), Index(0));
+    o.active.assign(static_cast<std::size_t>(T), B);
+    if (lengths) {
+        std::stable_sort(o.order.begin(), o.order.end(), [&](Index a, Index b) { return lengths[a] > lengths[b]; });
+        Index running = B;
+        for (Index t = 0; t < T; ++t) {
+            while (running > 0 && lengths[o.order[static_cast<std::size_t>(running - 1)]] <= t) --running;
+            o.active[static_cast<std::size_t>(t)] = running;
+        }
+    }
+    o.first.assign(static_cast<std::size_t>(T + 1), 0);
+    for (Index t = 0; t < T; ++t)
+        o.first[static_cast<std::size_t>(t + 1)] = o.first[static_cast<std::size_t>(t)] + o.active[static_cast<std::size_t>(t)];
+    return o;
+}
+
+/// A barrier for `size` threads of a running parallel region that are not its whole team
+/// (an OpenMP barrier waits for the whole team): one of two groups running side by side.
+/// The last thread to arrive opens the next generation; the others spin on it (yielding
+/// after a while, for a machine with fewer cores than threads). Its acquire and release
+/// make every write before the barrier visible after it.
+class GroupBarrier {
+public:
+    explicit GroupBarrier(int size) : size_(size) {}
+    void wait() {
+        if (size_ <= 1) return;
+        const unsigned generation = generation_.load(std::memory_order_acquire);
+        if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == size_) {
+            arrived_.store(0, std::memory_order_relaxed);
+            generation_.fetch_add(1, std::memory_order_acq_rel);
+            return;
+        }
+        for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins)
+            if (spins >= 4096) std::this_thread::yield();
+    }
+
+private:
+    int size_;
+    std::atomic<int> arrived_{0};
+    std::atomic<unsigned> generation_{0};
+};
+
+/// Runs two loops (ForwardLoop or BackwardLoop below) side by side: one parallel region
+/// whose first a.slots() threads run `a` and the others `b`, each group with its own
+/// barrier. On one thread, inside a running region, or when OpenMP gives fewer threads,
+/// one after the other on the calling thread.
+template <typename LoopA, typename LoopB>
+void run_side_by_side(LoopA& a, LoopB& b) {
+    const int na = a.slots(), nb = b.slots();
+    GroupBarrier barrier_a(na), barrier_b(nb);
+    parallel_team(na + nb, [&](int thread, int team) {
+        if (team < na + nb) {
+            if (thread == 0) {
+                a.run(0, 1, [] {});
+                b.run(0, 1, [] {});
+            }
+            return;
+        }
+        if (thread < na)
+            a.run(thread, na, [&] { barrier_a.wait(); });
+        else
+            b.run(thread - na, nb, [&] { barrier_b.wait(); });
+    });
+}
+
 }  // namespace recurrent_detail
 
 /// What one layer's forward reads and writes: row-major arrays, B sequences of T steps,
@@ -329,11 +421,15 @@ struct RecurrentForward {
     /// Optional, out (B*T, G*H): the gate activations, for backward (LSTM [i, f, g, o],
     /// GRU [r, z, n]; the RNN keeps none).
     Scalar* gates = nullptr;
-    Scalar* h = nullptr;         ///< (B, H): h_0 in, h_T out
-    Scalar* c = nullptr;         ///< LSTM: (B, H), c_0 in, c_T out
-    Scalar* y = nullptr;         ///< (B*T, H): h_t of every step
+    Scalar* h = nullptr;         ///< (B, H): h_0 in, each sequence's last h out
+    Scalar* c = nullptr;         ///< LSTM: (B, H), c_0 in, each sequence's last c out
+    Scalar* y = nullptr;         ///< (B*T, H): h_t of every step, zero past each sequence's end
     Scalar* cells = nullptr;     ///< LSTM, optional: (B*T, H) c_t, for backward
     Scalar* hidden_n = nullptr;  ///< GRU, optional: (B*T, H) W_hn h_{t-1} + b_hn, for backward
+    /// Optional: B lengths in [0, T], sequence b running steps [0, lengths[b]); null: T
+    /// each. Rows past a sequence's end are padding: x there is not read, y (and gates,
+    /// cells, hidden_n) are zero there, and h and c receive the state at step lengths[b]-1.
+    const Index* lengths = nullptr;
 };
 
 /// What one layer's forward kept for backward (shapes as in RecurrentForward).
@@ -350,12 +446,16 @@ struct RecurrentSaved {
 /// What one layer's backward through time reads and writes.
 template <typename Scalar>
 struct RecurrentBackward {
-    const Scalar* d_out = nullptr;  ///< (B*T, H): dL/dh_t from above
-    Scalar* dh = nullptr;           ///< (B, H): dL/dh_T in, dL/dh_0 out
-    Scalar* dc = nullptr;           ///< LSTM: (B, H): dL/dc_T in, dL/dc_0 out
-    Scalar* d_gates = nullptr;      ///< out (B*T, G*H): dL/d(x W_ih^T + b_ih)
+    const Scalar* d_out = nullptr;  ///< (B*T, H): dL/dh_t from above (not read past a sequence's end)
+    Scalar* dh = nullptr;           ///< (B, H): dL/d(final h) in, dL/dh_0 out
+    Scalar* dc = nullptr;           ///< LSTM: (B, H): dL/d(final c) in, dL/dc_0 out
+    Scalar* d_gates = nullptr;      ///< out (B*T, G*H): dL/d(x W_ih^T + b_ih), zero past each end
     /// out (B*T, G*H): dL/d(h W_hh^T + b_hh). For the RNN and LSTM it is d_gates itself.
     Scalar* d_gates_hidden = nullptr;
+    /// The forward's lengths (see RecurrentForward::lengths), or null. The final state's
+    /// gradient applies at each sequence's own last step; dL/dh of a sequence that has
+    /// ended passes back unchanged.
+    const Index* lengths = nullptr;
 };
 
 /// Threads the forward time loop of one layer would use for these sizes.
@@ -366,51 +466,59 @@ int recurrent_loop_threads(CellKind cell, Index B, Index I, Index H) {
                                        recurrent_detail::kPacket<Scalar>);
 }
 
-/// Runs one layer of H units over T steps of B sequences (see RecurrentForward). h_0
-/// and c_0 are read from `h` and `c`, which receive h_T and c_T. Both products of a
-/// step, x_t W_ih^T and h_{t-1} W_hh^T, run on weights packed once per call. `threads` > 0 sets
-/// the team size (at most one thread per packet of units); 0 lets the work decide.
-template <typename Scalar>
-void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Index H, int threads = 0) {
-    using namespace recurrent_detail;
-    using S = Scalar;
-    constexpr Index P = kPacket<S>;
-    const CellKind cell = f.cell;
-    const Index G = gate_count(cell), GH = G * H;
-    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, f.input_size, H);
+namespace recurrent_detail {
 
-    // The input product runs for `chunk` steps at a time (about kChunkRows rows), so a
-    // slot reads its W_ih panels once per chunk rather than once per step.
-    const Index chunk = std::clamp<Index>(kChunkRows / B, 1, T);
-    // Per slot: its units, its packed rows of W_ih and W_hh with their biases, its
-    // buffers for the input product of a chunk (chunk*B, G*width) and the hidden product
-    // of one step (B, G*width), and, for the LSTM, its units of c.
-    struct Slot {
-        UnitBlock units;
-        Index width = 0;  // nu rounded up to whole packets
-        PackedPanels<S> w_ih, w_hh;
-        AlignedVector<S> b_ih, b_hh, input, hidden, cell_state;
-    };
-    const Index I = f.input_size;
-    std::vector<Slot> slot(static_cast<std::size_t>(slots));
-    for (int s = 0; s < slots; ++s) {
-        Slot& sl = slot[static_cast<std::size_t>(s)];
-        sl.units = unit_block<S>(H, slots, s);
-        const Index nu = sl.units.size(), width = (nu + P - 1) / P * P;
-        sl.width = width;
-        sl.input.assign(static_cast<std::size_t>(chunk * B * G * width), S(0));
-        sl.hidden.assign(static_cast<std::size_t>(B * G * width), S(0));
-        if (f.b_ih) sl.b_ih.assign(static_cast<std::size_t>(G * width), S(0));
-        if (f.b_hh) sl.b_hh.assign(static_cast<std::size_t>(G * width), S(0));
-        if (cell == CellKind::LSTM) sl.cell_state.assign(static_cast<std::size_t>(B * width), S(0));
+/// The forward time loop of one layer (see recurrent_forward), set up for `slots` slots
+/// before a team runs it: the slots' buffers and the rank order of the rows.
+template <typename S>
+class ForwardLoop {
+public:
+    ForwardLoop(const RecurrentForward<S>& f, Index B, Index T, Index H, int slots)
+        : f_(f), B_(B), T_(T), H_(H), G_(gate_count(f.cell)), rows_(row_order(f.lengths, B, T)),
+          slot_(static_cast<std::size_t>(slots)) {
+        constexpr Index P = kPacket<S>;
+        // The input product runs for `chunk` steps at a time (about kChunkRows rows), so a
+        // slot reads its W_ih panels once per chunk rather than once per step.
+        chunk_ = std::clamp<Index>(kChunkRows / B, 1, T);
+        // With lengths, the input rows of the running (step, rank) pairs in step order:
+        // the chunk's product reads them from here.
+        if (f.lengths) {
+            x_rows_.resize(static_cast<std::size_t>(rows_.first.back()));
+            for (Index t = 0; t < T; ++t)
+                for (Index r = 0; r < rows_.active[static_cast<std::size_t>(t)]; ++r)
+                    x_rows_[static_cast<std::size_t>(rows_.first[static_cast<std::size_t>(t)] + r)] =
+                        rows_.order[static_cast<std::size_t>(r)] * T + t;
+        }
+        for (int s = 0; s < slots; ++s) {
+            Slot& sl = slot_[static_cast<std::size_t>(s)];
+            sl.units = unit_block<S>(H, slots, s);
+            const Index nu = sl.units.size(), width = (nu + P - 1) / P * P;
+            sl.width = width;
+            sl.input.assign(static_cast<std::size_t>(chunk_ * B * G_ * width), S(0));
+            sl.hidden.assign(static_cast<std::size_t>(B * G_ * width), S(0));
+            if (f.b_ih) sl.b_ih.assign(static_cast<std::size_t>(G_ * width), S(0));
+            if (f.b_hh) sl.b_hh.assign(static_cast<std::size_t>(G_ * width), S(0));
+            if (f.cell == CellKind::LSTM) sl.cell_state.assign(static_cast<std::size_t>(B * width), S(0));
+        }
     }
 
-    const S* h0 = f.h;
-    S* y = f.y;
-    parallel_team(slots, [&](int thread, int team) {
+    /// The team size it was set up for.
+    int slots() const { return static_cast<int>(slot_.size()); }
+
+    /// The loop, as thread `thread` of a team of `team` runs it; barrier() waits for the team.
+    template <typename Barrier>
+    void run(int thread, int team, const Barrier& barrier) {
+        constexpr Index P = kPacket<S>;
+        const RecurrentForward<S>& f = f_;
+        const CellKind cell = f.cell;
+        const Index B = B_, T = T_, H = H_, G = G_, GH = G * H, I = f.input_size;
+        const int slots = this->slots();
+        const std::vector<Index>& order = rows_.order;
+        const S* h0 = f.h;
+        S* y = f.y;
         // Pack: column j = g*width + u of a slot's panels is row g*H + begin + u of the weight.
         for (int s = thread; s < slots; s += team) {
-            Slot& sl = slot[static_cast<std::size_t>(s)];
+            Slot& sl = slot_[static_cast<std::size_t>(s)];
             const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
             const auto pack = [&](PackedPanels<S>& panels, const S* w, Index K) {
                 panels.pack(K, G * width, [&](Index k, Index j) {
@@ -425,39 +533,47 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
                     if (f.b_ih) sl.b_ih[g * width + u] = f.b_ih[g * H + begin + u];
                     if (f.b_hh) sl.b_hh[g * width + u] = f.b_hh[g * H + begin + u];
                 }
-            if (cell == CellKind::LSTM)
-                for (Index b = 0; b < B; ++b)
-                    for (Index u = 0; u < nu; ++u) sl.cell_state[b * width + u] = f.c[b * H + begin + u];
+            if (cell == CellKind::LSTM)  // c by rank
+                for (Index r = 0; r < B; ++r)
+                    for (Index u = 0; u < nu; ++u) sl.cell_state[r * width + u] = f.c[order[r] * H + begin + u];
         }
 
         for (Index t = 0; t < T; ++t) {
-            // h_{t-1}: the initial state, then the previous step's rows of y.
-            const S* h_prev = t == 0 ? h0 : y + (t - 1) * H;
-            const Index ld_prev = t == 0 ? H : T * H;
+            const Index running = rows_.active[static_cast<std::size_t>(t)];
+            // h_{t-1} of rank r: the initial state, then the previous step's row of y.
+            const auto h_prev = [&](Index r) { return t == 0 ? h0 + order[r] * H : y + (order[r] * T + t - 1) * H; };
             for (int s = thread; s < slots; s += team) {
-                Slot& sl = slot[static_cast<std::size_t>(s)];
+                Slot& sl = slot_[static_cast<std::size_t>(s)];
                 const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
-                // (chunk*B, G*width): x W_ih^T + b_ih of the chunk's steps for the slot's units,
-                // row s*B + b for step t0 + s. Computed at the chunk's first step.
-                const Index t0 = t / chunk * chunk;
+                // (rows, G*width): x W_ih^T + b_ih of the chunk's running rows for the slot's
+                // units, step t's rank r at row first[t] - first[t0] + r (s*B + r without
+                // lengths). Computed at the chunk's first step.
+                const Index t0 = t / chunk_ * chunk_;
+                const Index base = rows_.first[static_cast<std::size_t>(t0)];
                 if (t == t0) {
-                    const Index steps = std::min(chunk, T - t0);
-                    gemm_packed_rows<S>([&](Index r) { return f.x + ((r % B) * T + t0 + r / B) * I; }, steps * B,
-                                        sl.w_ih, sl.input.data(), G * width, f.b_ih ? sl.b_ih.data() : nullptr, false);
+                    const Index end = std::min(t0 + chunk_, T);
+                    const Index count = rows_.first[static_cast<std::size_t>(end)] - base;
+                    const S* b_ih = f.b_ih ? sl.b_ih.data() : nullptr;
+                    if (f.lengths)
+                        gemm_packed_rows<S>([&](Index r) { return f.x + x_rows_[static_cast<std::size_t>(base + r)] * I; },
+                                            count, sl.w_ih, sl.input.data(), G * width, b_ih, false);
+                    else
+                        gemm_packed_rows<S>([&](Index r) { return f.x + ((r % B) * T + t0 + r / B) * I; }, count,
+                                            sl.w_ih, sl.input.data(), G * width, b_ih, false);
                 }
-                S* gi = sl.input.data() + (t - t0) * B * G * width;  // this step's rows
-                S* gh = sl.hidden.data();  // (B, G*width): h_{t-1} W_hh^T + b_hh
-                gemm_packed<S>(h_prev, ld_prev, B, sl.w_hh, gh, G * width, f.b_hh ? sl.b_hh.data() : nullptr, false);
-                for (Index b = 0; b < B; ++b) {
-                    const Index row = b * T + t;
+                S* gi = sl.input.data() + (rows_.first[static_cast<std::size_t>(t)] - base) * G * width;  // this step's rows
+                S* gh = sl.hidden.data();  // (running, G*width): h_{t-1} W_hh^T + b_hh
+                gemm_packed_rows<S>(h_prev, running, sl.w_hh, gh, G * width, f.b_hh ? sl.b_hh.data() : nullptr, false);
+                for (Index r = 0; r < running; ++r) {
+                    const Index row = order[r] * T + t;
                     CellStep<S> p;
-                    p.gates = gi + b * G * width;
+                    p.gates = gi + r * G * width;
                     p.gate_stride = width;
-                    p.hidden = gh + b * G * width;
+                    p.hidden = gh + r * G * width;
                     p.hidden_stride = width;
-                    p.h_prev = h_prev + b * ld_prev + begin;
+                    p.h_prev = h_prev(r) + begin;
                     p.h = y + row * H + begin;
-                    p.c = cell == CellKind::LSTM ? sl.cell_state.data() + b * width : nullptr;
+                    p.c = cell == CellKind::LSTM ? sl.cell_state.data() + r * width : nullptr;
                     p.cells = f.cells ? f.cells + row * H + begin : nullptr;
                     p.hidden_n = f.hidden_n ? f.hidden_n + row * H + begin : nullptr;
                     for (Index u = 0; u < nu; u += P) cell_forward(cell, p, u, std::min(P, nu - u));
@@ -466,18 +582,85 @@ void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Inde
                             std::copy(p.gates + g * width, p.gates + g * width + nu, f.gates + row * GH + g * H + begin);
                 }
             }
-            team_barrier(team);  // h_t is complete
+            barrier();  // h_t is complete
         }
 
         for (int s = thread; s < slots; s += team) {
-            const Slot& sl = slot[static_cast<std::size_t>(s)];
-            for (Index b = 0; b < B; ++b)
-                for (Index u = sl.units.begin; u < sl.units.end; ++u) {
-                    f.h[b * H + u] = y[(b * T + T - 1) * H + u];
-                    if (cell == CellKind::LSTM) f.c[b * H + u] = sl.cell_state[b * sl.width + u - sl.units.begin];
+            const Slot& sl = slot_[static_cast<std::size_t>(s)];
+            const Index begin = sl.units.begin, nu = sl.units.size();
+            for (Index r = 0; r < B; ++r) {
+                const Index b = order[r], length = f.lengths ? f.lengths[b] : T;
+                for (Index u = begin; u < sl.units.end; ++u) {
+                    if (length > 0) f.h[b * H + u] = y[(b * T + length - 1) * H + u];  // else h_0 stays
+                    if (cell == CellKind::LSTM) f.c[b * H + u] = sl.cell_state[r * sl.width + u - begin];
                 }
+                // Padding: zeros in everything the loop writes.
+                for (Index row = b * T + length; row < (b + 1) * T; ++row) {
+                    std::fill_n(y + row * H + begin, nu, S(0));
+                    if (f.cells) std::fill_n(f.cells + row * H + begin, nu, S(0));
+                    if (f.hidden_n) std::fill_n(f.hidden_n + row * H + begin, nu, S(0));
+                    if (f.gates && (cell == CellKind::LSTM || cell == CellKind::GRU))
+                        for (Index g = 0; g < G; ++g) std::fill_n(f.gates + row * GH + g * H + begin, nu, S(0));
+                }
+            }
         }
-    });
+    }
+
+private:
+    // Per slot: its units, its packed rows of W_ih and W_hh with their biases, its buffers
+    // for the input product of a chunk (up to chunk*B, G*width) and the hidden product of
+    // one step (B, G*width), and, for the LSTM, its units of c by rank.
+    struct Slot {
+        UnitBlock units;
+        Index width = 0;  // nu rounded up to whole packets
+        PackedPanels<S> w_ih, w_hh;
+        AlignedVector<S> b_ih, b_hh, input, hidden, cell_state;
+    };
+    const RecurrentForward<S>& f_;
+    Index B_, T_, H_, G_, chunk_ = 1;
+    RowOrder rows_;
+    std::vector<Index> x_rows_;  // with lengths: row b*T + t of running (t, rank r) at first[t] + r
+    std::vector<Slot> slot_;
+};
+
+}  // namespace recurrent_detail
+
+/// Runs one layer of H units over T steps of B sequences (see RecurrentForward). h_0
+/// and c_0 are read from `h` and `c`, which receive each sequence's final h and c. Both
+/// products of a step, x_t W_ih^T and h_{t-1} W_hh^T, run on weights packed once per
+/// call, over the rows still running. `threads` > 0 sets the team size (at most one thread
+/// per packet of units); 0 lets the work decide.
+template <typename Scalar>
+void recurrent_forward(const RecurrentForward<Scalar>& f, Index B, Index T, Index H, int threads = 0) {
+    using namespace recurrent_detail;
+    const int slots = threads > 0 ? forced_slots<Scalar>(threads, H)
+                                  : recurrent_loop_threads<Scalar>(f.cell, B, f.input_size, H);
+    ForwardLoop<Scalar> loop(f, B, T, H, slots);
+    parallel_team(slots, [&](int thread, int team) { loop.run(thread, team, [team] { team_barrier(team); }); });
+}
+
+/// Two independent forwards of the same sizes (the two directions of a bidirectional
+/// layer) side by side, each on a team of `threads_each` threads (at most one per packet
+/// of units) with a barrier of its own. Each gives the same bits as recurrent_forward.
+template <typename Scalar>
+void recurrent_forward_pair(const RecurrentForward<Scalar>& a, const RecurrentForward<Scalar>& b, Index B, Index T,
+                            Index H, int threads_each) {
+    using namespace recurrent_detail;
+    const int slots = forced_slots<Scalar>(std::max(threads_each, 1), H);
+    ForwardLoop<Scalar> loop_a(a, B, T, H, slots), loop_b(b, B, T, H, slots);
+    run_side_by_side(loop_a, loop_b);
+}
+
+/// Threads each of two independent time loops of these sizes gets when they run side by
+/// side (recurrent_forward_pair, recurrent_backward_pair): half the threads each, at most
+/// what one loop alone would use; 0 when there is no second thread, or the whole loop of
+/// one is too little work to pay for a thread of its own.
+template <typename Scalar>
+int recurrent_pair_threads(CellKind cell, Index B, Index T, Index I, Index H) {
+    const int alone = recurrent_loop_threads<Scalar>(cell, B, I, H);
+    const double loop_flops = 2.0 * double(B) * double(T) * double(I + H) * double(gate_count(cell) * H);
+    if (threads_for(2.0 * loop_flops, 2) < 2) return 0;
+    return std::max(1, std::min(alone, num_threads() / 2));
 }
 
 /// The weights of layer k of a stack, as the step reads them.
@@ -560,64 +743,69 @@ void recurrent_step(CellKind cell, Index layers, const WeightsOf& weights_of, Co
     });
 }
 
-/// Backward through time of one layer of H units over T steps of B sequences, from what
-/// its forward kept; w_hh is (G*H, H). See RecurrentBackward.
-template <typename Scalar>
-void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<Scalar>& f,
-                        const RecurrentBackward<Scalar>& d, Index B, Index T, Index H, int threads = 0) {
-    using namespace recurrent_detail;
-    using S = Scalar;
-    using C = Chunk<S>;
-    constexpr Index P = kPacket<S>;
-    const Index G = gate_count(cell), GH = G * H;
-    const int slots = threads > 0 ? forced_slots<S>(threads, H) : recurrent_loop_threads<S>(cell, B, 0, H);
+namespace recurrent_detail {
 
-    // Per slot: its units, its packed columns of W_hh ((G*H, nu) padded), and its units
-    // of dL/dh (and dL/dc), carried from step to step.
-    struct Slot {
-        UnitBlock units;
-        Index width = 0;
-        PackedPanels<S> w;
-        AlignedVector<S> dh, dc;
-    };
-    std::vector<Slot> slot(static_cast<std::size_t>(slots));
-    for (int s = 0; s < slots; ++s) {
-        Slot& sl = slot[static_cast<std::size_t>(s)];
-        sl.units = unit_block<S>(H, slots, s);
-        sl.width = (sl.units.size() + P - 1) / P * P;
-        sl.dh.assign(static_cast<std::size_t>(B * sl.width), S(0));
-        if (cell == CellKind::LSTM) sl.dc.assign(static_cast<std::size_t>(B * sl.width), S(0));
+/// Backward through time of one layer (see recurrent_backward), set up for `slots` slots.
+template <typename S>
+class BackwardLoop {
+public:
+    BackwardLoop(CellKind cell, const S* w_hh, const RecurrentSaved<S>& f, const RecurrentBackward<S>& d, Index B,
+                 Index T, Index H, int slots)
+        : cell_(cell), w_hh_(w_hh), f_(f), d_(d), B_(B), T_(T), H_(H), rows_(row_order(d.lengths, B, T)),
+          slot_(static_cast<std::size_t>(slots)) {
+        constexpr Index P = kPacket<S>;
+        for (int s = 0; s < slots; ++s) {
+            Slot& sl = slot_[static_cast<std::size_t>(s)];
+            sl.units = unit_block<S>(H, slots, s);
+            sl.width = (sl.units.size() + P - 1) / P * P;
+            sl.dh.assign(static_cast<std::size_t>(B * sl.width), S(0));
+            if (cell == CellKind::LSTM) sl.dc.assign(static_cast<std::size_t>(B * sl.width), S(0));
+        }
     }
 
-    const S* y = f.y;
-    const S* gates = f.gates;
-    const S* d_out = d.d_out;
-    S* dg_all = d.d_gates;
-    // The left operand of dL/dh_{t-1} = dL/d(h W_hh^T) W_hh: the same as d_gates except for the GRU.
-    S* dgh_all = cell == CellKind::GRU ? d.d_gates_hidden : dg_all;
-    parallel_team(slots, [&](int thread, int team) {
+    /// The team size it was set up for.
+    int slots() const { return static_cast<int>(slot_.size()); }
+
+    /// The loop, as thread `thread` of a team of `team` runs it; barrier() waits for the team.
+    template <typename Barrier>
+    void run(int thread, int team, const Barrier& barrier) {
+        using C = Chunk<S>;
+        constexpr Index P = kPacket<S>;
+        const CellKind cell = cell_;
+        const RecurrentSaved<S>& f = f_;
+        const RecurrentBackward<S>& d = d_;
+        const Index B = B_, T = T_, H = H_, G = gate_count(cell), GH = G * H;
+        const int slots = this->slots();
+        const std::vector<Index>& order = rows_.order;
+        const S* y = f.y;
+        const S* gates = f.gates;
+        const S* d_out = d.d_out;
+        S* dg_all = d.d_gates;
+        // The left operand of dL/dh_{t-1} = dL/d(h W_hh^T) W_hh: the same as d_gates except for the GRU.
+        S* dgh_all = cell == CellKind::GRU ? d.d_gates_hidden : dg_all;
         for (int s = thread; s < slots; s += team) {
-            Slot& sl = slot[static_cast<std::size_t>(s)];
+            Slot& sl = slot_[static_cast<std::size_t>(s)];
             const Index begin = sl.units.begin, nu = sl.units.size();
-            sl.w.pack(GH, sl.width, [&](Index k, Index u) { return u < nu ? w_hh[k * H + begin + u] : S(0); });
-            for (Index b = 0; b < B; ++b)
+            sl.w.pack(GH, sl.width, [&](Index k, Index u) { return u < nu ? w_hh_[k * H + begin + u] : S(0); });
+            for (Index r = 0; r < B; ++r)  // dL/dh and dL/dc by rank
                 for (Index u = 0; u < nu; ++u) {
-                    sl.dh[b * sl.width + u] = d.dh[b * H + begin + u];
-                    if (cell == CellKind::LSTM) sl.dc[b * sl.width + u] = d.dc[b * H + begin + u];
+                    sl.dh[r * sl.width + u] = d.dh[order[r] * H + begin + u];
+                    if (cell == CellKind::LSTM) sl.dc[r * sl.width + u] = d.dc[order[r] * H + begin + u];
                 }
         }
 
         for (Index t = T - 1; t >= 0; --t) {
+            const Index running = rows_.active[static_cast<std::size_t>(t)];
             // Phase 1: each slot's gate gradients at step t from its own dL/dh_t.
             for (int s = thread; s < slots; s += team) {
-                Slot& sl = slot[static_cast<std::size_t>(s)];
+                Slot& sl = slot_[static_cast<std::size_t>(s)];
                 const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
-                for (Index b = 0; b < B; ++b) {
-                    const Index row = b * T + t;
+                for (Index r = 0; r < running; ++r) {
+                    const Index b = order[r], row = b * T + t;
                     const S* g_row = gates + row * GH + begin;
                     S* dg = dg_all + row * GH + begin;
                     S* dgh = dgh_all + row * GH + begin;
-                    S* dh_slot = sl.dh.data() + b * width;
+                    S* dh_slot = sl.dh.data() + r * width;
                     for (Index u = 0; u < nu; u += P) {
                         const Index n = std::min(P, nu - u);
                         const C dh = load(dh_slot + u, P) + load(d_out + row * H + begin + u, n);
@@ -639,7 +827,7 @@ void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<
                                 const C c_prev = t == 0 ? load(f.c0 + b * H + begin + u, n)
                                                         : load(f.cells + (row - 1) * H + begin + u, n);
                                 const C tc = c.tanh();
-                                S* dc_slot = sl.dc.data() + b * width + u;
+                                S* dc_slot = sl.dc.data() + r * width + u;
                                 // Through h_t = o tanh(c_t) into c_t, then c_t = f c_{t-1} + i g.
                                 const C dc = load(dc_slot, P) + dh * o * (S(1) - tc.square());
                                 store(dg + u, C(dc * g * i * (S(1) - i)), n);
@@ -651,7 +839,7 @@ void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<
                                 break;
                             }
                             case CellKind::GRU: {
-                                const C r = load(g_row + u, n), z = load(g_row + H + u, n);
+                                const C r_gate = load(g_row + u, n), z = load(g_row + H + u, n);
                                 const C nn = load(g_row + 2 * H + u, n);
                                 const C hp = t == 0 ? load(f.h0 + b * H + begin + u, n)
                                                     : load(y + (row - 1) * H + begin + u, n);
@@ -659,37 +847,92 @@ void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<
                                 // Through h_t = (1 - z) n + z h_{t-1}, then the activations.
                                 const C dn = dh * (S(1) - z) * (S(1) - nn.square());
                                 const C dz = dh * (hp - nn) * z * (S(1) - z);
-                                const C dr = dn * hn * r * (S(1) - r);
+                                const C dr = dn * hn * r_gate * (S(1) - r_gate);
                                 store(dg + u, dr, n);
                                 store(dg + H + u, dz, n);
                                 store(dg + 2 * H + u, dn, n);
                                 store(dgh + u, dr, n);
                                 store(dgh + H + u, dz, n);
-                                store(dgh + 2 * H + u, C(dn * r), n);
+                                store(dgh + 2 * H + u, C(dn * r_gate), n);
                                 store(dh_slot + u, C(dh * z), P);  // the direct path h_{t-1} -> h_t
                                 break;
                             }
                         }
                     }
                 }
+                // Ended rows: zero gate gradients (the weight gradients' products read
+                // them); their dL/dh and dL/dc wait unchanged for their last step.
+                for (Index r = running; r < B; ++r) {
+                    const Index row = order[r] * T + t;
+                    for (Index g = 0; g < G; ++g) {
+                        std::fill_n(dg_all + row * GH + g * H + begin, nu, S(0));
+                        if (dgh_all != dg_all) std::fill_n(dgh_all + row * GH + g * H + begin, nu, S(0));
+                    }
+                }
             }
-            team_barrier(team);  // step t's gate gradients are complete
-            // Phase 2: dL/dh_{t-1} of the slot's units += dL/d(h W_hh^T)_t (B, G*H) x W_hh[:, units].
+            barrier();  // step t's gate gradients are complete
+            // Phase 2: dL/dh_{t-1} of the slot's units += dL/d(h W_hh^T)_t (running, G*H) x W_hh[:, units].
             for (int s = thread; s < slots; s += team) {
-                Slot& sl = slot[static_cast<std::size_t>(s)];
-                gemm_packed<S>(dgh_all + t * GH, T * GH, B, sl.w, sl.dh.data(), sl.width, nullptr, true);
+                Slot& sl = slot_[static_cast<std::size_t>(s)];
+                gemm_packed_rows<S>([&](Index r) { return dgh_all + (order[r] * T + t) * GH; }, running, sl.w,
+                                    sl.dh.data(), sl.width, nullptr, true);
             }
         }
 
         for (int s = thread; s < slots; s += team) {
-            const Slot& sl = slot[static_cast<std::size_t>(s)];
-            for (Index b = 0; b < B; ++b)
+            const Slot& sl = slot_[static_cast<std::size_t>(s)];
+            for (Index r = 0; r < B; ++r)
                 for (Index u = sl.units.begin; u < sl.units.end; ++u) {
-                    d.dh[b * H + u] = sl.dh[b * sl.width + u - sl.units.begin];
-                    if (cell == CellKind::LSTM) d.dc[b * H + u] = sl.dc[b * sl.width + u - sl.units.begin];
+                    d.dh[order[r] * H + u] = sl.dh[r * sl.width + u - sl.units.begin];
+                    if (cell == CellKind::LSTM) d.dc[order[r] * H + u] = sl.dc[r * sl.width + u - sl.units.begin];
                 }
         }
-    });
+    }
+
+private:
+    // Per slot: its units, its packed columns of W_hh ((G*H, nu) padded), and its units
+    // of dL/dh (and dL/dc) by rank, carried from step to step.
+    struct Slot {
+        UnitBlock units;
+        Index width = 0;
+        PackedPanels<S> w;
+        AlignedVector<S> dh, dc;
+    };
+    CellKind cell_;
+    const S* w_hh_;
+    const RecurrentSaved<S>& f_;
+    const RecurrentBackward<S>& d_;
+    Index B_, T_, H_;
+    RowOrder rows_;
+    std::vector<Slot> slot_;
+};
+
+}  // namespace recurrent_detail
+
+/// Backward through time of one layer of H units over T steps of B sequences, from what
+/// its forward kept; w_hh is (G*H, H). See RecurrentBackward. `threads` as for
+/// recurrent_forward.
+template <typename Scalar>
+void recurrent_backward(CellKind cell, const Scalar* w_hh, const RecurrentSaved<Scalar>& f,
+                        const RecurrentBackward<Scalar>& d, Index B, Index T, Index H, int threads = 0) {
+    using namespace recurrent_detail;
+    const int slots = threads > 0 ? forced_slots<Scalar>(threads, H) : recurrent_loop_threads<Scalar>(cell, B, 0, H);
+    BackwardLoop<Scalar> loop(cell, w_hh, f, d, B, T, H, slots);
+    parallel_team(slots, [&](int thread, int team) { loop.run(thread, team, [team] { team_barrier(team); }); });
+}
+
+/// Two independent backwards of the same cell and sizes (the two directions of a
+/// bidirectional layer) side by side, each on `threads_each` threads, as
+/// recurrent_forward_pair runs forwards. Each gives the same bits as recurrent_backward.
+template <typename Scalar>
+void recurrent_backward_pair(CellKind cell, const Scalar* w_hh_a, const RecurrentSaved<Scalar>& fa,
+                             const RecurrentBackward<Scalar>& da, const Scalar* w_hh_b,
+                             const RecurrentSaved<Scalar>& fb, const RecurrentBackward<Scalar>& db, Index B, Index T,
+                             Index H, int threads_each) {
+    using namespace recurrent_detail;
+    const int slots = forced_slots<Scalar>(std::max(threads_each, 1), H);
+    BackwardLoop<Scalar> loop_a(cell, w_hh_a, fa, da, B, T, H, slots), loop_b(cell, w_hh_b, fb, db, B, T, H, slots);
+    run_side_by_side(loop_a, loop_b);
 }
 
 }  // namespace seqnn
