@@ -8,6 +8,15 @@
 //   scan_plan          how a call of these sizes runs (sequential, or which split, on how
 //                      many threads, in how many pieces)
 //
+// Padded batches and direction: `lengths` (B values in [1, T], or empty for all T) ends
+// sequence s after lengths[s] steps, as if a_t = 1 and b_t = 0 past its end, except that the
+// ended rows are skipped, not computed: h_last holds its state at its own last step, and
+// every output row past the end is zero. ScanOptions::reverse scans each sequence from its
+// end (row lengths[s] - 1) down to row 0 instead: h_t = a_t * h_{t+1} + b_t, the reverse
+// direction of a bidirectional layer; h0 then enters at the end and h_last is h at row 0.
+// Inside the kernels each sequence is seen in scan order (Layout): a reversed one is the
+// same rows with a negative stride, so both directions run the same code.
+//
 // The log-space form is kernels/log_scan.hpp; calls that take and return seqnn::Sequence
 // are kernels/scan_sequence.hpp. These functions take Eigen::Ref views (so blocks of a
 // wider GEMM output work without a copy) and need the scalar spelled out:
@@ -48,6 +57,7 @@
 #include <cstddef>
 #include <initializer_list>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -70,6 +80,10 @@ struct ScanOptions {
     /// Steps per piece of the time split; 0: T / threads (one round). Smaller pieces run
     /// in rounds of `threads` pieces, one barrier per round.
     Index time_block = 0;
+    /// Scans each sequence from its last step to its first, h_t = a_t * h_{t+1} + b_t (the
+    /// reverse direction of a bidirectional layer). Unlike the fields above, it changes
+    /// the result.
+    bool reverse = false;
 };
 
 /// How a scan call runs, as scan_plan reports it.
@@ -120,6 +134,29 @@ template <typename S>
 using CRow = Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>;
 template <typename S>
 using Buf = Eigen::Array<S, 1, Eigen::Dynamic>;
+
+// Where each sequence's steps lie: T rows per sequence in (B*T, D) matrices, the first
+// length(s) of them real (all T without lengths), scanned first to last or, reversed, last
+// to first. Kernels index a sequence's rows in scan order: row u of rows(m, s, c) is the
+// u-th step the scan takes, so a reversed sequence is its real rows with a negative stride.
+struct Layout {
+    Index T = 0;
+    std::span<const Index> lengths;
+    bool reverse = false;
+
+    Index length(Index s) const { return lengths.empty() ? T : lengths[static_cast<std::size_t>(s)]; }
+    // Sequence s of m from channel c on, in scan order.
+    template <typename S>
+    Rows<S> rows(Rows<S> m, Index s, Index c) const {
+        if (!reverse) return m.at(s * T, c);
+        return {m.data + (s * T + length(s) - 1) * m.stride + c, -m.stride};
+    }
+    // Sets rows [length(s), T) of sequence s, channels [c, c + n), to `value`: the rows a scan skips.
+    template <typename S>
+    void fill_past_end(Rows<S> m, Index s, Index c, Index n, S value) const {
+        for (Index t = length(s); t < T; ++t) Row<S>(m.row(s * T + t) + c, n).setConstant(value);
+    }
+};
 
 constexpr Index kWideBlock = 2048;            // bytes of a row a thread must get for Auto to split channels
 
@@ -407,13 +444,14 @@ struct Round {
     }
 };
 
-// Kernel: start(s, carry) -> bool (a nonzero initial carry?), first(s, u0, u1, carry or
-// nullptr), local(s, x0, x1, prod, exp, fresh), edge(s, u0, u1, end),
-// fixup(s, y0, y1, carry, before or nullptr, before_exp, k), finish(s, carry).
-// A product of a's is prod * 2^exp (see renormalize).
+// Kernel: length(s) (the steps of sequence s), start(s, carry) -> bool (a nonzero initial
+// carry?), first(s, u0, u1, carry or nullptr), local(s, x0, x1, prod, exp, fresh),
+// edge(s, u0, u1, end), fixup(s, y0, y1, carry, before or nullptr, before_exp, k),
+// finish(s, carry). A product of a's is prod * 2^exp (see renormalize). A sequence shorter
+// than T (a padded batch) is cut into pieces of its own length: ceil(length / P) steps,
+// or the plan's piece size when that is smaller.
 template <typename S, typename Kernel>
-void time_split(const Kernel& kernel, Index B, Index T, Index D, const ScanPlan& plan) {
-    const Index R = plan.piece_steps;
+void time_split(const Kernel& kernel, Index B, Index D, const ScanPlan& plan) {
     std::vector<S> shared(static_cast<std::size_t>(2 * 5 * plan.threads * D));
     parallel_team(plan.threads, [&](int thread, int team) {
         const Index P = team, p = thread;
@@ -422,6 +460,7 @@ void time_split(const Kernel& kernel, Index B, Index T, Index D, const ScanPlan&
         auto carry = [&](Index q) { return carries.data() + q * D; };
         Index round = 0;
         for (Index s = 0; s < B; ++s) {
+            const Index T = kernel.length(s), R = std::min(plan.piece_steps, (T + P - 1) / P);
             bool known = kernel.start(s, carry(0));
             for (Index start = 0; start < T; start += P * R, ++round) {
                 const Round g{start, std::min(T, start + P * R), R, P};
@@ -482,30 +521,32 @@ bool load_row(const ConstMatrixRef<S>& m, Index s, S* carry) {
     return init != nullptr;
 }
 
-// h_t = a_t h_{t-1} + b_t; u = t.
+// h_r = a_r h_{r-1} + b_r in scan order (r = t, or reversed r = length-1-t); u = r.
 template <typename S>
 struct ForwardKernel {
     Rows<S> h;
     Rows<const S> a, b;
     const ConstMatrixRef<S>& h0;
-    Index T, D;
+    Layout layout;
+    Index D;
 
+    Index length(Index s) const { return layout.length(s); }
     bool start(Index s, S* carry) const { return load_row(h0, s, carry); }
     void first(Index s, Index u0, Index u1, const S* carry) const {
-        forward_run(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), u0, u1, D, carry);
+        forward_run(layout.rows(h, s, 0), layout.rows(a, s, 0), layout.rows(b, s, 0), u0, u1, D, carry);
     }
     void local(Index s, Index x0, Index x1, S* prod, S* exp, bool fresh) const {
-        forward_local(h.at(s * T, 0), a.at(s * T, 0), b.at(s * T, 0), x0, x1, D, prod, exp, fresh);
+        forward_local(layout.rows(h, s, 0), layout.rows(a, s, 0), layout.rows(b, s, 0), x0, x1, D, prod, exp, fresh);
     }
-    void edge(Index s, Index, Index u1, S* end) const { Row<S>(end, D) = CRow<S>(h.at(s * T, 0).row(u1 - 1), D); }
+    void edge(Index s, Index, Index u1, S* end) const { Row<S>(end, D) = CRow<S>(layout.rows(h, s, 0).row(u1 - 1), D); }
     void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, const S* before_exp, S* k) const {
-        forward_fixup(h.at(s * T, 0), a.at(s * T, 0), y0, y1, D, carry, before, before_exp, k);
+        forward_fixup(layout.rows(h, s, 0), layout.rows(a, s, 0), y0, y1, D, carry, before, before_exp, k);
     }
     void finish(Index, const S*) const {}
 };
 
-// g_t = dh_t + a_{t+1} g_{t+1}; u = T-1-t, so steps [u0, u1) are rows [T-u1, T-u0).
-// What a piece passes on (its "end") is a_{first row} g_{first row}.
+// g_r = dh_r + a_{r+1} g_{r+1} in scan order r; u = L-1-r with L = length(s), so steps
+// [u0, u1) are rows [L-u1, L-u0). What a piece passes on (its "end") is a_{first row} g_{first row}.
 template <typename S>
 struct BackwardKernel {
     Rows<S> da, db;
@@ -513,24 +554,29 @@ struct BackwardKernel {
     const ConstMatrixRef<S>& h0;
     const ConstMatrixRef<S>& dh_last;
     MatrixRef<S>& dh0;
-    Index T, D;
+    Layout layout;
+    Index D;
 
+    Index length(Index s) const { return layout.length(s); }
     bool start(Index s, S* carry) const { return load_row(dh_last, s, carry); }
     void first(Index s, Index u0, Index u1, const S* carry) const {
-        backward_run(da.at(s * T, 0), db.at(s * T, 0), dh.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0),
-                     state_row(h0, s, 0), T - u1, T - u0, D, carry);
+        const Index L = layout.length(s);
+        backward_run(layout.rows(da, s, 0), layout.rows(db, s, 0), layout.rows(dh, s, 0), layout.rows(a, s, 0),
+                     layout.rows(h, s, 0), state_row(h0, s, 0), L - u1, L - u0, D, carry);
     }
     void local(Index s, Index x0, Index x1, S* prod, S* exp, bool fresh) const {
-        backward_local(da.at(s * T, 0), db.at(s * T, 0), dh.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0),
-                       state_row(h0, s, 0), T - x1, T - x0, D, prod, exp, fresh);
+        const Index L = layout.length(s);
+        backward_local(layout.rows(da, s, 0), layout.rows(db, s, 0), layout.rows(dh, s, 0), layout.rows(a, s, 0),
+                       layout.rows(h, s, 0), state_row(h0, s, 0), L - x1, L - x0, D, prod, exp, fresh);
     }
     void edge(Index s, Index, Index u1, S* end) const {
-        const Index r = T - u1;
-        Row<S>(end, D) = CRow<S>(a.at(s * T, 0).row(r), D) * CRow<S>(db.at(s * T, 0).row(r), D);
+        const Index r = layout.length(s) - u1;
+        Row<S>(end, D) = CRow<S>(layout.rows(a, s, 0).row(r), D) * CRow<S>(layout.rows(db, s, 0).row(r), D);
     }
     void fixup(Index s, Index y0, Index y1, const S* carry, const S* before, const S* before_exp, S* k) const {
-        backward_fixup(da.at(s * T, 0), db.at(s * T, 0), a.at(s * T, 0), h.at(s * T, 0), state_row(h0, s, 0),
-                       T - y1, T - y0, D, carry, before, before_exp, k);
+        const Index L = layout.length(s);
+        backward_fixup(layout.rows(da, s, 0), layout.rows(db, s, 0), layout.rows(a, s, 0), layout.rows(h, s, 0),
+                       state_row(h0, s, 0), L - y1, L - y0, D, carry, before, before_exp, k);
     }
     // What flows out of row 0 is a_0 g_0 = dL/dh0.
     void finish(Index s, const S* carry) const {
@@ -565,10 +611,33 @@ inline Index check_operands(const char* where, Index B, Index T, std::initialize
     return D;
 }
 
+// The check of a call's lengths: none, or B values in [1, T].
+inline void check_scan_lengths(const char* where, std::span<const Index> lengths, Index B, Index T) {
+    if (lengths.empty()) return;
+    if (static_cast<Index>(lengths.size()) != B)
+        fail(where, "got " + std::to_string(lengths.size()) + " lengths for " + dims(B, T) +
+                        "; give one per sequence, or none");
+    for (std::size_t s = 0; s < lengths.size(); ++s)
+        if (lengths[s] < 1 || lengths[s] > T)
+            fail(where, "lengths[" + std::to_string(s) + "] is " + std::to_string(lengths[s]) +
+                            ", expected 1 <= length <= T=" + std::to_string(T));
+}
+
+// last row s = the last step sequence s's scan took (empty last: skipped).
 template <typename S>
-void copy_last(MatrixRef<S>& last, const Rows<const S>& h, Index B, Index T) {
+void copy_last(MatrixRef<S>& last, const Rows<const S>& h, Index B, const Layout& layout) {
     if (last.size() == 0) return;
-    for (Index s = 0; s < B; ++s) last.row(s) = Eigen::Map<const RowVector<S>>(h.row(s * T + T - 1), last.cols());
+    for (Index s = 0; s < B; ++s)
+        last.row(s) = Eigen::Map<const RowVector<S>>(layout.rows(h, s, 0).row(layout.length(s) - 1), last.cols());
+}
+
+// Every row past a sequence's end set to `value`, split over the sequences.
+template <typename S>
+void fill_past_ends(Rows<S> m, Index B, Index D, const Layout& layout, S value) {
+    if (layout.lengths.empty()) return;
+    parallel_for(B, streamed_work(layout.T * D), [&](Index s0, Index s1) {
+        for (Index s = s0; s < s1; ++s) layout.fill_past_end(m, s, 0, D, value);
+    });
 }
 
 }  // namespace scan_detail
@@ -587,52 +656,70 @@ ScanPlan scan_plan(Index B, Index T, Index D, const ScanOptions& options = {}) {
 /// h_t = a_t * h_{t-1} + b_t for every sequence and channel, h_{-1} = h0 (empty: zero).
 ///   h (B*T, D) out, may be b itself; h_last (B, D) out, h at t = T-1 (empty: skipped);
 ///   a, b (B*T, D); h0 (B, D) or empty.
+///   lengths: empty, or B values in [1, T]: sequence s ends after lengths[s] steps. h_last
+///   is then h at its last step, and h is zero past its end (those a, b are not read).
+///   options.reverse: h_t = a_t * h_{t+1} + b_t from the last step down to t = 0, with h0
+///   before the last step and h_last = h_0.
 template <typename Scalar>
 void scan_forward(MatrixRef<Scalar> h, MatrixRef<Scalar> h_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> b,
-                  ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {}) {
+                  ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {},
+                  std::span<const Index> lengths = {}) {
     using namespace scan_detail;
     const Index D = check_operands("scan_forward", B, T, {{"a", a}, {"b", b}, {"h", h}}, {{"h0", h0}, {"h_last", h_last}});
+    check_scan_lengths("scan_forward", lengths, B, T);
 
+    const Layout layout{T, lengths, options.reverse};
     const Rows<Scalar> hr = rows_of(h);
     const Rows<const Scalar> ar = rows_of(a), br = rows_of(b);
     const ScanPlan plan = make_plan<Scalar>(options, B, T, D);
     if (plan.split == ScanSplit::Time) {
-        time_split<Scalar>(ForwardKernel<Scalar>{hr, ar, br, h0, T, D}, B, T, D, plan);
-        copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
-        return;
+        time_split<Scalar>(ForwardKernel<Scalar>{hr, ar, br, h0, layout, D}, B, D, plan);
+        fill_past_ends(hr, B, D, layout, Scalar(0));
+    } else {
+        // Sequential, or the channels split: item i is (sequence s, channel block j).
+        for_each_channel_block(plan, B, D, [&](Index s, Index c, Index n) {
+            forward_run(layout.rows(hr, s, c), layout.rows(ar, s, c), layout.rows(br, s, c), 0, layout.length(s), n,
+                        state_row(h0, s, c));
+            layout.fill_past_end(hr, s, c, n, Scalar(0));
+        });
     }
-    // Sequential, or the channels split: item i is (sequence s, channel block j).
-    for_each_channel_block(plan, B, D, [&](Index s, Index c, Index n) {
-        forward_run(hr.at(s * T, c), ar.at(s * T, c), br.at(s * T, c), 0, T, n, state_row(h0, s, c));
-    });
-    copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, T);
+    copy_last(h_last, Rows<const Scalar>{hr.data, hr.stride}, B, layout);
 }
 
 /// The reverse scan: with g_t = dL/dh_t + a_{t+1} g_{t+1} (g_{T-1} gets dh_last too),
 ///   dL/db_t = g_t,  dL/da_t = g_t * h_{t-1} (h_{-1} = h0),  dL/dh0 = a_0 g_0.
 ///   da, db (B*T, D) out (db may be dh itself); dh0 (B, D) out (empty: skipped);
 ///   dh (B*T, D); dh_last (B, D) or empty; a, h (B*T, D) as in the forward; h0 as in the forward.
+///   lengths and options.reverse as in the forward: dh_last enters at each sequence's last
+///   step (in scan order), dh is not read past an end, and da, db are zero there.
 template <typename Scalar>
 void scan_backward(MatrixRef<Scalar> da, MatrixRef<Scalar> db, MatrixRef<Scalar> dh0, ConstMatrixRef<Scalar> dh,
                    ConstMatrixRef<Scalar> dh_last, ConstMatrixRef<Scalar> a, ConstMatrixRef<Scalar> h,
-                   ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {}) {
+                   ConstMatrixRef<Scalar> h0, Index B, Index T, ScanOptions options = {},
+                   std::span<const Index> lengths = {}) {
     using namespace scan_detail;
     const Index D = check_operands("scan_backward", B, T, {{"a", a}, {"h", h}, {"dh", dh}, {"da", da}, {"db", db}},
                                    {{"h0", h0}, {"dh_last", dh_last}, {"dh0", dh0}});
+    check_scan_lengths("scan_backward", lengths, B, T);
 
+    const Layout layout{T, lengths, options.reverse};
     const Rows<Scalar> dar = rows_of(da), dbr = rows_of(db);
     const Rows<const Scalar> dhr = rows_of(dh), ar = rows_of(a), hr = rows_of(h);
     const ScanPlan plan = make_plan<Scalar>(options, B, T, D);
     if (plan.split == ScanSplit::Time) {
-        time_split<Scalar>(BackwardKernel<Scalar>{dar, dbr, dhr, ar, hr, h0, dh_last, dh0, T, D}, B, T, D, plan);
+        time_split<Scalar>(BackwardKernel<Scalar>{dar, dbr, dhr, ar, hr, h0, dh_last, dh0, layout, D}, B, D, plan);
+        fill_past_ends(dar, B, D, layout, Scalar(0));
+        fill_past_ends(dbr, B, D, layout, Scalar(0));
         return;
     }
     for_each_channel_block(plan, B, D, [&](Index s, Index c, Index n) {
-        const Rows<Scalar> dbs = dbr.at(s * T, c);
-        const Rows<const Scalar> as = ar.at(s * T, c);
-        backward_run(dar.at(s * T, c), dbs, dhr.at(s * T, c), as, hr.at(s * T, c), state_row(h0, s, c), 0, T, n,
-                     state_row(dh_last, s, c));
+        const Rows<Scalar> dbs = layout.rows(dbr, s, c);
+        const Rows<const Scalar> as = layout.rows(ar, s, c);
+        backward_run(layout.rows(dar, s, c), dbs, layout.rows(dhr, s, c), as, layout.rows(hr, s, c),
+                     state_row(h0, s, c), 0, layout.length(s), n, state_row(dh_last, s, c));
         if (Scalar* out = state_row(dh0, s, c)) Row<Scalar>(out, n) = CRow<Scalar>(as.row(0), n) * CRow<Scalar>(dbs.row(0), n);
+        layout.fill_past_end(dar, s, c, n, Scalar(0));
+        layout.fill_past_end(dbr, s, c, n, Scalar(0));
     });
 }
 

@@ -9,9 +9,25 @@
 // MinRNNOptions::split forces the parallel scan's split (by channels or by time), and
 // scan_plan(B, T) reports the split, threads and pieces a forward of that size runs.
 //
+// Padded batches (Sequence::lengths): the scan stops at each sequence's end, which is
+// h_t = a_t h_{t-1} + b_t with a_t = 1, b_t = 0 past it (the state carried through, so h_T
+// is the sequence's own last state), except that those rows are skipped rather than
+// computed; their a and b are constants, so no gradient reaches pre, W or x there.
+//
+// Bidirectional (MinRNNOptions::bidirectional): a second projection runs the same cell
+// backwards in time, h^r_t = a^r_t h^r_{t+1} + b^r_t from each sequence's last real step
+// down to step 0, and the two directions' h are concatenated, [h | h^r] (B*T, 2E), as
+// PyTorch's bidirectional nn.GRU concatenates its outputs; to_out (when projecting) maps
+// the 2E features to D, and without it the layer outputs the 2E features.
+//
 // Parameter names follow lucidrains/minGRU-pytorch, so its checkpoints load:
 // the input projection's rows are [hidden, gate(s)], and `to_out` exists only
-// when projecting back to the input size.
+// when projecting back to the input size. A bidirectional layer keeps those names for
+// its forward direction and names the reverse direction's projection with the prefix
+// `reverse.`:
+//   to_hidden_and_gate.weight (2E, D)           reverse.to_hidden_and_gate.weight (2E, D)
+//   (MinLSTM: to_hidden_and_f_i_gate, (3E, D))  (reverse.to_hidden_and_f_i_gate)
+//   .bias likewise when bias is on;             to_out.weight (D, 2E), columns [forward | reverse]
 #pragma once
 
 #include "seqnn/core/errors.hpp"
@@ -25,6 +41,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 namespace seqnn {
 
@@ -56,6 +73,10 @@ struct MinRNNOptions {
     /// A forced split needs a parallel mode; the log-space scan splits over channels only.
     /// MinRNN::scan_plan reports what a forward would run.
     ScanSplit split = ScanSplit::Auto;
+    /// Adds a reverse direction with its own input projection (`reverse.` names) and
+    /// concatenates both directions' h: (B*T, 2E), mapped to D by to_out when projecting.
+    /// The state holds both directions' h; such a layer cannot step.
+    bool bidirectional = false;
 };
 
 namespace min_rnn_math {
@@ -113,11 +134,16 @@ public:
     /// The options it was made with.
     const MinRNNOptions& options() const { return options_; }
     Index input_size() const override { return options_.input_size; }
-    Index output_size() const override { return projects() ? options_.input_size : hidden_size_; }
-    /// E, the width of h.
+    /// D when projecting; otherwise E, or 2E (both directions' h) when bidirectional.
+    Index output_size() const override { return projects() ? options_.input_size : directions() * hidden_size_; }
+    /// E, the width of h (of each direction).
     Index hidden_size() const { return hidden_size_; }
-    /// Whether an output projection maps h back to D features.
+    /// Whether an output projection maps h (both directions' when bidirectional) back to D features.
     bool projects() const { return to_out_.weight.size() > 0; }
+    /// Whether a reverse direction runs each sequence backwards in time.
+    bool bidirectional() const { return options_.bidirectional; }
+    /// 2 when bidirectional, else 1: the blocks of E rows in the state and columns in h.
+    Index directions() const { return options_.bidirectional ? 2 : 1; }
     /// How the recurrence is evaluated.
     MinRNNMode mode() const { return options_.mode; }
     /// Chooses how the recurrence is evaluated; all modes give the same outputs.
@@ -145,135 +171,112 @@ public:
         return seqnn::scan_plan<Scalar>(batch, steps, hidden_size_, scan_options());
     }
 
-    /// The input projection to [hidden, gates].
+    /// The input projection to [hidden, gates] (of the forward direction).
     Linear<Scalar>& in_projection() { return in_proj_; }
+    /// The reverse direction's input projection (empty unless bidirectional).
+    Linear<Scalar>& reverse_in_projection() { return reverse_in_proj_; }
     /// The output projection (empty when it does not project).
     Linear<Scalar>& out_projection() { return to_out_; }
 
     /// The layer's kind and sizes, e.g. "MinGRU(5 -> 9 -> 5)" (D -> E, then back to D when
-    /// projecting) or "MinLSTM(8 -> 8)": the owner a training forward writes into its
-    /// Context and backward expects there.
+    /// projecting), "MinLSTM(8 -> 8)", or "MinGRU(5 -> 2x9 -> 5)" when bidirectional: the
+    /// owner a training forward writes into its Context and backward expects there.
     std::string signature() const override {
-        return this->kind() + "(" + std::to_string(input_size()) + " -> " + std::to_string(hidden_size_) +
-               (projects() ? " -> " + std::to_string(output_size()) : std::string()) + ")";
+        return this->kind() + "(" + std::to_string(input_size()) + " -> " + (bidirectional() ? "2x" : "") +
+               std::to_string(hidden_size_) + (projects() ? " -> " + std::to_string(output_size()) : std::string()) +
+               ")";
     }
 
+    /// The forward direction's projection, the reverse direction's (`reverse.`, when
+    /// bidirectional), then to_out (when projecting).
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         in_proj_.collect_parameters(prefix + in_proj_name_ + ".", out);
+        if (bidirectional()) reverse_in_proj_.collect_parameters(prefix + "reverse." + in_proj_name_ + ".", out);
         if (projects()) to_out_.collect_parameters(prefix + "to_out.", out);
     }
 
     /// What a training forward keeps for backward.
     struct Saved {
-        Matrix<Scalar> input;  ///< x (B*T, D)
-        Matrix<Scalar> h0;     ///< the initial state (B, E)
-        Matrix<Scalar> pre;    ///< the input projection (B*T, G*E)
-        Matrix<Scalar> h;      ///< the states (B*T, E)
+        Matrix<Scalar> input;        ///< x (B*T, D), zero past each end of a padded batch
+        Matrix<Scalar> h0;           ///< the initial state (B, E); bidirectional (2B, E), forward rows first
+        Matrix<Scalar> pre;          ///< the input projection (B*T, G*E)
+        Matrix<Scalar> reverse_pre;  ///< the reverse direction's input projection (B*T, G*E), when bidirectional
+        Matrix<Scalar> h;            ///< the states (B*T, E); bidirectional [forward | reverse] (B*T, 2E)
     };
 
 protected:
-    /// State {h (B, E)}; workspace: pre (B, G*E), where step computes its gates in place.
+    /// State {h (B, E)}, or {h (2B, E)} when bidirectional: the forward direction's B rows,
+    /// then the reverse direction's (PyTorch's (num_directions, B, E) layout). Workspace:
+    /// pre (B, G*E), where step computes its gates in place.
     State<Scalar> make_state(Index batch) const override {
         State<Scalar> s;
-        s.tensors.push_back(Matrix<Scalar>::Zero(batch, hidden_size_));
+        s.tensors.push_back(Matrix<Scalar>::Zero(directions() * batch, hidden_size_));
         s.workspace = {Matrix<Scalar>(batch, gate_count_ * hidden_size_)};
         return s;
     }
 
+    /// Also refuses any step of a bidirectional layer, so that a composite refuses its step
+    /// before any of its children has stepped.
     void validate_state(const State<Scalar>& state, Index batch, Call call) const override {
-        this->check_state_tensors(state, call, 1, batch, hidden_size_);
+        if (call == Call::Step && bidirectional()) refuse_step();
+        this->check_state_tensors(state, call, 1, directions() * batch, hidden_size_);
     }
 
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
-        const Index B = x.batch, T = x.steps, E = hidden_size_;
+        const Index B = x.batch, T = x.steps, E = hidden_size_, N = B * T, H = directions() * E;
         State<Scalar> zeros;
         State<Scalar>& s = state ? *state : zeros;
         if (!state) s = this->initial_state(B);
-        const Matrix<Scalar>& h0 = s.tensors[0];  // (B, E)
+        const Matrix<Scalar>& h0 = s.tensors[0];  // (B, E), or (2B, E): forward rows, then reverse rows
 
-        // Training mode keeps the pre-activations for backward in the context's own buffer
-        // and writes the gates to scratch; otherwise the gates overwrite them in scratch.
-        const Index N = B * T, GE = gate_count_ * E;
-        Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
         Saved* saved = ctx ? &keep_for_backward<Saved>(*ctx) : nullptr;
         if (saved) {
-            saved->input.resize(N, input_size());
             parallel_copy<Scalar>(saved->input, x.data);
+            // Whatever a padded batch holds past its ends never reaches a weight gradient.
+            if (x.padded()) zero_padding<Scalar>(saved->input, T, x.lengths);
             saved->h0 = h0;
-            Matrix<Scalar>& pre = saved->pre;
-            pre.resize(N, GE);
-            in_proj_.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
-            compute_coefficients(pre, coeffs);
-        } else {
-            in_proj_.forward(x.data, coeffs);  // (B*T, D) x (D, G*E), then the gates in place
-            compute_coefficients(coeffs, coeffs);
         }
-        const auto b = coeffs.leftCols(E);      // (B*T, E), row stride G*E
-        const auto a = coeffs.middleCols(E, E);  // (B*T, E)
 
-        // h goes straight where it is needed: the output, or (projecting) the context or scratch.
+        // h goes straight where it is needed: the output, or (projecting) the context or
+        // scratch. Bidirectional, it is [h | h^r] (B*T, 2E), both in time order.
         Sequence<Scalar> y(B, T, output_size());
-        Matrix<Scalar> h_final(B, E);
+        Matrix<Scalar> h_final(directions() * B, E);
         MatrixRef<Scalar> h = !projects() ? MatrixRef<Scalar>(y.data)
-                              : saved     ? MatrixRef<Scalar>(resized(saved->h, N, E))
-                                          : MatrixRef<Scalar>(scratch_matrix<Scalar>(ScratchSlot::B, N, E));
-        if (options_.mode == MinRNNMode::LogSpace) {
-            // a, b hold log a, log b. A zero state contributes nothing and has no logarithm: scan without it.
-            const bool zero_start = h0.isZero(0);
-            if (!zero_start) check_positive(this->where(Call::Forward), h0);
-            const Matrix<Scalar> log_h0 = zero_start ? Matrix<Scalar>() : Matrix<Scalar>(h0.array().log().matrix());
-            log_scan_forward<Scalar>(h, h_final, a, b, log_h0, B, T, scan_options());  // log h, log h_T
-            parallel_for(N, streamed_work(E), [&](Index r0, Index r1) {
-                h.middleRows(r0, r1 - r0).array() = h.middleRows(r0, r1 - r0).array().exp();
-            });
-            h_final = h_final.array().exp().matrix();
-        } else {
-            scan_forward<Scalar>(h, h_final, a, b, h0, B, T, scan_options());
-        }
+                              : saved     ? MatrixRef<Scalar>(resized(saved->h, N, H))
+                                          : MatrixRef<Scalar>(scratch_matrix<Scalar>(ScratchSlot::B, N, H));
+        for (Index d = 0; d < directions(); ++d)
+            forward_direction(d, x, h0.middleRows(d * B, B), h.middleCols(d * E, E), h_final.middleRows(d * B, B),
+                              saved ? (d == 0 ? &saved->pre : &saved->reverse_pre) : nullptr);
 
         if (projects())
-            to_out_.forward(h, y.data);  // (B*T, E) x (E, D)
+            to_out_.forward(h, y.data);  // (B*T, H) x (H, D)
         else if (saved)
-            parallel_copy<Scalar>(resized(saved->h, N, E), y.data);
+            parallel_copy<Scalar>(resized(saved->h, N, H), y.data);
         s.tensors[0] = h_final;
         return y;
     }
 
     Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx,
                                    const State<Scalar>* d_final, State<Scalar>* d_initial) override {
-        const Index B = ctx.batch, T = ctx.steps, E = hidden_size_;
+        const Index B = ctx.batch, T = ctx.steps, E = hidden_size_, N = B * T, H = directions() * E;
         const Saved& saved = saved_for_backward<Saved>(ctx);
-        const Matrix<Scalar>& x = saved.input;
-        const Matrix<Scalar>& pre = saved.pre;
-        const Matrix<Scalar>& h0 = saved.h0;
-        const Matrix<Scalar>& h = saved.h;
-        const Index N = B * T, GE = gate_count_ * E;
 
-        // The forward's coefficients a, b again, from the saved pre-activations.
-        Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
-        compute_coefficients(pre, coeffs, /*log_space=*/false);
-        const auto a = coeffs.middleCols(E, E);  // (B*T, E)
-
-        // dL/dh (B*T, E), through to_out when projecting; the reverse scan then writes dL/db over it.
-        Eigen::Map<Matrix<Scalar>> d_coeffs = scratch_matrix<Scalar>(ScratchSlot::B, N, 2 * E);  // [da | db]
-        auto da = d_coeffs.leftCols(E), db = d_coeffs.rightCols(E);
-        if (projects()) to_out_.backward(h, dy.data, db);  // (B*T, D) x (D, E)
+        // dL/dh (B*T, H), through to_out when projecting; each direction's reverse scan then
+        // writes dL/db over its E columns of it.
+        Eigen::Map<Matrix<Scalar>> d_coeffs = scratch_matrix<Scalar>(ScratchSlot::B, N, H + E);  // [db (H) | da (E)]
+        auto db = d_coeffs.leftCols(H), da = d_coeffs.rightCols(E);
+        if (projects()) to_out_.backward(saved.h, dy.data, db);  // (B*T, D) x (D, H)
         const ConstMatrixRef<Scalar> dh = projects() ? ConstMatrixRef<Scalar>(db) : ConstMatrixRef<Scalar>(dy.data);
 
-        // The reverse scan: dL/da and dL/db of h_t = a_t h_{t-1} + b_t, and dL/dh0.
-        // The log-space mode computes the same function, so it shares this gradient.
-        Matrix<Scalar> dh0(B, E);
-        const Matrix<Scalar> dh_final = d_final ? d_final->tensors[0] : Matrix<Scalar>();
-        scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, h, h0, B, T, scan_options());
-
-        Eigen::Map<Matrix<Scalar>> d_pre = scratch_matrix<Scalar>(ScratchSlot::C, N, GE);
-        parallel_for(N, streamed_work(E), [&](Index r0, Index r1) {
-            const Index n = r1 - r0;
-            coefficients_backward(pre.middleRows(r0, n), da.middleRows(r0, n), db.middleRows(r0, n),
-                                  d_pre.middleRows(r0, n));
-        });
+        const Matrix<Scalar> none;
+        Matrix<Scalar> dh0(directions() * B, E);
         Sequence<Scalar> dx(B, T, input_size());
-        in_proj_.backward(x, d_pre, dx.data);  // (B*T, G*E) x (G*E, D)
+        for (Index d = 0; d < directions(); ++d) {
+            const ConstMatrixRef<Scalar> dh_final =
+                d_final ? ConstMatrixRef<Scalar>(d_final->tensors[0].middleRows(d * B, B)) : ConstMatrixRef<Scalar>(none);
+            backward_direction(d, saved, ctx.lengths, B, T, dh.middleCols(d * E, E), db.middleCols(d * E, E), da,
+                               dh_final, dh0.middleRows(d * B, B), dx.data);
+        }
         if (d_initial) {
             *d_initial = this->initial_state(B);
             d_initial->tensors[0] = dh0;
@@ -281,8 +284,10 @@ protected:
         return dx;
     }
 
-    /// One step; the same recurrence, h = a h + b, whatever the mode.
+    /// One step; the same recurrence, h = a h + b, whatever the mode. A bidirectional
+    /// layer refuses (validate_state refuses first when the state is not fresh).
     void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
+        if (bidirectional()) refuse_step();
         const Index B = x.rows();
         if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = make_state(B).workspace;
         Matrix<Scalar>& pre = state.workspace[0];  // (B, G*E)
@@ -308,12 +313,15 @@ protected:
         hidden_size_ = options.hidden_size > 0 ? options.hidden_size
                                                : checked_scaled_size(kind, "expansion", options.input_size, options.expansion);
         check_options(kind, options.activation, options.mode, options.split);
-        // The projections' sizes, checked before anything is allocated: (G*E, D) and (D, E).
+        // The projections' sizes, checked before anything is allocated: (G*E, D) per
+        // direction and (D, E), or (D, 2E) when bidirectional.
         const Index gates_width = checked_mul(kind, gate_count, hidden_size_);
         checked_elements(kind, gates_width, options.input_size);
+        const Index hidden_width = checked_mul(kind, directions(), hidden_size_);
         in_proj_ = Linear<Scalar>(options.input_size, gates_width, options.bias, rng);
+        if (options.bidirectional) reverse_in_proj_ = Linear<Scalar>(options.input_size, gates_width, options.bias, rng);
         if (options.project_out || hidden_size_ != options.input_size)
-            to_out_ = Linear<Scalar>(hidden_size_, options.input_size, options.bias, rng);
+            to_out_ = Linear<Scalar>(hidden_width, options.input_size, options.bias, rng);
     }
 
     /// pre (N, G*E) -> the recurrence's coefficients a, b (N, E). In place is
@@ -330,6 +338,93 @@ protected:
     HiddenActivation activation() const { return options_.activation; }
 
 private:
+    // One direction of the forward (d = 0 forward, 1 reverse): pre = x W_d^T, the
+    // coefficients a, b, and the scan from h0 (B, E) into h (B*T, E), each sequence's last
+    // state into h_final (B, E). The reverse direction scans each sequence from its own last
+    // step down to step 0; both stop at a padded sequence's end. A training forward keeps
+    // pre in `saved_pre`.
+    void forward_direction(Index d, const Sequence<Scalar>& x, ConstMatrixRef<Scalar> h0, MatrixRef<Scalar> h,
+                           MatrixRef<Scalar> h_final, Matrix<Scalar>* saved_pre) const {
+        const Index B = x.batch, T = x.steps, E = hidden_size_, N = B * T, GE = gate_count_ * E;
+        const Linear<Scalar>& in_proj = d == 0 ? in_proj_ : reverse_in_proj_;
+
+        // Training mode keeps the pre-activations for backward in the context's own buffer
+        // and writes the gates to scratch; otherwise the gates overwrite them in scratch.
+        Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
+        if (saved_pre) {
+            Matrix<Scalar>& pre = resized(*saved_pre, N, GE);
+            in_proj.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
+            compute_coefficients(pre, coeffs);
+        } else {
+            in_proj.forward(x.data, coeffs);  // (B*T, D) x (D, G*E), then the gates in place
+            compute_coefficients(coeffs, coeffs);
+        }
+        const auto b = coeffs.leftCols(E);       // (B*T, E), row stride G*E
+        const auto a = coeffs.middleCols(E, E);  // (B*T, E)
+
+        const ScanOptions options = scan_options(d);
+        if (options_.mode == MinRNNMode::LogSpace) {
+            // a, b hold log a, log b. A zero state contributes nothing and has no logarithm: scan without it.
+            const bool zero_start = h0.isZero(0);
+            if (!zero_start) check_positive(this->where(Call::Forward), h0);
+            const Matrix<Scalar> log_h0 = zero_start ? Matrix<Scalar>() : Matrix<Scalar>(h0.array().log().matrix());
+            log_scan_forward<Scalar>(h, h_final, a, b, log_h0, B, T, options, x.lengths);  // log h, log h_T
+            parallel_for(N, streamed_work(E), [&](Index r0, Index r1) {  // log h = -inf past each end: h = 0
+                h.middleRows(r0, r1 - r0).array() = h.middleRows(r0, r1 - r0).array().exp();
+            });
+            h_final = h_final.array().exp().matrix();
+        } else {
+            scan_forward<Scalar>(h, h_final, a, b, h0, B, T, options, x.lengths);
+        }
+    }
+
+    // One direction of the backward, as forward_direction ran it: from dL/dh (B*T, E) and
+    // dL/dh_final (B, E, or empty) of direction d, the reverse scan's dL/db (into db, which
+    // may be dh) and dL/da (into da), dL/dh0 (into dh0), then dL/dpre, the input
+    // projection's gradients and dL/dx, written into dx (d = 0) or added to it (d = 1).
+    void backward_direction(Index d, const Saved& saved, const std::vector<Index>& lengths, Index B, Index T,
+                            ConstMatrixRef<Scalar> dh, MatrixRef<Scalar> db, MatrixRef<Scalar> da,
+                            ConstMatrixRef<Scalar> dh_final, MatrixRef<Scalar> dh0, Matrix<Scalar>& dx) {
+        const Index E = hidden_size_, N = B * T, GE = gate_count_ * E;
+        Linear<Scalar>& in_proj = d == 0 ? in_proj_ : reverse_in_proj_;
+        const Matrix<Scalar>& pre = d == 0 ? saved.pre : saved.reverse_pre;
+
+        // The forward's coefficients a, b again, from the saved pre-activations.
+        Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
+        compute_coefficients(pre, coeffs, /*log_space=*/false);
+        const auto a = coeffs.middleCols(E, E);  // (B*T, E)
+
+        // The reverse scan: dL/da and dL/db of h_t = a_t h_{t-1} + b_t (h_{t+1} for the
+        // reverse direction), and dL/dh0; zero past each end. The log-space mode computes
+        // the same function, so it shares this gradient.
+        scan_backward<Scalar>(da, db, dh0, dh, dh_final, a, saved.h.middleCols(d * E, E), saved.h0.middleRows(d * B, B),
+                              B, T, scan_options(d), lengths);
+
+        Eigen::Map<Matrix<Scalar>> d_pre = scratch_matrix<Scalar>(ScratchSlot::C, N, GE);
+        parallel_for(N, streamed_work(E), [&](Index r0, Index r1) {
+            const Index n = r1 - r0;
+            coefficients_backward(pre.middleRows(r0, n), da.middleRows(r0, n), db.middleRows(r0, n),
+                                  d_pre.middleRows(r0, n));
+        });
+        // Past an end a = 1 and b = 0 are constants: dL/dpre is zero there, even where the
+        // padding's pre-activations are not finite (0 * inf).
+        if (!lengths.empty()) zero_padding<Scalar>(d_pre, T, lengths);
+        if (d == 0) {
+            in_proj.backward(saved.input, d_pre, dx);  // (B*T, G*E) x (G*E, D)
+        } else {
+            // The coefficients are spent: slot A takes this direction's share of dL/dx.
+            Eigen::Map<Matrix<Scalar>> dx_reverse = scratch_matrix<Scalar>(ScratchSlot::A, N, input_size());
+            in_proj.backward(saved.input, d_pre, dx_reverse);  // (B*T, G*E) x (G*E, D)
+            parallel_add<Scalar>(dx, dx_reverse);
+        }
+    }
+
+    // The refusal of step() by a bidirectional layer.
+    void refuse_step() const {
+        fail(this->where(Call::Step), "cannot stream: its reverse direction needs the whole sequence (run forward "
+                                      "on whole sequences, or use a unidirectional layer)");
+    }
+
     // pre (N, G*E) -> coeffs (N, G*E) with b in the first E columns and a in the next E
     // (log a, log b in the log-space mode), split across threads; coeffs may be pre.
     void compute_coefficients(ConstMatrixRef<Scalar> pre, MatrixRef<Scalar> coeffs) const {
@@ -347,9 +442,11 @@ private:
         });
     }
 
-    ScanOptions scan_options() const {
+    // How direction d (0 forward, 1 reverse) scans.
+    ScanOptions scan_options(Index d = 0) const {
         return {.mode = options_.mode == MinRNNMode::Sequential ? ScanMode::Sequential : ScanMode::Parallel,
-                .split = options_.split};
+                .split = options_.split,
+                .reverse = d == 1};
     }
 
     // Refuses a combination of options that cannot run as asked.
@@ -368,7 +465,7 @@ private:
                        "(use ScanSplit::Channels or Auto with MinRNNMode::LogSpace)");
     }
 
-    static void check_positive(const std::string& where, const Matrix<Scalar>& h0) {
+    static void check_positive(const std::string& where, ConstMatrixRef<Scalar> h0) {
         if ((h0.array() <= Scalar(0)).any())
             fail(where, "the log-space scan needs an initial state that is all positive or all zero; h0 " +
                             shape_string(h0) + " has entries <= 0 (use a linear-space mode for such states)");
@@ -379,8 +476,9 @@ private:
     int gate_count_;
     std::string in_proj_name_;
     Index hidden_size_ = 0;
-    Linear<Scalar> in_proj_;  // (G*E, D): rows [hidden; gates]
-    Linear<Scalar> to_out_;   // (D, E), empty when not projecting
+    Linear<Scalar> in_proj_;          // (G*E, D): rows [hidden; gates]
+    Linear<Scalar> reverse_in_proj_;  // (G*E, D), the reverse direction's; empty unless bidirectional
+    Linear<Scalar> to_out_;           // (D, E) or (D, 2E), empty when not projecting
 };
 
 }  // namespace seqnn
