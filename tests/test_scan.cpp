@@ -1,13 +1,16 @@
 // The scan kernel (kernels/scan.hpp): linear-space forward and reverse scans against
 // plain loops and finite differences, parallel == sequential with both splits forced
-// on odd shapes, the log-space scan against the linear one, fp32 accuracy at T=65,536
-// in both spaces (the difference documented, not guessed) and bad input.
+// on odd shapes, the log-space scan against the linear one, padded batches (lengths)
+// against a = 1, b = 0 past each end, the reverse direction against the forward scan of
+// each sequence reversed, fp32 accuracy at T=65,536 in both spaces (the difference
+// documented, not guessed) and bad input.
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
 
 #include <cstdio>
 #include <limits>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -81,9 +84,9 @@ struct Forward {
 
 template <typename Scalar>
 Forward<Scalar> run_forward(const Matrix<Scalar>& a, const Matrix<Scalar>& b, const Matrix<Scalar>& h0, Index B,
-                            Index T, ScanOptions o) {
+                            Index T, ScanOptions o, std::span<const Index> lengths = {}) {
     Forward<Scalar> f{Matrix<Scalar>(a.rows(), a.cols()), Matrix<Scalar>(B, a.cols())};
-    scan_forward<Scalar>(f.h, f.last, a, b, h0, B, T, o);
+    scan_forward<Scalar>(f.h, f.last, a, b, h0, B, T, o, lengths);
     return f;
 }
 
@@ -94,10 +97,11 @@ struct Backward {
 
 template <typename Scalar>
 Backward<Scalar> run_backward(const Matrix<Scalar>& dh, const Matrix<Scalar>& dh_last, const Matrix<Scalar>& a,
-                              const Matrix<Scalar>& h, const Matrix<Scalar>& h0, Index B, Index T, ScanOptions o) {
+                              const Matrix<Scalar>& h, const Matrix<Scalar>& h0, Index B, Index T, ScanOptions o,
+                              std::span<const Index> lengths = {}) {
     Backward<Scalar> g{Matrix<Scalar>(a.rows(), a.cols()), Matrix<Scalar>(a.rows(), a.cols()),
                        Matrix<Scalar>(B, a.cols())};
-    scan_backward<Scalar>(g.da, g.db, g.dh0, dh, dh_last, a, h, h0, B, T, o);
+    scan_backward<Scalar>(g.da, g.db, g.dh0, dh, dh_last, a, h, h0, B, T, o, lengths);
     return g;
 }
 
@@ -558,6 +562,199 @@ TEST(ScanAccuracy, LogSpaceFp32ErrorIsRecorded) {
 }
 
 // ---------------------------------------------------------------------------------
+// Padded batches (lengths) and the reverse direction.
+
+// Every way a scan runs: sequential, each split forced (and Auto) on 2 and 3 threads, and
+// the time split in rounds of small pieces.
+struct ScanRun {
+    int threads;
+    ScanOptions options;
+    std::string name;
+};
+
+std::vector<ScanRun> every_run() {
+    std::vector<ScanRun> runs{{1, kSequential, "sequential"}};
+    for (int threads : {2, 3})
+        for (ScanSplit split : {ScanSplit::Channels, ScanSplit::Time, ScanSplit::Auto})
+            runs.push_back({threads, ScanOptions{ScanMode::Parallel, split, 0},
+                            split_name(split) + " on " + std::to_string(threads) + " threads"});
+    runs.push_back({3, ScanOptions{ScanMode::Parallel, ScanSplit::Time, 4}, "Time in pieces of 4 on 3 threads"});
+    return runs;
+}
+
+// B = 5 sequences of T = 37 steps: one full, one of a single step, the others odd.
+const std::vector<Index> kLengths{37, 1, 20, 9, 36};
+
+// m with every row past an end (row s*T + t, t >= lengths[s]) set to `value`.
+template <typename Scalar>
+Matrix<Scalar> with_padding(Matrix<Scalar> m, Index T, const std::vector<Index>& lengths, Scalar value) {
+    for (std::size_t s = 0; s < lengths.size(); ++s)
+        m.middleRows(static_cast<Index>(s) * T + lengths[s], T - lengths[s]).setConstant(value);
+    return m;
+}
+
+// m with each sequence's real rows in reverse order; the rows past its end stay put.
+template <typename Scalar>
+Matrix<Scalar> reverse_each(const Matrix<Scalar>& m, Index T, const std::vector<Index>& lengths) {
+    Matrix<Scalar> out = m;
+    for (std::size_t s = 0; s < lengths.size(); ++s) {
+        const Index first = static_cast<Index>(s) * T;
+        for (Index t = 0; t < lengths[s]; ++t) out.row(first + t) = m.row(first + lengths[s] - 1 - t);
+    }
+    return out;
+}
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// A padded batch is the whole batch with a = 1, b = 0 (and dL/dh = 0) past each end,
+// where the state passes through unchanged, except that the scan stops at each end: h,
+// dL/da and dL/db are zero past it, and what a, b and dL/dh hold there is never read
+// (NaN here). Every split, in pieces of the sequences' own lengths.
+TEST(ScanLengths, EachSequenceStopsAtItsEndAsIfAWereOneAndBZeroPastIt) {
+    const Index B = 5, T = 37, D = 19;
+    const std::vector<Index>& L = kLengths;
+    Rng rng(23);
+    const Matrix<double> a = decays<double>(B * T, D, rng);
+    const Matrix<double> b = uniform<double>(B * T, D, -1, 1, rng);
+    const Matrix<double> dh = uniform<double>(B * T, D, -1, 1, rng);
+    const Matrix<double> h0 = uniform<double>(B, D, -1, 1, rng);
+    const Matrix<double> dh_last = uniform<double>(B, D, -1, 1, rng);
+    const Matrix<double> a_carry = with_padding(a, T, L, 1.0), b_carry = with_padding(b, T, L, 0.0);
+    const Forward<double> ref = run_forward(a_carry, b_carry, h0, B, T, kSequential);
+    const Backward<double> gref = run_backward(with_padding(dh, T, L, 0.0), dh_last, a_carry, ref.h, h0, B, T, kSequential);
+
+    const Matrix<double> a_nan = with_padding(a, T, L, kNaN), b_nan = with_padding(b, T, L, kNaN);
+    const Matrix<double> dh_nan = with_padding(dh, T, L, kNaN);
+    ThreadGuard guard;
+    for (const ScanRun& run : every_run()) {
+        SCOPED_TRACE(run.name);
+        set_num_threads(run.threads);
+        const Forward<double> f = run_forward(a_nan, b_nan, h0, B, T, run.options, L);
+        EXPECT_LT(relative_error(f.h, with_padding(ref.h, T, L, 0.0)), 1e-12);
+        EXPECT_TRUE(padding_is_zero(f.h, T, L));
+        EXPECT_LT(relative_error(f.last, ref.last), 1e-12);  // the state carried to T-1 is the state at each end
+        const Backward<double> g = run_backward(dh_nan, dh_last, a_nan, f.h, h0, B, T, run.options, L);
+        EXPECT_LT(relative_error(g.db, with_padding(gref.db, T, L, 0.0)), 1e-12);
+        EXPECT_LT(relative_error(g.da, with_padding(gref.da, T, L, 0.0)), 1e-12);
+        EXPECT_LT(relative_error(g.dh0, gref.dh0), 1e-12);
+    }
+}
+
+// In log space the carry is log a = 0 and log b = -inf, which log_add_exp adds exactly
+// (lse + log1p(exp(-inf)) = lse): the lengths give the same bits on every real step and at
+// each end, and log h = -inf (h = 0) past it. Its backward agrees within rounding.
+TEST(ScanLengths, LogSpaceEqualsLogAZeroAndLogBMinusInfinityPastEachEnd) {
+    const Index B = 5, T = 37, D = 19;
+    const std::vector<Index>& L = kLengths;
+    constexpr double inf = std::numeric_limits<double>::infinity();
+    Rng rng(24);
+    const Matrix<double> log_a = uniform<double>(B * T, D, 0.2, 1.0, rng).array().log().matrix();
+    const Matrix<double> log_b = uniform<double>(B * T, D, -2, 1, rng);
+    const Matrix<double> log_h0 = uniform<double>(B, D, -2, 1, rng);
+    const Matrix<double> w = uniform<double>(B * T, D, -1, 1, rng), w_last = uniform<double>(B, D, -1, 1, rng);
+    const Matrix<double> la_carry = with_padding(log_a, T, L, 0.0), lb_carry = with_padding(log_b, T, L, -inf);
+    ThreadGuard guard;
+    for (const ScanRun& run : every_run()) {
+        if (run.options.split == ScanSplit::Time) continue;  // the log-space scan splits over channels only
+        SCOPED_TRACE(run.name);
+        set_num_threads(run.threads);
+        Matrix<double> ref(B * T, D), ref_last(B, D), lh(B * T, D), last(B, D);
+        log_scan_forward<double>(ref, ref_last, la_carry, lb_carry, log_h0, B, T, run.options);
+        log_scan_forward<double>(lh, last, with_padding(log_a, T, L, kNaN), with_padding(log_b, T, L, kNaN), log_h0, B,
+                                 T, run.options, L);
+        EXPECT_EQ(with_padding(lh, T, L, 0.0), with_padding(ref, T, L, 0.0));
+        EXPECT_EQ(last, ref_last);
+        EXPECT_EQ(lh, with_padding(lh, T, L, -inf));
+
+        Matrix<double> dla_ref(B * T, D), dlb_ref(B * T, D), dlh0_ref(B, D), dla(B * T, D), dlb(B * T, D), dlh0(B, D);
+        log_scan_backward<double>(dla_ref, dlb_ref, dlh0_ref, with_padding(w, T, L, 0.0), w_last, la_carry, lb_carry,
+                                  log_h0, B, T, run.options);
+        log_scan_backward<double>(dla, dlb, dlh0, with_padding(w, T, L, kNaN), w_last, with_padding(log_a, T, L, kNaN),
+                                  with_padding(log_b, T, L, kNaN), log_h0, B, T, run.options, L);
+        EXPECT_LT(relative_error(dla, with_padding(dla_ref, T, L, 0.0)), 1e-12);
+        EXPECT_LT(relative_error(dlb, with_padding(dlb_ref, T, L, 0.0)), 1e-12);
+        EXPECT_LT(relative_error(dlh0, dlh0_ref), 1e-12);
+    }
+}
+
+// ScanOptions::reverse runs h_t = a_t h_{t+1} + b_t from each sequence's last step down
+// to step 0: the forward scan of each sequence reversed, read back in time order, with
+// h_last = h at step 0. Its backward likewise; with and without lengths, every split.
+TEST(ScanReverse, EqualsTheForwardScanOfEachSequenceReversed) {
+    const Index B = 5, T = 37, D = 19;
+    Rng rng(25);
+    const Matrix<double> a = decays<double>(B * T, D, rng);
+    const Matrix<double> b = uniform<double>(B * T, D, -1, 1, rng);
+    const Matrix<double> dh = uniform<double>(B * T, D, -1, 1, rng);
+    const Matrix<double> h0 = uniform<double>(B, D, -1, 1, rng);
+    const Matrix<double> dh_last = uniform<double>(B, D, -1, 1, rng);
+    ThreadGuard guard;
+    for (const bool padded : {false, true}) {
+        const std::vector<Index> L = padded ? kLengths : std::vector<Index>(B, T);
+        const std::span<const Index> lengths = padded ? std::span<const Index>(L) : std::span<const Index>();
+        const Matrix<double> ar = reverse_each(a, T, L), br = reverse_each(b, T, L), dhr = reverse_each(dh, T, L);
+        const Forward<double> ref = run_forward(ar, br, h0, B, T, kSequential, lengths);
+        const Backward<double> gref = run_backward(dhr, dh_last, ar, ref.h, h0, B, T, kSequential, lengths);
+        for (const ScanRun& run : every_run()) {
+            SCOPED_TRACE(run.name + (padded ? ", padded" : ""));
+            set_num_threads(run.threads);
+            ScanOptions o = run.options;
+            o.reverse = true;
+            const Forward<double> f = run_forward(a, b, h0, B, T, o, lengths);
+            EXPECT_LT(relative_error(f.h, reverse_each(ref.h, T, L)), 1e-12);
+            EXPECT_LT(relative_error(f.last, ref.last), 1e-12);
+            const Backward<double> g = run_backward(dh, dh_last, a, f.h, h0, B, T, o, lengths);
+            EXPECT_LT(relative_error(g.da, reverse_each(gref.da, T, L)), 1e-12);
+            EXPECT_LT(relative_error(g.db, reverse_each(gref.db, T, L)), 1e-12);
+            EXPECT_LT(relative_error(g.dh0, gref.dh0), 1e-12);
+        }
+
+        // The log-space scan, reversed the same way (compared as h, which is 0 past each end).
+        const Matrix<double> log_a = a.array().log().matrix();
+        const Matrix<double> log_b = uniform<double>(B * T, D, -2, 1, rng), log_h0 = h0.array().abs().log().matrix();
+        Matrix<double> lref(B * T, D), lref_last(B, D), lh(B * T, D), last(B, D);
+        log_scan_forward<double>(lref, lref_last, reverse_each(log_a, T, L), reverse_each(log_b, T, L), log_h0, B, T,
+                                 kSequential, lengths);
+        ScanOptions o{ScanMode::Parallel, ScanSplit::Channels, 0};
+        o.reverse = true;
+        set_num_threads(3);
+        log_scan_forward<double>(lh, last, log_a, log_b, log_h0, B, T, o, lengths);
+        EXPECT_LT(relative_error(lh.array().exp().matrix(), reverse_each(lref, T, L).array().exp().matrix()), 1e-12);
+        EXPECT_LT(relative_error(last, lref_last), 1e-12);
+        const Matrix<double> w = uniform<double>(B * T, D, -1, 1, rng);
+        Matrix<double> dla_ref(B * T, D), dlb_ref(B * T, D), dlh0_ref(B, D), dla(B * T, D), dlb(B * T, D), dlh0(B, D);
+        log_scan_backward<double>(dla_ref, dlb_ref, dlh0_ref, reverse_each(w, T, L), dh_last, reverse_each(log_a, T, L),
+                                  reverse_each(log_b, T, L), log_h0, B, T, kSequential, lengths);
+        log_scan_backward<double>(dla, dlb, dlh0, w, dh_last, log_a, log_b, log_h0, B, T, o, lengths);
+        EXPECT_LT(relative_error(dla, reverse_each(dla_ref, T, L)), 1e-12);
+        EXPECT_LT(relative_error(dlb, reverse_each(dlb_ref, T, L)), 1e-12);
+        EXPECT_LT(relative_error(dlh0, dlh0_ref), 1e-12);
+    }
+}
+
+// The Sequence calls take the lengths from their first operand and hand them on.
+TEST(ScanLengths, SequenceCallsScanAPaddedBatchAndKeepItsLengths) {
+    const Index B = 5, T = 37, D = 19;
+    Rng rng(26);
+    Sequence<double> a(decays<double>(B * T, D, rng), B, T);
+    a.lengths = kLengths;
+    const Sequence<double> b(uniform<double>(B * T, D, -1, 1, rng), B, T);
+    const Matrix<double> h0 = uniform<double>(B, D, -1, 1, rng);
+    const ScanResult<double> r = scan(a, b, &h0);
+    const Forward<double> f = run_forward(a.data, b.data, h0, B, T, ScanOptions{}, kLengths);
+    EXPECT_EQ(r.h.lengths, kLengths);
+    EXPECT_EQ(r.h.data, f.h);
+    EXPECT_EQ(r.h_last, f.last);
+    const Sequence<double> dh(uniform<double>(B * T, D, -1, 1, rng), B, T);
+    const ScanGrad<double> g = scan_grad(dh, static_cast<const Matrix<double>*>(nullptr), a, r.h, &h0);
+    const Backward<double> gk = run_backward(dh.data, Matrix<double>(), a.data, f.h, h0, B, T, ScanOptions{}, kLengths);
+    EXPECT_EQ(g.da.lengths, kLengths);
+    EXPECT_EQ(g.da.data, gk.da);
+    EXPECT_EQ(g.db.data, gk.db);
+    EXPECT_EQ(g.dh0, gk.dh0);
+}
+
+// ---------------------------------------------------------------------------------
 // Bad input.
 
 TEST(Scan, BadShapesThrowNamingScanAndShapes) {
@@ -582,6 +779,30 @@ TEST(Scan, BadShapesThrowNamingScanAndShapes) {
     expect_shape_error([&] { log_scan(sa, sb); }, {"log_scan", "D=36", "D=37"});
     expect_shape_error([&] { log_scan_forward<double>(h, last, a, Matrix<double>(B * T + 1, D), none, B, T); },
                        {"log_scan_forward", "log_b", "(22, 37)", "(21, 37)"});
+}
+
+TEST(ScanLengths, BadLengthsThrowNamingTheCallAndTheLength) {
+    Rng rng(27);
+    const Index B = 3, T = 7, D = 5;
+    const Matrix<double> a = uniform<double>(B * T, D, 0, 1, rng), b = a, none;
+    Matrix<double> h(B * T, D), last(B, D), da(B * T, D), db(B * T, D), dh0(B, D);
+    const std::vector<Index> two{7, 7}, zero{7, 0, 2}, long_one{8, 1, 1};
+    expect_shape_error([&] { scan_forward<double>(h, last, a, b, none, B, T, {}, two); },
+                       {"scan_forward", "2 lengths", "B=3"});
+    expect_shape_error([&] { scan_forward<double>(h, last, a, b, none, B, T, {}, zero); },
+                       {"scan_forward", "lengths[1] is 0", "T=7"});
+    expect_shape_error([&] { scan_backward<double>(da, db, dh0, a, none, a, h, none, B, T, {}, long_one); },
+                       {"scan_backward", "lengths[0] is 8", "T=7"});
+    expect_shape_error([&] { log_scan_forward<double>(h, last, a, b, none, B, T, {}, zero); },
+                       {"log_scan_forward", "lengths[1] is 0"});
+    expect_shape_error([&] { log_scan_backward<double>(da, db, dh0, a, none, a, b, none, B, T, {}, two); },
+                       {"log_scan_backward", "2 lengths"});
+    Sequence<double> sa(a, B, T), sb(b, B, T);
+    sa.lengths = {7, 2, 3};
+    sb.lengths = {7, 2, 4};
+    expect_shape_error([&] { scan(sa, sb); }, {"scan", "b's lengths differ from a's"});
+    sa.lengths = zero;
+    expect_shape_error([&] { scan(sa, Sequence<double>(b, B, T)); }, {"scan", "lengths[1] is 0"});
 }
 
 }  // namespace
