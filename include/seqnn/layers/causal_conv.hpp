@@ -15,6 +15,13 @@
 // (row b*(K-1) + j). Zeros are PyTorch's zero padding, so a stream can be fed in
 // chunks and step by step, which lucidrains' version cannot (it disables caching
 // with a conv).
+//
+// Padded batches (Sequence::lengths): a causal output sees no later input, so the real
+// outputs of sequence b (t < lengths[b]) read only its real inputs and the initial window.
+// The padding's outputs are not computed (the layer contract makes them zero), the final
+// window holds each sequence's own last K-1 real inputs (preceded by the initial window's
+// last rows when the sequence is shorter than K-1, as running it alone gives), and the
+// padding's inputs reach no gradient, whatever they hold.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
@@ -26,6 +33,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 namespace seqnn {
 
@@ -130,8 +138,10 @@ protected:
 
         Matrix<Scalar> u(B * T, D);  // the depthwise conv's output, (B*T, D)
         parallel_for(B, streamed_work(T * D * K), [&](Index b0, Index b1) {
-            for (Index b = b0; b < b1; ++b)
-                for (Index t = 0; t < T; ++t) {
+            for (Index b = b0; b < b1; ++b) {
+                const Index L = x.length(b);
+                u.middleRows(b * T + L, T - L).setZero();  // padding: its inputs are never read
+                for (Index t = 0; t < L; ++t) {
                     auto u_t = u.row(b * T + t);
                     if (options_.bias)
                         u_t = bias.row();
@@ -140,8 +150,9 @@ protected:
                     for (Index k = 0; k < K; ++k)
                         u_t.array() += weight.value.col(k).transpose().array() * input_row(x.data, window, b, T, K, t + k - (K - 1)).array();
                 }
+            }
         });
-        update_window(s.tensors[0], x.data, window, B, T, K);
+        update_window(s.tensors[0], x, window, K);
 
         if (ctx) {
             Saved& saved = keep_for_backward<Saved>(*ctx);
@@ -178,16 +189,19 @@ protected:
 
         // Through the depthwise conv: dx[s] += du[t] * w0[:, k] and dw0[:, k] += du[t] * x[s],
         // s = t + k - (K-1); s < 0 reaches the initial window. dx is split across threads
-        // by sequence and dw0 by channel, so each sum runs in the serial order.
+        // by sequence and dw0 by channel, so each sum runs in the serial order. Only real
+        // steps t < L (L = lengths[b], or T) take part: the padding's du is zero, and its
+        // inputs must reach no weight gradient.
         Sequence<Scalar> dx(B, T, D);
         Matrix<Scalar> d_window = Matrix<Scalar>::Zero(B * (K - 1), D);
         parallel_for(B, streamed_work(T * D * K), [&](Index b0, Index b1) {
             for (Index b = b0; b < b1; ++b) {
-                // dL/d(final window) flows to the inputs it holds: row j is step T-(K-1)+j.
+                const Index L = length_of(ctx.lengths, b, T);
+                // dL/d(final window) flows to the inputs it holds: row j is step L-(K-1)+j.
                 if (has_final)
                     for (Index j = 0; j < K - 1; ++j)
-                        grad_row(dx.data, d_window, b, T, K, T - (K - 1) + j) += d_final->tensors[0].row(b * (K - 1) + j);
-                for (Index t = 0; t < T; ++t) {
+                        grad_row(dx.data, d_window, b, T, K, L - (K - 1) + j) += d_final->tensors[0].row(b * (K - 1) + j);
+                for (Index t = 0; t < L; ++t) {
                     const auto du_t = du.row(b * T + t).array();
                     for (Index k = 0; k < K; ++k)
                         grad_row(dx.data, d_window, b, T, K, t + k - (K - 1)).array() +=
@@ -198,7 +212,7 @@ protected:
         parallel_for(D, streamed_work(B * T * K), [&](Index d0, Index d1) {
             const Index n = d1 - d0;
             for (Index b = 0; b < B; ++b)
-                for (Index t = 0; t < T; ++t) {
+                for (Index t = 0; t < length_of(ctx.lengths, b, T); ++t) {
                     const auto du_t = du.row(b * T + t).segment(d0, n).array();
                     for (Index k = 0; k < K; ++k)
                         weight.grad.col(k).segment(d0, n).array() +=
@@ -252,11 +266,17 @@ private:
         return s >= 0 ? dx.row(b * T + s) : d_window.row(b * (K - 1) + (K - 1) + s);
     }
 
-    // The last K-1 inputs of each stream after x: the old window followed by x, cut.
-    static void update_window(Matrix<Scalar>& out, const Matrix<Scalar>& x, const Matrix<Scalar>& window, Index B,
-                              Index T, Index K) {
-        for (Index b = 0; b < B; ++b)
-            for (Index j = 0; j < K - 1; ++j) out.row(b * (K - 1) + j) = input_row(x, window, b, T, K, T - (K - 1) + j);
+    // The real steps of sequence b: lengths[b], or T without lengths.
+    static Index length_of(const std::vector<Index>& lengths, Index b, Index T) {
+        return lengths.empty() ? T : lengths[static_cast<std::size_t>(b)];
+    }
+
+    // The last K-1 inputs of each stream after x: the old window followed by x's real
+    // steps, cut at each sequence's own end.
+    static void update_window(Matrix<Scalar>& out, const Sequence<Scalar>& x, const Matrix<Scalar>& window, Index K) {
+        for (Index b = 0; b < x.batch; ++b)
+            for (Index j = 0; j < K - 1; ++j)
+                out.row(b * (K - 1) + j) = input_row(x.data, window, b, x.steps, K, x.length(b) - (K - 1) + j);
     }
 
     CausalConvOptions options_;
