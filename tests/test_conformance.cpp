@@ -51,6 +51,12 @@ public:
         const auto values = tensors_.at(name).values<std::int64_t>();
         return std::vector<int>(values.begin(), values.end());
     }
+    // A packed fixture's "lengths" as Sequence::lengths; empty when the fixture has none.
+    std::vector<Index> lengths() const {
+        if (!tensors_.contains("lengths")) return {};
+        const auto values = tensors_.at("lengths").values<std::int64_t>();
+        return std::vector<Index>(values.begin(), values.end());
+    }
 
     // Sets every parameter from "param.<name>", strictly: no parameter missing, none left over.
     template <typename Scalar>
@@ -78,13 +84,15 @@ private:
     std::string file_;
 };
 
-// Runs a sequence layer on the fixture's x from its initial states, compares y and the
-// final states, then backpropagates dy (and d(final state)) and compares every gradient.
+// Runs a sequence layer on the fixture's x (with its lengths, for a packed fixture) from
+// its initial states, compares y and the final states, then backpropagates dy (and
+// d(final state)) and compares every gradient.
 template <typename Scalar>
 void expect_layer_matches(Layer<Scalar>& layer, const Fixture& f, const std::vector<std::string>& states) {
     const Index B = f.dim("x", 0), T = f.dim("x", 1);
     f.load_into(layer.parameters());
-    const Sequence<Scalar> x(f.matrix<Scalar>("x"), B, T);
+    Sequence<Scalar> x(f.matrix<Scalar>("x"), B, T);
+    x.lengths = f.lengths();
     State<Scalar> state = layer.initial_state(B);
     State<Scalar> d_final;
     for (std::size_t k = 0; k < states.size(); ++k) {
@@ -138,6 +146,49 @@ TYPED_TEST(PyTorchConformance, GruMatchesNnGru) {
     Rng rng(1);
     GRU<TypeParam> gru({.input_size = 4, .hidden_size = 6, .num_layers = 2}, rng);
     expect_layer_matches<TypeParam>(gru, Fixture("gru.safetensors"), {"h"});
+}
+
+// Variable-length batches as pack_padded_sequence(enforce_sorted=False) runs them, the
+// bidirectional layers (packed and not) and the LSTM's projection, against nn.RNN, nn.GRU
+// and nn.LSTM (I=3, H=5, L=2, B=4, T=6; proj_size 3).
+TYPED_TEST(PyTorchConformance, PackedRnnGruLstmMatchPackPaddedSequence) {
+    Rng rng(1);
+    RNN<TypeParam> rnn({.input_size = 3, .hidden_size = 5, .num_layers = 2}, rng);
+    expect_layer_matches<TypeParam>(rnn, Fixture("rnn_tanh_packed.safetensors"), {"h"});
+    GRU<TypeParam> gru({.input_size = 3, .hidden_size = 5, .num_layers = 2}, rng);
+    expect_layer_matches<TypeParam>(gru, Fixture("gru_packed.safetensors"), {"h"});
+    LSTM<TypeParam> lstm({.input_size = 3, .hidden_size = 5, .num_layers = 2}, rng);
+    expect_layer_matches<TypeParam>(lstm, Fixture("lstm_packed.safetensors"), {"h", "c"});
+}
+
+TYPED_TEST(PyTorchConformance, BidirectionalRnnGruLstmMatchPyTorch) {
+    Rng rng(1);
+    const RecurrentOptions o{.input_size = 3, .hidden_size = 5, .num_layers = 2, .bidirectional = true};
+    RNN<TypeParam> rnn(o, rng);
+    expect_layer_matches<TypeParam>(rnn, Fixture("rnn_tanh_bidirectional.safetensors"), {"h"});
+    GRU<TypeParam> gru(o, rng);
+    expect_layer_matches<TypeParam>(gru, Fixture("gru_bidirectional.safetensors"), {"h"});
+    LSTM<TypeParam> lstm(o, rng);
+    expect_layer_matches<TypeParam>(lstm, Fixture("lstm_bidirectional.safetensors"), {"h", "c"});
+}
+
+TYPED_TEST(PyTorchConformance, PackedBidirectionalGruLstmMatchPackPaddedSequence) {
+    Rng rng(1);
+    const RecurrentOptions o{.input_size = 3, .hidden_size = 5, .num_layers = 2, .bidirectional = true};
+    GRU<TypeParam> gru(o, rng);
+    expect_layer_matches<TypeParam>(gru, Fixture("gru_bidirectional_packed.safetensors"), {"h"});
+    LSTM<TypeParam> lstm(o, rng);
+    expect_layer_matches<TypeParam>(lstm, Fixture("lstm_bidirectional_packed.safetensors"), {"h", "c"});
+}
+
+TYPED_TEST(PyTorchConformance, LstmWithProjectionMatchesNnLstmProjSize) {
+    Rng rng(1);
+    LSTM<TypeParam> lstm({.input_size = 3, .hidden_size = 5, .num_layers = 2, .proj_size = 3}, rng);
+    expect_layer_matches<TypeParam>(lstm, Fixture("lstm_proj.safetensors"), {"h", "c"});
+    LSTM<TypeParam> packed_bidirectional(
+        {.input_size = 3, .hidden_size = 5, .num_layers = 2, .bidirectional = true, .proj_size = 3}, rng);
+    expect_layer_matches<TypeParam>(packed_bidirectional, Fixture("lstm_proj_bidirectional_packed.safetensors"),
+                                    {"h", "c"});
 }
 
 // The reference runs the paper's log-space scan from a positive initial state; every

@@ -37,11 +37,15 @@
 /// Two independent loops (the two directions of a bidirectional layer) can run side by
 /// side in one parallel region, each on its own share of the threads with a barrier of
 /// its own (recurrent_forward_pair, recurrent_backward_pair).
+///
+/// The LSTM with a projection (PyTorch's proj_size) has a plain loop of its own at the end
+/// of this file: Eigen products step by step over the running rows.
 #pragma once
 
 #include "seqnn/core/aligned.hpp"
 #include "seqnn/core/parallel.hpp"
 #include "seqnn/core/types.hpp"
+#include "seqnn/kernels/matmul.hpp"
 
 #include <Eigen/Core>
 
@@ -933,6 +937,117 @@ void recurrent_backward_pair(CellKind cell, const Scalar* w_hh_a, const Recurren
     const int slots = forced_slots<Scalar>(std::max(threads_each, 1), H);
     BackwardLoop<Scalar> loop_a(cell, w_hh_a, fa, da, B, T, H, slots), loop_b(cell, w_hh_b, fb, db, B, T, H, slots);
     run_side_by_side(loop_a, loop_b);
+}
+
+// ---- The LSTM with a projection: a plain loop. ----
+
+/// Forward of one LSTM layer with a projection (PyTorch's proj_size P < H):
+///   [i, f, g, o] = [sigmoid, sigmoid, tanh, sigmoid](W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+///   c_t = f * c_{t-1} + i * g,   h_t = W_hr (o * tanh(c_t)),
+/// so h is (B, P), W_hh (4H, P) and W_hr (P, H). The packed loop above takes no projection;
+/// this is a plain loop of Eigen products, step by step over the running rows (in rank
+/// order, so that they are the top n_t rows of the state). f is read as for the LSTM, with
+/// f.h (B, P) in and out and f.y (B*T, P); f.gates and f.cells are kept as for the LSTM
+/// (zero past each end), f.hidden_n is not used. Not threaded beyond the input product.
+template <typename Scalar>
+void projected_lstm_forward(const RecurrentForward<Scalar>& f, const Scalar* w_hr, Index B, Index T, Index H,
+                            Index P) {
+    using M = Matrix<Scalar>;
+    const Index I = f.input_size, GH = 4 * H;
+    const recurrent_detail::RowOrder rows = recurrent_detail::row_order(f.lengths, B, T);
+    const std::vector<Index>& order = rows.order;
+    const Eigen::Map<const M> x(f.x, B * T, I), w_ih(f.w_ih, GH, I), w_hh(f.w_hh, GH, P), w_proj(w_hr, P, H);
+    Eigen::Map<M> h(f.h, B, P), c(f.c, B, H), y(f.y, B * T, P);
+    M pre_in(B * T, GH);  // x W_ih^T + b_ih of every step
+    matmul_rows<Scalar>(x, w_ih.transpose(), pre_in, f.b_ih);  // (B*T, I) x (I, 4H)
+    M hs(B, P), cs(B, H), act(B, GH), m(B, H);  // by rank: h, c, the gates and o * tanh(c) of the running rows
+    for (Index r = 0; r < B; ++r) {
+        hs.row(r) = h.row(order[r]);
+        cs.row(r) = c.row(order[r]);
+    }
+    y.setZero();
+    if (f.gates) Eigen::Map<M>(f.gates, B * T, GH).setZero();
+    if (f.cells) Eigen::Map<M>(f.cells, B * T, H).setZero();
+    for (Index t = 0; t < T; ++t) {
+        const Index n = rows.active[static_cast<std::size_t>(t)];
+        for (Index r = 0; r < n; ++r) act.row(r) = pre_in.row(order[r] * T + t);
+        act.topRows(n).noalias() += hs.topRows(n) * w_hh.transpose();  // (n, P) x (P, 4H)
+        if (f.b_hh) act.topRows(n).rowwise() += Eigen::Map<const RowVector<Scalar>>(f.b_hh, GH);
+        const auto gate = [&](Index g) { return act.block(0, g * H, n, H).array(); };
+        gate(0) = gate(0).logistic();
+        gate(1) = gate(1).logistic();
+        gate(2) = gate(2).tanh();
+        gate(3) = gate(3).logistic();
+        cs.topRows(n).array() = gate(1) * cs.topRows(n).array() + gate(0) * gate(2);  // c_t = f c_{t-1} + i g
+        m.topRows(n).array() = gate(3) * cs.topRows(n).array().tanh();               // o tanh(c_t)
+        hs.topRows(n).noalias() = m.topRows(n) * w_proj.transpose();                 // (n, H) x (H, P)
+        for (Index r = 0; r < n; ++r) {
+            const Index row = order[r] * T + t;
+            y.row(row) = hs.row(r);
+            if (f.gates) Eigen::Map<M>(f.gates, B * T, GH).row(row) = act.row(r);
+            if (f.cells) Eigen::Map<M>(f.cells, B * T, H).row(row) = cs.row(r);
+        }
+    }
+    for (Index r = 0; r < B; ++r) {  // each row's state at its last step
+        h.row(order[r]) = hs.row(r);
+        c.row(order[r]) = cs.row(r);
+    }
+}
+
+/// Backward through time of projected_lstm_forward: f.y (B*T, P), f.h0 (B, P), f.c0, f.gates,
+/// f.cells as it kept them; d.d_out (B*T, P), d.dh (B, P) and d.dc (B, H) in and out, d.d_gates
+/// (B*T, 4H) out (zero past each end; it is also the hidden map's gradient). w_hh is (4H, P),
+/// w_hr (P, H); dL/dW_hr is added into dw_hr (P, H).
+template <typename Scalar>
+void projected_lstm_backward(const Scalar* w_hh, const Scalar* w_hr, Scalar* dw_hr, const RecurrentSaved<Scalar>& f,
+                             const RecurrentBackward<Scalar>& d, Index B, Index T, Index H, Index P) {
+    using M = Matrix<Scalar>;
+    using Row = Eigen::Array<Scalar, 1, Eigen::Dynamic>;
+    const Index GH = 4 * H;
+    const recurrent_detail::RowOrder rows = recurrent_detail::row_order(d.lengths, B, T);
+    const std::vector<Index>& order = rows.order;
+    const Eigen::Map<const M> gates(f.gates, B * T, GH), cells(f.cells, B * T, H), c0(f.c0, B, H);
+    const Eigen::Map<const M> d_out(d.d_out, B * T, P), w_h(w_hh, GH, P), w_proj(w_hr, P, H);
+    Eigen::Map<M> dh(d.dh, B, P), dc(d.dc, B, H), d_gates(d.d_gates, B * T, GH);
+    d_gates.setZero();
+    M dhs(B, P), dcs(B, H), dm(B, H), dpre(B, GH);  // by rank
+    for (Index r = 0; r < B; ++r) {
+        dhs.row(r) = dh.row(order[r]);
+        dcs.row(r) = dc.row(order[r]);
+    }
+    M dh_all = M::Zero(B * T, P);  // dL/dh_t of every step, for W_hr's gradient
+    for (Index t = T - 1; t >= 0; --t) {
+        const Index n = rows.active[static_cast<std::size_t>(t)];
+        for (Index r = 0; r < n; ++r) {
+            const Index row = order[r] * T + t;
+            dhs.row(r) += d_out.row(row);
+            dh_all.row(row) = dhs.row(r);
+        }
+        dm.topRows(n).noalias() = dhs.topRows(n) * w_proj;  // (n, P) x (P, H): through h_t = W_hr m_t
+        for (Index r = 0; r < n; ++r) {
+            const Index b = order[r], row = b * T + t;
+            const Row i = gates.row(row).segment(0, H).array(), fg = gates.row(row).segment(H, H).array();
+            const Row g = gates.row(row).segment(2 * H, H).array(), o = gates.row(row).segment(3 * H, H).array();
+            const Row c_prev = t == 0 ? Row(c0.row(b).array()) : Row(cells.row(row - 1).array());
+            const Row tc = cells.row(row).array().tanh();
+            // Through m = o tanh(c_t) into c_t, then c_t = f c_{t-1} + i g.
+            const Row dcell = dcs.row(r).array() + dm.row(r).array() * o * (Scalar(1) - tc.square());
+            dpre.row(r).segment(0, H).array() = dcell * g * i * (Scalar(1) - i);
+            dpre.row(r).segment(H, H).array() = dcell * c_prev * fg * (Scalar(1) - fg);
+            dpre.row(r).segment(2 * H, H).array() = dcell * i * (Scalar(1) - g.square());
+            dpre.row(r).segment(3 * H, H).array() = dm.row(r).array() * tc * o * (Scalar(1) - o);
+            dcs.row(r).array() = dcell * fg;
+            d_gates.row(row) = dpre.row(r);
+        }
+        dhs.topRows(n).noalias() = dpre.topRows(n) * w_h;  // (n, 4H) x (4H, P): dL/dh_{t-1}
+    }
+    for (Index r = 0; r < B; ++r) {
+        dh.row(order[r]) = dhs.row(r);
+        dc.row(order[r]) = dcs.row(r);
+    }
+    // dL/dW_hr = sum over steps of dh_t^T (o_t tanh(c_t)), zero past each end (where o is).
+    const M m = (gates.rightCols(H).array() * cells.array().tanh()).matrix();  // (B*T, H)
+    Eigen::Map<M>(dw_hr, P, H).noalias() += dh_all.transpose() * m;           // (P, B*T) x (B*T, H)
 }
 
 }  // namespace seqnn
