@@ -11,7 +11,8 @@
 
 namespace seqnn {
 
-/// A stack of GRU layers; the state is {h (L*B, H)}, PyTorch's h_n.
+/// A stack of GRU layers, one or two directions each; the state is {h (L*D*B, H)},
+/// PyTorch's h_n of shape (L*D, B, H) (D = 2 when bidirectional).
 template <typename Scalar>
 class GRU : public RecurrentStack<Scalar> {
 public:

@@ -11,7 +11,8 @@ namespace seqnn {
 /// Options of an Elman RNN: RecurrentOptions, whose nonlinearity (Tanh or ReLU) is the RNN's.
 using RNNOptions = RecurrentOptions;
 
-/// A stack of Elman RNN layers; the state is {h (L*B, H)}, PyTorch's h_n.
+/// A stack of Elman RNN layers, one or two directions each; the state is {h (L*D*B, H)},
+/// PyTorch's h_n of shape (L*D, B, H) (D = 2 when bidirectional).
 template <typename Scalar>
 class RNN : public RecurrentStack<Scalar> {
 public:
