@@ -1,6 +1,8 @@
 // minGRU and minLSTM: forward, training (forward + backward) and one streaming
 // step, at the same shapes as the sequential cells in bench_recurrent.cpp.
 // Hidden size D, no expansion, the linear-space parallel scan (the layer's default).
+// minGRU's forward also runs on a padded batch (lengths) and bidirectionally, at
+// B=16, T=1024, D=256, to compare with its plain forward there.
 #include "bench_common.hpp"
 
 namespace {
@@ -20,9 +22,9 @@ double min_rnn_bytes(Index B, Index T, Index D, Index G) {
 }
 
 template <typename Cell>
-Cell make_cell(Index D, MinRNNMode mode) {
+Cell make_cell(Index D, MinRNNMode mode, bool bidirectional = false) {
     Rng rng(7);
-    return Cell(MinRNNOptions{.input_size = D, .mode = mode}, rng);
+    return Cell(MinRNNOptions{.input_size = D, .mode = mode, .bidirectional = bidirectional}, rng);
 }
 
 template <typename Cell, int Gates>
@@ -32,6 +34,31 @@ void BM_Forward(benchmark::State& state, MinRNNMode mode) {
     const Sequence<float> x = bench::random_sequence(B, T, D);
     for (auto _ : state) benchmark::DoNotOptimize(cell.forward(x).data.data());
     bench::set_counters(state, double(B * T), min_rnn_flops(B, T, D, Gates), min_rnn_bytes(B, T, D, Gates));
+}
+
+// A padded batch: lengths drawn uniformly from [T/2, T] with a fixed seed. The counters
+// are BM_Forward's, padding rows included, so that the rates compare at the same shape.
+template <typename Cell, int Gates>
+void BM_ForwardLengths(benchmark::State& state) {
+    const Index B = state.range(0), T = state.range(1), D = state.range(2);
+    const Cell cell = make_cell<Cell>(D, MinRNNMode::Parallel);
+    Sequence<float> x = bench::random_sequence(B, T, D);
+    Rng rng(11);
+    std::uniform_int_distribution<Index> length(T / 2, T);
+    for (Index b = 0; b < B; ++b) x.lengths.push_back(length(rng));
+    for (auto _ : state) benchmark::DoNotOptimize(cell.forward(x).data.data());
+    bench::set_counters(state, double(B * T), min_rnn_flops(B, T, D, Gates), min_rnn_bytes(B, T, D, Gates));
+}
+
+// Both directions, no projection: the output is (B*T, 2D). Each direction costs a forward's
+// flops and streams its own pre-activations, a, b and h; the input is read by both GEMMs.
+template <typename Cell, int Gates>
+void BM_ForwardBidirectional(benchmark::State& state) {
+    const Index B = state.range(0), T = state.range(1), D = state.range(2);
+    const Cell cell = make_cell<Cell>(D, MinRNNMode::Parallel, true);
+    const Sequence<float> x = bench::random_sequence(B, T, D);
+    for (auto _ : state) benchmark::DoNotOptimize(cell.forward(x).data.data());
+    bench::set_counters(state, double(B * T), 2 * min_rnn_flops(B, T, D, Gates), 2 * min_rnn_bytes(B, T, D, Gates));
 }
 
 template <typename Cell, int Gates>
@@ -69,6 +96,13 @@ void sequence_shapes(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+// The one shape of the padded and bidirectional forwards (BM_MinGRU_Forward runs it too).
+void padded_shape(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "T", "D"});
+    b->Args({16, 1024, 256});
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 void step_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"B", "D"});
     for (int D : {64, 256, 1024}) b->Args({1, D});
@@ -82,6 +116,8 @@ void step_shapes(benchmark::internal::Benchmark* b) {
     using benchmark::RegisterBenchmark;
     RegisterBenchmark("BM_MinGRU_Forward", BM_Forward<MinGRU<float>, 2>, MinRNNMode::Parallel)->Apply(sequence_shapes);
     RegisterBenchmark("BM_MinGRU_Train", BM_Train<MinGRU<float>, 2>, MinRNNMode::Parallel)->Apply(sequence_shapes);
+    RegisterBenchmark("BM_MinGRU_ForwardLengths", BM_ForwardLengths<MinGRU<float>, 2>)->Apply(padded_shape);
+    RegisterBenchmark("BM_MinGRU_ForwardBidirectional", BM_ForwardBidirectional<MinGRU<float>, 2>)->Apply(padded_shape);
     RegisterBenchmark("BM_MinLSTM_Forward", BM_Forward<MinLSTM<float>, 3>, MinRNNMode::Parallel)->Apply(sequence_shapes);
     RegisterBenchmark("BM_MinLSTM_Train", BM_Train<MinLSTM<float>, 3>, MinRNNMode::Parallel)->Apply(sequence_shapes);
     // The same layers with the serial scan and with the paper's log-space scan, for comparison.

@@ -73,8 +73,9 @@ struct MinRNNOptions {
     /// A forced split needs a parallel mode; the log-space scan splits over channels only.
     /// MinRNN::scan_plan reports what a forward would run.
     ScanSplit split = ScanSplit::Auto;
-    /// Adds a reverse direction with its own input projection (`reverse.` names) and
-    /// concatenates both directions' h: (B*T, 2E), mapped to D by to_out when projecting.
+    /// Adds a reverse direction with its own input projection (its names prefixed with
+    /// "reverse.") and concatenates both directions' h: (B*T, 2E), mapped to D by to_out
+    /// when projecting.
     /// The state holds both directions' h; such a layer cannot step.
     bool bidirectional = false;
 };
@@ -187,8 +188,8 @@ public:
                ")";
     }
 
-    /// The forward direction's projection, the reverse direction's (`reverse.`, when
-    /// bidirectional), then to_out (when projecting).
+    /// The forward direction's projection, the reverse direction's (prefixed with
+    /// "reverse.", when bidirectional), then to_out (when projecting).
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         in_proj_.collect_parameters(prefix + in_proj_name_ + ".", out);
         if (bidirectional()) reverse_in_proj_.collect_parameters(prefix + "reverse." + in_proj_name_ + ".", out);

@@ -4,7 +4,8 @@
 //   h~_t = act(Linear_h(x_t))                    act = identity or g
 //   h_t  = (1 - z_t) * h_{t-1} + z_t * h~_t      i.e. a_t = 1 - z_t, b_t = z_t * h~_t
 // Parameters as lucidrains/minGRU-pytorch: to_hidden_and_gate.weight (2E, D),
-// hidden rows first then gate rows; to_out.weight (D, E) when projecting.
+// hidden rows first then gate rows; to_out.weight (D, E) when projecting. Bidirectional
+// (min_rnn.hpp): reverse.to_hidden_and_gate.weight (2E, D) too, and to_out.weight (D, 2E).
 #pragma once
 
 #include "seqnn/layers/min_rnn.hpp"

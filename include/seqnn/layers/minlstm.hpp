@@ -5,7 +5,8 @@
 //   h~_t = act(Linear_h(x_t))                      act = identity or g
 //   h_t = f'_t * h_{t-1} + i'_t * h~_t             i.e. a_t = f'_t, b_t = i'_t * h~_t
 // Parameters as lucidrains/minGRU-pytorch: to_hidden_and_f_i_gate.weight (3E, D),
-// rows [hidden; forget; input]; to_out.weight (D, E) when projecting.
+// rows [hidden; forget; input]; to_out.weight (D, E) when projecting. Bidirectional
+// (min_rnn.hpp): reverse.to_hidden_and_f_i_gate.weight (3E, D) too, and to_out.weight (D, 2E).
 #pragma once
 
 #include "seqnn/layers/min_rnn.hpp"
