@@ -243,6 +243,25 @@ TEST_P(PaddedMinRNN, GradientsMatchFiniteDifferencesWithLengths) {
     seqnn::testing::expect_gradients_match(checker.check(x, positive_state(*layer, 4, rng)), 1e-6);
 }
 
+// Long enough that the gates, the scans and the GEMMs split across threads: one thread and
+// two give the same outputs, states and gradients, with lengths of every size.
+TEST_P(PaddedMinRNN, ThreadedEqualsSingleThreaded) {
+    ThreadGuard guard;
+    Rng rng(55);
+    auto layer = make_layer<double>(GetParam(), rng);
+    const Sequence<double> x = padded_batch<double>({1000, 1, 999, 500, 37}, 1000, 5, rng);
+    const State<double> initial = positive_state(*layer, 5, rng);
+    const Matrix<double> dy = random_matrix<double>(x.data.rows(), layer->output_size(), rng);
+    State<double> d_final = layer->initial_state(5);
+    d_final.tensors[0] = random_matrix<double>(d_final.tensors[0].rows(), d_final.tensors[0].cols(), rng);
+    set_num_threads(1);
+    const auto one = train_step(*layer, x, initial, dy, d_final);
+    set_num_threads(2);
+    const auto two = train_step(*layer, x, initial, dy, d_final);
+    ASSERT_EQ(one.size(), two.size());
+    for (std::size_t k = 0; k < one.size(); ++k) EXPECT_LT(relative_error(two[k], one[k]), 1e-10) << "tensor " << k;
+}
+
 // Unidirectional only: a reverse direction starts at each sequence's end, so a chunk's
 // reverse state would have to come from the chunks after it.
 TEST_P(PaddedMinRNN, PaddedChunksMatchTheWholeStream) {

@@ -18,7 +18,10 @@
 // backwards in time, h^r_t = a^r_t h^r_{t+1} + b^r_t from each sequence's last real step
 // down to step 0, and the two directions' h are concatenated, [h | h^r] (B*T, 2E), as
 // PyTorch's bidirectional nn.GRU concatenates its outputs; to_out (when projecting) maps
-// the 2E features to D, and without it the layer outputs the 2E features.
+// the 2E features to D, and without it the layer outputs the 2E features. The state is
+// {h (2B, E)}: the forward direction's rows, then the reverse direction's, whose initial
+// values enter at each sequence's last step and whose final values are h^r at step 0. A
+// reverse direction needs the whole sequence, so such a layer cannot step.
 //
 // Parameter names follow lucidrains/minGRU-pytorch, so its checkpoints load:
 // the input projection's rows are [hidden, gate(s)], and `to_out` exists only
