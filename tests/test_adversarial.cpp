@@ -13,6 +13,7 @@
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>  // everything, train/ included
+#include "layer_instances.hpp"
 
 #include <cmath>
 #include <functional>

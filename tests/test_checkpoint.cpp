@@ -8,6 +8,7 @@
 #include <seqnn/train/loss.hpp>
 #include <seqnn/train/optimizer.hpp>
 #include <seqnn/train/schedule.hpp>
+#include "layer_instances.hpp"
 
 #include <filesystem>
 #include <memory>
@@ -100,7 +101,7 @@ TEST(Checkpoint, FileLayoutIsNamedTensorsAndMetadata) {
     EXPECT_EQ(t.at("optimizer.step").values<std::int64_t>(), std::vector<std::int64_t>{1});
     EXPECT_EQ(t.at("rng.dropout_calls").values<std::int64_t>(), std::vector<std::int64_t>(5, 1));  // embedding + 2 per block
     EXPECT_TRUE(t.metadata.count("rng.data"));
-    EXPECT_EQ(t.metadata.at("seqnn.checkpoint"), "2");
+    EXPECT_EQ(t.metadata.at("seqnn.checkpoint"), "3");
     EXPECT_EQ(t.metadata.at("seqnn.checksum").size(), 16u);
     // The weights load by name from a checkpoint like from a weight file.
     Rng other(9);
@@ -245,6 +246,41 @@ TEST(Checkpoint, OldCheckpointsLoadAndUnmarkedFilesWithoutChecksumAreRefused) {
     } catch (const format_error& e) {
         EXPECT_NE(std::string(e.what()).find("no 'seqnn.checksum'"), std::string::npos) << e.what();
     }
+}
+
+// Format "2" differs from "3" only in a Transformer language model's dropout counters: "2"
+// saved the embedding's alone. A "2" checkpoint with every counter loads; one of a
+// Transformer model is refused with that reason rather than resumed inexactly.
+TEST(Checkpoint, FormatTwoLoadsUnlessItLacksTheTransformerBlocksDropoutCounters) {
+    CheckpointFixture f;
+    io::TensorMap two = f.tensors;
+    two.metadata["seqnn.checkpoint"] = "2";
+    seal_checkpoint(two);
+    EXPECT_NO_THROW(restore_checkpoint(two, f.target));
+    EXPECT_EQ(f.opt_b.steps(), 1);
+
+    LanguageModelOptions transformer = kModel;
+    transformer.mixer.kind = MixerKind::Transformer;
+    transformer.mixer.num_heads = 3;  // head size 2: rotary needs it even
+    transformer.conv = false;
+    Rng init(1), data(2), init_b(3);
+    LanguageModel<double> lm(transformer, init), fresh(transformer, init_b);
+    AdamW<double> opt(lm.parameters(), {}), opt_b(fresh.parameters(), {});
+    train_step(lm, opt, data);
+    io::TensorMap old = checkpoint_tensors(TrainingState<double>{lm.parameters(), &opt, {}, lm.dropouts()});
+    old.set("rng.dropout_calls", io::Tensor::from_values(std::vector<std::int64_t>{1}, {1}));  // what "2" held
+    old.metadata["seqnn.checkpoint"] = "2";
+    seal_checkpoint(old);
+    TrainingState<double> target{fresh.parameters(), &opt_b, {}, fresh.dropouts()};
+    try {
+        restore_checkpoint(old, target);
+        ADD_FAILURE() << "a format 2 Transformer checkpoint without its blocks' dropout counters was accepted";
+    } catch (const format_error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("holds 1 counters for 5 dropouts"), std::string::npos) << what;
+        EXPECT_NE(what.find("format \"2\", written before a Transformer language model saved"), std::string::npos) << what;
+    }
+    EXPECT_EQ(opt_b.steps(), 0);
 }
 
 // Plain weight files stay standard safetensors: no checksum in their metadata.

@@ -5,6 +5,7 @@
 
 #include <seqnn/models/generate.hpp>
 #include <seqnn/seqnn.hpp>
+#include "layer_instances.hpp"
 
 using namespace seqnn;
 

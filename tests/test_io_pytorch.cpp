@@ -15,6 +15,7 @@
 #include <seqnn/layers/gru.hpp>
 #include <seqnn/layers/lstm.hpp>
 #include <seqnn/layers/mingru.hpp>
+#include "layer_instances.hpp"
 
 #include <cstdint>
 #include <filesystem>

@@ -7,6 +7,7 @@
 #include <seqnn/seqnn.hpp>
 #include <seqnn/train/loss.hpp>
 #include <seqnn/train/optimizer.hpp>
+#include "layer_instances.hpp"
 
 #include <thread>
 #include <utility>

@@ -10,6 +10,7 @@
 #include <seqnn/layers/rowwise.hpp>
 #include <seqnn/models/sequential.hpp>
 #include <seqnn/seqnn.hpp>
+#include "layer_instances.hpp"
 
 #include <functional>
 #include <memory>

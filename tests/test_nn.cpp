@@ -5,6 +5,7 @@
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
+#include "layer_instances.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -12,6 +12,7 @@
 #include <seqnn/io/safetensors.hpp>
 #include <seqnn/io/state_dict.hpp>
 #include <seqnn/seqnn.hpp>
+#include "layer_instances.hpp"
 
 #include <bit>
 #include <chrono>

@@ -19,6 +19,7 @@ inline std::atomic<long> eigen_failed_checks{0};
 #include <seqnn/models/language_model.hpp>
 #include <seqnn/models/residual.hpp>
 #include <seqnn/layers/positional.hpp>
+#include "layer_instances.hpp"
 
 #include <atomic>
 #include <cstdlib>

@@ -8,6 +8,7 @@
 #include <seqnn/train/loss.hpp>
 #include <seqnn/train/optimizer.hpp>
 #include <seqnn/train/schedule.hpp>
+#include "layer_instances.hpp"
 
 #include <cmath>
 #include <limits>

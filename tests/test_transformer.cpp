@@ -6,6 +6,7 @@
 #include <seqnn/seqnn.hpp>
 #include <seqnn/models/transformer_block.hpp>
 #include <seqnn/layers/positional.hpp>
+#include "layer_instances.hpp"
 
 #include <limits>
 

@@ -12,14 +12,16 @@
 //   rng.dropout_calls                         I64 [n]: each Dropout's counter (its whole state)
 // and in the header's metadata
 //   rng.<name>                                each std::mt19937_64 stream, in its standard text form
-//   seqnn.checkpoint = "2", plus any metadata the caller adds
+//   seqnn.checkpoint = "3", plus any metadata the caller adds
 //   seqnn.checksum                            a 64-bit checksum (16 hex digits) of every tensor
 //                                             (name, dtype, shape, bytes) and every other
 //                                             metadata entry, checked on load: a flipped bit
 //                                             anywhere in the data is a format_error
 // Plain weight files (io::save_parameters) carry no checksum: they stay standard safetensors.
 // Checkpoints of format "1" (written before the checksum existed) load unverified; a file
-// with neither a checksum nor seqnn.checkpoint = "1" is refused.
+// with neither a checksum nor seqnn.checkpoint = "1" is refused. Format "3" differs from "2"
+// only in what a Transformer language model saves: "2" held the embedding's dropout counter
+// alone, "3" every block's too; a "2" checkpoint of such a model is refused with that reason.
 //
 // Everything restored is validated before anything changes: shapes, the step count (>= 0),
 // the optimizer's state (finite; AdamW's exp_avg_sq >= 0), the dropout counters (>= 0).
@@ -161,7 +163,7 @@ io::TensorMap checkpoint_tensors(const TrainingState<Scalar>& state, std::map<st
         text << *rng;
         metadata["rng." + name] = text.str();
     }
-    metadata["seqnn.checkpoint"] = "2";
+    metadata["seqnn.checkpoint"] = "3";
     metadata.emplace("format", "pt");
     out.metadata = std::move(metadata);
     seal_checkpoint(out);
@@ -205,9 +207,17 @@ void restore_checkpoint(const io::TensorMap& tensors, TrainingState<Scalar>& sta
     if (!state.dropouts.empty()) {
         if (!tensors.contains("rng.dropout_calls")) throw format_error(where + ": 'rng.dropout_calls' is missing");
         calls = tensors.at("rng.dropout_calls").template values<std::int64_t>();
-        if (calls.size() != state.dropouts.size())
-            throw format_error(where + ": 'rng.dropout_calls' holds " + std::to_string(calls.size()) +
-                               " counters for " + std::to_string(state.dropouts.size()) + " dropouts");
+        if (calls.size() != state.dropouts.size()) {
+            std::string message = where + ": 'rng.dropout_calls' holds " + std::to_string(calls.size()) +
+                                  " counters for " + std::to_string(state.dropouts.size()) + " dropouts";
+            const auto format = tensors.metadata.find("seqnn.checkpoint");
+            if (format != tensors.metadata.end() && (format->second == "1" || format->second == "2"))
+                message += ": the checkpoint is of format \"" + format->second +
+                           "\", written before a Transformer language model saved its blocks' dropout "
+                           "counters, so its training cannot resume exactly; its weights load with "
+                           "io::load_parameters(path, parameters, /*strict=*/false)";
+            throw format_error(message);
+        }
         for (std::size_t i = 0; i < calls.size(); ++i)
             if (calls[i] < 0)
                 throw format_error(where + ": 'rng.dropout_calls' counter " + std::to_string(i) + " is " +
