@@ -4,6 +4,8 @@
 
 #include <seqnn/seqnn.hpp>
 
+#include "layer_instances.hpp"
+
 #include <memory>
 
 using namespace seqnn;

@@ -14,6 +14,8 @@
 
 #include <seqnn/seqnn.hpp>
 
+#include "layer_instances.hpp"
+
 #include <limits>
 #include <memory>
 #include <string>
