@@ -255,20 +255,26 @@ std::vector<GradientReport> check_block_gradients(Forward forward, Backward back
 // state: the outputs on real steps, zeros past each end, the final state, dL/dx and every
 // parameter's gradient (the batch's equals the sum of the sequences' own) agree within `tol`.
 // dL/dy is random everywhere, padding included: the padding's share must reach nothing.
-// State tensors are laid out (L*B, ...), row k*B + b for sequence b, as every seqnn state is.
-// `initial` may be empty (zeros).
+// A state tensor of m*B rows holds m rows per sequence: row l*B + b of layer l (LayerMajor,
+// PyTorch's (L, B, H)), or row b*m + j (StreamMajor: the causal conv's window). `initial`
+// may be empty (zeros). Stateless runs the layer with no state at all (attention's KV cache
+// refuses a padded batch) and compares no state.
+enum class StateRows { LayerMajor, StreamMajor, Stateless };
+
 template <typename Scalar>
 void expect_padded_batch_matches_each_alone(Layer<Scalar>& layer, const Sequence<Scalar>& x,
-                                            const State<Scalar>& initial, double tol, std::uint64_t seed = 3) {
+                                            const State<Scalar>& initial, double tol, std::uint64_t seed = 3,
+                                            StateRows layout = StateRows::LayerMajor) {
     ASSERT_TRUE(x.padded());
     const Index B = x.batch, T = x.steps;
     Rng rng(seed);
     const Matrix<Scalar> dy_all = random_matrix<Scalar>(B * T, layer.output_size(), rng);
 
+    const bool stateless = layout == StateRows::Stateless;
     layer.zero_grad();
     State<Scalar> batched_state = initial;
     Context<Scalar> ctx;
-    const Sequence<Scalar> y = layer.forward(x, &batched_state, &ctx);
+    const Sequence<Scalar> y = layer.forward(x, stateless ? nullptr : &batched_state, &ctx);
     const Sequence<Scalar> dx = layer.backward(Sequence<Scalar>(dy_all, B, T), ctx);
     ASSERT_EQ(y.lengths, x.lengths);
     std::vector<Matrix<Scalar>> batched_grads;
@@ -285,13 +291,14 @@ void expect_padded_batch_matches_each_alone(Layer<Scalar>& layer, const Sequence
         State<Scalar> alone_state = layer.initial_state(1);
         const auto alone_tensors = state_tensors(alone_state);
         ASSERT_EQ(alone_tensors.size(), start_tensors.size());
+        const auto row_of = [&](Index m, Index j) { return layout == StateRows::LayerMajor ? j * B + b : b * m + j; };
         for (std::size_t k = 0; k < alone_tensors.size(); ++k) {
-            const Index layers = start_tensors[k]->rows() / B;
-            for (Index l = 0; l < layers; ++l) alone_tensors[k]->row(l) = start_tensors[k]->row(l * B + b);
+            const Index m = start_tensors[k]->rows() / B;
+            for (Index j = 0; j < m; ++j) alone_tensors[k]->row(j) = start_tensors[k]->row(row_of(m, j));
         }
         Context<Scalar> alone_ctx;
         const Sequence<Scalar> xb(Matrix<Scalar>(x.sequence(b).topRows(n)), 1, n);
-        const Sequence<Scalar> yb = layer.forward(xb, &alone_state, &alone_ctx);
+        const Sequence<Scalar> yb = layer.forward(xb, stateless ? nullptr : &alone_state, &alone_ctx);
         const Sequence<Scalar> dyb(Matrix<Scalar>(dy_all.middleRows(b * T, n)), 1, n);
         const Sequence<Scalar> dxb = layer.backward(dyb, alone_ctx);  // the parameters' gradients add up
 
@@ -299,11 +306,11 @@ void expect_padded_batch_matches_each_alone(Layer<Scalar>& layer, const Sequence
         EXPECT_TRUE(y.sequence(b).bottomRows(T - n).isZero(0)) << "padding of sequence " << b;
         EXPECT_LT(relative_error(dx.sequence(b).topRows(n), dxb.data), tol) << "dL/dx of sequence " << b;
         EXPECT_TRUE(dx.sequence(b).bottomRows(T - n).isZero(0)) << "dL/dx padding of sequence " << b;
-        for (std::size_t k = 0; k < alone_tensors.size(); ++k) {
-            const Index layers = final_tensors[k]->rows() / B;
-            for (Index l = 0; l < layers; ++l)
-                EXPECT_LT(relative_error(final_tensors[k]->row(l * B + b), alone_tensors[k]->row(l)), tol)
-                    << "final state tensor " << k << ", layer " << l << ", sequence " << b;
+        for (std::size_t k = 0; k < alone_tensors.size() && !stateless; ++k) {
+            const Index m = final_tensors[k]->rows() / B;
+            for (Index j = 0; j < m; ++j)
+                EXPECT_LT(relative_error(final_tensors[k]->row(row_of(m, j)), alone_tensors[k]->row(j)), tol)
+                    << "final state tensor " << k << ", row " << j << ", sequence " << b;
         }
     }
     const auto params = layer.parameters();

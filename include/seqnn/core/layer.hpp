@@ -228,6 +228,16 @@ protected:
         return out + ")";
     }
 
+    /// For a layer whose state is one position shared by all B streams (a KV cache, a
+    /// position table's offset): a padded batch would leave its streams at different
+    /// positions, so it runs without a state only.
+    void refuse_padded_state(const Sequence<Scalar>& x, const State<Scalar>* state) const {
+        if (x.padded() && state)
+            fail(where(Call::Forward), "a padded batch (with lengths) cannot run with a state: the state holds one "
+                                       "position for all " + std::to_string(x.batch) +
+                                       " streams, and the sequences end at different steps; run it without a state");
+    }
+
     /// "<kind>.<call>", for messages.
     std::string where(Call call) const { return kind() + "." + call_name(call); }
     /// "<kind>.<what>", for messages of other functions.

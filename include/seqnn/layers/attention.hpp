@@ -169,6 +169,7 @@ protected:
         const Index B = x.batch, T = x.steps, E = options_.embed_dim, H = options_.num_heads, Dh = head_dim();
 
         // The cache: none (state == nullptr), or the caller's, grown if the chunk does not fit.
+        this->refuse_padded_state(x, state);
         const bool cached = state != nullptr;
         Index pos0 = 0, initial_capacity = 0;
         if (cached) {
@@ -209,9 +210,9 @@ protected:
         if (cached)
             attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), state->tensors[0],
                                       state->tensors[1], attn, lse);
-        else
+        else  // a padded batch: no query sees a key past its sequence's end
             attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
-                                      qkv.rightCols(E), attn, lse);
+                                      qkv.rightCols(E), attn, lse, x.lengths);
         Sequence<Scalar> y(Matrix<Scalar>(N, E), B, T);
         out_proj_.forward(attn, y.data);  // (B*T, E) x (E, E)
 
@@ -265,7 +266,7 @@ protected:
         } else {
             attention_backward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
                                        qkv.rightCols(E), saved.attn, saved.lse, d_attn, d_qkv.leftCols(E),
-                                       d_qkv.middleCols(E, E), d_qkv.rightCols(E));
+                                       d_qkv.middleCols(E, E), d_qkv.rightCols(E), ctx.lengths);
         }
         if (options_.rotary) {  // back through the rotation of q and k
             Matrix<Scalar> table;

@@ -52,6 +52,7 @@ public:
 
 protected:
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>*) const override {
+        this->refuse_padded_state(x, state);
         const Index T = x.steps, offset = state ? state->position : 0;
         Matrix<Scalar> table = Matrix<Scalar>::Zero(T, dim_);  // (T, D): P[offset + t]
         parallel_for(T, streamed_work(dim_), [&](Index t0, Index t1) {
@@ -116,6 +117,7 @@ protected:
     }
 
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
+        this->refuse_padded_state(x, state);
         const Index T = x.steps, offset = state ? state->position : 0;
         check_range(Call::Forward, offset, T);
         Sequence<Scalar> y = x;

@@ -32,6 +32,7 @@
 #include "seqnn/nn/embedding.hpp"
 #include "seqnn/nn/linear.hpp"
 #include "seqnn/nn/rms_norm.hpp"
+#include "seqnn/train/loss.hpp"
 
 #include <cstdint>
 #include <span>
@@ -47,6 +48,10 @@ struct TokenBatch {
     std::vector<int> ids;
     Index batch = 0;  ///< B
     Index steps = 0;  ///< T
+    /// Empty, or B lengths in [1, T] for a padded batch (see Sequence::lengths): the logits
+    /// past each end are zero and no gradient flows from them; padding_targets() keeps them
+    /// out of a loss.
+    std::vector<Index> lengths;
 
     TokenBatch() = default;
     /// Wraps B*T ids as B sequences of T tokens.
@@ -63,8 +68,10 @@ struct TokenBatch {
     std::span<const int> sequence(Index b) const {
         return std::span<const int>(ids).subspan(static_cast<std::size_t>(b * steps), static_cast<std::size_t>(steps));
     }
-    /// Steps [t0, t0 + n) of every sequence, (B, n).
+    /// Steps [t0, t0 + n) of every sequence, (B, n), of a batch without lengths.
     TokenBatch slice(Index t0, Index n) const {
+        if (!lengths.empty())
+            fail("TokenBatch.slice", "a padded batch (with lengths) has no common steps to slice");
         if (t0 < 0 || n <= 0 || t0 > steps || n > steps - t0)
             fail("TokenBatch.slice", "steps [" + std::to_string(t0) + ", " + std::to_string(t0) + " + " +
                                          std::to_string(n) + ") are not a non-empty range within T=" +
@@ -76,6 +83,19 @@ struct TokenBatch {
         return TokenBatch(std::move(out), batch, n);
     }
 };
+
+/// `targets` (B*T, one per position of `tokens`) with every padding position of a padded
+/// batch set to `ignore_index`, so that cross_entropy_loss counts real positions only.
+inline std::vector<int> padding_targets(const TokenBatch& tokens, std::vector<int> targets,
+                                        int ignore_index = kIgnoreIndex) {
+    if (static_cast<Index>(targets.size()) != tokens.batch * tokens.steps)
+        fail("padding_targets", std::to_string(targets.size()) + " targets for B=" + std::to_string(tokens.batch) +
+                                    ", T=" + std::to_string(tokens.steps));
+    for (std::size_t b = 0; b < tokens.lengths.size(); ++b)
+        for (Index t = tokens.lengths[b]; t < tokens.steps; ++t)
+            targets[static_cast<std::size_t>(static_cast<Index>(b) * tokens.steps + t)] = ignore_index;
+    return targets;
+}
 
 /// The sizes of a LanguageModel.
 struct LanguageModelOptions {
@@ -165,6 +185,7 @@ public:
             saved->ids = tokens.ids;  // for the embedding's backward
         }
         Sequence<Scalar> x(token_emb_.forward(tokens.ids), B, T);  // (B*T, D)
+        x.lengths = tokens.lengths;
         embed_drop_.apply(x.data, ctx ? &ctx->children[1] : nullptr);
         Sequence<Scalar> h = layers_.forward(x, state ? &state->children[0] : nullptr,
                                              ctx ? &ctx->children[0] : nullptr);  // (B*T, D)
@@ -172,6 +193,10 @@ public:
         const Matrix<Scalar> normed = norm_.forward(h.data);  // (B*T, D)
         Sequence<Scalar> logits(B, T, vocab_size());
         to_logits_.forward(normed, logits.data);  // (B*T, D) x (D, V)
+        if (!tokens.lengths.empty()) {
+            logits.lengths = tokens.lengths;
+            zero_padding<Scalar>(logits.data, T, logits.lengths);
+        }
         if (saved) {
             saved->h = std::move(h.data);
             saved->normed = normed;
@@ -195,6 +220,15 @@ public:
             fail(where, "dlogits " + shape_string(dlogits) + " do not match the forward's (B=" + std::to_string(B) +
                             ", T=" + std::to_string(T) + ")");
         const Saved& saved = saved_for_backward<Saved>(ctx);
+        const std::vector<Index>& lengths = ctx.children[0].lengths;  // the forward's
+        if (dlogits.padded() && dlogits.lengths != lengths)
+            fail(where, "dlogits' lengths differ from the forward's");
+        if (!padding_is_zero(dlogits.data, T, lengths)) {  // the logits there were zero whatever the weights
+            Sequence<Scalar> zeroed = dlogits;
+            zero_padding<Scalar>(zeroed.data, T, lengths);
+            backward(zeroed, ctx, d_final, d_initial);
+            return;
+        }
         const Matrix<Scalar> d_normed = to_logits_.backward(saved.normed, dlogits.data);  // (B*T, V) x (V, D)
         const Sequence<Scalar> dh(norm_.backward(saved.h, d_normed), B, T);               // (B*T, D)
         const bool has_final = d_final && !d_final->empty();
@@ -303,6 +337,7 @@ private:
         if (tokens.batch <= 0 || tokens.steps <= 0 || static_cast<Index>(tokens.ids.size()) != tokens.batch * tokens.steps)
             fail(where, "tokens hold " + std::to_string(tokens.ids.size()) + " ids for B=" +
                             std::to_string(tokens.batch) + ", T=" + std::to_string(tokens.steps));
+        check_lengths(where, tokens.lengths, tokens.batch, tokens.steps);
     }
 
     LanguageModelOptions options_;
