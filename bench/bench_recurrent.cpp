@@ -1,9 +1,12 @@
 // The sequential cells: RNN, LSTM and GRU forward, training (forward + backward)
 // and one streaming step, at the shapes of the scan issue so that serial and
-// parallel cost sit side by side.
+// parallel cost sit side by side; a bidirectional forward, a padded batch's forward, and
+// the two directions' loops side by side against one after the other.
 #include "bench_common.hpp"
 
 #include <memory>
+#include <numeric>
+#include <random>
 #include <type_traits>
 
 namespace {
@@ -22,12 +25,19 @@ double recurrent_bytes(Index B, Index T, Index I, Index H, Index G) {
 }
 
 template <typename Cell>
-std::unique_ptr<Cell> make_cell(Index D) {
+std::unique_ptr<Cell> make_cell(Index D, bool bidirectional = false) {
     Rng rng(7);
-    if constexpr (std::is_same_v<Cell, RNN<float>>)
-        return std::make_unique<Cell>(RNNOptions{.input_size = D, .hidden_size = D}, rng);
-    else
-        return std::make_unique<Cell>(RecurrentOptions{.input_size = D, .hidden_size = D}, rng);
+    return std::make_unique<Cell>(RecurrentOptions{.input_size = D, .hidden_size = D, .bidirectional = bidirectional},
+                                  rng);
+}
+
+// B lengths drawn uniformly from [T/2, T] with a fixed seed.
+std::vector<Index> random_lengths(Index B, Index T) {
+    std::mt19937_64 rng(11);
+    std::uniform_int_distribution<Index> draw(T / 2, T);
+    std::vector<Index> lengths(static_cast<std::size_t>(B));
+    for (Index& n : lengths) n = draw(rng);
+    return lengths;
 }
 
 template <typename Cell, int Gates>
@@ -37,6 +47,67 @@ void BM_Forward(benchmark::State& state) {
     const Sequence<float> x = bench::random_sequence(B, T, D);
     for (auto _ : state) benchmark::DoNotOptimize(cell->forward(x).data.data());
     bench::set_counters(state, double(B * T), recurrent_flops(B, T, D, D, Gates), recurrent_bytes(B, T, D, D, Gates));
+}
+
+// Both directions of one bidirectional layer (D -> 2D): twice the work of BM_Forward.
+template <typename Cell, int Gates>
+void BM_ForwardBidirectional(benchmark::State& state) {
+    const Index B = state.range(0), T = state.range(1), D = state.range(2);
+    auto cell = make_cell<Cell>(D, true);
+    const Sequence<float> x = bench::random_sequence(B, T, D);
+    for (auto _ : state) benchmark::DoNotOptimize(cell->forward(x).data.data());
+    bench::set_counters(state, double(B * T), 2 * recurrent_flops(B, T, D, D, Gates),
+                        2 * recurrent_bytes(B, T, D, D, Gates));
+}
+
+// A padded batch, lengths uniform in [T/2, T]: items and flops count the real steps only,
+// so the time compares with BM_Forward's at the same shape (about 3/4 of it when padding
+// costs nothing).
+template <typename Cell, int Gates>
+void BM_ForwardLengths(benchmark::State& state) {
+    const Index B = state.range(0), T = state.range(1), D = state.range(2);
+    auto cell = make_cell<Cell>(D);
+    Sequence<float> x = bench::random_sequence(B, T, D);
+    x.lengths = random_lengths(B, T);
+    const Index steps = std::accumulate(x.lengths.begin(), x.lengths.end(), Index(0));
+    for (auto _ : state) benchmark::DoNotOptimize(cell->forward(x).data.data());
+    bench::set_counters(state, double(steps), recurrent_flops(1, steps, D, D, Gates),
+                        recurrent_bytes(1, steps, D, D, Gates));
+}
+
+// The two directions' time loops (kernels/recurrent.hpp) of a bidirectional GRU layer,
+// side_by_side 1: together, each on half the threads (recurrent_forward_pair); 0: one
+// after the other, each on all of them. What the layer's choice rests on.
+void BM_GRU_Directions(benchmark::State& state) {
+    const Index B = state.range(0), T = state.range(1), H = state.range(2);
+    const bool side_by_side = state.range(3) != 0;
+    const Index G = 3;
+    const Matrix<float> x = bench::random_matrix(B * T, H), w_ih = bench::random_matrix(G * H, H, 2, 0.06f);
+    const Matrix<float> w_hh = bench::random_matrix(G * H, H, 3, 0.06f), b = bench::random_matrix(1, G * H, 4);
+    Matrix<float> h[2] = {Matrix<float>::Zero(B, H), Matrix<float>::Zero(B, H)};
+    Matrix<float> y[2] = {Matrix<float>(B * T, H), Matrix<float>(B * T, H)};
+    RecurrentForward<float> f[2];
+    for (int d = 0; d < 2; ++d) {
+        f[d].cell = CellKind::GRU;
+        f[d].input_size = H;
+        f[d].x = x.data();
+        f[d].w_ih = w_ih.data();
+        f[d].w_hh = w_hh.data();
+        f[d].b_ih = f[d].b_hh = b.data();
+        f[d].h = h[d].data();
+        f[d].y = y[d].data();
+    }
+    const int threads = num_threads();
+    for (auto _ : state) {
+        if (side_by_side) {
+            recurrent_forward_pair<float>(f[0], f[1], B, T, H, std::max(1, threads / 2));
+        } else {
+            recurrent_forward<float>(f[0], B, T, H);
+            recurrent_forward<float>(f[1], B, T, H);
+        }
+        benchmark::DoNotOptimize(y[1].data());
+    }
+    bench::set_counters(state, double(B * T), 2 * recurrent_flops(B, T, H, H, G), 2 * recurrent_bytes(B, T, H, H, G));
 }
 
 template <typename Cell, int Gates>
@@ -110,6 +181,23 @@ void sequence_shapes(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+// B:16/T:1024/D:256, the shape the bidirectional and padded forwards are compared at.
+void one_shape(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "T", "D"});
+    b->Args({16, 1024, 256});
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+void directions_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "T", "H", "side_by_side"});
+    for (int together : {0, 1}) {
+        b->Args({16, 1024, 256, together});
+        b->Args({1, 4096, 256, together});
+        b->Args({64, 256, 64, together});
+    }
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 void step_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"B", "D"});
     for (int D : {64, 256, 1024}) b->Args({1, D});
@@ -123,6 +211,11 @@ BENCHMARK_TEMPLATE(BM_Forward, GRU<float>, 3)->Name("BM_GRU_Forward")->Apply(seq
 BENCHMARK_TEMPLATE(BM_Train, GRU<float>, 3)->Name("BM_GRU_Train")->Apply(sequence_shapes);
 BENCHMARK_TEMPLATE(BM_Forward, LSTM<float>, 4)->Name("BM_LSTM_Forward")->Apply(sequence_shapes);
 BENCHMARK_TEMPLATE(BM_Train, LSTM<float>, 4)->Name("BM_LSTM_Train")->Apply(sequence_shapes);
+BENCHMARK_TEMPLATE(BM_ForwardBidirectional, GRU<float>, 3)->Name("BM_GRU_ForwardBidirectional")->Apply(one_shape);
+BENCHMARK_TEMPLATE(BM_ForwardBidirectional, LSTM<float>, 4)->Name("BM_LSTM_ForwardBidirectional")->Apply(one_shape);
+BENCHMARK_TEMPLATE(BM_ForwardLengths, GRU<float>, 3)->Name("BM_GRU_ForwardLengths")->Apply(one_shape);
+BENCHMARK_TEMPLATE(BM_ForwardLengths, LSTM<float>, 4)->Name("BM_LSTM_ForwardLengths")->Apply(one_shape);
+BENCHMARK(BM_GRU_Directions)->Apply(directions_shapes);
 BENCHMARK_TEMPLATE(BM_Forward, RNN<float>, 1)->Name("BM_RNN_Forward")->Apply(sequence_shapes);
 BENCHMARK_TEMPLATE(BM_Train, RNN<float>, 1)->Name("BM_RNN_Train")->Apply(sequence_shapes);
 BENCHMARK(BM_StepProductEigen)->Apply(step_product_shapes);

@@ -405,6 +405,24 @@ TEST_P(RecurrentKernelPadded, FullLengthsGiveTheBitsOfNoLengths) {
     expect_same_bits(run_kernel(p, 3), none, "lengths all T");
 }
 
+// y may be some columns of a wider matrix (y_stride): the same bits, the other columns untouched.
+TEST_P(RecurrentKernelPadded, WritesItsOutputIntoColumnsOfAWiderMatrix) {
+    const Case& c = GetParam();
+    Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
+    p.lengths = uneven_lengths(c.B, c.T);
+    const KernelRun want = run_kernel(p, 2);
+    KernelRun r(p);
+    Matrix<double> wide = Matrix<double>::Constant(p.B * p.T, 2 * p.H + 3, 7.0);
+    RecurrentForward<double> f = forward_args(p, r);
+    f.y = wide.data() + p.H;  // columns [H, 2H)
+    f.y_stride = wide.cols();
+    recurrent_forward<double>(f, p.B, p.T, p.H, 2);
+    EXPECT_TRUE(wide.middleCols(p.H, p.H) == want.y);
+    EXPECT_TRUE(r.h == want.h);
+    EXPECT_TRUE((wide.leftCols(p.H).array() == 7.0).all());
+    EXPECT_TRUE((wide.rightCols(3).array() == 7.0).all());
+}
+
 // Two loops side by side (the directions of a bidirectional layer) give each loop's own
 // bits, on teams of 1, 2 and 3 threads each.
 TEST_P(RecurrentKernelPadded, TwoLoopsSideBySideGiveEachLoopsBits) {

@@ -376,8 +376,13 @@ public:
             generation_.fetch_add(1, std::memory_order_acq_rel);
             return;
         }
-        for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins)
-            if (spins >= 4096) std::this_thread::yield();
+        int spins = 0;
+        while (generation_.load(std::memory_order_acquire) == generation) {
+            if (spins < 4096)
+                ++spins;
+            else
+                std::this_thread::yield();
+        }
     }
 
 private:
@@ -428,6 +433,9 @@ struct RecurrentForward {
     Scalar* h = nullptr;         ///< (B, H): h_0 in, each sequence's last h out
     Scalar* c = nullptr;         ///< LSTM: (B, H), c_0 in, each sequence's last c out
     Scalar* y = nullptr;         ///< (B*T, H): h_t of every step, zero past each sequence's end
+    /// Scalars from one row of y to the next (0: H), so that y may be some columns of a
+    /// wider matrix (one direction's share of a bidirectional layer's output).
+    Index y_stride = 0;
     Scalar* cells = nullptr;     ///< LSTM, optional: (B*T, H) c_t, for backward
     Scalar* hidden_n = nullptr;  ///< GRU, optional: (B*T, H) W_hn h_{t-1} + b_hn, for backward
     /// Optional: B lengths in [0, T], sequence b running steps [0, lengths[b]); null: T
@@ -520,6 +528,7 @@ public:
         const std::vector<Index>& order = rows_.order;
         const S* h0 = f.h;
         S* y = f.y;
+        const Index ldy = f.y_stride > 0 ? f.y_stride : H;
         // Pack: column j = g*width + u of a slot's panels is row g*H + begin + u of the weight.
         for (int s = thread; s < slots; s += team) {
             Slot& sl = slot_[static_cast<std::size_t>(s)];
@@ -545,7 +554,7 @@ public:
         for (Index t = 0; t < T; ++t) {
             const Index running = rows_.active[static_cast<std::size_t>(t)];
             // h_{t-1} of rank r: the initial state, then the previous step's row of y.
-            const auto h_prev = [&](Index r) { return t == 0 ? h0 + order[r] * H : y + (order[r] * T + t - 1) * H; };
+            const auto h_prev = [&](Index r) { return t == 0 ? h0 + order[r] * H : y + (order[r] * T + t - 1) * ldy; };
             for (int s = thread; s < slots; s += team) {
                 Slot& sl = slot_[static_cast<std::size_t>(s)];
                 const Index begin = sl.units.begin, nu = sl.units.size(), width = sl.width;
@@ -576,7 +585,7 @@ public:
                     p.hidden = gh + r * G * width;
                     p.hidden_stride = width;
                     p.h_prev = h_prev(r) + begin;
-                    p.h = y + row * H + begin;
+                    p.h = y + row * ldy + begin;
                     p.c = cell == CellKind::LSTM ? sl.cell_state.data() + r * width : nullptr;
                     p.cells = f.cells ? f.cells + row * H + begin : nullptr;
                     p.hidden_n = f.hidden_n ? f.hidden_n + row * H + begin : nullptr;
@@ -595,12 +604,12 @@ public:
             for (Index r = 0; r < B; ++r) {
                 const Index b = order[r], length = f.lengths ? f.lengths[b] : T;
                 for (Index u = begin; u < sl.units.end; ++u) {
-                    if (length > 0) f.h[b * H + u] = y[(b * T + length - 1) * H + u];  // else h_0 stays
+                    if (length > 0) f.h[b * H + u] = y[(b * T + length - 1) * ldy + u];  // else h_0 stays
                     if (cell == CellKind::LSTM) f.c[b * H + u] = sl.cell_state[r * sl.width + u - begin];
                 }
                 // Padding: zeros in everything the loop writes.
                 for (Index row = b * T + length; row < (b + 1) * T; ++row) {
-                    std::fill_n(y + row * H + begin, nu, S(0));
+                    std::fill_n(y + row * ldy + begin, nu, S(0));
                     if (f.cells) std::fill_n(f.cells + row * H + begin, nu, S(0));
                     if (f.hidden_n) std::fill_n(f.hidden_n + row * H + begin, nu, S(0));
                     if (f.gates && (cell == CellKind::LSTM || cell == CellKind::GRU))
@@ -947,8 +956,9 @@ void recurrent_backward_pair(CellKind cell, const Scalar* w_hh_a, const Recurren
 /// so h is (B, P), W_hh (4H, P) and W_hr (P, H). The packed loop above takes no projection;
 /// this is a plain loop of Eigen products, step by step over the running rows (in rank
 /// order, so that they are the top n_t rows of the state). f is read as for the LSTM, with
-/// f.h (B, P) in and out and f.y (B*T, P); f.gates and f.cells are kept as for the LSTM
-/// (zero past each end), f.hidden_n is not used. Not threaded beyond the input product.
+/// f.h (B, P) in and out and f.y (B*T, P) (rows f.y_stride apart, or P); f.gates and
+/// f.cells are kept as for the LSTM (zero past each end), f.hidden_n is not used. Not
+/// threaded beyond the input product.
 template <typename Scalar>
 void projected_lstm_forward(const RecurrentForward<Scalar>& f, const Scalar* w_hr, Index B, Index T, Index H,
                             Index P) {
@@ -957,7 +967,8 @@ void projected_lstm_forward(const RecurrentForward<Scalar>& f, const Scalar* w_h
     const recurrent_detail::RowOrder rows = recurrent_detail::row_order(f.lengths, B, T);
     const std::vector<Index>& order = rows.order;
     const Eigen::Map<const M> x(f.x, B * T, I), w_ih(f.w_ih, GH, I), w_hh(f.w_hh, GH, P), w_proj(w_hr, P, H);
-    Eigen::Map<M> h(f.h, B, P), c(f.c, B, H), y(f.y, B * T, P);
+    Eigen::Map<M> h(f.h, B, P), c(f.c, B, H);
+    Eigen::Map<M, 0, Eigen::OuterStride<>> y(f.y, B * T, P, Eigen::OuterStride<>(f.y_stride > 0 ? f.y_stride : P));
     M pre_in(B * T, GH);  // x W_ih^T + b_ih of every step
     matmul_rows<Scalar>(x, w_ih.transpose(), pre_in, f.b_ih);  // (B*T, I) x (I, 4H)
     M hs(B, P), cs(B, H), act(B, GH), m(B, H);  // by rank: h, c, the gates and o * tanh(c) of the running rows

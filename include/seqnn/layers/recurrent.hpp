@@ -243,6 +243,17 @@ protected:
         });
     }
 
+    /// reverse_steps in place: each sequence's real rows of m (B*T, D) in reverse order, its
+    /// padding left as it is.
+    static void reverse_steps_in_place(MatrixRef<Scalar> m, Index B, Index T, const std::vector<Index>& lengths) {
+        parallel_for(B, streamed_work(T * m.cols()), [&](Index b0, Index b1) {
+            for (Index b = b0; b < b1; ++b) {
+                const Index n = lengths.empty() ? T : lengths[static_cast<std::size_t>(b)];
+                for (Index t = 0; t < n / 2; ++t) m.row(b * T + t).swap(m.row(b * T + n - 1 - t));
+            }
+        });
+    }
+
     /// Rows [j*B, (j+1)*B) of every state tensor: the (B, ...) state of layer and direction
     /// j = k*D + d.
     std::vector<Matrix<Scalar>> state_of_layer(const State<Scalar>& s, Index j, Index B) const {
@@ -290,10 +301,12 @@ protected:
     }
 
     /// Layer by layer, each through the whole sequence (kernels/recurrent.hpp), its two
-    /// directions side by side when that pays. A unidirectional layer writes its output
-    /// straight where the next layer reads it: the next layer's saved input in training,
-    /// this thread's scratch otherwise. A bidirectional one writes each direction's output
-    /// apart, the reverse one's in its own time order, then puts them side by side.
+    /// directions side by side when that pays. Each direction's loop writes its columns of
+    /// the layer's output straight where the next layer reads it (the next layer's saved
+    /// input in training, this thread's scratch otherwise), the reverse one's rows in its
+    /// own time order, reversed in place afterwards. A training forward keeps a direction's
+    /// output apart instead when backward needs it as the loop wrote it and the next layer
+    /// does not read it so (see LayerSaved::output), and copies it over.
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>* state, Context<Scalar>* ctx) const override {
         const Index B = x.batch, T = x.steps, H = hidden_size(), Hr = real_hidden_size(), L = num_layers();
         const Index D = directions(), O = output_size();
@@ -306,7 +319,6 @@ protected:
         const Index* lengths = x.padded() ? x.lengths.data() : nullptr;
 
         Sequence<Scalar> y(Matrix<Scalar>(B * T, O), B, T);
-        Matrix<Scalar> apart[2];               // inference: each direction's output, when kept apart
         const Scalar* input = x.data.data();  // (B*T, I_k): the input of layer k
         for (Index k = 0; k < L; ++k) {
             const Index I = k == 0 ? input_size() : O;
@@ -315,8 +327,7 @@ protected:
             Scalar* out = top     ? y.data.data()
                           : saved ? resized(entry(*saved, k + 1, 0).input, B * T, O).data()
                                   : scratch_matrix<Scalar>(k % 2 == 0 ? ScratchSlot::A : ScratchSlot::B, B * T, O).data();
-            // A unidirectional layer's loop writes it there itself, unless training keeps it apart.
-            const bool direct = D == 1 && (!saved || output_is_next_input(k));
+            const bool apart = saved && !output_is_next_input(k);
             const Eigen::Map<const Matrix<Scalar>> in(input, B * T, I);
             // (B*T, I): the reverse direction's input, each sequence's steps in reverse order.
             auto reversed = scratch_matrix<Scalar>(ScratchSlot::C, B * T, D == 2 ? I : 0);
@@ -327,10 +338,9 @@ protected:
             for (Index d = 0; d < D; ++d) {
                 LayerSaved* ls = saved ? &entry(*saved, k, d) : nullptr;
                 layer_state[d] = state_of_layer(s, k * D + d, B);
-                Scalar* out_d = direct ? out
-                                : ls   ? resized(ls->output, B * T, Hr).data()
-                                       : resized(apart[d], B * T, Hr).data();
-                f[d] = forward_args(weights(k, d), d == 0 ? input : reversed.data(), I, layer_state[d], out_d, lengths);
+                f[d] = forward_args(weights(k, d), d == 0 ? input : reversed.data(), I, layer_state[d], lengths);
+                f[d].y = apart ? resized(ls->output, B * T, Hr).data() : out + d * Hr;
+                f[d].y_stride = apart ? Hr : O;
                 if (ls) {
                     if (k == 0 && d == 0) parallel_copy<Scalar>(ls->input, x.data);
                     ls->h0 = layer_state[d][0];
@@ -352,9 +362,10 @@ protected:
             }
             for (Index d = 0; d < D; ++d) set_state_of_layer(s, k * D + d, B, layer_state[d]);
 
-            // The layer's output from its directions' (when kept apart), then the dropout after it.
+            // The layer's output from its directions' (the reverse one's back in the input's
+            // order), then the dropout after it.
             Eigen::Map<Matrix<Scalar>> layer_out(out, B * T, O);
-            if (!direct) {
+            if (apart) {
                 const Eigen::Map<const Matrix<Scalar>> forward_out(f[0].y, B * T, Hr);
                 parallel_for(B * T, streamed_work(Hr), [&](Index r0, Index r1) {
                     layer_out.block(r0, 0, r1 - r0, Hr) = forward_out.middleRows(r0, r1 - r0);
@@ -362,6 +373,8 @@ protected:
                 if (D == 2)
                     reverse_steps(Eigen::Map<const Matrix<Scalar>>(f[1].y, B * T, Hr), layer_out.rightCols(Hr), B, T,
                                   x.lengths);
+            } else if (D == 2) {
+                reverse_steps_in_place(layer_out.rightCols(Hr), B, T, x.lengths);
             }
             if (saved && !top && options_.dropout > 0)
                 dropouts_[static_cast<std::size_t>(k)].apply(layer_out, &ctx->children[static_cast<std::size_t>(k)]);
@@ -538,11 +551,10 @@ private:
         return recurrent_pair_threads<Scalar>(cell_, B, T, I, hidden_size());
     }
 
-    /// The time loop's arguments for one direction: input x (B*T, I), the direction's
-    /// state rows {h, c}, its output y (B*T, H_r).
+    /// The time loop's arguments for one direction but its output: input x (B*T, I), the
+    /// direction's state rows {h, c}.
     RecurrentForward<Scalar> forward_args(const LayerWeights& w, const Scalar* x, Index I,
-                                          std::vector<Matrix<Scalar>>& layer_state, Scalar* y,
-                                          const Index* lengths) const {
+                                          std::vector<Matrix<Scalar>>& layer_state, const Index* lengths) const {
         RecurrentForward<Scalar> f;
         f.cell = cell_;
         f.input_size = I;
@@ -553,7 +565,6 @@ private:
         f.b_hh = options_.bias ? w.bias_hh.value.data() : nullptr;
         f.h = layer_state[0].data();
         f.c = cell_ == CellKind::LSTM ? layer_state[1].data() : nullptr;
-        f.y = y;
         f.lengths = lengths;
         return f;
     }
