@@ -3,6 +3,7 @@
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
+#include "layer_instances.hpp"
 
 #include <memory>
 

@@ -7,7 +7,9 @@
 #include "testing.hpp"
 
 #include <seqnn/seqnn.hpp>
+#include "layer_instances.hpp"
 
+#include <limits>
 #include <memory>
 
 using namespace seqnn;
@@ -116,17 +118,19 @@ TEST_P(RecurrentPadded, GradientsWithoutLengthsMatchFiniteDifferences) {
     seqnn::testing::expect_gradients_match(checker.check(x, initial), 1e-6);
 }
 
-// What the padding rows of x hold reaches nothing: not the outputs, the final state,
-// dL/dx, the initial state's gradient or any weight's gradient (the same bits).
+// What the padding rows of x hold, NaN and infinity included, reaches nothing: not the
+// outputs, the final state, dL/dx, the initial state's gradient or any weight's gradient
+// (the same bits).
 TEST_P(RecurrentPadded, PaddingValuesReachNothing) {
     const Config c = GetParam();
     Rng rng(35);
     auto layer = make_layer<double>(c, rng);
     const Sequence<double> x = padded_batch<double>(rng);
-    Sequence<double> zeros = x, large = x;
+    Sequence<double> zeros = x, wild = x;
     zero_padding<double>(zeros.data, x.steps, x.lengths);
+    const double values[] = {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(), 1e300};
     for (Index b = 0; b < x.batch; ++b)
-        for (Index t = x.length(b); t < x.steps; ++t) large.data.row(b * x.steps + t).setConstant(1e6 * double(t + 1));
+        for (Index t = x.length(b); t < x.steps; ++t) wild.data.row(b * x.steps + t).setConstant(values[(b + t) % 3]);
     const State<double> initial = random_state<double>(*layer, x.batch, rng);
     const Matrix<double> dy = random_matrix<double>(x.batch * x.steps, layer->output_size(), rng);
 
@@ -146,7 +150,7 @@ TEST_P(RecurrentPadded, PaddingValuesReachNothing) {
         for (const auto& p : layer->parameters()) r.grads.push_back(p.param->grad);
         return r;
     };
-    const Run a = run(zeros), b = run(large);
+    const Run a = run(zeros), b = run(wild);
     EXPECT_TRUE(a.y == b.y);
     EXPECT_TRUE(a.dx == b.dx);
     EXPECT_TRUE(a.final_state == b.final_state);

@@ -106,8 +106,8 @@ public:
 
     /// What a training forward keeps for backward, per layer k and direction d (entry k*D + d).
     struct LayerSaved {
-        /// (B*T, I_k): the layer's input, x for k = 0, the output of the layer below (after
-        /// its dropout) above it. Kept in the forward direction's entry only.
+        /// (B*T, I_k): the layer's input, x (zero past each end) for k = 0, the output of the
+        /// layer below (after its dropout) above it. Kept in the forward direction's entry only.
         Matrix<Scalar> input;
         /// (B*T, H_r): this direction's h_t, in its own time order (the reverse direction's
         /// reversed within each sequence). Empty when the next layer's saved input holds it
@@ -342,7 +342,12 @@ protected:
                 f[d].y = apart ? resized(ls->output, B * T, Hr).data() : out + d * Hr;
                 f[d].y_stride = apart ? Hr : O;
                 if (ls) {
-                    if (k == 0 && d == 0) parallel_copy<Scalar>(ls->input, x.data);
+                    if (k == 0 && d == 0) {
+                        parallel_copy<Scalar>(ls->input, x.data);
+                        // Zeros past each end: W_ih's gradient reads every row (times a zero
+                        // gate gradient there), and x's padding may hold anything, NaN included.
+                        zero_padding<Scalar>(ls->input, T, x.lengths);
+                    }
                     ls->h0 = layer_state[d][0];
                     if (cell_ == CellKind::LSTM) ls->c0 = layer_state[d][1];
                     if (cell_ == CellKind::LSTM || cell_ == CellKind::GRU)
