@@ -213,7 +213,7 @@ protected:
         else  // a padded batch: no query sees a key past its sequence's end
             attention_forward<Scalar>(shape, attention_options(), qkv.leftCols(E), qkv.middleCols(E, E),
                                       qkv.rightCols(E), attn, lse, x.lengths);
-        Sequence<Scalar> y(Matrix<Scalar>(N, E), B, T);
+        Sequence<Scalar> y(reused_matrix<Scalar>(N, E), B, T);
         out_proj_.forward(attn, y.data);  // (B*T, E) x (E, E)
 
         if (saved) {
@@ -274,7 +274,7 @@ protected:
             rope_apply<Scalar>(d_qkv.leftCols(E), T, H, table, /*inverse=*/true);
             rope_apply<Scalar>(d_qkv.middleCols(E, E), T, H, table, /*inverse=*/true);
         }
-        Sequence<Scalar> dx(Matrix<Scalar>(N, E), B, T);
+        Sequence<Scalar> dx(reused_matrix<Scalar>(N, E), B, T);
         in_proj_.backward(saved.input, d_qkv, dx.data);  // (B*T, 3E) x (3E, E)
 
         if (d_initial && cached) {  // dL/d(initial cache), rows as the comment at the top says

@@ -62,12 +62,14 @@ public:
         activation_forward<Scalar>(Activation::GELU, act);
         down_.forward(act, y);     // (N, H) x (H, D)
     }
-    /// Backward on N rows, from the forward's x, pre and act: returns dL/dx (N, D).
-    Matrix<Scalar> backward_rows(ConstMatrixRef<Scalar> x, const Matrix<Scalar>& pre, const Matrix<Scalar>& act,
-                                 ConstMatrixRef<Scalar> dy) {
-        Matrix<Scalar> d_act = down_.backward(act, dy);                      // (N, D) x (D, H)
-        activation_backward<Scalar>(Activation::GELU, pre, act, d_act);      // through the GELU
-        return up_.backward(x, d_act);                                       // (N, H) x (H, D)
+    /// Backward on N rows, from the forward's x, pre and act: writes dL/dx (N, D) into dx.
+    /// dL/d(act) lives in this thread's scratch.
+    void backward_rows(ConstMatrixRef<Scalar> x, const Matrix<Scalar>& pre, const Matrix<Scalar>& act,
+                       ConstMatrixRef<Scalar> dy, MatrixRef<Scalar> dx) {
+        auto d_act = scratch_matrix<Scalar>(ScratchSlot::A, act.rows(), act.cols());
+        down_.backward(act, dy, d_act);                                  // (N, D) x (D, H)
+        activation_backward<Scalar>(Activation::GELU, pre, act, d_act);  // through the GELU
+        up_.backward(x, d_act, dx);                                      // (N, H) x (H, D)
     }
 
     /// What a training forward keeps: its input, pre and act.
@@ -88,7 +90,7 @@ protected:
     /// GELU runs in place on pre, in this thread's scratch, so inference allocates only y.
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
         const Index N = x.data.rows(), H = hidden_size();
-        Sequence<Scalar> y(Matrix<Scalar>(N, output_size()), x.batch, x.steps);  // every entry is written
+        Sequence<Scalar> y(reused_matrix<Scalar>(N, output_size()), x.batch, x.steps);  // every entry is written
         if (ctx) {
             Saved& saved = keep_for_backward<Saved>(*ctx);
             forward_rows(x.data, resized(saved.pre, N, H), saved.act, y.data);
@@ -109,7 +111,9 @@ protected:
     Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>*,
                                    State<Scalar>*) override {
         const Saved& saved = saved_for_backward<Saved>(ctx);
-        return Sequence<Scalar>(backward_rows(saved.input, saved.pre, saved.act, dy.data), dy.batch, dy.steps);
+        Sequence<Scalar> dx(reused_matrix<Scalar>(dy.data.rows(), input_size()), dy.batch, dy.steps);
+        backward_rows(saved.input, saved.pre, saved.act, dy.data, dx.data);
+        return dx;
     }
 
 private:

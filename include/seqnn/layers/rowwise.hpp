@@ -6,6 +6,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/scratch.hpp"
 #include "seqnn/nn/layer_norm.hpp"
 #include "seqnn/nn/linear.hpp"
 #include "seqnn/nn/rms_norm.hpp"
@@ -52,7 +53,7 @@ public:
 
 protected:
     Sequence<Scalar> forward_impl(const Sequence<Scalar>& x, State<Scalar>*, Context<Scalar>* ctx) const override {
-        Sequence<Scalar> y(Matrix<Scalar>(x.data.rows(), output_size()), x.batch, x.steps);  // every entry is written
+        Sequence<Scalar> y(reused_matrix<Scalar>(x.data.rows(), output_size()), x.batch, x.steps);  // all written
         block_.forward(x.data, y.data);  // (B*T, in) -> (B*T, out)
         if (ctx) keep_for_backward<Saved>(*ctx).input = x.data;
         return y;
@@ -60,7 +61,10 @@ protected:
     void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>&, Matrix<Scalar>& y) const override { block_.forward(x, y); }
     Sequence<Scalar> backward_impl(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>*,
                                    State<Scalar>*) override {
-        return Sequence<Scalar>(block_.backward(saved_for_backward<Saved>(ctx).input, dy.data), dy.batch, dy.steps);
+        const Matrix<Scalar>& x = saved_for_backward<Saved>(ctx).input;
+        Sequence<Scalar> dx(reused_matrix<Scalar>(x.rows(), input_size()), dy.batch, dy.steps);
+        block_.backward(x, dy.data, dx.data);  // (B*T, out) -> (B*T, in)
+        return dx;
     }
 
 private:

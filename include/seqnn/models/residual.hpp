@@ -11,6 +11,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/scratch.hpp"
 #include "seqnn/kernels/elementwise.hpp"
 #include "seqnn/layers/dropout.hpp"
 #include "seqnn/layers/rowwise.hpp"
@@ -95,9 +96,10 @@ protected:
         if (ctx) ctx->make_children(3);  // f, norm, dropout
         Sequence<Scalar> y;
         if (norm_) {
-            const Sequence<Scalar> normed = norm_->forward(x, state ? &state->children[1] : nullptr,
-                                                           ctx ? &ctx->children[1] : nullptr);  // (B*T, D)
+            Sequence<Scalar> normed = norm_->forward(x, state ? &state->children[1] : nullptr,
+                                                     ctx ? &ctx->children[1] : nullptr);  // (B*T, D)
             y = fn_->forward(normed, state ? &state->children[0] : nullptr, ctx ? &ctx->children[0] : nullptr);
+            recycle_matrix(std::move(normed.data));  // f has read it (and kept its own copy for backward)
         } else {
             y = fn_->forward(x, state ? &state->children[0] : nullptr, ctx ? &ctx->children[0] : nullptr);
         }
@@ -131,14 +133,19 @@ protected:
         // y = x + drop(f(norm(x))): dx = dy + norm'(f'(drop'(dy))); dy is copied only to apply a mask
         Sequence<Scalar> masked;
         if (drop_.p() > 0) {
-            masked = dy;  // (B*T, D)
+            masked = Sequence<Scalar>(reused_matrix<Scalar>(dy.data.rows(), dy.data.cols()), dy.batch, dy.steps);
+            masked.lengths = dy.lengths;
+            parallel_copy<Scalar>(masked.data, dy.data);  // (B*T, D)
             drop_.apply_backward(masked.data, ctx.children[2]);
         }
         Sequence<Scalar> dx = fn_->backward(drop_.p() > 0 ? masked : dy, ctx.children[0],
                                             d_final ? &d_final->children[0] : nullptr, fn_initial);
+        recycle_matrix(std::move(masked.data));
         if (fn_initial && fn_initial->empty()) *fn_initial = fn_->initial_state(B);
         if (norm_) {
-            dx = norm_->backward(dx, ctx.children[1]);
+            Sequence<Scalar> d_normed = std::move(dx);
+            dx = norm_->backward(d_normed, ctx.children[1]);
+            recycle_matrix(std::move(d_normed.data));
             if (d_initial) d_initial->children[1] = norm_->initial_state(B);
         }
         parallel_add<Scalar>(dx.data, dy.data);  // the skip path

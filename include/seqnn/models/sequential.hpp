@@ -13,6 +13,7 @@
 
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/layer.hpp"
+#include "seqnn/core/scratch.hpp"
 
 #include <memory>
 #include <string>
@@ -105,8 +106,10 @@ protected:
         Sequence<Scalar> h;
         for (std::size_t i = 0; i < layers_.size(); ++i) {
             const Sequence<Scalar>& in = i == 0 ? x : h;  // the first layer reads x itself, uncopied
-            h = layers_[i]->forward(in, state ? &state->children[i] : nullptr,
-                                    ctx ? &ctx->children[i] : nullptr);  // (B*T, D_i) -> (B*T, D_{i+1})
+            Sequence<Scalar> out = layers_[i]->forward(in, state ? &state->children[i] : nullptr,
+                                                       ctx ? &ctx->children[i] : nullptr);  // (B*T, D_i) -> (B*T, D_{i+1})
+            if (i > 0) recycle_matrix(std::move(h.data));  // read, and copied where backward needs it
+            h = std::move(out);
         }
         return h;
     }
@@ -135,8 +138,10 @@ protected:
         for (std::size_t i = layers_.size(); i-- > 0;) {
             const Sequence<Scalar>& d_out = i + 1 == layers_.size() ? dy : d;  // the last layer reads dy itself
             State<Scalar>* child_initial = d_initial ? &d_initial->children[i] : nullptr;
-            d = layers_[i]->backward(d_out, ctx.children[i], d_final ? &d_final->children[i] : nullptr,
-                                     child_initial);  // (B*T, D_{i+1}) -> (B*T, D_i)
+            Sequence<Scalar> d_in = layers_[i]->backward(d_out, ctx.children[i], d_final ? &d_final->children[i] : nullptr,
+                                                         child_initial);  // (B*T, D_{i+1}) -> (B*T, D_i)
+            if (i + 1 < layers_.size()) recycle_matrix(std::move(d.data));
+            d = std::move(d_in);
             if (child_initial && child_initial->empty()) *child_initial = layers_[i]->initial_state(dy.batch);
         }
         return d;
