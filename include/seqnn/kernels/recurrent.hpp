@@ -355,8 +355,7 @@ inline RowOrder row_order(const Index* lengths, Index B, Index T) {
         }
     }
     o.first.assign(static_cast<std::size_t>(T + 1), 0);
-    for (Index t = 0; t < T; ++t)
-        o.first[static_cast<std::size_t>(t + 1)] = o.first[static_cast<std::size_t>(t)] + o.active[static_cast<std::size_t>(t)];
+    for (std::size_t t = 0; t < static_cast<std::size_t>(T); ++t) o.first[t + 1] = o.first[t] + o.active[t];
     return o;
 }
 

@@ -432,15 +432,15 @@ protected:
                                      "output", B * T, Hr);
                 rs[d].y = output[d]->data();
                 rs[d].h0 = checked(ls.h0, "h0", B, Hr).data();
-                if (cell == CellKind::LSTM || cell == CellKind::GRU) rs[d].gates = checked(ls.gates, "gates", B * T, GH).data();
+                if (cell == CellKind::LSTM || cell == CellKind::GRU)
+                    rs[d].gates = checked(ls.gates, "gates", B * T, GH).data();
                 if (cell == CellKind::LSTM) {
                     rs[d].c0 = checked(ls.c0, "c0", B, H).data();
                     rs[d].cells = checked(ls.cells, "cells", B * T, H).data();
                 }
                 if (cell == CellKind::GRU) rs[d].hidden_n = checked(ls.hidden_n, "hidden_n", B * T, H).data();
-                for (int j = 0; j < state_tensor_count_; ++j)
-                    d_state[d].push_back(d_final ? Matrix<Scalar>(d_final->tensors[static_cast<std::size_t>(j)].middleRows(
-                                                       (k * D + d) * B, B))
+                for (std::size_t j = 0; j < static_cast<std::size_t>(state_tensor_count_); ++j)
+                    d_state[d].push_back(d_final ? Matrix<Scalar>(d_final->tensors[j].middleRows((k * D + d) * B, B))
                                                  : Matrix<Scalar>::Zero(B, j == 0 ? Hr : H));
                 // dL/d(this direction's output): its columns of d_out, the reverse one's reversed.
                 const Scalar* d_out_d = d_out;
@@ -626,8 +626,8 @@ private:
             auto c = state.tensors[1].middleRows(k * B, B);  // (B, H)
             if (k == 0)
                 gates.noalias() = x * w.weight_ih.value.transpose();  // (B, I) x (I, 4H)
-            else
-                gates.noalias() = state.tensors[0].middleRows((k - 1) * B, B) * w.weight_ih.value.transpose();  // (B, P) x (P, 4H)
+            else  // layer k-1's new h: (B, P) x (P, 4H)
+                gates.noalias() = state.tensors[0].middleRows((k - 1) * B, B) * w.weight_ih.value.transpose();
             hidden.noalias() = h * w.weight_hh.value.transpose();  // (B, P) x (P, 4H)
             gates += hidden;
             if (options_.bias) {
@@ -637,8 +637,10 @@ private:
             gates.leftCols(2 * H).array() = gates.leftCols(2 * H).array().logistic();  // i, f
             gates.middleCols(2 * H, H).array() = gates.middleCols(2 * H, H).array().tanh();  // g
             gates.rightCols(H).array() = gates.rightCols(H).array().logistic();  // o
-            c.array() = gates.middleCols(H, H).array() * c.array() + gates.leftCols(H).array() * gates.middleCols(2 * H, H).array();
-            m.array() = gates.rightCols(H).array() * c.array().tanh();
+            const auto i = gates.leftCols(H).array(), f = gates.middleCols(H, H).array();
+            const auto g = gates.middleCols(2 * H, H).array(), o = gates.rightCols(H).array();
+            c.array() = f * c.array() + i * g;  // c_t = f c_{t-1} + i g
+            m.array() = o * c.array().tanh();   // o tanh(c_t)
             h.noalias() = m * w.weight_hr.value.transpose();  // (B, H) x (H, P)
         }
     }
