@@ -31,6 +31,22 @@
 //   to_hidden_and_gate.weight (2E, D)           reverse.to_hidden_and_gate.weight (2E, D)
 //   (MinLSTM: to_hidden_and_f_i_gate, (3E, D))  (reverse.to_hidden_and_f_i_gate)
 //   .bias likewise when bias is on;             to_out.weight (D, 2E), columns [forward | reverse]
+//
+// The paper's own code (BorealisAI/minRNNs, models/minRNNs.py) names minLSTM's projection
+// `to_hidden_and_gate` too (MinRNNNaming::Borealis), always has biases and to_out, and can
+// learn the initial state: init_hidden_state (E), the last parameter, with h_0 = g(init)
+// for every sequence (MinRNNOptions::learned_initial_state). borealis_options() gives
+// the options of its minGRU(dim, expansion_factor, use_init_hidden_state) and
+// minLSTM(..., use_coeff_norm=True, ...), whose checkpoints then load strictly.
+//
+// Learned initial state: initial_state(B) (so also forward and step given no state or an
+// empty one) starts every stream at g(init_hidden_state), and a training forward from such a
+// state sends dL/dh_0, summed over the streams, through g into init_hidden_state's
+// gradient (backward's d_initial still reports dL/dh_0). The state made by initial_state
+// holds the values g(init) and a mark; a forward treats it as the learned start while it
+// is marked and still holds g(init) of the current parameter in every row. A state the
+// caller wrote (or one made before the parameter changed) is an ordinary initial state:
+// it is used as given and no gradient reaches init_hidden_state.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
@@ -43,6 +59,7 @@
 #include "seqnn/nn/linear.hpp"
 
 #include <cmath>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -52,6 +69,11 @@ namespace seqnn {
 /// paper's g, which keeps h positive so the log-space scan applies:
 ///   g(x) = x + 0.5 for x >= 0, sigmoid(x) for x < 0.
 enum class HiddenActivation { Identity, PositiveG };
+
+/// Which names the parameters take: lucidrains/minGRU-pytorch's (minLSTM's projection
+/// `to_hidden_and_f_i_gate`) or the paper's code, BorealisAI/minRNNs (`to_hidden_and_gate`
+/// for both cells). minGRU's names are the same in both.
+enum class MinRNNNaming { Lucidrains, Borealis };
 
 /// How the recurrence is evaluated; all three give the same outputs.
 enum class MinRNNMode {
@@ -66,7 +88,7 @@ struct MinRNNOptions {
     Index hidden_size = 0;        ///< E; 0 means input_size * expansion
     double expansion = 1.0;       ///< E = D * expansion when hidden_size is 0
     bool project_out = false;     ///< add to_out (E -> D); forced on when E != D
-    bool bias = false;            ///< lucidrains uses none
+    bool bias = false;            ///< biases on the input projection and to_out; lucidrains uses none
     /// The candidate state's activation.
     HiddenActivation activation = HiddenActivation::PositiveG;
     /// How the recurrence is evaluated.
@@ -81,7 +103,31 @@ struct MinRNNOptions {
     /// when projecting.
     /// The state holds both directions' h; such a layer cannot step.
     bool bidirectional = false;
+    /// Adds the parameter init_hidden_state (E), listed last: a stream given no state starts
+    /// at h_0 = g(init_hidden_state) (BorealisAI/minRNNs' use_init_hidden_state). Needs
+    /// HiddenActivation::PositiveG and a unidirectional layer.
+    bool learned_initial_state = false;
+    /// The parameters' names (only minLSTM's input projection differs).
+    MinRNNNaming naming = MinRNNNaming::Lucidrains;
 };
+
+/// The options of BorealisAI/minRNNs' minGRU(dim, expansion_factor, use_init_hidden_state)
+/// and minLSTM(dim, expansion_factor, forget_bias_init_scale, use_coeff_norm=True,
+/// use_init_hidden_state): E = int(dim * expansion_factor), biases, to_out always, g, the
+/// paper's names, and init_hidden_state when use_init_hidden_state. Its checkpoints load
+/// with io::load_state_dict(..., strict=true) under the same names (forget_bias_init_scale
+/// changes only the initial weights; use_coeff_norm=False is not supported).
+inline MinRNNOptions borealis_options(Index dim, double expansion_factor, bool use_init_hidden_state = true) {
+    MinRNNOptions o;
+    o.input_size = dim;
+    o.expansion = expansion_factor;  // E = floor(dim * expansion_factor), as int() in Python
+    o.project_out = true;
+    o.bias = true;
+    o.activation = HiddenActivation::PositiveG;
+    o.learned_initial_state = use_init_hidden_state;
+    o.naming = MinRNNNaming::Borealis;
+    return o;
+}
 
 namespace min_rnn_math {
 
@@ -116,6 +162,12 @@ void multiply_by_candidate_derivative(HiddenActivation act, const Eigen::ArrayBa
                                       Eigen::ArrayBase<Out>& out) {
     if (act == HiddenActivation::PositiveG)
         out *= (pre >= Scalar(0)).select(Scalar(1), pre.logistic() * (-pre).logistic());
+}
+
+// g(pre) as an array expression.
+template <typename Scalar, typename Pre>
+auto positive_g(const Eigen::ArrayBase<Pre>& pre) {
+    return pre.cwiseMax(Scalar(0)) + pre.cwiseMin(Scalar(0)).logistic();
 }
 
 // log g(pre), stable in both branches: log(x + 0.5) or -softplus(-x).
@@ -181,6 +233,16 @@ public:
     Linear<Scalar>& reverse_in_projection() { return reverse_in_proj_; }
     /// The output projection (empty when it does not project).
     Linear<Scalar>& out_projection() { return to_out_; }
+    /// Whether the layer learns its initial state (init_hidden_state).
+    bool learns_initial_state() const { return options_.learned_initial_state; }
+    /// init_hidden_state (E), stored as one row; empty unless learned_initial_state.
+    Parameter<Scalar>& init_hidden_state() { return init_hidden_state_; }
+    /// g(init_hidden_state) (1, E): where every stream starts when given no state; empty
+    /// unless learned_initial_state.
+    Matrix<Scalar> learned_h0() const {
+        if (!learns_initial_state()) return {};
+        return min_rnn_math::positive_g<Scalar>(init_hidden_state_.value.array()).matrix();
+    }
 
     /// The layer's kind and sizes, e.g. "MinGRU(5 -> 9 -> 5)" (D -> E, then back to D when
     /// projecting), "MinLSTM(8 -> 8)", or "MinGRU(5 -> 2x9 -> 5)" when bidirectional: the
@@ -192,11 +254,13 @@ public:
     }
 
     /// The forward direction's projection, the reverse direction's (prefixed with
-    /// "reverse.", when bidirectional), then to_out (when projecting).
+    /// "reverse.", when bidirectional), to_out (when projecting), then init_hidden_state
+    /// (when learned): the order PyTorch registers them in.
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         in_proj_.collect_parameters(prefix + in_proj_name_ + ".", out);
         if (bidirectional()) reverse_in_proj_.collect_parameters(prefix + "reverse." + in_proj_name_ + ".", out);
         if (projects()) to_out_.collect_parameters(prefix + "to_out.", out);
+        if (learns_initial_state()) out.push_back({prefix + "init_hidden_state", &init_hidden_state_});
     }
 
     /// What a training forward keeps for backward.
@@ -206,16 +270,23 @@ public:
         Matrix<Scalar> pre;          ///< the input projection (B*T, G*E)
         Matrix<Scalar> reverse_pre;  ///< the reverse direction's input projection (B*T, G*E), when bidirectional
         Matrix<Scalar> h;            ///< the states (B*T, E); bidirectional [forward | reverse] (B*T, 2E)
+        bool learned_start = false;  ///< h0 was g(init_hidden_state): backward adds into its gradient
     };
 
 protected:
     /// State {h (B, E)}, or {h (2B, E)} when bidirectional: the forward direction's B rows,
     /// then the reverse direction's (PyTorch's (num_directions, B, E) layout). Workspace:
-    /// pre (B, G*E), where step computes its gates in place.
+    /// pre (B, G*E), where step computes its gates in place. With a learned initial state,
+    /// h is g(init_hidden_state) in every row and a second, empty workspace matrix marks
+    /// the state as the learned start (see the top of this file).
     State<Scalar> make_state(Index batch) const override {
         State<Scalar> s;
         s.tensors.push_back(Matrix<Scalar>::Zero(directions() * batch, hidden_size_));
         s.workspace = {Matrix<Scalar>(batch, gate_count_ * hidden_size_)};
+        if (learns_initial_state()) {
+            s.tensors[0].rowwise() = learned_h0().row(0);
+            s.workspace.emplace_back();  // the mark
+        }
         return s;
     }
 
@@ -232,6 +303,8 @@ protected:
         State<Scalar>& s = state ? *state : zeros;
         if (!state) s = this->initial_state(B);
         const Matrix<Scalar>& h0 = s.tensors[0];  // (B, E), or (2B, E): forward rows, then reverse rows
+        const bool learned_start = is_learned_start(s);
+        if (s.workspace.size() > 1) s.workspace.resize(1);  // the state moves on: no longer the learned start
 
         Saved* saved = ctx ? &keep_for_backward<Saved>(*ctx) : nullptr;
         if (saved) {
@@ -239,6 +312,7 @@ protected:
             // Whatever a padded batch holds past its ends never reaches a weight gradient.
             if (x.padded()) zero_padding<Scalar>(saved->input, T, x.lengths);
             saved->h0 = h0;
+            saved->learned_start = learned_start;
         }
 
         // h goes straight where it is needed: the output, or (projecting) the context or
@@ -281,9 +355,17 @@ protected:
             backward_direction(d, saved, ctx.lengths, B, T, dh.middleCols(d * E, E), db.middleCols(d * E, E), da,
                                dh_final, dh0.middleRows(d * B, B), dx.data);
         }
+        if (saved.learned_start) {
+            // h0 = g(init) in every row: dL/dinit = sum over the streams of dL/dh0, times g'(init).
+            Eigen::Array<Scalar, 1, Eigen::Dynamic> d_init = dh0.colwise().sum().array();
+            min_rnn_math::multiply_by_candidate_derivative<Scalar>(HiddenActivation::PositiveG,
+                                                                   init_hidden_state_.value.row(0).array(), d_init);
+            init_hidden_state_.grad.row(0).array() += d_init;
+        }
         if (d_initial) {
             *d_initial = this->initial_state(B);
             d_initial->tensors[0] = dh0;
+            d_initial->workspace.resize(1);  // a gradient, not a learned start
         }
         return dx;
     }
@@ -293,7 +375,8 @@ protected:
     void step_impl(ConstMatrixRef<Scalar> x, State<Scalar>& state, Matrix<Scalar>& y) const override {
         if (bidirectional()) refuse_step();
         const Index B = x.rows();
-        if (state.workspace.size() != 1 || state.workspace[0].rows() != B) state.workspace = make_state(B).workspace;
+        if (state.workspace.empty() || state.workspace[0].rows() != B) state.workspace = make_state(B).workspace;
+        if (state.workspace.size() > 1) state.workspace.resize(1);  // h holds g(init) already: a step just moves on
         Matrix<Scalar>& pre = state.workspace[0];  // (B, G*E)
         in_proj_.forward(x, pre);                  // (B, D) x (D, G*E)
         const Index E = hidden_size_;
@@ -326,6 +409,16 @@ protected:
         if (options.bidirectional) reverse_in_proj_ = Linear<Scalar>(options.input_size, gates_width, options.bias, rng);
         if (options.project_out || hidden_size_ != options.input_size)
             to_out_ = Linear<Scalar>(hidden_width, options.input_size, options.bias, rng);
+        if (options.learned_initial_state) {
+            if (options.bidirectional)
+                fail(kind, "learned_initial_state is for a unidirectional layer: the reverse direction's state "
+                           "enters at each sequence's last step, and BorealisAI/minRNNs defines no such direction");
+            if (options.activation != HiddenActivation::PositiveG)
+                fail(kind, "learned_initial_state starts at h0 = g(init_hidden_state): use HiddenActivation::PositiveG");
+            init_hidden_state_ = Parameter<Scalar>(hidden_size_);  // torch.randn(E), as the paper's code draws it
+            std::normal_distribution<double> normal(0.0, 1.0);
+            for (Index j = 0; j < hidden_size_; ++j) init_hidden_state_.value(0, j) = static_cast<Scalar>(normal(rng));
+        }
     }
 
     /// pre (N, G*E) -> the recurrence's coefficients a, b (N, E). In place is
@@ -423,6 +516,17 @@ private:
         }
     }
 
+    // Whether a forward from state `s` starts at the learned initial state: s was made by
+    // initial_state (marked) and still holds g(init_hidden_state) in every row.
+    bool is_learned_start(const State<Scalar>& s) const {
+        if (!learns_initial_state() || s.workspace.size() < 2) return false;
+        const Matrix<Scalar> h0 = learned_h0();
+        const Matrix<Scalar>& h = s.tensors[0];
+        for (Index r = 0; r < h.rows(); ++r)
+            if (h.row(r) != h0.row(0)) return false;
+        return true;
+    }
+
     // The refusal of step() by a bidirectional layer.
     void refuse_step() const {
         fail(this->where(Call::Step), "cannot stream: its reverse direction needs the whole sequence (run forward "
@@ -483,6 +587,7 @@ private:
     Linear<Scalar> in_proj_;          // (G*E, D): rows [hidden; gates]
     Linear<Scalar> reverse_in_proj_;  // (G*E, D), the reverse direction's; empty unless bidirectional
     Linear<Scalar> to_out_;           // (D, E) or (D, 2E), empty when not projecting
+    Parameter<Scalar> init_hidden_state_;  // (E) as (1, E), empty unless learned_initial_state
 };
 
 }  // namespace seqnn

@@ -6,6 +6,9 @@
 // Parameters as lucidrains/minGRU-pytorch: to_hidden_and_gate.weight (2E, D),
 // hidden rows first then gate rows; to_out.weight (D, E) when projecting. Bidirectional
 // (min_rnn.hpp): reverse.to_hidden_and_gate.weight (2E, D) too, and to_out.weight (D, 2E).
+// BorealisAI/minRNNs (the paper's code) uses the same names, with .bias on both
+// projections, to_out always, and init_hidden_state (E) with learned_initial_state;
+// borealis_options() in min_rnn.hpp gives its options.
 #pragma once
 
 #include "seqnn/layers/min_rnn.hpp"

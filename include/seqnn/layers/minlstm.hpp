@@ -7,6 +7,11 @@
 // Parameters as lucidrains/minGRU-pytorch: to_hidden_and_f_i_gate.weight (3E, D),
 // rows [hidden; forget; input]; to_out.weight (D, E) when projecting. Bidirectional
 // (min_rnn.hpp): reverse.to_hidden_and_f_i_gate.weight (3E, D) too, and to_out.weight (D, 2E).
+// BorealisAI/minRNNs (the paper's code, MinRNNNaming::Borealis): to_hidden_and_gate.weight
+// (3E, D) and .bias, rows [hidden; forget; input], to_out.weight (D, E) and .bias, and
+// init_hidden_state (E) with learned_initial_state; its minLSTM with use_coeff_norm=True
+// computes exactly these a and b (in log space: log a = -softplus(d), log b = -softplus(-d)
+// + log g(h~)). borealis_options() in min_rnn.hpp gives its options.
 #pragma once
 
 #include "seqnn/layers/min_rnn.hpp"
@@ -20,7 +25,10 @@ class MinLSTM : public MinRNN<Scalar> {
 
 public:
     /// A minLSTM with weights drawn as PyTorch's nn.Linear draws them.
-    MinLSTM(MinRNNOptions options, Rng& rng) : MinRNN<Scalar>("MinLSTM", options, 3, "to_hidden_and_f_i_gate", rng) {}
+    /// Its projection is named to_hidden_and_f_i_gate, or to_hidden_and_gate with MinRNNNaming::Borealis.
+    MinLSTM(MinRNNOptions options, Rng& rng)
+        : MinRNN<Scalar>("MinLSTM", options, 3,
+                         options.naming == MinRNNNaming::Borealis ? "to_hidden_and_gate" : "to_hidden_and_f_i_gate", rng) {}
 
 protected:
     /// With d = log(i / f) = softplus(-k_f) - softplus(-k_i):
