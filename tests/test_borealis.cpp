@@ -8,6 +8,7 @@
 // reference entry (or 1), in every scan mode.
 #include "testing.hpp"
 
+#include <seqnn/io/layouts.hpp>
 #include <seqnn/io/state_dict.hpp>
 #include <seqnn/seqnn.hpp>
 
@@ -28,16 +29,6 @@ const std::filesystem::path kFixtures = SEQNN_FIXTURE_DIR;
 template <typename Scalar>
 double tolerance() {
     return std::is_same_v<Scalar, double> ? 1e-10 : 1e-5;
-}
-
-// A (d0, ..., dk) tensor as a (d0*...*d(k-1), dk) matrix.
-template <typename Scalar>
-Matrix<Scalar> matrix(const io::TensorMap& tensors, const std::string& name) {
-    const io::Tensor& t = tensors.at(name);
-    const Index cols = t.shape().back(), rows = t.numel() / cols;
-    Matrix<Scalar> m(rows, cols);
-    t.copy_to(std::span<Scalar>(m.data(), static_cast<std::size_t>(m.size())));
-    return m;
 }
 
 // The module's layer: dim 3, expansion_factor 1.5 (E = 4), use_init_hidden_state=True.
@@ -63,20 +54,19 @@ void expect_matches_fixture(const std::string& kind, MinRNNMode mode) {
     EXPECT_EQ(layer->hidden_size(), 4);
     io::load_state_dict(f, layer->parameters(), io::LoadOptions{.strict = true, .prefix = "param"}, file);
 
-    const Index B = f.at("x").shape()[0], T = f.at("x").shape()[1];
-    const Sequence<Scalar> x(matrix<Scalar>(f, "x"), B, T);
+    const Sequence<Scalar> x = io::sequence_from_tensor<Scalar>(f.at("x"));  // (B, T, D)
     State<Scalar> state;  // empty: the learned initial state
     Context<Scalar> ctx;
     const Sequence<Scalar> y = layer->forward(x, &state, &ctx);
-    EXPECT_LT(relative_error(y.data, matrix<Scalar>(f, "y")), tolerance<Scalar>()) << file << ": y";
-    EXPECT_LT(relative_error(state.tensors.at(0), matrix<Scalar>(f, "h_n")), tolerance<Scalar>()) << file << ": h_n";
+    EXPECT_LT(relative_error(y.data, io::sequence_from_tensor<Scalar>(f.at("y")).data), tolerance<Scalar>()) << file << ": y";
+    EXPECT_LT(relative_error(state.tensors.at(0), f.at("h_n").to_matrix<Scalar>()), tolerance<Scalar>()) << file << ": h_n";
 
     layer->zero_grad();
     State<Scalar> d_final;
-    d_final.tensors.push_back(matrix<Scalar>(f, "dh_n"));
-    const Sequence<Scalar> dy(matrix<Scalar>(f, "dy"), B, T);
+    d_final.tensors.push_back(f.at("dh_n").to_matrix<Scalar>());
+    const Sequence<Scalar> dy = io::sequence_from_tensor<Scalar>(f.at("dy"));
     const Sequence<Scalar> dx = layer->backward(dy, ctx, &d_final);
-    EXPECT_LT(relative_error(dx.data, matrix<Scalar>(f, "grad.x")), tolerance<Scalar>()) << file << ": grad of x";
+    EXPECT_LT(relative_error(dx.data, io::sequence_from_tensor<Scalar>(f.at("grad.x")).data), tolerance<Scalar>()) << file << ": grad of x";
     for (const auto& p : layer->parameters()) {
         Matrix<Scalar> expected(p.param->grad.rows(), p.param->grad.cols());
         f.at("grad." + p.name).copy_to(std::span<Scalar>(expected.data(), static_cast<std::size_t>(expected.size())));
