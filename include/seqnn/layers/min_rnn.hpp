@@ -233,10 +233,16 @@ public:
     Linear<Scalar>& reverse_in_projection() { return reverse_in_proj_; }
     /// The output projection (empty when it does not project).
     Linear<Scalar>& out_projection() { return to_out_; }
+    /// The input projection to [hidden, gates], read-only (for the real-time twins).
+    const Linear<Scalar>& in_projection() const { return in_proj_; }
+    /// The output projection, read-only (empty when it does not project).
+    const Linear<Scalar>& out_projection() const { return to_out_; }
     /// Whether the layer learns its initial state (init_hidden_state).
     bool learns_initial_state() const { return options_.learned_initial_state; }
     /// init_hidden_state (E), stored as one row; empty unless learned_initial_state.
     Parameter<Scalar>& init_hidden_state() { return init_hidden_state_; }
+    /// init_hidden_state (E) as one row, read-only; empty unless learned_initial_state.
+    const Parameter<Scalar>& init_hidden_state() const { return init_hidden_state_; }
     /// g(init_hidden_state) (1, E): where every stream starts when given no state; empty
     /// unless learned_initial_state.
     Matrix<Scalar> learned_h0() const {
