@@ -1,0 +1,410 @@
+/// @file
+/// What the real-time twins share: weights packed column-major in whole SIMD packets,
+/// the small products of one sample (a sequence of multiply-adds over the input columns,
+/// no horizontal sums) and the gate activations on one packet.
+///
+/// Layout. A PyTorch weight (G*H, K) of G gates of H units becomes a column-major
+/// (G*Hp, K) array: column k holds gate 0's H rows, zeros up to Hp (H rounded up to
+/// whole packets), then gate 1's, and so on. Every gate segment starts on a packet
+/// boundary of an aligned buffer, so the products load whole aligned packets, and
+/// unit packet u of every gate sits at the same offset u of its segment. The padding
+/// rows are zero: the padded units compute finite values that nothing reads.
+///
+/// Nothing here allocates, throws or opens a parallel region once the weights are packed.
+#pragma once
+
+#include "seqnn/core/aligned.hpp"
+#include "seqnn/core/errors.hpp"
+#include "seqnn/core/types.hpp"
+#include "seqnn/layers/recurrent.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace seqnn::realtime::detail {
+
+/// Eigen's SIMD packet of Scalar (one scalar when Eigen does not vectorise it).
+template <typename S>
+using Packet = typename Eigen::internal::packet_traits<S>::type;
+
+/// Scalars in one packet.
+template <typename S>
+inline constexpr Index kPacket = Eigen::internal::unpacket_traits<Packet<S>>::size;
+
+/// n rounded up to whole packets.
+template <typename S>
+constexpr Index padded(Index n) {
+    return (n + kPacket<S> - 1) / kPacket<S> * kPacket<S>;
+}
+
+/// A zeroed aligned buffer of n scalars.
+template <typename S>
+AlignedVector<S> zeros(Index n) {
+    return AlignedVector<S>(static_cast<std::size_t>(n), S(0));
+}
+
+/// w (G*H, K), PyTorch's layout of G gates of H rows each, packed column-major with gate
+/// segments Hp apart: out[k*G*Hp + g*Hp + u] = w(g*H + u, k), zero for u >= H.
+template <typename S>
+AlignedVector<S> pack_columns(const Matrix<S>& w, Index gates, Index H, Index Hp) {
+    const Index K = w.cols(), R = gates * Hp;
+    AlignedVector<S> out = zeros<S>(K * R);
+    for (Index k = 0; k < K; ++k)
+        for (Index g = 0; g < gates; ++g)
+            for (Index u = 0; u < H; ++u) out[static_cast<std::size_t>(k * R + g * Hp + u)] = w(g * H + u, k);
+    return out;
+}
+
+/// v (G*H) as G segments Hp apart, zero padded; all zeros when v is empty (no bias).
+template <typename S>
+AlignedVector<S> pack_segments(const Matrix<S>& v, Index gates, Index H, Index Hp) {
+    AlignedVector<S> out = zeros<S>(gates * Hp);
+    if (v.size() == 0) return out;
+    for (Index g = 0; g < gates; ++g)
+        for (Index u = 0; u < H; ++u) out[static_cast<std::size_t>(g * Hp + u)] = v.data()[g * H + u];
+    return out;
+}
+
+/// out[0:R] = b[0:R] + sum_i x[i] w[i*R : (i+1)*R] for a column-major (R, I) w, R a multiple
+/// of the packet size; w, b and out aligned. The input projection of one sample: multiply-adds
+/// over the input columns, one accumulator per packet of rows, the input of one column
+/// special-cased.
+template <typename S>
+EIGEN_STRONG_INLINE void project(const S* x, Index I, const S* w, const S* b, Index R, S* out) noexcept {
+    namespace ei = Eigen::internal;
+    using Pk = Packet<S>;
+    constexpr Index P = kPacket<S>;
+    if (I == 1) {
+        const Pk x0 = ei::pset1<Pk>(x[0]);
+        for (Index r = 0; r < R; r += P) ei::pstore(out + r, ei::pmadd(x0, ei::pload<Pk>(w + r), ei::pload<Pk>(b + r)));
+        return;
+    }
+    for (Index r = 0; r < R; r += P) {
+        Pk acc = ei::pload<Pk>(b + r);
+        for (Index i = 0; i < I; ++i) acc = ei::pmadd(ei::pset1<Pk>(x[i]), ei::pload<Pk>(w + i * R + r), acc);
+        ei::pstore(out + r, acc);
+    }
+}
+
+/// project() for T rows of x (T, I), row-major and contiguous, into out (T, R).
+template <typename S>
+void project_rows(const S* x, Index T, Index I, const S* w, const S* b, Index R, S* out) noexcept {
+    for (Index t = 0; t < T; ++t) project(x + t * I, I, w, b, R, out + t * R);
+}
+
+/// acc[g] += sum_{k < K} h[k] w[k*ld + g*gate_stride] for G gates: the hidden product of one
+/// packet of units (w points at the packet's offset in column 0). Split over N interleaved
+/// sums of the columns so that the chains of dependent multiply-adds are K/N long, then
+/// added up in a fixed order (deterministic, independent of the data).
+template <typename S, int G, int N = (G == 1 ? 4 : 2)>
+EIGEN_STRONG_INLINE void accumulate_columns(const S* h, Index K, const S* w, Index ld, Index gate_stride,
+                                            Packet<S> (&acc)[G]) noexcept {
+    namespace ei = Eigen::internal;
+    using Pk = Packet<S>;
+    Pk part[N][G];
+    for (int g = 0; g < G; ++g) {
+        part[0][g] = acc[g];
+        for (int s = 1; s < N; ++s) part[s][g] = ei::pset1<Pk>(S(0));
+    }
+    Index k = 0;
+    for (; k + N <= K; k += N)
+        for (int s = 0; s < N; ++s) {
+            const Pk hk = ei::pset1<Pk>(h[k + s]);
+            const S* col = w + (k + s) * ld;
+            for (int g = 0; g < G; ++g) part[s][g] = ei::pmadd(hk, ei::pload<Pk>(col + g * gate_stride), part[s][g]);
+        }
+    for (int s = 0; k < K; ++k, ++s) {
+        const Pk hk = ei::pset1<Pk>(h[k]);
+        const S* col = w + k * ld;
+        for (int g = 0; g < G; ++g) part[s][g] = ei::pmadd(hk, ei::pload<Pk>(col + g * gate_stride), part[s][g]);
+    }
+    for (int g = 0; g < G; ++g) {
+        if constexpr (N == 4) {
+            acc[g] = ei::padd(ei::padd(part[0][g], part[1][g]), ei::padd(part[2][g], part[3][g]));
+        } else {
+            Pk sum = part[0][g];
+            for (int s = 1; s < N; ++s) sum = ei::padd(sum, part[s][g]);
+            acc[g] = sum;
+        }
+    }
+}
+
+/// The functor `Op` on one packet as Eigen's array expressions apply it: its vectorised form
+/// where Eigen has one for S, the scalar function lane by lane otherwise.
+template <typename S, typename Op>
+EIGEN_STRONG_INLINE Packet<S> apply(const Packet<S>& x) noexcept {
+    if constexpr (Eigen::internal::functor_traits<Op>::PacketAccess) {
+        return Op().packetOp(x);
+    } else {
+        constexpr Index P = kPacket<S>;
+        alignas(Packet<S>) S lanes[P];
+        Eigen::internal::pstore(lanes, x);
+        for (Index i = 0; i < P; ++i) lanes[i] = Op()(lanes[i]);
+        return Eigen::internal::pload<Packet<S>>(lanes);
+    }
+}
+
+/// 1 / (1 + exp(-x)) on one packet, as Eigen's Array::logistic().
+template <typename S>
+EIGEN_STRONG_INLINE Packet<S> logistic(const Packet<S>& x) noexcept {
+    return apply<S, Eigen::internal::scalar_logistic_op<S>>(x);
+}
+
+/// tanh on one packet, as Eigen's Array::tanh().
+template <typename S>
+EIGEN_STRONG_INLINE Packet<S> tanh(const Packet<S>& x) noexcept {
+    return apply<S, Eigen::internal::scalar_tanh_op<S>>(x);
+}
+
+/// max(x, 0) on one packet.
+template <typename S>
+EIGEN_STRONG_INLINE Packet<S> relu(const Packet<S>& x) noexcept {
+    return Eigen::internal::pmax(x, Eigen::internal::pset1<Packet<S>>(S(0)));
+}
+
+/// Throws unless max_block > 0 (a twin's set-up).
+inline void check_max_block(const std::string& twin, Index max_block) {
+    if (max_block <= 0) fail(twin, "max_block must be positive, got " + std::to_string(max_block));
+}
+
+/// Throws unless the Eigen overload's x (steps, in) and y (steps, out) agree with the twin.
+/// Allocates nothing when they do (the twin's name is a C string until a message is built).
+template <typename S>
+void check_block(const char* twin, ConstMatrixRef<S> x, MatrixRef<S> y, Index in, Index out) {
+    if (x.cols() != in)
+        fail(std::string(twin) + ".process_block",
+             "x has shape " + shape_string(x) + ", expected (steps, " + std::to_string(in) + ")");
+    if (y.rows() != x.rows() || y.cols() != out)
+        fail(std::string(twin) + ".process_block", "y has shape " + shape_string(y) + ", expected " +
+                                                       shape_string(x.rows(), out) + " for x " + shape_string(x));
+}
+
+/// What the GRU, LSTM and RNN twins share: a stack of L unidirectional layers of one cell
+/// kind, its weights packed for one stream, its state and the loops of process_sample and
+/// process_block. The twin supplies the cell (its `Step`):
+///   step(layer, pre, h, h_next, c, m)
+/// runs one step of one layer: pre (G*Hp) is the input's pre-activation with the folded
+/// biases, h (Hrp) the layer's h_{t-1}, h_next (Hrp) receives h_t; c (Hp) is the layer's cell
+/// state (LSTM, else null), m (Hp) scratch (the LSTM's o * tanh(c) before a projection).
+///
+/// Per layer k the buffers are: h twice (h_{t-1} and h_t, swapped after each step), c once
+/// (a unit's c is read and written by that unit only). Per block piece the input projection
+/// of every sample is one pass, (T, I_k) x (I_k, G*Hp), into `pre`, then the recurrence; a
+/// layer below the top writes its outputs into `between`, which the next layer projects
+/// before it writes its own there.
+template <typename S>
+class Stack {
+public:
+    /// One layer's weights, packed.
+    struct Layer {
+        Index input = 0;          ///< I_k: I for k = 0, H_r above
+        Index H = 0;              ///< units per gate
+        Index Hr = 0;             ///< the width of h: H, or the LSTM's proj_size
+        Index Hp = 0;             ///< H rounded up to whole packets: the gate segments' stride
+        Index Hrp = 0;            ///< H_r rounded up to whole packets
+        AlignedVector<S> w_ih;    ///< (G*Hp, I_k) column-major
+        AlignedVector<S> w_hh;    ///< (G*Hp, H_r) column-major
+        AlignedVector<S> bias;    ///< (G*Hp): b_ih + b_hh (GRU's n gate: b_in only)
+        AlignedVector<S> bias_hn; ///< (Hp): the GRU's b_hn, which r multiplies; empty otherwise
+        AlignedVector<S> w_hr;    ///< (Hrp, H) column-major: the LSTM's projection; empty without
+    };
+
+    /// Packs `layer` (cell `cell`) for one stream; `twin` names the twin in errors.
+    Stack(const std::string& twin, const RecurrentStack<S>& layer, CellKind cell, Index max_block)
+        : twin_(twin), cell_(cell), G_(gate_count(cell)), I_(layer.input_size()), H_(layer.hidden_size()),
+          Hr_(layer.real_hidden_size()), L_(layer.num_layers()), Hp_(padded<S>(H_)), Hrp_(padded<S>(Hr_)),
+          max_block_(max_block) {
+        check_max_block(twin, max_block);
+        if (layer.directions() != 1)
+            fail(twin, "a bidirectional " + layer.kind() + " (" + layer.signature() +
+                           ") cannot stream: its reverse direction needs the whole sequence");
+        if (Hr_ != H_ && cell != CellKind::LSTM)
+            fail(twin, "only the LSTM has a projection; got " + layer.signature());
+        const Index R = G_ * Hp_;
+        for (Index k = 0; k < L_; ++k) {
+            const auto& w = layer.weights(k);
+            const Index input = k == 0 ? I_ : Hr_;
+            const auto expect = [&](const char* name, const Matrix<S>& m, Index rows, Index cols) {
+                if (m.rows() != rows || m.cols() != cols)
+                    fail(twin, std::string(name) + "_l" + std::to_string(k) + " has shape " + shape_string(m) +
+                                   ", expected " + shape_string(rows, cols) + " for " + layer.signature());
+            };
+            expect("weight_ih", w.weight_ih.value, G_ * H_, input);
+            expect("weight_hh", w.weight_hh.value, G_ * H_, Hr_);
+            const bool bias = layer.options().bias;
+            if (bias) {
+                expect("bias_ih", w.bias_ih.value, 1, G_ * H_);
+                expect("bias_hh", w.bias_hh.value, 1, G_ * H_);
+            }
+            if (Hr_ != H_) expect("weight_hr", w.weight_hr.value, Hr_, H_);
+            Layer p;
+            p.input = input;
+            p.H = H_;
+            p.Hr = Hr_;
+            p.Hp = Hp_;
+            p.Hrp = Hrp_;
+            p.w_ih = pack_columns<S>(w.weight_ih.value, G_, H_, Hp_);
+            p.w_hh = pack_columns<S>(w.weight_hh.value, G_, H_, Hp_);
+            p.bias = zeros<S>(R);
+            if (bias) {
+                const AlignedVector<S> b_ih = pack_segments<S>(w.bias_ih.value, G_, H_, Hp_);
+                const AlignedVector<S> b_hh = pack_segments<S>(w.bias_hh.value, G_, H_, Hp_);
+                // The GRU's n gate keeps b_hn apart: r multiplies W_hn h + b_hn.
+                const Index folded = cell == CellKind::GRU ? 2 * Hp_ : R;
+                for (Index j = 0; j < R; ++j)
+                    p.bias[static_cast<std::size_t>(j)] = j < folded ? b_ih[static_cast<std::size_t>(j)] +
+                                                                           b_hh[static_cast<std::size_t>(j)]
+                                                                     : b_ih[static_cast<std::size_t>(j)];
+                if (cell == CellKind::GRU) p.bias_hn.assign(b_hh.begin() + 2 * Hp_, b_hh.end());
+            }
+            if (cell == CellKind::GRU && p.bias_hn.empty()) p.bias_hn = zeros<S>(Hp_);
+            if (Hr_ != H_) p.w_hr = pack_columns<S>(w.weight_hr.value, 1, Hr_, Hrp_);
+            layers_.push_back(std::move(p));
+        }
+        hidden_ = zeros<S>(2 * L_ * Hrp_);
+        current_.assign(static_cast<std::size_t>(L_), 0);
+        if (cell == CellKind::LSTM) cells_ = zeros<S>(L_ * Hp_);
+        scratch_ = zeros<S>(Hp_);
+        pre_ = zeros<S>(checked_mul(twin, max_block, R));
+        if (L_ > 1) between_ = zeros<S>(checked_mul(twin, max_block, Hr_));
+    }
+
+    /// I.
+    Index input_size() const noexcept { return I_; }
+    /// H_r, the width of h and of the output.
+    Index output_size() const noexcept { return Hr_; }
+    /// The longest piece of a block.
+    Index max_block() const noexcept { return max_block_; }
+
+    /// Zero state.
+    void reset() noexcept {
+        std::fill(hidden_.begin(), hidden_.end(), S(0));
+        std::fill(cells_.begin(), cells_.end(), S(0));
+        position_ = 0;
+    }
+
+    /// The state as the layer's initial_state(1) shapes it: {h (L, H_r)} (+ {c (L, H)}), with
+    /// the step workspace, B = 1, the samples consumed so far as its position.
+    State<S> state() const {
+        State<S> s;
+        s.batch = 1;
+        s.position = position_;
+        s.tensors.push_back(Matrix<S>(L_, Hr_));
+        for (Index k = 0; k < L_; ++k)
+            for (Index u = 0; u < Hr_; ++u) s.tensors[0](k, u) = h(k)[u];
+        if (cell_ == CellKind::LSTM) {
+            s.tensors.push_back(Matrix<S>(L_, H_));
+            for (Index k = 0; k < L_; ++k)
+                for (Index u = 0; u < H_; ++u) s.tensors[1](k, u) = cells_[static_cast<std::size_t>(k * Hp_ + u)];
+        }
+        s.workspace = {Matrix<S>(1, G_ * H_), Matrix<S>(1, G_ * H_)};
+        if (Hr_ != H_) s.workspace.push_back(Matrix<S>(1, H_));
+        return s;
+    }
+
+    /// Takes the state of one stream from the general API (initial_state(1), forward or step
+    /// with B = 1); an empty state is the zero state. Throws on other shapes.
+    void set_state(const State<S>& state) {
+        if (state.empty()) return reset();
+        const std::string where = twin_ + ".set_state";
+        if (state.batch > 1)
+            fail(where, "the state was made for B=" + std::to_string(state.batch) + " streams; a twin runs one");
+        if (!state.children.empty())
+            fail(where, "the state has " + std::to_string(state.children.size()) + " child states, expected none");
+        const std::size_t count = cell_ == CellKind::LSTM ? 2 : 1;
+        if (state.tensors.size() != count)
+            fail(where, "the state has " + std::to_string(state.tensors.size()) + " tensors, expected " +
+                            std::to_string(count) + (count == 2 ? " (h and c)" : " (h)"));
+        const Index widths[2] = {Hr_, H_};
+        for (std::size_t i = 0; i < count; ++i)
+            if (state.tensors[i].rows() != L_ || state.tensors[i].cols() != widths[i])
+                fail(where, std::string(i == 0 ? "h" : "c") + " has shape " + shape_string(state.tensors[i]) +
+                                ", expected " + shape_string(L_, widths[i]) + " (L, " + (i == 0 ? "H_r" : "H") +
+                                ") for one stream");
+        reset();
+        for (Index k = 0; k < L_; ++k)
+            std::copy_n(state.tensors[0].row(k).data(), Hr_, h(k));
+        if (count == 2)
+            for (Index k = 0; k < L_; ++k) std::copy_n(state.tensors[1].row(k).data(), H_, cells_.data() + k * Hp_);
+        position_ = state.position;
+    }
+
+    /// One sample through every layer; y receives the top layer's h_t. x is read before y
+    /// is written.
+    template <typename Step>
+    EIGEN_STRONG_INLINE void sample(const S* x, S* y, const Step& step) noexcept {
+        const S* input = x;
+        for (Index k = 0; k < L_; ++k) {
+            const Layer& w = layers_[static_cast<std::size_t>(k)];
+            project(input, w.input, w.w_ih.data(), w.bias.data(), G_ * Hp_, pre_.data());  // (I_k) -> (G*Hp)
+            S* h_next = h_other(k);
+            step(w, pre_.data(), h(k), h_next, cell(k), scratch_.data());
+            current_[static_cast<std::size_t>(k)] ^= 1;
+            input = h_next;
+        }
+        std::copy_n(input, Hr_, y);
+        ++position_;
+    }
+
+    /// `steps` samples, in pieces of at most max_block: per piece and layer, the input
+    /// projection of the piece, then the recurrence.
+    template <typename Step>
+    void block(const S* x, Index steps, S* y, const Step& step) noexcept {
+        const Index R = G_ * Hp_;
+        for (Index t0 = 0; t0 < steps; t0 += max_block_) {
+            const Index T = std::min(max_block_, steps - t0);
+            const S* input = x + t0 * I_;
+            for (Index k = 0; k < L_; ++k) {
+                const Layer& w = layers_[static_cast<std::size_t>(k)];
+                project_rows(input, T, w.input, w.w_ih.data(), w.bias.data(), R, pre_.data());  // (T, I_k) -> (T, G*Hp)
+                S* out = k + 1 == L_ ? y + t0 * Hr_ : between_.data();  // (T, H_r)
+                S* h_prev = h(k);
+                S* h_next = h_other(k);
+                S* c = cell(k);
+                for (Index t = 0; t < T; ++t) {
+                    step(w, pre_.data() + t * R, h_prev, h_next, c, scratch_.data());
+                    std::copy_n(h_next, Hr_, out + t * Hr_);
+                    std::swap(h_prev, h_next);
+                }
+                current_[static_cast<std::size_t>(k)] ^= static_cast<unsigned char>(T & 1);
+                input = between_.data();
+            }
+            position_ += T;
+        }
+    }
+
+    /// The Eigen overload's loop: checks the shapes, then process_block on contiguous rows, or
+    /// sample by sample on strided ones (the same arithmetic).
+    template <typename Step>
+    void block(ConstMatrixRef<S> x, MatrixRef<S> y, const Step& step) {
+        check_block<S>(twin_.c_str(), x, y, I_, Hr_);
+        if ((x.rows() <= 1 || x.outerStride() == I_) && (y.rows() <= 1 || y.outerStride() == Hr_))
+            return block(x.data(), x.rows(), y.data(), step);
+        for (Index t = 0; t < x.rows(); ++t) sample(x.row(t).data(), y.row(t).data(), step);
+    }
+
+private:
+    S* h(Index k) noexcept { return hidden_.data() + (2 * k + current_[static_cast<std::size_t>(k)]) * Hrp_; }
+    const S* h(Index k) const noexcept {
+        return hidden_.data() + (2 * k + current_[static_cast<std::size_t>(k)]) * Hrp_;
+    }
+    S* h_other(Index k) noexcept { return hidden_.data() + (2 * k + (current_[static_cast<std::size_t>(k)] ^ 1)) * Hrp_; }
+    S* cell(Index k) noexcept { return cells_.empty() ? nullptr : cells_.data() + k * Hp_; }
+
+    std::string twin_;
+    CellKind cell_;
+    Index G_, I_, H_, Hr_, L_, Hp_, Hrp_, max_block_;
+    Index position_ = 0;
+    std::vector<Layer> layers_;
+    AlignedVector<S> hidden_;               // (L, 2, Hrp): h_{t-1} and h_t per layer
+    std::vector<unsigned char> current_;    // per layer: which of its two h buffers holds h_{t-1}
+    AlignedVector<S> cells_;                // (L, Hp): the LSTM's c
+    AlignedVector<S> scratch_;              // (Hp): the LSTM's o * tanh(c) before its projection
+    AlignedVector<S> pre_;                  // (max_block, G*Hp): input projections of a piece
+    AlignedVector<S> between_;              // (max_block, H_r): a lower layer's outputs (L > 1)
+};
+
+}  // namespace seqnn::realtime::detail

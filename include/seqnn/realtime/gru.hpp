@@ -1,0 +1,79 @@
+/// @file
+/// realtime::GRU: seqnn::GRU (PyTorch's nn.GRU, gate order r, z, n) for one stream, one
+/// sample or one block at a time, with no allocation, virtual call, parallel region or
+/// exception after set-up. Per layer and step, for each packet of units:
+///   [r, z] = sigmoid(pre_rz + W_h[r,z] h_{t-1}),  pre_rz = W_i[r,z] x_t + b_i[r,z] + b_h[r,z]
+///   n      = tanh(pre_n + r * (W_hn h_{t-1} + b_hn)),  pre_n = W_in x_t + b_in
+///   h_t    = (1 - z) * n + z * h_{t-1}
+/// with every product a sequence of multiply-adds over packed columns (realtime/detail.hpp).
+#pragma once
+
+#include "seqnn/layers/gru.hpp"
+#include "seqnn/realtime/detail.hpp"
+
+namespace seqnn::realtime {
+
+/// A real-time twin of seqnn::GRU: the layer's weights (stacked, unidirectional, with or
+/// without bias) copied into a layout for one stream. Build it from a loaded layer.
+template <typename Scalar>
+class GRU {
+public:
+    /// Copies the layer's weights. Refuses a bidirectional layer. max_block: the longest
+    /// block process_block runs in one pass (longer ones run in pieces); its scratch is
+    /// allocated here. May allocate and throw.
+    explicit GRU(const seqnn::GRU<Scalar>& layer, Index max_block = 512)
+        : stack_("realtime::GRU", layer, CellKind::GRU, max_block) {}
+
+    /// Features per sample in, I.
+    Index input_size() const noexcept { return stack_.input_size(); }
+    /// Features per sample out, H.
+    Index output_size() const noexcept { return stack_.output_size(); }
+    /// The longest block process_block runs in one pass.
+    Index max_block() const noexcept { return stack_.max_block(); }
+    /// Zero state.
+    void reset() noexcept { stack_.reset(); }
+    /// The carried state as layer.initial_state(1) shapes it: {h (L, H)}. Allocates.
+    State<Scalar> state() const { return stack_.state(); }
+    /// Takes a state of one stream from the general API ({h (L, H)}; empty: zeros). Throws
+    /// on other shapes.
+    void set_state(const State<Scalar>& state) { stack_.set_state(state); }
+
+    /// One sample: x[input_size()] -> y[output_size()], the top layer's h_t. x is read in full
+    /// before y is written, so x and y may overlap.
+    void process_sample(const Scalar* x, Scalar* y) noexcept { stack_.sample(x, y, Step{}); }
+    /// One block: x (steps, input_size()) row-major and contiguous -> y (steps, output_size());
+    /// any steps >= 0. x and y may be the same pointer when output_size() <= input_size();
+    /// otherwise they must not overlap.
+    void process_block(const Scalar* x, Index steps, Scalar* y) noexcept { stack_.block(x, steps, y, Step{}); }
+    /// process_block on Eigen matrices, x (steps, input_size()) -> y (steps, output_size());
+    /// throws on other shapes.
+    void process_block(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) { stack_.block(x, y, Step{}); }
+
+private:
+    using Stack = detail::Stack<Scalar>;
+
+    /// One step of one layer (see detail::Stack).
+    struct Step {
+        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* pre, const Scalar* h,
+                                            Scalar* h_next, Scalar*, Scalar*) const noexcept {
+            namespace ei = Eigen::internal;
+            using Pk = detail::Packet<Scalar>;
+            constexpr Index P = detail::kPacket<Scalar>;
+            const Index Hp = w.Hp;
+            const Pk one = ei::pset1<Pk>(Scalar(1));
+            for (Index u = 0; u < Hp; u += P) {
+                // r, z: pre + W_h h;  hn: W_hn h + b_hn.  (3Hp, H) x (H) for this packet's units
+                Pk acc[3] = {ei::pload<Pk>(pre + u), ei::pload<Pk>(pre + Hp + u), ei::pload<Pk>(w.bias_hn.data() + u)};
+                detail::accumulate_columns<Scalar, 3>(h, w.H, w.w_hh.data() + u, 3 * Hp, Hp, acc);
+                const Pk r = detail::logistic<Scalar>(acc[0]), z = detail::logistic<Scalar>(acc[1]);
+                const Pk n = detail::tanh<Scalar>(ei::pmadd(r, acc[2], ei::pload<Pk>(pre + 2 * Hp + u)));
+                // h_t = (1 - z) n + z h_{t-1}
+                ei::pstore(h_next + u, ei::pmadd(z, ei::pload<Pk>(h + u), ei::pmul(ei::psub(one, z), n)));
+            }
+        }
+    };
+
+    Stack stack_;
+};
+
+}  // namespace seqnn::realtime
