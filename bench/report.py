@@ -14,9 +14,11 @@ standard library, so it runs where matplotlib is missing.
   python3 bench/report.py tables --check       # regenerate into a temp dir, compare byte for byte
 
 `tables` (the default command) writes docs/results.md, every table of the results, from the
-JSON runs in docs/report/ (see RUNS below), and the README's results table between its
-markers. Standard library only. `--check` writes both into a temporary folder and fails
-unless they equal the committed files byte for byte: the test suite runs it.
+JSON runs in docs/report/ (see RUNS below), the README's results table and the real-time
+table of docs/realtime.md (bench_realtime's rows) and docs/distributed.md's tables
+(docs/report/distributed_char_lm.json), each between its markers. Standard
+library only. `--check` writes them into a temporary folder and fails unless they equal
+the committed files byte for byte: the test suite runs it.
 
 `draw` reads every *.json in the given folders (raw files, bundles, or the per-figure
 files it wrote before: all three load the same way) and writes into --out:
@@ -739,6 +741,63 @@ def table_backends(run):
             + _md_table(["shape", "threads", *backends], body) + [""])
 
 
+def _ns_per_sample(row, samples=1):
+    """A real-time benchmark's ns per sample: its time_per_sample counter (seconds), else the
+    time per call over the samples of one call."""
+    if row is None:
+        return None
+    if "time_per_sample" in row["counters"]:
+        return row["counters"]["time_per_sample"] * 1e9
+    return row["time_ms"] * 1e6 / samples
+
+
+def table_realtime(run):
+    """bench_realtime (and bench_rtneural_peer): ns per sample of one stream, one thread, per
+    sample and per block, against the general API's step and RTNeural's compile-time models."""
+    rows = {}
+    for (name, th), r in run.res.ours.items():
+        m = re.match(r"BM_(RTNeural_)?(GRU|LSTM|MinGRU|MinLSTM)_(Sample|Block|GeneralStep)/H:(\d+)(?:/T:(\d+))?$", name)
+        if not m or th != 1:
+            continue
+        peer, cell, what, H, T = m.group(1), m.group(2), m.group(3), int(m.group(4)), m.group(5)
+        key = "rtneural" if peer else (f"block{T}" if what == "Block" else what.lower())
+        rows.setdefault((cell, H), {})[key] = _ns_per_sample(r, int(T) if T else 1)
+    if not rows:
+        return []
+    blocks = sorted({int(k[5:]) for d in rows.values() for k in d if k.startswith("block")})
+    has_peer = any("rtneural" in d for d in rows.values())
+
+    def ns(v):
+        return f"{v:.1f}" if v is not None else ""
+
+    def ratio(a, b):
+        return _x(a / b) if a is not None and b is not None else ""
+
+    order = ["GRU", "LSTM", "MinGRU", "MinLSTM"]
+    body = []
+    for (cell, H), d in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        line = [KIND_LABEL[cell], str(H), ns(d.get("sample")), *[ns(d.get(f"block{T}")) for T in blocks],
+                ns(d.get("generalstep")), ratio(d.get("sample"), d.get("block256"))]
+        if has_peer:
+            line += [ns(d.get("rtneural")), ratio(d.get("rtneural"), d.get("sample"))]
+        body.append(line)
+    header = ["cell", "H", "per sample", *[f"block of {T}" for T in blocks], "general `step`", "sample / block of 256"]
+    if has_peer:
+        header += ["RTNeural", "RTNeural / seqnn sample"]
+    out = ["### Real-time inference, one stream, one thread", "",
+           "ns per sample: the cell of hidden size H and a Linear(H -> 1) after it, input 1 "
+           "(`bench_realtime`; RTNeural's compile-time Eigen models with the same weights in "
+           "`bench_rtneural_peer`). \"general `step`\" is the Layer interface's step for B = 1. "
+           "Ratios above 1x: the second is faster.", ""]
+    out += _md_table(header, body) + [""]
+    amp = [(n, r) for (n, th), r in run.res.ours.items() if n.startswith("BM_AmpModel_RealTimeFactor") and th == 1]
+    for n, r in sorted(amp):
+        if "rtf" in r["counters"]:
+            out.append(f"- `{n}`: real-time factor {r['counters']['rtf']:.4f} at 48 kHz "
+                       f"({_ns_per_sample(r):.1f} ns per sample)")
+    return out + ([""] if amp else [])
+
+
 def table_all(run, rows, title, note):
     if not rows:
         return []
@@ -760,7 +819,7 @@ def run_section(run):
         out += [f"- `{src}`: `{cmd}`" for src, cmd in sorted(run.commands.items())]
         out += ["", "</details>", ""]
     for part in (table_serial_vs_parallel(run), table_ratios(run), table_scaling(run), table_ceilings(run),
-                 table_accuracy(run), table_backends(run),
+                 table_accuracy(run), table_backends(run), table_realtime(run),
                  table_all(run, run.res.ours, "Every seqnn result",
                            "ms per call (median of the repetitions), by thread count."),
                  table_all(run, run.res.peer, "Every PyTorch result", "ms per call, by thread count.")):
@@ -815,6 +874,68 @@ def readme_table(runs):
              f"Data: `docs/report/{best.label}`.", ""] + _md_table(header, rows))
 
 
+REALTIME_BEGIN = "<!-- realtime table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
+REALTIME_END = "<!-- end of realtime table -->"
+
+
+def realtime_table(runs):
+    """The newest run's real-time table, with its machine and command, for docs/realtime.md."""
+    for run in runs:
+        lines = table_realtime(run)
+        if lines:
+            command = f"`{run.invocation}`" if run.invocation else "see docs/results.md"
+            return [f"Machine: {run.machine}. Date: {run.date}. Command: {command}. "
+                    f"Data: `docs/report/{run.label}`.", ""] + lines[2:]
+    return ["No real-time measurements in docs/report/ yet."]
+
+
+DISTRIBUTED_BEGIN = "<!-- distributed tables: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
+DISTRIBUTED_END = "<!-- end of distributed tables -->"
+DISTRIBUTED_JSON = "distributed_char_lm.json"
+
+
+def distributed_tables(root):
+    """docs/distributed.md's measured throughput of ranks x threads on one machine, and the
+    model for several machines that takes its one-rank step time and gradient bytes."""
+    path = os.path.join(root, DISTRIBUTED_JSON)
+    if not os.path.exists(path):
+        return ["No data-parallel measurements in docs/report/ yet."]
+    with open(path) as f:
+        data = json.load(f)
+    meta, rows = data["report"], sorted(data["rows"], key=lambda r: r["ranks"])
+    out = [f"Machine: {meta['machine']}; {meta['machine_details']}. Date: {meta['date']}. "
+           f"Data: `docs/report/{DISTRIBUTED_JSON}`.", "",
+           f"{meta['caption']}. Command: `{meta['command']}`. {meta['timing'][0].upper()}{meta['timing'][1:]}.", ""]
+    base = rows[0]
+    body = [[f"{r['ranks']} x {r['threads']}", f"{r['tokens_per_s']:.0f}", _x(r["tokens_per_s"] / base["tokens_per_s"]),
+             f"{r['train_s'] / r['steps']:.3f} s", f"{100 * r['mpi_s'] / r['train_s']:.1f}%",
+             f"{r['gradient_mb']:.2f} MB", f"{r['train_loss']:.4f} / {r['val_loss']:.4f}"] for r in rows]
+    out += _md_table(["ranks x threads", "tokens/s", "vs 1 rank", "s per step", "in MPI (rank 0)",
+                      "gradients a step", "train / val loss at the end"], body) + [""]
+    # The model: step(N) = t1 / N + 2 (N - 1) / N * bytes / bandwidth (a ring all-reduce).
+    t1, mb = base["train_s"] / base["steps"], base["gradient_mb"]
+    links = [10, 100]
+    model = []
+    for n in [1, 2, 4, 8, 16, 64]:
+        cells = []
+        for gbit in links:
+            step = t1 / n + 2 * (n - 1) / n * mb * 8e6 / (gbit * 1e9)
+            cells.append(f"{step:.3f} s, {t1 / step:.1f}x")
+        model.append([str(n), *cells])
+    out += [f"The model for N machines of this kind, each taking the {base['ranks']} x {base['threads']} run's "
+            f"{t1:.3f} s a step for the whole batch, with a ring all-reduce of its {mb:.2f} MB of gradients "
+            "that does not overlap the step: step(N) = step(1) / N + 2 (N - 1) / N x bytes / link bandwidth.", ""]
+    out += _md_table(["machines N", *[f"{g} Gbit/s: step, speed-up" for g in links]], model) + [""]
+    return out
+
+
+def with_section(text, lines, path, begin, end):
+    b, e = text.find(begin), text.find(end)
+    if b < 0 or e < b:
+        sys.exit(f"report.py: {path} has no table markers:\n  {begin}\n  {end}")
+    return text[: b + len(begin)] + "\n" + "\n".join(lines).rstrip("\n") + "\n" + text[e:]
+
+
 def readme_with_table(text, table_lines, path):
     b, e = text.find(README_BEGIN), text.find(README_END)
     if b < 0 or e < b:
@@ -829,12 +950,23 @@ def cmd_tables(args):
     if args.readme:
         with open(args.readme) as f:
             readme_text = readme_with_table(f.read(), readme_table(newest_first), args.readme)
+    realtime_text = None
+    if args.realtime_doc:
+        with open(args.realtime_doc) as f:
+            realtime_text = with_section(f.read(), realtime_table(newest_first), args.realtime_doc,
+                                         REALTIME_BEGIN, REALTIME_END)
+    distributed_text = None
+    if args.distributed_doc:
+        with open(args.distributed_doc) as f:
+            distributed_text = with_section(f.read(), distributed_tables(args.from_dir), args.distributed_doc,
+                                            DISTRIBUTED_BEGIN, DISTRIBUTED_END)
     if args.check:
         import difflib
         import tempfile
         failed = False
         with tempfile.TemporaryDirectory() as tmp:
-            for target, text in ((args.out, md), (args.readme, readme_text)):
+            for target, text in ((args.out, md), (args.readme, readme_text), (args.realtime_doc, realtime_text),
+                                 (args.distributed_doc, distributed_text)):
                 if target is None:
                     continue
                 fresh = os.path.join(tmp, os.path.basename(target))
@@ -863,6 +995,14 @@ def cmd_tables(args):
         with open(args.readme, "w") as f:
             f.write(readme_text)
         print(f"report.py: results table -> {args.readme}")
+    if realtime_text is not None:
+        with open(args.realtime_doc, "w") as f:
+            f.write(realtime_text)
+        print(f"report.py: real-time table -> {args.realtime_doc}")
+    if distributed_text is not None:
+        with open(args.distributed_doc, "w") as f:
+            f.write(distributed_text)
+        print(f"report.py: data-parallel tables -> {args.distributed_doc}")
 
 
 def main():
@@ -875,7 +1015,8 @@ def main():
     d.add_argument("--from", dest="from_dirs", action="append", required=True, help="folder of JSON files")
     d.add_argument("--out", default="docs/report")
     d.add_argument("--dpi", type=int, default=110)
-    t = sub.add_parser("tables", help="docs/results.md and the README's results table from docs/report/ (default)")
+    t = sub.add_parser("tables", help="docs/results.md, the README's results table and docs/realtime.md's "
+                                      "table from docs/report/ (default)")
     add_tables_arguments(t)
     argv = sys.argv[1:]
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
@@ -891,6 +1032,10 @@ def add_tables_arguments(t):
     t.add_argument("--out", default=os.path.join(root, "docs", "results.md"), help="docs/results.md")
     t.add_argument("--readme", default=os.path.join(root, "README.md"),
                    help="the README whose results table to write (README.md); '' for none")
+    t.add_argument("--realtime-doc", default=os.path.join(root, "docs", "realtime.md"),
+                   help="the real-time doc whose table to write (docs/realtime.md); '' for none")
+    t.add_argument("--distributed-doc", default=os.path.join(root, "docs", "distributed.md"),
+                   help="the data-parallel doc whose tables to write (docs/distributed.md); '' for none")
     t.add_argument("--check", action="store_true",
                    help="write into a temporary folder and compare with --out and --readme byte for byte")
 
