@@ -12,7 +12,7 @@
 # Idempotent: when everything is installed it runs no apt-get at all.
 set -euo pipefail
 
-packages=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev)
+packages=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libsndfile1-dev)
 deps=""
 while (($#)); do
     case "$1" in
