@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what seqnn needs on Debian 12, and only what is missing.
-#   ./scripts/setup.sh        compiler, CMake, Eigen, GoogleTest, Google Benchmark, nlohmann-json
+#   ./scripts/setup.sh        compiler, CMake, Eigen, GoogleTest, Google Benchmark, nlohmann-json,
+#                             libsndfile (for the amp_model example only)
 #   ./scripts/setup.sh --ci   the same plus clang, libomp, libFuzzer and doxygen (the CI's later stages)
 #   ./scripts/setup.sh --deps DIR
 #                             the same as without flags, then copies the headers and libraries that
