@@ -78,7 +78,7 @@ struct MinCase {
 // without to_out, E == D with project_out, E != D (to_out forced), and one input feature.
 std::vector<MinCase> all_cases() {
     std::vector<MinCase> cases;
-    const std::vector<std::pair<Index, Index>> sizes = {{7, 7}, {3, 7}, {1, 13}, {5, 3}};
+    const std::vector<std::pair<Index, Index>> sizes = {{7, 7}, {3, 7}, {1, 13}, {5, 3}, {16, 37}};
     for (auto [d, e] : sizes)
         for (bool project : {false, true})
             for (bool bias : {false, true})
@@ -122,6 +122,15 @@ Matrix<Scalar> twin_blocks(Twin& twin, const Matrix<Scalar>& x, const std::vecto
     }
     EXPECT_EQ(t, x.rows());
     return y;
+}
+
+// A block computes every output with the same arithmetic, in the same order, as a sample:
+// the same bits, not merely close ones.
+template <typename Scalar>
+void expect_same_bits(const Matrix<Scalar>& got, const Matrix<Scalar>& expected) {
+    ASSERT_EQ(got.rows(), expected.rows());
+    ASSERT_EQ(got.cols(), expected.cols());
+    EXPECT_TRUE(got == expected) << "max difference " << (got - expected).cwiseAbs().maxCoeff();
 }
 
 // Random block lengths summing to `total`: 0, 1 and lengths past max_block among them.
@@ -177,6 +186,42 @@ TEST(RealtimeMinRNN, MinLSTMSampleEqualsForwardInEveryCombination) {
         expect_samples_match_forward<seqnn::MinLSTM<double>, realtime::MinLSTM<double>>(c);
 }
 
+TEST(RealtimeMinRNN, ExtremeGatesMatchTheLayerAndStayFinite) {
+    // Pre-activations in the thousands: gates that underflow to 0 or round to 1, both of a
+    // minLSTM's gates tiny at once (where f / (f + i) taken naively is 0 / 0).
+    for (auto act : {HiddenActivation::Identity, HiddenActivation::PositiveG}) {
+        const MinCase c{3, 9, false, true, act};
+        seqnn::MinLSTM<double> lstm = make_layer<seqnn::MinLSTM<double>>(c, 12);
+        seqnn::MinGRU<double> gru = make_layer<seqnn::MinGRU<double>>(c, 13);
+        lstm.in_projection().weight.value *= 400.0;
+        gru.in_projection().weight.value *= 400.0;
+        Rng rng(14);
+        Matrix<double> x = random_matrix<double>(60, 3, rng, 3.0);
+        x.row(7).setConstant(-3.0);  // every pre-activation of a row far from 0 together
+        x.row(8).setConstant(3.0);
+        State<double> s1, s2;
+        const Matrix<double> lstm_y = layer_forward<double>(lstm, x, s1), gru_y = layer_forward<double>(gru, x, s2);
+        realtime::MinLSTM<double> lstm_twin(lstm);
+        realtime::MinGRU<double> gru_twin(gru);
+        const Matrix<double> lstm_got = twin_samples(lstm_twin, x), gru_got = twin_samples(gru_twin, x);
+        EXPECT_TRUE(lstm_got.allFinite());
+        EXPECT_TRUE(gru_got.allFinite());
+        EXPECT_LT(relative_error(lstm_got, lstm_y), 1e-12);
+        EXPECT_LT(relative_error(gru_got, gru_y), 1e-12);
+
+        // float, where the exponentials overflow much sooner.
+        const seqnn::MinLSTM<float> lstm_f = make_layer<seqnn::MinLSTM<float>>(c, 12);
+        seqnn::MinLSTM<float> scaled = lstm_f;
+        scaled.in_projection().weight.value *= 400.0f;
+        realtime::MinLSTM<float> twin_f(scaled);
+        State<float> sf;
+        const Matrix<float> xf = x.cast<float>();
+        const Matrix<float> got_f = twin_samples(twin_f, xf);
+        EXPECT_TRUE(got_f.allFinite());
+        EXPECT_LT(relative_error(got_f, layer_forward<float>(scaled, xf, sf)), 1e-5);
+    }
+}
+
 TEST(RealtimeMinRNN, SampleEqualsForwardInEveryScanMode) {
     // The layer's three scan modes compute the same function; the twin matches each.
     const MinCase c{3, 9, false, true, HiddenActivation::PositiveG, true};
@@ -203,13 +248,13 @@ void expect_blocks_match_samples(const MinCase& c, Index max_block, std::uint64_
     for (int trial = 0; trial < 4; ++trial) {
         Twin by_block(layer, max_block);
         const std::vector<Index> split = random_split(x.rows(), max_block, rng);
-        EXPECT_LT(relative_error(twin_blocks(by_block, x, split), expected), 1e-14);
-        EXPECT_LT(relative_error(by_block.state().tensors[0], by_sample.state().tensors[0]), 1e-14);
+        expect_same_bits<double>(twin_blocks(by_block, x, split), expected);
+        expect_same_bits<double>(by_block.state().tensors[0], by_sample.state().tensors[0]);
         EXPECT_EQ(by_block.state().position, x.rows());
     }
     // One block of the whole stream, many times max_block.
     Twin whole(layer, max_block);
-    EXPECT_LT(relative_error(twin_blocks(whole, x, {x.rows()}), expected), 1e-14);
+    expect_same_bits<double>(twin_blocks(whole, x, {x.rows()}), expected);
 }
 
 TEST(RealtimeMinRNN, BlocksEqualSamplesForAnySplit) {
@@ -233,11 +278,11 @@ TEST(RealtimeMinRNN, BlocksRunInPlace) {
         twin.reset();
         Matrix<double> buffer = x;
         twin.process_block(buffer.data(), buffer.rows(), buffer.data());
-        EXPECT_LT(relative_error(buffer, expected), 1e-14);
+        expect_same_bits<double>(buffer, expected);
         twin.reset();
         Matrix<double> sample_buffer = x;
         for (Index t = 0; t < x.rows(); ++t) twin.process_sample(sample_buffer.row(t).data(), sample_buffer.row(t).data());
-        EXPECT_LT(relative_error(sample_buffer, expected), 1e-14);
+        expect_same_bits<double>(sample_buffer, expected);
     }
 }
 
@@ -252,14 +297,14 @@ TEST(RealtimeMinRNN, EigenOverloadTakesViews) {
     twin.reset();
     Matrix<double> y(19, 3);
     twin.process_block(x, y);
-    EXPECT_LT(relative_error(y, expected), 1e-14);
+    expect_same_bits<double>(y, expected);
 
     // Columns of wider matrices: rows with gaps between them.
     Matrix<double> wide_x = Matrix<double>::Zero(19, 8), wide_y = Matrix<double>::Zero(19, 6);
     wide_x.middleCols(2, 3) = x;
     twin.reset();
     twin.process_block(wide_x.middleCols(2, 3), wide_y.middleCols(1, 3));
-    EXPECT_LT(relative_error(Matrix<double>(wide_y.middleCols(1, 3)), expected), 1e-14);
+    expect_same_bits<double>(Matrix<double>(wide_y.middleCols(1, 3)), expected);
     EXPECT_TRUE(wide_y.col(0).isZero(0));
     EXPECT_TRUE(wide_y.rightCols(2).isZero(0));
 }
@@ -413,7 +458,7 @@ TEST(RealtimeMinRNN, SetUpErrorsNameTheTwinAndTheShapes) {
 
     realtime::MinLSTM<double> twin(layer);
     Matrix<double> x(4, 2), y(4, 5), y_short(3, 5);
-    expect_shape_error([&] { twin.process_block(x, y); }, {"realtime::MinLSTM.process_block", "(4, 2)", "(T, 5)"});
+    expect_shape_error([&] { twin.process_block(x, y); }, {"realtime::MinLSTM.process_block", "(4, 2)", "(steps, 5)"});
     const Matrix<double> x_ok(4, 5);
     expect_shape_error([&] { twin.process_block(x_ok, y_short); },
                        {"realtime::MinLSTM.process_block", "(3, 5)", "(4, 5)"});
@@ -442,7 +487,7 @@ struct ConvCase {
 
 std::vector<ConvCase> conv_cases() {
     std::vector<ConvCase> cases;
-    for (Index d : {1, 5})
+    for (Index d : {1, 5, 70})
         for (Index k : {1, 2, 4})
             for (bool pointwise : {false, true})
                 for (bool bias : {false, true}) cases.push_back({d, k, pointwise, bias});
@@ -493,8 +538,7 @@ TEST(RealtimeCausalConv, BlocksEqualSamplesForAnySplit) {
             const Matrix<double> expected = twin_samples(by_sample, x);
             for (int trial = 0; trial < 4; ++trial) {
                 realtime::CausalConv<double> by_block(layer, max_block);
-                EXPECT_LT(relative_error(twin_blocks(by_block, x, random_split(x.rows(), max_block, rng)), expected),
-                          1e-14);
+                expect_same_bits<double>(twin_blocks(by_block, x, random_split(x.rows(), max_block, rng)), expected);
                 EXPECT_EQ(by_block.state().tensors[0], by_sample.state().tensors[0]);
             }
             // In place, one buffer for x and y.
@@ -502,7 +546,7 @@ TEST(RealtimeCausalConv, BlocksEqualSamplesForAnySplit) {
             Matrix<double> buffer = x;
             in_place.process_block(buffer.data(), 40, buffer.data());
             for (Index t = 40; t < x.rows(); ++t) in_place.process_sample(buffer.row(t).data(), buffer.row(t).data());
-            EXPECT_LT(relative_error(buffer, expected), 1e-14);
+            expect_same_bits<double>(buffer, expected);
         }
 }
 
@@ -571,7 +615,7 @@ TEST(RealtimeCausalConv, SetUpErrorsNameTheTwinAndTheShapes) {
                        {"realtime::CausalConv", "max_block", "-1"});
     realtime::CausalConv<double> twin(layer);
     Matrix<double> x(6, 4), y(6, 5);
-    expect_shape_error([&] { twin.process_block(x, y); }, {"realtime::CausalConv.process_block", "(6, 4)", "(T, 5)"});
+    expect_shape_error([&] { twin.process_block(x, y); }, {"realtime::CausalConv.process_block", "(6, 4)", "(steps, 5)"});
     State<double> wrong = layer.initial_state(1);
     wrong.tensors[0].resize(4, 5);
     expect_shape_error([&] { twin.set_state(wrong); }, {"realtime::CausalConv.set_state", "(4, 5)", "(3, 5)"});

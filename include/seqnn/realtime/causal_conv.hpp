@@ -1,211 +1,246 @@
-// The real-time twin of CausalDepthwiseConv1d (layers/causal_conv.hpp): one stream, one
-// sample or one block at a time, with no allocation, no OpenMP region, no virtual call
-// and no exception once made.
-//
-//   u[t] = b0 + sum_{k<K} w0[:, k] * x[t + k - (K-1)]   per channel, x[s < 0] from the window
-//   y[t] = u[t] W1^T + b1                                pointwise (optional), (1, D) x (D, D)
-//
-// The window holds the last K-1 inputs as a ring of K-1 rows: a sample overwrites the
-// oldest row and moves the ring's start, so nothing is shifted. The taps are kept as
-// rows, w0^T (K, D), so each tap is one vectorised multiply-add over the D channels, in
-// the layer's order (oldest input first); the pointwise weight as W1^T (D, D) row-major,
-// so its product is D vectorised axpys. A block computes u for every sample of the piece
-// into scratch, then the pointwise product over the whole piece at once.
+/// @file
+/// realtime::CausalConv: seqnn::CausalDepthwiseConv1d (layers/causal_conv.hpp) for one
+/// stream, one sample or one block at a time, with no allocation, virtual call, parallel
+/// region or exception after set-up.
+///
+///   u[t] = b0 + sum_{k<K} w0[:, k] * x[t + k - (K-1)]   per channel, oldest input first
+///   y[t] = W1 u[t] + b1                                  the pointwise conv (optional), (D, D) x (D)
+///
+/// The inputs live in a history of rows, each padded to whole packets (Dp) and aligned: the
+/// window's K-1 rows followed by the newest inputs. A sample appends its row and reads the
+/// K rows ending there, so the taps of every output are K contiguous rows and nothing is
+/// shifted per sample; when the history is full, its last K-1 rows (the window) move to
+/// its front, once every max_block samples. A block appends its piece's rows the same way
+/// and runs the depthwise conv over all of them, then the pointwise conv over the piece.
+/// The taps are kept as K rows of D channels (w0 transposed), the pointwise weight
+/// column-major (realtime/detail.hpp), so both are multiply-adds on whole packets; a block
+/// runs the pointwise conv four rows at a time, each load of its weight serving four rows.
 #pragma once
 
+#include "seqnn/core/aligned.hpp"
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/types.hpp"
 #include "seqnn/layers/causal_conv.hpp"
+#include "seqnn/realtime/detail.hpp"
 
 #include <algorithm>
 #include <string>
 
 namespace seqnn::realtime {
 
-/// The real-time twin of seqnn::CausalDepthwiseConv1d: one stream, no allocation after
-/// construction.
+/// A real-time twin of seqnn::CausalDepthwiseConv1d: the layer's weights (depthwise taps,
+/// optional pointwise conv, biases on or off) copied into a layout for one stream.
 template <typename Scalar>
 class CausalConv {
 public:
-    /// Copies the layer's weights (depthwise taps, pointwise weight, biases). Blocks longer
-    /// than max_block run in pieces.
+    /// Copies the layer's weights. max_block: the longest block process_block runs in one
+    /// pass (longer ones run in pieces); its scratch is allocated here. May allocate and throw.
     explicit CausalConv(const seqnn::CausalDepthwiseConv1d<Scalar>& layer, Index max_block = 512)
-        : channels_(layer.input_size()), kernel_size_(layer.kernel_size()), max_block_(max_block),
+        : D_(layer.input_size()), K_(layer.kernel_size()), Dp_(detail::padded<Scalar>(D_)), max_block_(max_block),
           pointwise_(layer.options().pointwise) {
-        if (max_block <= 0) fail(name(), "max_block must be positive, got " + std::to_string(max_block));
-        const Index D = channels_, K = kernel_size_;
-        check_matrix(name(), "the depthwise weight of " + layer.signature(), layer.weight.value, D, K);
-        taps_ = layer.weight.value.transpose();  // (K, D): row k is tap k of every channel
-        bias_ = layer.options().bias ? RowVector<Scalar>(layer.bias.value.row(0)) : RowVector<Scalar>::Zero(D);
+        detail::check_max_block(kName, max_block);
+        const auto expect = [&](const char* what, const Matrix<Scalar>& m, Index rows, Index cols) {
+            if (m.rows() != rows || m.cols() != cols)
+                fail(kName, std::string(what) + " has shape " + shape_string(m) + ", expected " +
+                                shape_string(rows, cols) + " for " + layer.signature());
+        };
+        const bool bias = layer.options().bias;
+        expect("net.0.weight", layer.weight.value, D_, K_);
+        if (bias) expect("net.0.bias", layer.bias.value, 1, D_);
+        taps_ = detail::zeros<Scalar>(K_ * Dp_);  // (K, Dp): row k is tap k of every channel
+        for (Index k = 0; k < K_; ++k)
+            for (Index c = 0; c < D_; ++c) taps_[static_cast<std::size_t>(k * Dp_ + c)] = layer.weight.value(c, k);
+        bias_ = detail::pack_segments<Scalar>(layer.bias.value, 1, D_, Dp_);
         if (pointwise_) {
-            check_matrix(name(), "the pointwise weight of " + layer.signature(), layer.pointwise_weight.value, D, D);
-            pointwise_t_ = layer.pointwise_weight.value.transpose();  // (D, D): W1^T
-            pointwise_bias_ = layer.options().bias ? RowVector<Scalar>(layer.pointwise_bias.value.row(0))
-                                                   : RowVector<Scalar>::Zero(D);
+            expect("net.1.weight", layer.pointwise_weight.value, D_, D_);
+            if (bias) expect("net.1.bias", layer.pointwise_bias.value, 1, D_);
+            pointwise_w_ = detail::pack_columns<Scalar>(layer.pointwise_weight.value, 1, D_, Dp_);  // (Dp, D)
+            pointwise_b_ = detail::pack_segments<Scalar>(layer.pointwise_bias.value, 1, D_, Dp_);
+            out_ = detail::zeros<Scalar>(4 * Dp_);
         }
-        window_.resize(K - 1, D);
-        checked_elements(name() + " scratch", max_block, D);
-        u_.resize(max_block, D);
+        // The history: the window's K-1 rows and room for a whole piece after them.
+        capacity_ = checked_add(kName, K_ - 1, max_block);
+        history_ = detail::zeros<Scalar>(checked_mul(kName, capacity_, Dp_));
+        u_ = detail::zeros<Scalar>(checked_mul(kName, max_block, Dp_));
         reset();
     }
 
     /// D, the features per sample in.
-    Index input_size() const noexcept { return channels_; }
+    Index input_size() const noexcept { return D_; }
     /// D, the features per sample out.
-    Index output_size() const noexcept { return channels_; }
+    Index output_size() const noexcept { return D_; }
     /// K, the samples each output sees.
-    Index kernel_size() const noexcept { return kernel_size_; }
+    Index kernel_size() const noexcept { return K_; }
     /// The longest block process_block runs in one pass; longer ones run in pieces.
     Index max_block() const noexcept { return max_block_; }
 
     /// Back to the zero window (PyTorch's zero padding), as the layer's initial_state.
     void reset() noexcept {
-        window_.setZero();
-        oldest_ = 0;
+        std::fill(history_.begin(), history_.end(), Scalar(0));
+        end_ = K_ - 1;
         position_ = 0;
     }
 
-    /// The window as the layer's State for one stream: {window (K-1, D)}, oldest input
-    /// first, with the step workspace and the samples consumed as its position. Allocates.
+    /// The window as layer.initial_state(1) shapes it: {window (K-1, D)}, the last K-1
+    /// inputs, oldest first, with the step workspace, B = 1 and the samples consumed so far
+    /// as its position. Allocates.
     State<Scalar> state() const {
-        const Index K1 = kernel_size_ - 1;
         State<Scalar> s;
-        Matrix<Scalar> window(K1, channels_);
-        for (Index j = 0; j < K1; ++j) window.row(j) = window_.row(ring_row(j));
-        s.tensors.push_back(std::move(window));
-        s.workspace = {Matrix<Scalar>(1, channels_)};
         s.batch = 1;
         s.position = position_;
+        s.tensors.push_back(Matrix<Scalar>(K_ - 1, D_));
+        for (Index j = 0; j < K_ - 1; ++j)
+            std::copy_n(history_.data() + (end_ - (K_ - 1) + j) * Dp_, D_, s.tensors[0].row(j).data());
+        s.workspace = {Matrix<Scalar>(1, D_)};
         return s;
     }
 
-    /// Continues from a state of the layer for one stream (from its initial_state(1),
-    /// forward or step, or from state()). Throws when its shape is not {window (K-1, D)}.
+    /// Takes the window of one stream from the general API (initial_state(1), forward or
+    /// step with B = 1, or state()); an empty state is the zero window. Throws on other shapes.
     void set_state(const State<Scalar>& state) {
-        const std::string where = name() + ".set_state";
-        const std::string expected = "{window " + shape_string(kernel_size_ - 1, channels_) + "}";
-        if (state.batch != 0 && state.batch != 1)
-            fail(where, "the state was made for " + std::to_string(state.batch) + " streams; the twin runs one");
+        if (state.empty()) return reset();
+        const std::string where = std::string(kName) + ".set_state";
+        const std::string expected = "{window " + shape_string(K_ - 1, D_) + "}";
+        if (state.batch > 1)
+            fail(where, "the state was made for B=" + std::to_string(state.batch) + " streams; a twin runs one");
         if (!state.children.empty())
-            fail(where, "the state has " + std::to_string(state.children.size()) + " child states; expected " + expected);
+            fail(where, "the state has " + std::to_string(state.children.size()) + " child states, expected " + expected);
         if (state.tensors.size() != 1)
-            fail(where, "the state has " + std::to_string(state.tensors.size()) + " tensors, expected 1: " + expected);
-        check_matrix(where, "state tensor window", state.tensors[0], kernel_size_ - 1, channels_);
-        window_ = state.tensors[0];
-        oldest_ = 0;
+            fail(where, "the state has " + std::to_string(state.tensors.size()) + " tensors, expected " + expected);
+        const Matrix<Scalar>& window = state.tensors[0];
+        if (window.rows() != K_ - 1 || window.cols() != D_)
+            fail(where, "window has shape " + shape_string(window) + ", expected " + shape_string(K_ - 1, D_) +
+                            " (K-1, D) for one stream");
+        reset();
+        for (Index j = 0; j < K_ - 1; ++j) std::copy_n(window.row(j).data(), D_, history_.data() + j * Dp_);
         position_ = state.position;
     }
 
-    /// One sample: x[D] -> y[D]. x and y may be the same pointer (in place); otherwise
-    /// they must not overlap.
+    /// One sample: x[D] -> y[D]. x is read in full before y is written, so x and y may overlap.
     void process_sample(const Scalar* x, Scalar* y) noexcept {
-        Scalar* u = u_.data();  // (1, D), the first row of the block scratch
-        depthwise(x, 0, u);
-        push(x);
-        finish(u, 1, y);
+        if (end_ == capacity_) rewind();
+        std::copy_n(x, D_, history_.data() + end_ * Dp_);
+        ++end_;
+        depthwise(1, u_.data());
+        emit(u_.data(), 1, y);
         ++position_;
     }
 
-    /// `steps` samples, x (steps, D) -> y (steps, D), both row-major and contiguous; any
-    /// steps >= 0 (pieces of max_block()). Gives what as many process_sample calls give.
-    /// x and y may be the same pointer (in place); otherwise they must not overlap.
+    /// One block: x (steps, D) row-major and contiguous -> y (steps, D); any steps >= 0, in
+    /// pieces of max_block(). Gives what as many process_sample calls give. x is read in
+    /// pieces before y is written, so x and y may be the same pointer; otherwise they must
+    /// not overlap.
     void process_block(const Scalar* x, Index steps, Scalar* y) noexcept {
-        const Index D = channels_;
-        for (Index done = 0; done < steps;) {
-            const Index n = std::min(max_block_, steps - done);
-            run_piece(x + done * D, n, y + done * D);
-            done += n;
+        for (Index t0 = 0; t0 < steps; t0 += max_block_) {
+            const Index T = std::min(max_block_, steps - t0);
+            if (end_ + T > capacity_) rewind();
+            for (Index t = 0; t < T; ++t) std::copy_n(x + (t0 + t) * D_, D_, history_.data() + (end_ + t) * Dp_);
+            end_ += T;
+            depthwise(T, u_.data());  // (T, Dp)
+            emit(u_.data(), T, y + t0 * D_);
+            position_ += T;
         }
     }
 
-    /// The same with Eigen matrices, x (T, D) -> y (T, D) (views allowed); throws on a
-    /// wrong shape before any work.
+    /// process_block on Eigen matrices, x (steps, D) -> y (steps, D); throws on other shapes.
+    /// Any row strides.
     void process_block(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) {
-        if (x.cols() != channels_)  // messages are built only on failure: the right shapes allocate nothing
-            fail(name() + ".process_block",
-                 "x has shape " + shape_string(x) + ", expected (T, " + std::to_string(channels_) + ")");
-        if (y.rows() != x.rows() || y.cols() != channels_)
-            fail(name() + ".process_block",
-                 "y has shape " + shape_string(y) + ", expected " + shape_string(x.rows(), channels_));
-        if (x.outerStride() == x.cols() && y.outerStride() == y.cols()) {
-            process_block(x.data(), x.rows(), y.data());
-        } else {  // rows with gaps between them: one sample at a time
-            for (Index t = 0; t < x.rows(); ++t) process_sample(x.row(t).data(), y.row(t).data());
-        }
+        detail::check_block<Scalar>(kName, x, y, D_, D_);
+        if ((x.rows() <= 1 || x.outerStride() == D_) && (y.rows() <= 1 || y.outerStride() == D_))
+            return process_block(x.data(), x.rows(), y.data());
+        for (Index t = 0; t < x.rows(); ++t) process_sample(x.row(t).data(), y.row(t).data());
     }
 
 private:
-    using RowMap = Eigen::Map<Matrix<Scalar>>;
-    using ConstRowMap = Eigen::Map<const Matrix<Scalar>>;
-    using ArrayMap = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
-    using ConstArrayMap = Eigen::Map<const Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
+    using Pk = detail::Packet<Scalar>;
+    static constexpr Index P = detail::kPacket<Scalar>;
+    static constexpr const char* kName = "realtime::CausalConv";
 
-    static std::string name() { return "realtime::CausalConv"; }
-
-    // The ring row holding the j-th oldest input of the window (0 <= j < K-1).
-    Index ring_row(Index j) const noexcept {
-        const Index r = oldest_ + j;
-        return r >= kernel_size_ - 1 ? r - (kernel_size_ - 1) : r;
+    // The window (the history's last K-1 rows) moves to the front of the history.
+    void rewind() noexcept {
+        std::copy_n(history_.data() + (end_ - (K_ - 1)) * Dp_, (K_ - 1) * Dp_, history_.data());
+        end_ = K_ - 1;
     }
 
-    // u = b0 + sum_k w0[:, k] * input[t + k - (K-1)], for sample t of a piece x whose
-    // earlier inputs (t + k - (K-1) < 0) are in the window, added oldest first as the layer does.
-    void depthwise(const Scalar* x, Index t, Scalar* u) const noexcept {
-        const Index D = channels_, K = kernel_size_;
-        ArrayMap out(u, D);
-        out = bias_.array();
-        for (Index k = 0; k < K; ++k) {
-            const Index s = t + k - (K - 1);
-            const Scalar* in = s >= 0 ? x + s * D : window_.data() + ring_row(K - 1 + s) * D;
-            out += taps_.row(k).array() * ConstArrayMap(in, D);
+    // u (T, Dp) for the history's last T rows: u[t] = b0 + sum_k taps[k] * row(t + k), the
+    // K rows ending at the t-th of them, oldest first as the layer adds them.
+    void depthwise(Index T, Scalar* u) const noexcept {
+        namespace ei = Eigen::internal;
+        const Scalar* first = history_.data() + (end_ - T - (K_ - 1)) * Dp_;  // the oldest row output 0 reads
+        for (Index t = 0; t < T; ++t) {
+            const Scalar* rows = first + t * Dp_;
+            for (Index c = 0; c < Dp_; c += P) {
+                Pk acc = ei::pload<Pk>(bias_.data() + c);
+                for (Index k = 0; k < K_; ++k)
+                    acc = ei::pmadd(ei::pload<Pk>(taps_.data() + k * Dp_ + c), ei::pload<Pk>(rows + k * Dp_ + c), acc);
+                ei::pstore(u + t * Dp_ + c, acc);
+            }
         }
     }
 
-    // The window takes x as its newest input, over its oldest.
-    void push(const Scalar* x) noexcept {
-        if (kernel_size_ == 1) return;
-        std::copy(x, x + channels_, window_.data() + oldest_ * channels_);
-        oldest_ = oldest_ + 1 == kernel_size_ - 1 ? 0 : oldest_ + 1;
-    }
-
-    // y = u W1^T + b1 (or y = u) for n rows.
-    void finish(const Scalar* u, Index n, Scalar* y) const noexcept {
-        const Index D = channels_;
-        if (pointwise_)
-            RowMap(y, n, D).noalias() =
-                ConstRowMap(u, n, D).lazyProduct(pointwise_t_) + pointwise_bias_.replicate(n, 1);  // (n, D) x (D, D)
-        else
-            std::copy(u, u + n * D, y);
-    }
-
-    // n <= max_block samples: u for each into scratch, the window moved past them, then
-    // the pointwise product over the whole piece (so y may be x).
-    void run_piece(const Scalar* x, Index n, Scalar* y) noexcept {
-        const Index D = channels_, K1 = kernel_size_ - 1;
-        for (Index t = 0; t < n; ++t) depthwise(x, t, u_.data() + t * D);
-        if (n >= K1) {  // the window becomes the piece's last K-1 inputs
-            std::copy(x + (n - K1) * D, x + n * D, window_.data());
-            oldest_ = 0;
-        } else {
-            for (Index t = 0; t < n; ++t) push(x + t * D);
+    // out (NR, Dp) = b1 + u (NR, Dp) W1^T for output packets c .. c + NC*P: NR rows share each
+    // load of W1's columns. Every output is one chain of multiply-adds over the D inputs in
+    // order, so its value does not depend on how rows and packets are grouped: a block gives
+    // the bits of as many samples.
+    template <int NR, int NC>
+    EIGEN_STRONG_INLINE void pointwise_tile(const Scalar* u, Index c, Scalar* out) const noexcept {
+        namespace ei = Eigen::internal;
+        Pk acc[NR][NC];
+        for (int j = 0; j < NC; ++j) {
+            const Pk b = ei::pload<Pk>(pointwise_b_.data() + c + j * P);
+            for (int r = 0; r < NR; ++r) acc[r][j] = b;
         }
-        finish(u_.data(), n, y);
-        position_ += n;
+        for (Index i = 0; i < D_; ++i) {
+            const Scalar* column = pointwise_w_.data() + i * Dp_ + c;
+            Pk w[NC];
+            for (int j = 0; j < NC; ++j) w[j] = ei::pload<Pk>(column + j * P);
+            for (int r = 0; r < NR; ++r) {
+                const Pk x = ei::pset1<Pk>(u[r * Dp_ + i]);
+                for (int j = 0; j < NC; ++j) acc[r][j] = ei::pmadd(x, w[j], acc[r][j]);
+            }
+        }
+        for (int r = 0; r < NR; ++r)
+            for (int j = 0; j < NC; ++j) ei::pstore(out + r * Dp_ + c + j * P, acc[r][j]);
     }
 
-    Index channels_ = 0;
-    Index kernel_size_ = 0;
-    Index max_block_ = 0;
-    bool pointwise_ = false;
-    Index oldest_ = 0;    // the ring row of the oldest input in the window
+    // NR rows of u -> out (NR, Dp), the pointwise conv: (NR, D) x (D, D).
+    template <int NR, int NC>
+    void pointwise_rows(const Scalar* u, Scalar* out) const noexcept {
+        Index c = 0;
+        for (; c + NC * P <= Dp_; c += NC * P) pointwise_tile<NR, NC>(u, c, out);
+        for (; c < Dp_; c += P) pointwise_tile<NR, 1>(u, c, out);
+    }
+
+    // T rows of u (T, Dp) -> y (T, D): the pointwise conv four rows at a time, or u itself.
+    void emit(const Scalar* u, Index T, Scalar* y) noexcept {
+        if (!pointwise_) {
+            for (Index t = 0; t < T; ++t) std::copy_n(u + t * Dp_, D_, y + t * D_);
+            return;
+        }
+        Index t = 0;
+        for (; t + 4 <= T; t += 4) {
+            pointwise_rows<4, 2>(u + t * Dp_, out_.data());
+            for (Index r = 0; r < 4; ++r) std::copy_n(out_.data() + r * Dp_, D_, y + (t + r) * D_);
+        }
+        for (; t < T; ++t) {
+            pointwise_rows<1, 8>(u + t * Dp_, out_.data());
+            std::copy_n(out_.data(), D_, y + t * D_);
+        }
+    }
+
+    Index D_, K_, Dp_, max_block_;
+    bool pointwise_;
+    Index capacity_ = 0;  // rows of the history: K-1 + max_block
+    Index end_ = 0;       // one past the newest input's row; the window is the K-1 rows before it
     Index position_ = 0;  // samples since reset, or the position set_state gave
 
-    Matrix<Scalar> taps_;                // (K, D): w0^T
-    RowVector<Scalar> bias_;             // (D), zeros without bias
-    Matrix<Scalar> pointwise_t_;         // (D, D): W1^T, row-major; empty without pointwise
-    RowVector<Scalar> pointwise_bias_;   // (D), zeros without bias
-    Matrix<Scalar> window_;              // (K-1, D): the last K-1 inputs, a ring from row oldest_
-    Matrix<Scalar> u_;                   // (max_block, D) scratch: the depthwise output
+    AlignedVector<Scalar> taps_;         // (K, Dp): w0 transposed, zero padded
+    AlignedVector<Scalar> bias_;         // (Dp): b0, zeros without bias
+    AlignedVector<Scalar> pointwise_w_;  // (Dp, D) column-major: W1; empty without pointwise
+    AlignedVector<Scalar> pointwise_b_;  // (Dp): b1, zeros without bias
+    AlignedVector<Scalar> history_;      // (K-1 + max_block, Dp): the window, then the newest inputs
+    AlignedVector<Scalar> u_;            // (max_block, Dp): the depthwise conv's output
+    AlignedVector<Scalar> out_;          // (4, Dp): up to four rows of the pointwise conv's output
 };
 
 }  // namespace seqnn::realtime

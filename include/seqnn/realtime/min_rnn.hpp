@@ -1,278 +1,321 @@
-// The real-time twins of MinGRU and MinLSTM (layers/mingru.hpp, layers/minlstm.hpp): one
-// stream, one sample or one block at a time, with no allocation, no OpenMP region, no
-// virtual call and no exception once made.
-//
-// Both cells are the linear recurrence h_t = a_t * h_{t-1} + b_t, with a_t and b_t from
-// x_t alone (min_rnn.hpp). Written with one gate value k per channel, both are
-//   a = sigmoid(-k),  b = sigmoid(k) * act(h~)
-// minGRU:  k = the gate's pre-activation (z = sigmoid(k), a = 1 - z)
-// minLSTM: k = d = softplus(-k_f) - softplus(-k_i) = log(i / f), so that
-//          a = f / (f + i) and b = i / (f + i) * act(h~)
-// which is how the layer computes its coefficients; the twin evaluates the same formulas
-// in the same order, so its outputs equal the layer's to rounding.
-//
-// Per sample:  pre = b_in + x W_in^T        (1, D) x (D, G*E): D vectorised axpys
-//              h   = a(pre) * h + b(pre)    one element-wise pass over E
-//              y   = h W_out^T + b_out      (1, E) x (E, D): D dot products, or y = h
-// Per block, in pieces of at most max_block samples:
-//              pre = X W_in^T + b_in        (T, D) x (D, G*E): one product into scratch
-//              the scan over the piece's T rows, in time order
-//              Y   = H W_out^T + b_out      (T, E) x (E, D): one product
-// The input weight is kept as W_in^T (D, G*E) row-major, i.e. W_in column-major: a
-// row of pre is sum_i x_i W_in[:, i], wide vectorised axpys without horizontal sums (an
-// input of one feature is a single scaled copy). to_out maps the wide h to few features,
-// so it keeps the layer's row-major (D, E) W_out and takes D vectorised dot products.
-//
-// Products are Eigen lazy (coefficient-based) products: never Eigen's GEMM, which may
-// enter an OpenMP region or take heap memory for its blocks.
+/// @file
+/// realtime::MinGRU and realtime::MinLSTM: seqnn::MinGRU and seqnn::MinLSTM (layers/mingru.hpp,
+/// layers/minlstm.hpp) for one stream, one sample or one block at a time, with no allocation,
+/// virtual call, parallel region or exception after set-up.
+///
+/// Both cells are the linear recurrence h_t = a_t * h_{t-1} + b_t with a_t, b_t from x_t
+/// alone (layers/min_rnn.hpp):
+///   minGRU:  a = 1 - z = sigmoid(-k),           b = z * act(h~),  z = sigmoid(k)
+///   minLSTM: a = f / (f + i) = sigmoid(-d),     b = i / (f + i) * act(h~),
+///            f = sigmoid(k_f), i = sigmoid(k_i), d = log(i / f)     act = identity or g
+/// The layer computes the minLSTM's a and b through d (two softplus, each an exp and a
+/// log1p); the twin computes the same two ratios from three exponentials and one division
+/// (lstm_gates), equally safe when both gates are tiny, and each cell's sigmoid(k) and
+/// sigmoid(-k) from one exponential. The outputs equal the layer's to a few roundings.
+///
+/// Per sample:  pre = W_in x + b_in          (G*E, D) x (D): multiply-adds over D columns
+///              h   = a(pre) * h + b(pre)    one pass over the packets of E units
+///              y   = W_out h + b_out        (D, E) x (E): D dot products (to_out), or y = h
+/// Per block, in pieces of at most max_block samples: the input projection of every sample
+/// of the piece into scratch, (T, D) x (D, G*E), then the scan over the piece in time order,
+/// then to_out over the piece, (T, E) x (E, D).
+///
+/// Layout (realtime/detail.hpp): W_in column-major with its G segments of E rows each padded
+/// to whole packets (Ep) and aligned, so the projection of one input feature is one
+/// multiply-add per packet. to_out maps the wide h to few features, so it keeps W_out's rows
+/// (zero padded to Ep) and takes one packet dot product per output feature. The padded units
+/// compute finite values that nothing reads: their weights and biases are zero.
 #pragma once
 
+#include "seqnn/core/aligned.hpp"
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/types.hpp"
 #include "seqnn/layers/mingru.hpp"
 #include "seqnn/layers/minlstm.hpp"
+#include "seqnn/realtime/detail.hpp"
 
 #include <algorithm>
 #include <string>
 
 namespace seqnn::realtime {
 
-/// What realtime::MinGRU and realtime::MinLSTM share: one stream of a unidirectional
-/// minGRU or minLSTM, sample by sample or block by block. Made only through those two.
+/// What realtime::MinGRU and realtime::MinLSTM share: one stream of a unidirectional minGRU
+/// or minLSTM, sample by sample or block by block. Made only through those two.
 template <typename Scalar>
 class MinRNN {
 public:
     /// D, the features per sample in.
-    Index input_size() const noexcept { return input_size_; }
+    Index input_size() const noexcept { return D_; }
     /// Features per sample out: D when the layer projects back with to_out, else E.
-    Index output_size() const noexcept { return projects_ ? input_size_ : hidden_size_; }
+    Index output_size() const noexcept { return projects_ ? D_ : E_; }
     /// E, the width of h.
-    Index hidden_size() const noexcept { return hidden_size_; }
+    Index hidden_size() const noexcept { return E_; }
     /// The longest block process_block runs in one pass; longer ones run in pieces.
     Index max_block() const noexcept { return max_block_; }
     /// Whether to_out maps h back to D features.
     bool projects() const noexcept { return projects_; }
 
-    /// Back to the layer's start state: h = 0, or h = g(init_hidden_state) for a layer
-    /// with a learned initial state, as the layer's initial_state gives.
+    /// Back to the layer's start state: h = 0, or h = g(init_hidden_state) for a layer with
+    /// a learned initial state, as the layer's initial_state gives.
     void reset() noexcept {
-        h_ = h0_;
+        std::copy(h0_.begin(), h0_.end(), h_.begin());
         learned_start_ = learns_initial_state_;
         position_ = 0;
     }
 
-    /// The carried state as the layer's State for one stream: {h (1, E)} with the step
-    /// workspace, the samples consumed as its position, and (right after reset() of a layer
-    /// with a learned initial state) the layer's mark of the learned start, exactly as
-    /// layer.initial_state(1) makes it. Allocates.
+    /// The carried state as the layer's State for one stream: {h (1, E)}, with the step
+    /// workspace, B = 1, the samples consumed so far as its position, and (right after
+    /// reset() of a layer with a learned initial state) the layer's mark of the learned
+    /// start: exactly what layer.initial_state(1) makes. Allocates.
     State<Scalar> state() const {
         State<Scalar> s;
-        s.tensors.push_back(Matrix<Scalar>(h_));
-        s.workspace = {Matrix<Scalar>(1, gate_count_ * hidden_size_)};
-        if (learned_start_) s.workspace.emplace_back();  // the layer's mark: see layers/min_rnn.hpp
         s.batch = 1;
         s.position = position_;
+        s.tensors.push_back(Matrix<Scalar>(1, E_));
+        std::copy_n(h_.data(), E_, s.tensors[0].data());
+        s.workspace = {Matrix<Scalar>(1, G_ * E_)};
+        if (learned_start_) s.workspace.emplace_back();  // the mark (layers/min_rnn.hpp)
         return s;
     }
 
-    /// Continues from a state of the layer for one stream (from its initial_state(1),
-    /// forward or step, or from state()). Throws when its shape is not {h (1, E)}.
+    /// Takes the state of one stream from the general API (initial_state(1), forward or
+    /// step with B = 1, or state()); an empty state is the layer's start, as reset().
+    /// Throws on other shapes.
     void set_state(const State<Scalar>& state) {
-        const std::string where = name_ + ".set_state";
-        if (state.batch != 0 && state.batch != 1)
-            fail(where, "the state was made for " + std::to_string(state.batch) + " streams; the twin runs one");
+        if (state.empty()) return reset();
+        const std::string where = std::string(name_) + ".set_state";
+        const std::string expected = "{h " + shape_string(1, E_) + "}";
+        if (state.batch > 1)
+            fail(where, "the state was made for B=" + std::to_string(state.batch) + " streams; a twin runs one");
         if (!state.children.empty())
-            fail(where, "the state has " + std::to_string(state.children.size()) +
-                            " child states; expected none, {h (1, " + std::to_string(hidden_size_) + ")}");
+            fail(where, "the state has " + std::to_string(state.children.size()) + " child states, expected " + expected);
         if (state.tensors.size() != 1)
-            fail(where, "the state has " + std::to_string(state.tensors.size()) + " tensors, expected 1: {h (1, " +
-                            std::to_string(hidden_size_) + ")}");
-        check_matrix(where, "state tensor h", state.tensors[0], 1, hidden_size_);
-        h_ = state.tensors[0];
-        // The layer treats a state as its learned start while it is marked and holds g(init).
-        learned_start_ = learns_initial_state_ && state.workspace.size() > 1 && h_ == h0_;
+            fail(where, "the state has " + std::to_string(state.tensors.size()) + " tensors, expected " + expected);
+        const Matrix<Scalar>& h = state.tensors[0];
+        if (h.rows() != 1 || h.cols() != E_)
+            fail(where, "h has shape " + shape_string(h) + ", expected " + shape_string(1, E_) + " (1, E) for one stream");
+        std::fill(h_.begin(), h_.end(), Scalar(0));
+        std::copy_n(h.data(), E_, h_.data());
+        // The layer takes a state for its learned start while it is marked and holds g(init).
+        learned_start_ = learns_initial_state_ && state.workspace.size() > 1 && std::equal(h_.begin(), h_.end(), h0_.begin());
         position_ = state.position;
     }
 
-    /// One sample: x[input_size()] -> y[output_size()]. x and y may be the same pointer
-    /// (in place) when input_size() == output_size(); otherwise they must not overlap.
+    /// One sample: x[input_size()] -> y[output_size()]. x is read in full before y is
+    /// written, so x and y may overlap.
     void process_sample(const Scalar* x, Scalar* y) noexcept {
-        Scalar* pre = pre_.data();  // (1, G*E), the first row of the block scratch
-        project(x, 1, pre);
-        advance(pre, h_.data(), h_.data());
-        if (projects_)
-            output(h_.data(), 1, y);
-        else
-            std::copy(h_.data(), h_.data() + hidden_size_, y);
+        detail::project(x, D_, w_in_.data(), b_in_.data(), G_ * Ep_, pre_.data());  // (D) -> (G*Ep)
+        scan(pre_.data(), 1, h_.data(), h_.data(), 0);
+        emit(h_.data(), 1, 0, y);
         learned_start_ = false;
         ++position_;
     }
 
-    /// `steps` samples, x (steps, input_size()) -> y (steps, output_size()), both row-major
-    /// and contiguous; any steps >= 0 (pieces of max_block()). Gives what as many
-    /// process_sample calls give. x and y may be the same pointer (in place) when
-    /// input_size() == output_size(); otherwise they must not overlap.
+    /// One block: x (steps, input_size()) row-major and contiguous -> y (steps,
+    /// output_size()); any steps >= 0, in pieces of max_block(). Gives what as many
+    /// process_sample calls give. x and y may be the same pointer when output_size() <=
+    /// input_size(); otherwise they must not overlap.
     void process_block(const Scalar* x, Index steps, Scalar* y) noexcept {
-        const Index in = input_size_, out = output_size();
-        for (Index done = 0; done < steps;) {
-            const Index n = std::min(max_block_, steps - done);
-            run_piece(x + done * in, n, y + done * out);
-            done += n;
+        const Index R = G_ * Ep_, out = output_size();
+        for (Index t0 = 0; t0 < steps; t0 += max_block_) {
+            const Index T = std::min(max_block_, steps - t0);
+            detail::project_rows(x + t0 * D_, T, D_, w_in_.data(), b_in_.data(), R, pre_.data());  // (T, D) x (D, G*Ep)
+            scan(pre_.data(), T, h_.data(), hidden_.data(), Ep_);  // (T, Ep)
+            std::copy_n(hidden_.data() + (T - 1) * Ep_, Ep_, h_.data());
+            emit(hidden_.data(), T, Ep_, y + t0 * out);  // (T, E) x (E, D), or h itself
+            learned_start_ = false;
+            position_ += T;
         }
     }
 
-    /// The same with Eigen matrices, x (T, input_size()) -> y (T, output_size()) (views
-    /// allowed); throws on a wrong shape before any work.
+    /// process_block on Eigen matrices, x (steps, input_size()) -> y (steps, output_size());
+    /// throws on other shapes. Any row strides.
     void process_block(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) {
-        if (x.cols() != input_size_)  // messages are built only on failure: the right shapes allocate nothing
-            fail(name_ + ".process_block",
-                 "x has shape " + shape_string(x) + ", expected (T, " + std::to_string(input_size_) + ")");
-        if (y.rows() != x.rows() || y.cols() != output_size())
-            fail(name_ + ".process_block",
-                 "y has shape " + shape_string(y) + ", expected " + shape_string(x.rows(), output_size()));
-        if (x.outerStride() == x.cols() && y.outerStride() == y.cols()) {
-            process_block(x.data(), x.rows(), y.data());
-        } else {  // rows with gaps between them: one sample at a time
-            for (Index t = 0; t < x.rows(); ++t) process_sample(x.row(t).data(), y.row(t).data());
-        }
+        detail::check_block<Scalar>(name_, x, y, D_, output_size());
+        if ((x.rows() <= 1 || x.outerStride() == D_) && (y.rows() <= 1 || y.outerStride() == output_size()))
+            return process_block(x.data(), x.rows(), y.data());
+        for (Index t = 0; t < x.rows(); ++t) process_sample(x.row(t).data(), y.row(t).data());
     }
 
 protected:
-    /// Copies the weights of `layer` (gate_count 2: minGRU, 3: minLSTM); `name` is the
-    /// twin's name in messages.
-    MinRNN(const std::string& name, const seqnn::MinRNN<Scalar>& layer, int gate_count, Index max_block)
-        : name_(name), gate_count_(gate_count) {
+    /// Copies the weights of `layer`, whose cell has `gates` projections (2: minGRU's hidden
+    /// and gate, 3: minLSTM's hidden, forget and input); `twin` names the twin in errors.
+    MinRNN(const char* twin, const seqnn::MinRNN<Scalar>& layer, Index gates, Index max_block)
+        : name_(twin), G_(gates), D_(layer.input_size()), E_(layer.hidden_size()), Ep_(detail::padded<Scalar>(E_)),
+          max_block_(max_block), projects_(layer.projects()),
+          identity_(layer.options().activation == HiddenActivation::Identity),
+          learns_initial_state_(layer.learns_initial_state()) {
+        detail::check_max_block(twin, max_block);
         if (layer.bidirectional())
-            fail(name_, "cannot stream " + layer.signature() +
-                            ": it is bidirectional, and its reverse direction needs the whole sequence (run the "
-                            "layer's forward on whole sequences, or use a unidirectional layer)");
-        if (max_block <= 0) fail(name_, "max_block must be positive, got " + std::to_string(max_block));
-        input_size_ = layer.input_size();
-        hidden_size_ = layer.hidden_size();
-        projects_ = layer.projects();
-        identity_ = layer.options().activation == HiddenActivation::Identity;
-        learns_initial_state_ = layer.learns_initial_state();
-        max_block_ = max_block;
-        const Index D = input_size_, E = hidden_size_, GE = gate_count_ * E;
-
+            fail(twin, "a bidirectional " + layer.kind() + " (" + layer.signature() +
+                           ") cannot stream: its reverse direction needs the whole sequence");
         const Linear<Scalar>& in_proj = layer.in_projection();
-        if (in_proj.in_features() != D || in_proj.out_features() != GE)
-            fail(name_, "the input projection of " + layer.signature() + " has weight " +
-                            shape_string(in_proj.weight.value) + ", expected " + shape_string(GE, D));
-        w_in_t_ = in_proj.weight.value.transpose();  // (D, G*E): W_in column-major
-        b_in_ = in_proj.has_bias() ? RowVector<Scalar>(in_proj.bias.value.row(0)) : RowVector<Scalar>::Zero(GE);
+        const auto expect = [&](const std::string& what, const Matrix<Scalar>& m, Index rows, Index cols) {
+            if (m.rows() != rows || m.cols() != cols)
+                fail(twin, what + " has shape " + shape_string(m) + ", expected " + shape_string(rows, cols) + " for " +
+                               layer.signature());
+        };
+        expect("the input projection's weight", in_proj.weight.value, G_ * E_, D_);
+        if (in_proj.has_bias()) expect("the input projection's bias", in_proj.bias.value, 1, G_ * E_);
+        w_in_ = detail::pack_columns<Scalar>(in_proj.weight.value, G_, E_, Ep_);  // (G*Ep, D) column-major
+        b_in_ = detail::pack_segments<Scalar>(in_proj.bias.value, G_, E_, Ep_);    // (G*Ep), zeros without bias
         if (projects_) {
             const Linear<Scalar>& to_out = layer.out_projection();
-            if (to_out.in_features() != E || to_out.out_features() != D)
-                fail(name_, "to_out of " + layer.signature() + " has weight " + shape_string(to_out.weight.value) +
-                                ", expected " + shape_string(D, E));
-            w_out_ = to_out.weight.value;  // (D, E)
-            b_out_ = to_out.has_bias() ? RowVector<Scalar>(to_out.bias.value.row(0)) : RowVector<Scalar>::Zero(D);
+            expect("to_out's weight", to_out.weight.value, D_, E_);
+            if (to_out.has_bias()) expect("to_out's bias", to_out.bias.value, 1, D_);
+            w_out_ = detail::zeros<Scalar>(D_ * Ep_);  // (D, Ep) row-major, zero padded
+            for (Index d = 0; d < D_; ++d) std::copy_n(to_out.weight.value.row(d).data(), E_, w_out_.data() + d * Ep_);
+            b_out_ = detail::zeros<Scalar>(D_);
+            if (to_out.has_bias()) std::copy_n(to_out.bias.value.data(), D_, b_out_.data());
         }
-        h0_ = learns_initial_state_ ? RowVector<Scalar>(layer.learned_h0().row(0)) : RowVector<Scalar>::Zero(E);
-
-        // Scratch for the longest piece: pre (max_block, G*E), and h (max_block, E) when
-        // to_out reads it afterwards.
-        checked_elements(name_ + " scratch", max_block, GE);
-        pre_.resize(max_block, GE);
-        if (projects_) hidden_.resize(max_block, E);
+        h0_ = detail::zeros<Scalar>(Ep_);
+        if (learns_initial_state_) {
+            const Matrix<Scalar> h0 = layer.learned_h0();  // (1, E): g(init_hidden_state)
+            std::copy_n(h0.data(), E_, h0_.data());
+        }
+        h_ = detail::zeros<Scalar>(Ep_);
+        pre_ = detail::zeros<Scalar>(checked_mul(twin, max_block, G_ * Ep_));
+        hidden_ = detail::zeros<Scalar>(checked_mul(twin, max_block, Ep_));
         reset();
     }
 
 private:
-    using RowMap = Eigen::Map<Matrix<Scalar>>;
-    using ConstRowMap = Eigen::Map<const Matrix<Scalar>>;
-    using ArrayMap = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
-    using ConstArrayMap = Eigen::Map<const Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
+    using Pk = detail::Packet<Scalar>;
+    static constexpr Index P = detail::kPacket<Scalar>;
+    // |k| beyond which exp(k) could overflow: 80 for float (exp(88.7) overflows), 700 for double.
+    static constexpr Scalar kExpLimit = sizeof(Scalar) == 4 ? Scalar(80) : Scalar(700);
 
-    // pre = x W_in^T + b_in for n rows: x (n, D) -> pre (n, G*E), both contiguous.
-    void project(const Scalar* x, Index n, Scalar* pre) const noexcept {
-        const Index D = input_size_, GE = w_in_t_.cols();
-        RowMap p(pre, n, GE);
-        if (D == 1) {  // one feature: a scaled copy of W_in's column per row
-            const auto w = w_in_t_.row(0);
-            for (Index t = 0; t < n; ++t) p.row(t) = b_in_ + x[t] * w;
+    // g(x) = max(x, 0) + sigmoid(min(x, 0)), as min_rnn_math::positive_g.
+    static EIGEN_STRONG_INLINE Pk positive_g(const Pk& x) noexcept {
+        namespace ei = Eigen::internal;
+        const Pk zero = ei::pset1<Pk>(Scalar(0));
+        return ei::padd(ei::pmax(x, zero), detail::logistic<Scalar>(ei::pmin(x, zero)));
+    }
+
+    // minGRU: z = sigmoid(k) and a = 1 - z = sigmoid(-k) from one exponential, e = exp(-k):
+    // z = 1 / (1 + e), a = e z, with k clamped to where e is finite (beyond it z and a are
+    // 0 and 1 to far below a rounding of 1).
+    static EIGEN_STRONG_INLINE void gru_gates(const Pk& k, Pk& a, Pk& z) noexcept {
+        namespace ei = Eigen::internal;
+        const Pk one = ei::pset1<Pk>(Scalar(1));
+        const Pk e = ei::pexp(ei::pnegate(ei::pmin(ei::pmax(k, ei::pset1<Pk>(-kExpLimit)), ei::pset1<Pk>(kExpLimit))));
+        z = ei::pdiv(one, ei::padd(one, e));
+        a = ei::pmul(e, z);
+    }
+
+    // minLSTM: a = f / (f + i) and z = i / (f + i) (the layer's sigmoid(-d) and sigmoid(d),
+    // d = log(i / f)) without d's logarithms. As 1 + exp(-k) = exp(relu(-k)) (1 + exp(-|k|)),
+    // 1/i : 1/f = exp(s) (1 + exp(-|k_i|)) : (1 + exp(-|k_f|)) with s = relu(-k_i) - relu(-k_f),
+    // and a = (1/i) / (1/f + 1/i), z = (1/f) / (1/f + 1/i). Both terms are >= 1 or exp(s) times
+    // that, so no ratio is 0/0 however small both gates are (the reason the layer goes through
+    // d); s is clamped where exp(s) would overflow (a or z is then 0 to far below a rounding).
+    static EIGEN_STRONG_INLINE void lstm_gates(const Pk& k_f, const Pk& k_i, Pk& a, Pk& z) noexcept {
+        namespace ei = Eigen::internal;
+        const Pk one = ei::pset1<Pk>(Scalar(1)), zero = ei::pset1<Pk>(Scalar(0));
+        const Pk s = ei::psub(ei::pmax(ei::pnegate(k_i), zero), ei::pmax(ei::pnegate(k_f), zero));
+        const Pk inv_i = ei::pmul(ei::pexp(ei::pmin(ei::pmax(s, ei::pset1<Pk>(-kExpLimit)), ei::pset1<Pk>(kExpLimit))),
+                                  ei::padd(one, ei::pexp(ei::pnegate(ei::pabs(k_i)))));  // 1/i, times exp(-relu(-k_f))
+        const Pk inv_f = ei::padd(one, ei::pexp(ei::pnegate(ei::pabs(k_f))));             // 1/f, likewise
+        const Pk scale = ei::pdiv(one, ei::padd(inv_i, inv_f));
+        a = ei::pmul(inv_i, scale);
+        z = ei::pmul(inv_f, scale);
+    }
+
+    // T steps from h0 (Ep): pre (T, G*Ep) rows [h~ | k (| k_i)] -> h_t into h + t*stride.
+    // h may be h0 when T = 1 (stride 0): each packet of h0 is read before it is written.
+    template <bool Lstm, bool Identity>
+    void scan_cell(const Scalar* pre, Index T, const Scalar* h0, Scalar* h, Index stride) const noexcept {
+        namespace ei = Eigen::internal;
+        const Index Ep = Ep_, R = G_ * Ep_;
+        const Scalar* h_prev = h0;
+        for (Index t = 0; t < T; ++t, pre += R) {
+            Scalar* h_next = h + t * stride;
+            for (Index u = 0; u < Ep; u += P) {
+                const Pk hidden = ei::pload<Pk>(pre + u);
+                Pk a, z;  // a and sigmoid(k), the weight of act(h~) in b
+                if constexpr (Lstm)
+                    lstm_gates(ei::pload<Pk>(pre + Ep + u), ei::pload<Pk>(pre + 2 * Ep + u), a, z);
+                else
+                    gru_gates(ei::pload<Pk>(pre + Ep + u), a, z);
+                const Pk b = ei::pmul(z, Identity ? hidden : positive_g(hidden));  // z * act(h~)
+                ei::pstore(h_next + u, ei::pmadd(a, ei::pload<Pk>(h_prev + u), b));  // a * h + b
+            }
+            h_prev = h_next;
+        }
+    }
+
+    void scan(const Scalar* pre, Index T, const Scalar* h0, Scalar* h, Index stride) const noexcept {
+        if (G_ == 3) {
+            if (identity_)
+                scan_cell<true, true>(pre, T, h0, h, stride);
+            else
+                scan_cell<true, false>(pre, T, h0, h, stride);
         } else {
-            p.noalias() = ConstRowMap(x, n, D).lazyProduct(w_in_t_) + b_in_.replicate(n, 1);  // (n, D) x (D, G*E)
+            if (identity_)
+                scan_cell<false, true>(pre, T, h0, h, stride);
+            else
+                scan_cell<false, false>(pre, T, h0, h, stride);
         }
     }
 
-    // One step of the recurrence from a row of pre [h~ | k (| k_i)] (G*E): h_next = a * h_prev
-    // + b. h_next may be h_prev. For the minLSTM, d overwrites pre's k_f block first.
-    void advance(Scalar* pre, const Scalar* h_prev, Scalar* h_next) const noexcept {
-        const Index E = hidden_size_;
-        const ConstArrayMap hidden(pre, E);
-        ArrayMap k(pre + E, E);
-        if (gate_count_ == 3)  // d = log(i / f), as MinLSTM::coefficients
-            k = min_rnn_math::softplus(-k) - min_rnn_math::softplus(-ConstArrayMap(pre + 2 * E, E));
-        const ConstArrayMap h(h_prev, E);
-        ArrayMap h_out(h_next, E);
-        if (identity_)
-            h_out = (-k).logistic() * h + k.logistic() * hidden;
-        else
-            h_out = (-k).logistic() * h + k.logistic() * min_rnn_math::positive_g<Scalar>(hidden);
-    }
-
-    // y = h W_out^T + b_out for n rows: h (n, E) -> y (n, D), both contiguous.
-    void output(const Scalar* h, Index n, Scalar* y) const noexcept {
-        RowMap(y, n, input_size_).noalias() =
-            ConstRowMap(h, n, hidden_size_).lazyProduct(w_out_.transpose()) + b_out_.replicate(n, 1);  // (n, E) x (E, D)
-    }
-
-    // n <= max_block samples: the projection into pre, the scan writing h row by row (into
-    // y itself when there is no to_out), then to_out over the whole piece.
-    void run_piece(const Scalar* x, Index n, Scalar* y) noexcept {
-        const Index E = hidden_size_, GE = pre_.cols();
-        project(x, n, pre_.data());  // (n, D) x (D, G*E)
-        Scalar* h = projects_ ? hidden_.data() : y;  // (n, E)
-        const Scalar* h_prev = h_.data();
-        for (Index t = 0; t < n; ++t) {
-            advance(pre_.data() + t * GE, h_prev, h + t * E);
-            h_prev = h + t * E;
+    // T rows of h (stride apart, Ep wide) -> y (T, output_size()): to_out's D dot products
+    // per row, or the E values of h.
+    void emit(const Scalar* h, Index T, Index stride, Scalar* y) const noexcept {
+        namespace ei = Eigen::internal;
+        if (!projects_) {
+            for (Index t = 0; t < T; ++t) std::copy_n(h + t * stride, E_, y + t * E_);
+            return;
         }
-        std::copy(h_prev, h_prev + E, h_.data());
-        if (projects_) output(h, n, y);  // (n, E) x (E, D)
-        learned_start_ = false;
-        position_ += n;
+        for (Index t = 0; t < T; ++t, h += stride, y += D_)
+            for (Index d = 0; d < D_; ++d) {  // y_d = b_d + W_out[d, :] . h
+                const Scalar* w = w_out_.data() + d * Ep_;
+                Pk acc0 = ei::pmul(ei::pload<Pk>(w), ei::pload<Pk>(h)), acc1 = ei::pset1<Pk>(Scalar(0));
+                Index k = P;
+                for (; k + 2 * P <= Ep_; k += 2 * P) {  // two chains
+                    acc1 = ei::pmadd(ei::pload<Pk>(w + k), ei::pload<Pk>(h + k), acc1);
+                    acc0 = ei::pmadd(ei::pload<Pk>(w + k + P), ei::pload<Pk>(h + k + P), acc0);
+                }
+                if (k < Ep_) acc1 = ei::pmadd(ei::pload<Pk>(w + k), ei::pload<Pk>(h + k), acc1);
+                y[d] = ei::predux(ei::padd(acc0, acc1)) + b_out_[static_cast<std::size_t>(d)];
+            }
     }
 
-    std::string name_;
-    int gate_count_ = 2;
-    Index input_size_ = 0;
-    Index hidden_size_ = 0;
-    Index max_block_ = 0;
-    bool projects_ = false;
-    bool identity_ = false;
-    bool learns_initial_state_ = false;
-    bool learned_start_ = false;  // h is still the layer's learned start (state() marks it)
+    const char* name_;  // the twin's name in messages
+    Index G_, D_, E_, Ep_, max_block_;
+    bool projects_, identity_, learns_initial_state_;
+    bool learned_start_ = false;  // h is still the learned start (state() marks it)
     Index position_ = 0;          // samples since reset, or the position set_state gave
 
-    Matrix<Scalar> w_in_t_;   // (D, G*E): W_in^T row-major, i.e. W_in column-major
-    RowVector<Scalar> b_in_;  // (G*E), zeros without bias
-    Matrix<Scalar> w_out_;    // (D, E), row-major; empty without to_out
-    RowVector<Scalar> b_out_; // (D), zeros without bias
-    RowVector<Scalar> h0_;    // (E): zeros or g(init_hidden_state)
-    RowVector<Scalar> h_;     // (E): the carried state
-    Matrix<Scalar> pre_;      // (max_block, G*E) scratch
-    Matrix<Scalar> hidden_;   // (max_block, E) scratch, when projecting
+    AlignedVector<Scalar> w_in_;    // (G*Ep, D) column-major: W_in's gate segments, zero padded
+    AlignedVector<Scalar> b_in_;    // (G*Ep), zeros without bias
+    AlignedVector<Scalar> w_out_;   // (D, Ep) row-major, zero padded; empty without to_out
+    AlignedVector<Scalar> b_out_;   // (D), zeros without bias; empty without to_out
+    AlignedVector<Scalar> h0_;      // (Ep): zeros or g(init_hidden_state)
+    AlignedVector<Scalar> h_;       // (Ep): the carried state
+    AlignedVector<Scalar> pre_;     // (max_block, G*Ep): a piece's input projections
+    AlignedVector<Scalar> hidden_;  // (max_block, Ep): a piece's h
 };
 
-/// The real-time twin of seqnn::MinGRU: one stream, no allocation after construction.
+/// A real-time twin of seqnn::MinGRU: the layer's weights (input projection with or without
+/// bias, to_out, the learned initial state) copied into a layout for one stream.
 template <typename Scalar>
 class MinGRU : public MinRNN<Scalar> {
 public:
-    /// Copies the layer's weights (input projection, to_out, learned initial state);
-    /// refuses a bidirectional layer. Blocks longer than max_block run in pieces.
+    /// Copies the layer's weights. Refuses a bidirectional layer. max_block: the longest
+    /// block process_block runs in one pass (longer ones run in pieces); its scratch is
+    /// allocated here. May allocate and throw.
     explicit MinGRU(const seqnn::MinGRU<Scalar>& layer, Index max_block = 512)
         : MinRNN<Scalar>("realtime::MinGRU", layer, 2, max_block) {}
 };
 
-/// The real-time twin of seqnn::MinLSTM: one stream, no allocation after construction.
+/// A real-time twin of seqnn::MinLSTM: the layer's weights (input projection with or without
+/// bias, to_out, the learned initial state) copied into a layout for one stream.
 template <typename Scalar>
 class MinLSTM : public MinRNN<Scalar> {
 public:
-    /// Copies the layer's weights (input projection, to_out, learned initial state);
-    /// refuses a bidirectional layer. Blocks longer than max_block run in pieces.
+    /// Copies the layer's weights. Refuses a bidirectional layer. max_block: the longest
+    /// block process_block runs in one pass (longer ones run in pieces); its scratch is
+    /// allocated here. May allocate and throw.
     explicit MinLSTM(const seqnn::MinLSTM<Scalar>& layer, Index max_block = 512)
         : MinRNN<Scalar>("realtime::MinLSTM", layer, 3, max_block) {}
 };
