@@ -381,6 +381,11 @@ TEST(RealtimeMinRNN, StateAfterResetIsTheLayersInitialState) {
         twin.set_state(expected);
         EXPECT_EQ(twin.state().workspace.size(), expected.workspace.size());
         EXPECT_EQ(twin.state().position, 0);
+        // An empty state is the layer's start, as the layer's forward and step take it.
+        twin.process_sample(x, y);
+        twin.set_state(State<double>{});
+        EXPECT_EQ(twin.state().tensors[0], expected.tensors[0]);
+        EXPECT_EQ(twin.state().workspace.size(), expected.workspace.size());
     }
 }
 
@@ -582,6 +587,24 @@ TEST(RealtimeCausalConv, StateMovesBetweenTwinAndLayerBothWays) {
         }
         EXPECT_LT(relative_error(z, expected), 1e-12);
     }
+}
+
+TEST(RealtimeCausalConv, StateAfterResetIsTheLayersInitialState) {
+    const auto layer = make_conv<double>({5, 4, true, true}, 6);
+    realtime::CausalConv<double> twin(layer, 2);
+    const State<double> expected = layer.initial_state(1);
+    EXPECT_EQ(twin.state().tensors[0], expected.tensors[0]);
+    EXPECT_EQ(twin.state().workspace.size(), expected.workspace.size());
+    EXPECT_EQ(twin.state().batch, 1);
+    Rng rng(2);
+    const Matrix<double> x = random_matrix<double>(7, 5, rng);
+    Matrix<double> y(7, 5);
+    twin.process_block(x, y);
+    EXPECT_EQ(twin.state().tensors[0], x.bottomRows(3));  // the last K-1 inputs, oldest first
+    EXPECT_EQ(twin.state().position, 7);
+    twin.set_state(State<double>{});  // empty: the zero window
+    EXPECT_EQ(twin.state().tensors[0], expected.tensors[0]);
+    EXPECT_EQ(twin.state().position, 0);
 }
 
 TEST(RealtimeCausalConv, FloatFollowsDouble) {

@@ -76,7 +76,8 @@ public:
 
     /// Back to the zero window (PyTorch's zero padding), as the layer's initial_state.
     void reset() noexcept {
-        std::fill(history_.begin(), history_.end(), Scalar(0));
+        // Only the window is read before it is written; every row's padding stays zero.
+        std::fill_n(history_.begin(), (K_ - 1) * Dp_, Scalar(0));
         end_ = K_ - 1;
         position_ = 0;
     }

@@ -15,16 +15,17 @@
 ///
 /// Per sample:  pre = W_in x + b_in          (G*E, D) x (D): multiply-adds over D columns
 ///              h   = a(pre) * h + b(pre)    one pass over the packets of E units
-///              y   = W_out h + b_out        (D, E) x (E): D dot products (to_out), or y = h
+///              y   = W_out h + b_out        (D, E) x (E): to_out (see emit), or y = h
 /// Per block, in pieces of at most max_block samples: the input projection of every sample
 /// of the piece into scratch, (T, D) x (D, G*E), then the scan over the piece in time order,
 /// then to_out over the piece, (T, E) x (E, D).
 ///
 /// Layout (realtime/detail.hpp): W_in column-major with its G segments of E rows each padded
 /// to whole packets (Ep) and aligned, so the projection of one input feature is one
-/// multiply-add per packet. to_out maps the wide h to few features, so it keeps W_out's rows
-/// (zero padded to Ep) and takes one packet dot product per output feature. The padded units
-/// compute finite values that nothing reads: their weights and biases are zero.
+/// multiply-add per packet. to_out maps the wide h to few features: one packet dot product
+/// per output feature over W_out's rows (zero padded to Ep), or, for more outputs, W_out
+/// column-major as the input projection (the form with fewer packet operations). The padded
+/// units compute finite values that nothing reads: their weights and biases are zero.
 #pragma once
 
 #include "seqnn/core/aligned.hpp"
@@ -149,7 +150,7 @@ protected:
         if (layer.bidirectional())
             fail(twin, "a bidirectional " + layer.kind() + " (" + layer.signature() +
                            ") cannot stream: its reverse direction needs the whole sequence");
-        const Linear<Scalar>& in_proj = layer.in_projection();
+        const seqnn::Linear<Scalar>& in_proj = layer.in_projection();
         const auto expect = [&](const std::string& what, const Matrix<Scalar>& m, Index rows, Index cols) {
             if (m.rows() != rows || m.cols() != cols)
                 fail(twin, what + " has shape " + shape_string(m) + ", expected " + shape_string(rows, cols) + " for " +
@@ -160,13 +161,22 @@ protected:
         w_in_ = detail::pack_columns<Scalar>(in_proj.weight.value, G_, E_, Ep_);  // (G*Ep, D) column-major
         b_in_ = detail::pack_segments<Scalar>(in_proj.bias.value, G_, E_, Ep_);    // (G*Ep), zeros without bias
         if (projects_) {
-            const Linear<Scalar>& to_out = layer.out_projection();
+            const seqnn::Linear<Scalar>& to_out = layer.out_projection();
             expect("to_out's weight", to_out.weight.value, D_, E_);
             if (to_out.has_bias()) expect("to_out's bias", to_out.bias.value, 1, D_);
-            w_out_ = detail::zeros<Scalar>(D_ * Ep_);  // (D, Ep) row-major, zero padded
-            for (Index d = 0; d < D_; ++d) std::copy_n(to_out.weight.value.row(d).data(), E_, w_out_.data() + d * Ep_);
-            b_out_ = detail::zeros<Scalar>(D_);
-            if (to_out.has_bias()) std::copy_n(to_out.bias.value.data(), D_, b_out_.data());
+            // The cheaper of the two forms in packet operations (as realtime::Linear chooses).
+            const Index Dp = detail::padded<Scalar>(D_);
+            out_columns_ = E_ * (Dp / P) < D_ * (Ep_ / P + 4);
+            if (out_columns_) {
+                w_out_ = detail::pack_columns<Scalar>(to_out.weight.value, 1, D_, Dp);  // (Dp, E) column-major
+                b_out_ = detail::pack_segments<Scalar>(to_out.bias.value, 1, D_, Dp);
+                out_ = detail::zeros<Scalar>(Dp);
+            } else {
+                w_out_ = detail::zeros<Scalar>(D_ * Ep_);  // (D, Ep) row-major, zero padded
+                for (Index d = 0; d < D_; ++d)
+                    std::copy_n(to_out.weight.value.row(d).data(), E_, w_out_.data() + d * Ep_);
+                b_out_ = detail::pack_segments<Scalar>(to_out.bias.value, 1, D_, D_);
+            }
         }
         h0_ = detail::zeros<Scalar>(Ep_);
         if (learns_initial_state_) {
@@ -258,12 +268,37 @@ private:
         }
     }
 
-    // T rows of h (stride apart, Ep wide) -> y (T, output_size()): to_out's D dot products
-    // per row, or the E values of h.
-    void emit(const Scalar* h, Index T, Index stride, Scalar* y) const noexcept {
+    // T rows of h (stride apart, Ep wide) -> y (T, output_size()): to_out on each row, or
+    // the E values of h. to_out takes one of two forms, fixed at set-up:
+    //  - rows: y_d = b_d + W_out[d, :] . h, one packet dot product and one horizontal sum
+    //    per output, for few outputs (the usual E -> 1 of an audio model);
+    //  - columns: y = b + sum_j h_j W_out[:, j] over packets of outputs, four interleaved
+    //    chains of multiply-adds over the E columns, for more outputs than the dot products
+    //    pay horizontal sums for.
+    void emit(const Scalar* h, Index T, Index stride, Scalar* y) noexcept {
         namespace ei = Eigen::internal;
         if (!projects_) {
             for (Index t = 0; t < T; ++t) std::copy_n(h + t * stride, E_, y + t * E_);
+            return;
+        }
+        if (out_columns_) {
+            const Index Dp = static_cast<Index>(out_.size());
+            for (Index t = 0; t < T; ++t, h += stride, y += D_) {
+                for (Index r = 0; r < Dp; r += P) {  // (Dp, E) x (E)
+                    const Scalar* w = w_out_.data() + r;
+                    Pk s0 = ei::pload<Pk>(b_out_.data() + r), s1 = ei::pset1<Pk>(Scalar(0)), s2 = s1, s3 = s1;
+                    Index j = 0;
+                    for (; j + 4 <= E_; j += 4) {
+                        s0 = ei::pmadd(ei::pset1<Pk>(h[j]), ei::pload<Pk>(w + j * Dp), s0);
+                        s1 = ei::pmadd(ei::pset1<Pk>(h[j + 1]), ei::pload<Pk>(w + (j + 1) * Dp), s1);
+                        s2 = ei::pmadd(ei::pset1<Pk>(h[j + 2]), ei::pload<Pk>(w + (j + 2) * Dp), s2);
+                        s3 = ei::pmadd(ei::pset1<Pk>(h[j + 3]), ei::pload<Pk>(w + (j + 3) * Dp), s3);
+                    }
+                    for (; j < E_; ++j) s0 = ei::pmadd(ei::pset1<Pk>(h[j]), ei::pload<Pk>(w + j * Dp), s0);
+                    ei::pstore(out_.data() + r, ei::padd(ei::padd(s0, s1), ei::padd(s2, s3)));
+                }
+                std::copy_n(out_.data(), D_, y);
+            }
             return;
         }
         for (Index t = 0; t < T; ++t, h += stride, y += D_)
@@ -283,13 +318,16 @@ private:
     const char* name_;  // the twin's name in messages
     Index G_, D_, E_, Ep_, max_block_;
     bool projects_, identity_, learns_initial_state_;
+    bool out_columns_ = false;    // to_out in the columns form (see emit)
     bool learned_start_ = false;  // h is still the learned start (state() marks it)
     Index position_ = 0;          // samples since reset, or the position set_state gave
 
     AlignedVector<Scalar> w_in_;    // (G*Ep, D) column-major: W_in's gate segments, zero padded
     AlignedVector<Scalar> b_in_;    // (G*Ep), zeros without bias
-    AlignedVector<Scalar> w_out_;   // (D, Ep) row-major, zero padded; empty without to_out
-    AlignedVector<Scalar> b_out_;   // (D), zeros without bias; empty without to_out
+    AlignedVector<Scalar> w_out_;   // to_out's weight: rows form (D, Ep) row-major, columns form (Dp, E)
+                                    // column-major, zero padded; empty without to_out
+    AlignedVector<Scalar> b_out_;   // (D) or (Dp), zeros without bias; empty without to_out
+    AlignedVector<Scalar> out_;     // (Dp): one row of to_out in the columns form
     AlignedVector<Scalar> h0_;      // (Ep): zeros or g(init_hidden_state)
     AlignedVector<Scalar> h_;       // (Ep): the carried state
     AlignedVector<Scalar> pre_;     // (max_block, G*Ep): a piece's input projections
