@@ -21,9 +21,6 @@
 // times RTNeural at the BM_{GRU,LSTM}_Sample shapes; scripts/bench_realtime.sh runs both.
 #include "bench_common.hpp"
 
-// min_rnn.hpp ahead of the umbrella: its unqualified Linear<Scalar> (meaning seqnn::Linear)
-// would otherwise find realtime::Linear, which realtime.hpp declares first.
-#include <seqnn/realtime/min_rnn.hpp>
 #include <seqnn/realtime.hpp>
 
 #include <algorithm>
