@@ -18,7 +18,8 @@
 // Built with SEQNN_USE_MPI=ON, `mpirun -np N char_lm ...` trains on N ranks: each takes
 // a shard of every batch (--batch is the global batch), the ranks sum their gradients and
 // take the same step, and rank 0 prints, evaluates with the others and writes the files
-// (docs/distributed.md).
+// (docs/distributed.md). The reduction of each layer's gradients starts as soon as the
+// last shard's backward has finished them (--overlap off: after backward).
 #include "common/char_model.hpp"
 #include "common/cli.hpp"
 #include "common/data_parallel.hpp"
@@ -351,7 +352,8 @@ int train(int argc, char** argv) {
     std::printf("threads: %d (OpenMP %s)\n", seqnn::num_threads(), seqnn::openmp_enabled() ? "on" : "off");
     // Every rank starts from rank 0's weights; each step, each rank takes its shards of the batch.
     const auto ranks = examples::make_ranks(params, model->dropouts(), o.parallel);
-    if (const std::string text = examples::describe_ranks(*ranks, seqnn::num_threads()); !text.empty())
+    const bool overlap = o.parallel.overlap == "on";  // reduce during the last shard's backward
+    if (const std::string text = examples::describe_ranks(*ranks, seqnn::num_threads(), overlap); !text.empty())
         std::printf("%s\n", text.c_str());
     std::fflush(stdout);
 
@@ -449,12 +451,14 @@ int train(int argc, char** argv) {
             examples::make_windows(train, rows_of(starts, rows.begin, rows.end), T, x, y);
             const seqnn::Sequence<float> logits = model->forward(x, nullptr, &ctx);  // (b*T, V)
             const float shard_loss = seqnn::cross_entropy_loss<float>(logits.data, y, dlogits);
-            model->backward(seqnn::Sequence<float>(std::move(dlogits), rows.size(), T), ctx);
             const double share = static_cast<double>(rows.size()) / static_cast<double>(B);
-            ranks->add_shard(share);
+            examples::backward_shard(*ranks, s, share, overlap, [&](const seqnn::GradientReadyHook& ready) {
+                model->backward(seqnn::Sequence<float>(std::move(dlogits), rows.size(), T), ctx, nullptr, nullptr,
+                                ready);
+            });
             shard_losses.push_back(share * shard_loss);
         }
-        ranks->reduce();  // every rank: the whole batch's gradient
+        // Every rank: the whole batch's gradient (reduced after, or during, the last shard's backward).
         const auto loss = static_cast<float>(ranks->sum(shard_losses));
         if (!std::isfinite(loss)) {
             progress.clear_line();

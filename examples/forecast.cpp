@@ -198,7 +198,8 @@ int run(int argc, char** argv) {
                 static_cast<long>(seqnn::count_parameters(params)), n_train, n - n_train);
     // Every rank starts from rank 0's weights and trains on its shards of each batch.
     const auto ranks = examples::make_ranks<float>(params, {}, o.parallel);
-    if (const std::string text = examples::describe_ranks(*ranks, seqnn::num_threads()); !text.empty())
+    const bool overlap = o.parallel.overlap == "on";  // reduce during the last shard's backward
+    if (const std::string text = examples::describe_ranks(*ranks, seqnn::num_threads(), overlap); !text.empty())
         std::printf("%s\n", text.c_str());
     std::fflush(stdout);
 
@@ -227,12 +228,13 @@ int run(int argc, char** argv) {
             make_windows(train, std::vector<std::size_t>(starts.begin() + rows.begin, starts.begin() + rows.end), T, H, x, y);
             const seqnn::Sequence<float> prediction = model.forward(x, nullptr, &ctx);  // (b*T, H)
             const float shard_loss = seqnn::mse_loss<float>(prediction.data, y, dy);
-            model.backward(seqnn::Sequence<float>(std::move(dy), x.batch, x.steps), ctx);
             const double share = static_cast<double>(rows.size()) / static_cast<double>(o.batch);
-            ranks->add_shard(share);
+            examples::backward_shard(*ranks, s, share, overlap, [&](const seqnn::GradientReadyHook& ready) {
+                model.backward(seqnn::Sequence<float>(std::move(dy), x.batch, x.steps), ctx, nullptr, nullptr, ready);
+            });
             shard_losses.push_back(share * shard_loss);
         }
-        ranks->reduce();  // every rank: the whole batch's gradient
+        // Every rank: the whole batch's gradient (reduced after, or during, the last shard's backward).
         const auto loss = static_cast<float>(ranks->sum(shard_losses));
         seqnn::clip_grad_norm(params, 1.0f);
         optimizer.step();

@@ -1,6 +1,7 @@
 // The language model: minLM's names and shapes, the composition it computes, forward
 // with state (chunked == whole), step == forward, gradients, thread-safe inference,
-// dropout, gradient accumulation, and that every mixer kind learns a small task.
+// dropout, gradient accumulation, the gradient-ready hook of backward, and that every
+// mixer kind learns a small task.
 #include "testing.hpp"
 
 #include <seqnn/models/language_model.hpp>
@@ -257,6 +258,79 @@ TEST(LanguageModel, GradientAccumulationEqualsOneBigBatch) {
     };
     const auto whole = grads(1), accumulated = grads(2);
     for (std::size_t i = 0; i < whole.size(); ++i) EXPECT_LT(relative_error(accumulated[i], whole[i]), 1e-13);
+}
+
+// backward with a GradientReadyHook: the hook's runs cover every parameter exactly once,
+// contiguously from the last to the first (head, norm, each block from the last,
+// embedding), each gradient is final when it is reported, and the gradients and
+// d_initial are bitwise those of the plain backward from the same context; also for a
+// padded batch whose dlogits are not zero in the padding (backward zeroes a copy first).
+TEST(LanguageModel, GradientHookReportsEveryParameterOnceAndChangesNothing) {
+    for (MixerKind kind : kAllKinds)
+        for (bool padded : {false, true}) {
+            SCOPED_TRACE(to_string(kind) + (padded ? ", padded" : ""));
+            Rng rng(12);
+            LanguageModel<double> lm(small(kind, true), rng);
+            TokenBatch tokens = random_tokens(3, 5, 11, rng);
+            State<double> s0, d_final;
+            if (padded) {
+                tokens.lengths = {5, 2, 4};
+            } else {
+                s0 = random_lm_state(lm, 3, rng);
+                d_final = s0;
+                for (Matrix<double>* t : state_tensors(d_final))
+                    *t = seqnn::testing::random_matrix<double>(t->rows(), t->cols(), rng);
+            }
+            Context<double> ctx;
+            State<double> s = s0;
+            lm.forward(tokens, padded ? nullptr : &s, &ctx);
+            const Sequence<double> dlogits(seqnn::testing::random_matrix<double>(15, 11, rng), 3, 5);  // padding too
+
+            const ParameterList<double> params = lm.parameters();
+            const auto gradients = [&] {
+                std::vector<Matrix<double>> out;
+                for (const auto& p : params) out.push_back(p.param->grad);
+                return out;
+            };
+            lm.zero_grad();
+            State<double> plain_initial;
+            lm.backward(dlogits, ctx, padded ? nullptr : &d_final, padded ? nullptr : &plain_initial);
+            const std::vector<Matrix<double>> plain = gradients();
+
+            lm.zero_grad();
+            std::vector<std::pair<std::size_t, std::size_t>> runs;
+            std::vector<Matrix<double>> at_report(params.size());
+            std::vector<int> reported(params.size(), 0);
+            State<double> hooked_initial;
+            lm.backward(dlogits, ctx, padded ? nullptr : &d_final, padded ? nullptr : &hooked_initial,
+                        [&](std::size_t first, std::size_t end) {
+                            runs.emplace_back(first, end);
+                            ASSERT_LT(first, end);
+                            ASSERT_LE(end, params.size());
+                            for (std::size_t i = first; i < end; ++i) {
+                                ++reported[i];
+                                at_report[i] = params[i].param->grad;
+                            }
+                        });
+            const std::vector<Matrix<double>> hooked = gradients();
+
+            ASSERT_EQ(runs.size(), static_cast<std::size_t>(lm.options().depth) + 3);  // head, norm, blocks, embedding
+            EXPECT_EQ(runs.front().second, params.size());
+            for (std::size_t k = 1; k < runs.size(); ++k) EXPECT_EQ(runs[k].second, runs[k - 1].first) << "run " << k;
+            EXPECT_EQ(runs.back().first, 0u);
+            EXPECT_EQ(runs[0], std::make_pair(params.size() - 1, params.size()));  // to_logits.weight
+            EXPECT_EQ(params[runs[1].first].name, "norm.weight");
+            EXPECT_EQ(params[runs[2].first].name.rfind("layers.1.", 0), 0u) << params[runs[2].first].name;
+            EXPECT_EQ(runs.back(), std::make_pair(std::size_t(0), std::size_t(1)));  // token_emb.weight
+            for (std::size_t i = 0; i < params.size(); ++i) {
+                EXPECT_EQ(reported[i], 1) << params[i].name;
+                EXPECT_EQ(at_report[i], hooked[i]) << params[i].name << " changed after it was reported";
+                EXPECT_EQ(hooked[i], plain[i]) << params[i].name;
+            }
+            const auto a = state_tensors(plain_initial), b = state_tensors(hooked_initial);
+            ASSERT_EQ(a.size(), b.size());
+            for (std::size_t k = 0; k < a.size(); ++k) EXPECT_EQ(*a[k], *b[k]) << "d_initial " << k;
+        }
 }
 
 TEST(LanguageModel, BadInputNamesTheProblem) {

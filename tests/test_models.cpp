@@ -191,6 +191,68 @@ TEST(Sequential, NestedStacksAndStatelessChildren) {
     EXPECT_EQ(names(outer).back(), "1.1.to_out.weight");
 }
 
+// backward with a GradientReadyHook reports each child's parameters once its backward has
+// returned, from the last child to the first, offset by first_index, and skips a child
+// without parameters; a nested stack is one child. dx, d_initial and the gradients are
+// bitwise those of the plain backward.
+TEST(Sequential, GradientHookReportsEachChildFromTheLast) {
+    Rng rng(11);
+    Sequential<double> stack;
+    stack.emplace<GRU<double>>(RecurrentOptions{.input_size = 3, .hidden_size = 4}, rng);  // 4 parameters
+    stack.emplace<Dropout<double>>(4, 0.25, 3);                                             // none
+    stack.add(make_stack_like_inner(rng));                                                  // Linear and MinGRU
+    stack.add(make_linear_layer<double>(4, 2, true, rng));                                  // 2
+    const ParameterList<double> params = stack.parameters();
+    const std::size_t n_gru = stack[0].parameters().size(), n_inner = stack[2].parameters().size();
+    ASSERT_EQ(params.size(), n_gru + n_inner + 2);
+
+    const Sequence<double> x = random_sequence<double>(2, 6, 3, rng);
+    State<double> s = random_state(stack, 2, rng);
+    const State<double> d_final = random_state(stack, 2, rng);
+    Context<double> ctx;
+    stack.forward(x, &s, &ctx);
+    const Sequence<double> dy = random_sequence<double>(2, 6, 2, rng);
+
+    stack.zero_grad();
+    State<double> plain_initial;
+    const Sequence<double> plain_dx = stack.backward(dy, ctx, &d_final, &plain_initial);
+    std::vector<Matrix<double>> plain;
+    for (const auto& p : params) plain.push_back(p.param->grad);
+
+    stack.zero_grad();
+    constexpr std::size_t offset = 7;  // as if 7 parameters came before the stack
+    std::vector<std::pair<std::size_t, std::size_t>> runs;
+    std::vector<Matrix<double>> at_report(params.size());
+    State<double> hooked_initial;
+    const Sequence<double> hooked_dx =
+        stack.backward(dy, ctx, &d_final, &hooked_initial,
+                       [&](std::size_t first, std::size_t end) {
+                           runs.emplace_back(first, end);
+                           for (std::size_t i = first; i < end; ++i)
+                               at_report[i - offset] = params[i - offset].param->grad;
+                       },
+                       offset);
+    using Run = std::pair<std::size_t, std::size_t>;
+    const std::vector<Run> expected{{offset + n_gru + n_inner, offset + n_gru + n_inner + 2},
+                                    {offset + n_gru, offset + n_gru + n_inner},
+                                    {offset, offset + n_gru}};  // the dropout has nothing to report
+    EXPECT_EQ(runs, expected);
+    EXPECT_EQ(hooked_dx.data, plain_dx.data);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        EXPECT_EQ(params[i].param->grad, plain[i]) << params[i].name;
+        EXPECT_EQ(at_report[i], plain[i]) << params[i].name << " changed after it was reported";
+    }
+    const auto a = state_tensors(plain_initial), b = state_tensors(hooked_initial);
+    ASSERT_EQ(a.size(), b.size());
+    for (std::size_t k = 0; k < a.size(); ++k) EXPECT_EQ(*a[k], *b[k]) << "d_initial " << k;
+    // An empty hook is the plain backward; the hook is gone once backward has returned.
+    stack.zero_grad();
+    EXPECT_EQ(stack.backward(dy, ctx, &d_final, nullptr, GradientReadyHook{}).data, plain_dx.data);
+    runs.clear();
+    stack.backward(dy, ctx, &d_final);
+    EXPECT_TRUE(runs.empty());
+}
+
 TEST(Sequential, RejectsMismatchedLayersAndStates) {
     Rng rng(6);
     Sequential<double> stack;

@@ -9,14 +9,16 @@
 //   auto ranks = examples::make_ranks(params, model.dropouts(), flags);
 //   for (Index s = ranks->first_local_shard(); s < ranks->end_local_shard(); ++s) {
 //       ranks->begin_shard(s);                      // zeroes the gradients
-//       rows = ranks->shard_rows(B, s); forward, loss and backward on them
-//       ranks->add_shard(weight);                   // rows / B
+//       rows = ranks->shard_rows(B, s); forward and loss on them
+//       examples::backward_shard(*ranks, s, weight, flags.overlap == "on",   // weight: rows / B
+//                                [&](const seqnn::GradientReadyHook& ready) { model.backward(..., ready); });
 //   }
-//   ranks->reduce();                                // every rank: the global batch's gradient
+//   // every rank: the global batch's gradient (backward_shard reduced after the last shard)
 #pragma once
 
 #include "cli.hpp"
 
+#include <seqnn/core/parameter.hpp>
 #include <seqnn/io/safetensors.hpp>
 #include <seqnn/train/checkpoint.hpp>
 
@@ -51,6 +53,8 @@ inline bool built_with_mpi() {
 struct DataParallelFlags {
     long shards = 0;            // shards of each global batch; 0: one per rank
     std::string reduce = "sum"; // sum | ordered
+    std::string overlap = "on"; // on: reduce during the last shard's backward; off: after it
+    long bucket_kb = 4096;      // gradient KiB per MPI_Iallreduce (Sum)
 };
 
 inline void add_data_parallel_flags(Flags& flags, DataParallelFlags& o) {
@@ -62,6 +66,13 @@ inline void add_data_parallel_flags(Flags& flags, DataParallelFlags& o) {
               "how ranks sum gradients: sum (MPI_Allreduce, default) or ordered (every shard gathered and "
               "added in shard order)",
               "NAME");
+    flags.add("--overlap", o.overlap,
+              "on (default): start reducing each layer's gradients as soon as backward has finished them, "
+              "while it computes the earlier layers' (the last shard of each rank); off: reduce after backward",
+              "on|off");
+    flags.add("--bucket-kb", o.bucket_kb,
+              "gradient KiB per MPI_Iallreduce with --reduce sum (a bucket starts once backward has finished all "
+              "its parameters)");
 #else
     (void)flags;
     (void)o;
@@ -70,7 +81,9 @@ inline void add_data_parallel_flags(Flags& flags, DataParallelFlags& o) {
 
 inline void check_data_parallel_flags(const Flags& flags, const DataParallelFlags& o, long batch) {
     if (o.reduce != "sum" && o.reduce != "ordered") flags.fail("--reduce", "expected sum or ordered, got '" + o.reduce + "'");
+    if (o.overlap != "on" && o.overlap != "off") flags.fail("--overlap", "expected on or off, got '" + o.overlap + "'");
     if (o.shards < 0) flags.fail("--shards", "must be >= 0 (0: one per rank)");
+    if (o.bucket_kb < 1) flags.fail("--bucket-kb", "must be at least 1");
     if (o.shards > batch) flags.fail("--shards", std::to_string(o.shards) + " shards do not fit a batch of " + std::to_string(batch));
 }
 
@@ -119,7 +132,8 @@ std::unique_ptr<Ranks<Scalar>> make_ranks(seqnn::ParameterList<Scalar> params,
     auto ranks = std::make_unique<Ranks<Scalar>>(
         std::move(params),
         dist::DataParallelOptions{.reduction = flags.reduce == "ordered" ? dist::Reduction::Ordered : dist::Reduction::Sum,
-                                  .shards = static_cast<seqnn::Index>(flags.shards)},
+                                  .shards = static_cast<seqnn::Index>(flags.shards),
+                                  .bucket_bytes = static_cast<std::size_t>(flags.bucket_kb) << 10},
         std::move(dropouts));
     ranks->broadcast_parameters();
     return ranks;
@@ -177,6 +191,34 @@ std::unique_ptr<Ranks<Scalar>> make_ranks(seqnn::ParameterList<Scalar> params, s
 
 #endif
 
+// The backward of local shard s, whose share of the global loss is `weight` (its rows / the
+// global batch), and its gradients added to the step's: `backward(ready)` runs the model's
+// backward with `ready` as its seqnn::GradientReadyHook. Once the rank's last shard is
+// through, every rank holds the whole batch's gradient. With `overlap` (MPI builds) the
+// last shard's reduction runs during its backward: begin_reduction, parameters_ready from
+// the hook as each layer's gradients are final, finish_reduction; the same gradients as
+// reducing after backward (docs/distributed.md). Otherwise, and for the earlier shards,
+// the hook is empty: add_shard, then reduce after the last shard. Without MPI the one
+// shard's plain backward, nothing more.
+template <typename Scalar, typename Backward>
+void backward_shard(Ranks<Scalar>& ranks, seqnn::Index s, double weight, bool overlap, Backward&& backward) {
+    const bool last = s + 1 == ranks.end_local_shard();
+#ifdef SEQNN_EXAMPLES_MPI
+    if (overlap && last) {
+        ranks.begin_reduction(weight);
+        backward(seqnn::GradientReadyHook(
+            [&ranks](std::size_t first, std::size_t end) { ranks.parameters_ready(first, end); }));
+        ranks.finish_reduction();
+        return;
+    }
+#else
+    (void)overlap;
+#endif
+    backward(seqnn::GradientReadyHook{});
+    ranks.add_shard(weight);
+    if (last) ranks.reduce();
+}
+
 // Runs `write` on rank 0 only; every rank throws if it failed there.
 template <typename Scalar>
 void on_root(const Ranks<Scalar>& ranks, const std::string& what, const std::function<void()>& write) {
@@ -192,16 +234,20 @@ void on_root(const Ranks<Scalar>& ranks, const std::string& what, const std::fun
     if (!error.empty()) throw std::runtime_error(what + ": " + error);
 }
 
-// "ranks: 2 x 1 thread, 2 shards a batch, MPI_Allreduce" (MPI builds; empty otherwise),
-// with a warning when rank 0 may use fewer CPUs than it runs threads.
+// "ranks: 2 x 1 thread, 2 shards a batch, MPI_Allreduce in 1 bucket, overlapping backward"
+// (MPI builds; empty otherwise), with a warning when rank 0 may use fewer CPUs than it runs
+// threads.
 template <typename Scalar>
-std::string describe_ranks(const Ranks<Scalar>& ranks, int threads) {
+std::string describe_ranks(const Ranks<Scalar>& ranks, int threads, bool overlap = false) {
 #ifdef SEQNN_EXAMPLES_MPI
     const bool ordered = ranks.reduction() == seqnn::distributed::Reduction::Ordered;
     std::string text = "ranks: " + std::to_string(ranks.size()) + " x " + std::to_string(threads) + " thread" +
                        (threads == 1 ? "" : "s") + ", " + std::to_string(ranks.shards()) + " shard" +
                        (ranks.shards() == 1 ? "" : "s") + " a batch, " +
-                       (ordered ? "ordered reduction (gathered, summed in shard order)" : "MPI_Allreduce");
+                       (ordered ? "ordered reduction (gathered, summed in shard order)"
+                                : "MPI_Allreduce in " + std::to_string(ranks.bucket_count()) + " bucket" +
+                                      (ranks.bucket_count() == 1 ? "" : "s") +
+                                      (overlap ? ", overlapping backward" : ", after backward"));
     const int cpus = usable_cpus();
     if (cpus > 0 && cpus < threads)
         text += "\nwarning: rank 0 may run on " + std::to_string(cpus) + " CPU(s) but runs " + std::to_string(threads) +
@@ -211,6 +257,7 @@ std::string describe_ranks(const Ranks<Scalar>& ranks, int threads) {
 #else
     (void)ranks;
     (void)threads;
+    (void)overlap;
     return "";
 #endif
 }

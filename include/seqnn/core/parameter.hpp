@@ -5,6 +5,8 @@
 #include "seqnn/core/types.hpp"
 
 #include <cmath>
+#include <cstddef>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -67,6 +69,16 @@ struct NamedParameter {
 /// A layer's parameters in state_dict order.
 template <typename Scalar>
 using ParameterList = std::vector<NamedParameter<Scalar>>;
+
+/// Called by a model's backward each time the gradients of a run of its parameters are
+/// final: [first, end) are indices into the model's parameters(). Backward reports every
+/// parameter exactly once, in runs from the last parameter back to the first (the order
+/// in which it finishes them), never an empty run, and adds nothing to a run's gradients
+/// once it has reported them, so the hook may read or send them at once (e.g.
+/// distributed::DataParallel::parameters_ready, to start their reduction while backward
+/// goes on). It runs on the calling thread, between the layers' backwards. An empty hook
+/// (the default) costs nothing and changes nothing.
+using GradientReadyHook = std::function<void(std::size_t first, std::size_t end)>;
 
 /// Sets every gradient in the list to zero.
 template <typename Scalar>

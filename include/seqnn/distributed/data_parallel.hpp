@@ -34,6 +34,21 @@
 //            threads) and the sum's order is fixed. It moves shards() times the gradient to every rank: for tests and for
 //            checking reproducibility, not for speed.
 //
+// Overlapping the reduction with the backward of this rank's last shard (either reduction;
+// a model's backward reports its finished gradients through a seqnn::GradientReadyHook):
+//
+//       for each local shard s: dp.begin_shard(s); forward and loss, then
+//           if s is the last:  dp.begin_reduction(weight);
+//                              model.backward(..., [&](std::size_t first, std::size_t end) {
+//                                  dp.parameters_ready(first, end); });
+//                              dp.finish_reduction();   // instead of add_shard + reduce
+//           else:              model.backward(...); dp.add_shard(weight);
+//
+// gives the same gradients as add_shard and reduce after the last backward: bitwise with
+// Ordered, and with Sum the same buckets are reduced from the same bits (MPI's sum order
+// is its own either way). Only the last shard's backward can overlap: the earlier ones'
+// gradients are added into the flat buffer, which holds the step's sum until then.
+//
 // Dropout: begin_shard(s) sets every Dropout's call counter to (its value at the start of
 // the step) + s, and reduce() leaves it at that value + shards(), so a shard's masks
 // depend on the step and the shard, not on the rank that computes it, and the counters
@@ -344,6 +359,7 @@ public:
         zero_grad(params_);
         for (std::size_t i = 0; i < dropouts_.size(); ++i)
             dropouts_[i]->set_calls(base_calls_[i] + static_cast<std::uint64_t>(s));
+        shard_open_ = true;
     }
 
     /// Takes the gradients in .grad as this shard's, times `weight` (its share of the global
@@ -353,7 +369,11 @@ public:
         if (shards_added_ >= local_.size())
             throw distributed_error("DataParallel.add_shard: rank " + std::to_string(rank_) + " has only " +
                                     std::to_string(local_.size()) + " shard(s)");
+        if (in_flight_)
+            throw distributed_error(
+                "DataParallel.add_shard: a reduction is in progress (finish_reduction adds the last shard)");
         ++shards_added_;
+        shard_open_ = false;
         if (options_.reduction == Reduction::Ordered) {
             const double t0 = detail::now();
             slots_.resize(static_cast<std::size_t>(local_.size()) * total_);
@@ -379,9 +399,7 @@ public:
         if (options_.reduction == Reduction::Ordered) {
             reduce_ordered();
         } else if (deferred_) {
-            deferred_ = false;
-            begin_reduction(deferred_weight_);
-            parameters_ready(0, params_.size());
+            start_reduction(deferred_weight_, /*add=*/false);
             finish_reduction();
             return;  // finish_reduction ended the step
         } else {
@@ -405,33 +423,41 @@ public:
         finish_reduction();
     }
 
-    /// --- overlapping the reduction with backward (Reduction::Sum, one shard per rank)
-    ///
-    ///   dp.begin_reduction(weight);
-    ///   for each layer, last to first: its backward, then
-    ///       dp.parameters_ready(first, end);   // [first, end): its parameters' indices in the list
-    ///   dp.finish_reduction();
-    ///
-    /// A bucket starts its MPI_Iallreduce once all its parameters are ready; the buckets
-    /// hold the parameters from the last one back, in the order backward finishes them.
-    /// Each call also lets MPI progress the reductions already started.
+    // --- overlapping the reduction with backward
+    //
+    //   dp.begin_shard(last local shard);      // optional with one shard per rank
+    //   forward and loss
+    //   dp.begin_reduction(weight);            // instead of add_shard(weight) after backward
+    //   backward, which after each layer calls (a seqnn::GradientReadyHook does)
+    //       dp.parameters_ready(first, end);   // [first, end): its parameters' indices in the list
+    //   dp.finish_reduction();                 // instead of reduce()
+    //
+    // The result is that of add_shard(weight) and reduce() after backward. With Sum a
+    // bucket starts its MPI_Iallreduce once all its parameters are ready (the buckets hold
+    // the parameters from the last one back, in the order backward finishes them), and
+    // every call lets MPI progress the reductions already started; the gradients of the
+    // rank's earlier shards are already summed in the buffer. With Ordered the parameters
+    // are packed into the shard's slot as they are ready and gathered in finish_reduction.
+
+    /// Starts the reduction of this rank's last shard, whose backward is about to run, with
+    /// that shard's `weight` (its share of the global loss): after begin_shard of the last
+    /// local shard, or with one shard per rank also without begin_shard.
     void begin_reduction(double weight) {
-        if (options_.reduction != Reduction::Sum)
-            throw distributed_error("DataParallel.begin_reduction: needs Reduction::Sum");
         if (in_flight_) throw distributed_error("DataParallel.begin_reduction: a reduction is already in progress");
-        if (local_.size() != 1)
-            throw distributed_error("DataParallel.begin_reduction: needs one shard per rank, this rank has " +
-                                    std::to_string(local_.size()));
-        if (!step_open_) open_step();
-        deferred_ = false;
-        in_flight_ = true;
-        weight_ = weight;
-        std::fill(ready_.begin(), ready_.end(), false);
-        for (auto& b : buckets_) {
-            b.pending = b.end - b.first;
-            b.request = MPI_REQUEST_NULL;
-            b.done = false;
+        if (!step_open_) {
+            if (local_.size() != 1)
+                throw distributed_error("DataParallel.begin_reduction: rank " + std::to_string(rank_) + " has " +
+                                        std::to_string(local_.size()) +
+                                        " shards: call begin_shard for each, and begin_reduction in the last");
+            open_step();
+        } else if (!shard_open_ || shards_added_ + 1 != local_.size()) {
+            throw distributed_error("DataParallel.begin_reduction: shard " +
+                                    std::to_string(local_.begin + shards_added_) + " is not rank " +
+                                    std::to_string(rank_) + "'s last begun shard (it has [" +
+                                    std::to_string(local_.begin) + ", " + std::to_string(local_.end) + "))");
         }
+        // Sum: the earlier shards' gradients are summed in the flat buffer; Ordered: a slot of its own.
+        start_reduction(weight, /*add=*/options_.reduction == Reduction::Sum && shards_added_ > 0);
     }
 
     /// The gradients of parameters [first, end) are final.
@@ -441,23 +467,33 @@ public:
             throw distributed_error("DataParallel.parameters_ready: [" + std::to_string(first) + ", " +
                                     std::to_string(end) + ") is outside the " + std::to_string(params_.size()) +
                                     " parameters");
+        const bool ordered = options_.reduction == Reduction::Ordered;
+        Scalar* dst = ordered ? slots_.data() + static_cast<std::size_t>(shards_added_) * total_ : flat_.data();
         for (std::size_t i = end; i-- > first;) {  // last first: buckets fill from the end
             if (ready_[i]) continue;
             ready_[i] = true;
             const double t0 = detail::now();
-            pack_one(i, flat_.data(), weight_, /*add=*/false);
+            pack_one(i, dst, weight_, add_);
             stats_.copy_seconds += detail::now() - t0;
+            if (ordered) continue;
             Bucket& b = buckets_[bucket_of_[i]];
             if (--b.pending == 0) start_bucket(b);
         }
-        progress();
+        if (!ordered) progress();
     }
 
-    /// Marks what is left ready, waits for every bucket and writes the sums into .grad.
+    /// Marks what is left ready, waits for every bucket (Sum) or gathers every shard
+    /// (Ordered), writes the sums into .grad and ends the step.
     void finish_reduction() {
         if (!in_flight_) throw distributed_error("DataParallel.finish_reduction: no begin_reduction before it");
         parameters_ready(0, params_.size());
-        wait_and_unpack();
+        if (options_.reduction == Reduction::Ordered) {
+            in_flight_ = false;
+            ++shards_added_;
+            reduce_ordered();
+        } else {
+            wait_and_unpack();
+        }
         end_step();
     }
 
@@ -606,6 +642,26 @@ private:
         }
     }
 
+    // The reduction of the step's last shard begins: parameters_ready packs weight * .grad
+    // into the flat buffer (Sum; added to the earlier shards' sum when `add`) or into the
+    // shard's slot (Ordered).
+    void start_reduction(double weight, bool add) {
+        deferred_ = false;
+        in_flight_ = true;
+        weight_ = weight;
+        add_ = add;
+        std::fill(ready_.begin(), ready_.end(), false);
+        if (options_.reduction == Reduction::Ordered) {
+            slots_.resize(static_cast<std::size_t>(local_.size()) * total_);
+            return;
+        }
+        for (auto& b : buckets_) {
+            b.pending = b.end - b.first;
+            b.request = MPI_REQUEST_NULL;
+            b.done = false;
+        }
+    }
+
     void start_bucket(Bucket& b) {
         const double t0 = detail::now();
         detail::check(MPI_Iallreduce(MPI_IN_PLACE, flat_.data() + b.offset, static_cast<int>(b.count),
@@ -684,6 +740,7 @@ private:
     void open_step() {
         step_open_ = true;
         shard_step_ = false;
+        shard_open_ = false;
         shards_added_ = 0;
     }
     // Steps that went through begin_shard leave every dropout counter `shards` calls on.
@@ -693,6 +750,7 @@ private:
                 dropouts_[i]->set_calls(base_calls_[i] + static_cast<std::uint64_t>(shards_));
         step_open_ = false;
         shard_step_ = false;
+        shard_open_ = false;
         shards_added_ = 0;
     }
 
@@ -710,7 +768,8 @@ private:
     std::vector<std::size_t> bucket_of_;
     std::vector<bool> ready_;
     std::vector<std::uint64_t> base_calls_;
-    bool step_open_ = false, shard_step_ = false, in_flight_ = false, deferred_ = false;
+    bool step_open_ = false, shard_step_ = false, shard_open_ = false, in_flight_ = false, deferred_ = false;
+    bool add_ = false;  // the overlapped shard's gradients add to the earlier shards' sum
     Index shards_added_ = 0;
     double weight_ = 1, deferred_weight_ = 1;
     ReductionStats stats_;

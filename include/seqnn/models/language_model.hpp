@@ -17,7 +17,9 @@
 //                                chunk by chunk equals all at once;
 //   step(tokens (B), state, logits (B, V))  one token per stream, no allocation after
 //                                initial_state;
-//   backward(dlogits, ctx)       adds every parameter's gradient into its .grad.
+//   backward(dlogits, ctx)       adds every parameter's gradient into its .grad; with a
+//                                GradientReadyHook it reports them as they become final:
+//                                the head, the norm, each block from the last, the embedding.
 // forward without a context keeps nothing in the object: one model may serve several
 // threads at once.
 //
@@ -209,8 +211,12 @@ public:
     /// Given dL/dlogits (B*T, V) for the forward that filled ctx (and optionally dL/d
     /// of its final state), adds every parameter's gradient into .grad; fills
     /// d_initial, if given, with dL/d(initial state).
+    /// ready: if not empty, called with [first, end) of parameters() each time those
+    /// gradients are final, in the order backward finishes them: to_logits, norm, each
+    /// block from the last to the first, token_emb (see GradientReadyHook). It changes
+    /// nothing that backward computes.
     void backward(const Sequence<Scalar>& dlogits, const Context<Scalar>& ctx, const State<Scalar>* d_final = nullptr,
-                  State<Scalar>* d_initial = nullptr) {
+                  State<Scalar>* d_initial = nullptr, const GradientReadyHook& ready = {}) {
         const std::string where = kind() + ".backward";
         check_context_owner(where, ctx, signature());
         if (ctx.children.size() != 2) fail(where, "the context holds no training forward of this model");
@@ -226,21 +232,37 @@ public:
         if (!padding_is_zero(dlogits.data, T, lengths)) {  // the logits there were zero whatever the weights
             Sequence<Scalar> zeroed = dlogits;
             zero_padding<Scalar>(zeroed.data, T, lengths);
-            backward(zeroed, ctx, d_final, d_initial);
+            backward(zeroed, ctx, d_final, d_initial, ready);
             return;
         }
+        // parameters(): token_emb's [0, n_emb), the blocks', norm's, to_logits' [n_head, total).
+        std::size_t n_emb = 0, n_norm = 0, n_head = 0, total = 0;
+        if (ready) {
+            n_emb = count(token_emb_);
+            n_norm = n_emb + count(layers_);
+            n_head = n_norm + count(norm_);
+            total = n_head + count(to_logits_);
+        }
+        const auto report = [&ready](std::size_t first, std::size_t end) {
+            if (ready && first < end) ready(first, end);
+        };
         const Matrix<Scalar> d_normed = to_logits_.backward(saved.normed, dlogits.data);  // (B*T, V) x (V, D)
-        const Sequence<Scalar> dh(norm_.backward(saved.h, d_normed), B, T);               // (B*T, D)
+        report(n_head, total);
+        const Sequence<Scalar> dh(norm_.backward(saved.h, d_normed), B, T);  // (B*T, D)
+        report(n_norm, n_head);
         const bool has_final = d_final && !d_final->empty();
         if (has_final) check_state(*d_final, B, Call::Backward);
         if (d_initial) {
             *d_initial = State<Scalar>{};
             d_initial->children.resize(1);
         }
-        Sequence<Scalar> dx = layers_.backward(dh, ctx.children[0], has_final ? &d_final->children[0] : nullptr,
-                                               d_initial ? &d_initial->children[0] : nullptr);  // (B*T, D)
+        const State<Scalar>* d_blocks_final = has_final ? &d_final->children[0] : nullptr;
+        State<Scalar>* d_blocks_initial = d_initial ? &d_initial->children[0] : nullptr;
+        Sequence<Scalar> dx = layers_.backward(dh, ctx.children[0], d_blocks_final, d_blocks_initial, ready,
+                                               n_emb);  // (B*T, D); without a hook the plain backward
         embed_drop_.apply_backward(dx.data, ctx.children[1]);
         token_emb_.backward(saved.ids, dx.data);
+        report(0, n_emb);
     }
 
     /// Makes room in `state` (made by initial_state) for `length` positions per stream:
@@ -323,6 +345,14 @@ private:
                     .dropout = o.dropout, .dropout_seed = seed, .names = BlockNames::TransformerEncoderLayer};
         return lm_block_options({.dim = o.dim, .mixer = o.mixer, .ff_mult = o.ff_mult, .conv = o.conv,
                                  .conv_kernel = o.conv_kernel, .dropout = o.dropout, .dropout_seed = seed});
+    }
+
+    // The number of parameters a part contributes to parameters().
+    template <typename Part>
+    static std::size_t count(Part& part) {
+        ParameterList<Scalar> list;
+        part.collect_parameters("", list);
+        return list.size();
     }
 
     static const LanguageModelOptions& checked(const LanguageModelOptions& o) {

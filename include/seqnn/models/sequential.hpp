@@ -9,6 +9,8 @@
 //   state:  one child state per layer, in State::children.
 //   step:   the children's steps in order through (B, D_i) buffers kept in the
 //           state's workspace, so streaming allocates nothing.
+//   backward with a GradientReadyHook: reports each child's parameters, from the last
+//           child to the first, as soon as that child's backward has returned.
 #pragma once
 
 #include "seqnn/core/errors.hpp"
@@ -61,6 +63,32 @@ public:
     void collect_parameters(const std::string& prefix, ParameterList<Scalar>& out) override {
         for (std::size_t i = 0; i < layers_.size(); ++i)
             layers_[i]->collect_parameters(prefix + std::to_string(i) + ".", out);
+    }
+
+    using Layer<Scalar>::backward;
+    /// Layer::backward, calling `ready(first_index + first, first_index + end)` as soon as
+    /// each child's backward has returned, from the last child to the first, with [first,
+    /// end) that child's parameters' indices in parameters() (a child without parameters is
+    /// not reported). `first_index` is where the stack's parameters start in a larger
+    /// model's list (a LanguageModel's blocks come after its embedding). The gradients, dx
+    /// and d_initial are bitwise those of the plain backward; an empty `ready` is that backward.
+    Sequence<Scalar> backward(const Sequence<Scalar>& dy, const Context<Scalar>& ctx, const State<Scalar>* d_final,
+                              State<Scalar>* d_initial, const GradientReadyHook& ready, std::size_t first_index = 0) {
+        if (!ready) return Layer<Scalar>::backward(dy, ctx, d_final, d_initial);
+        ready_bounds_.assign(1, 0);  // child i's parameters: [ready_bounds_[i], ready_bounds_[i + 1])
+        ParameterList<Scalar> child;
+        for (const auto& layer : layers_) {
+            child.clear();
+            layer->collect_parameters("", child);
+            ready_bounds_.push_back(ready_bounds_.back() + child.size());
+        }
+        struct Clear {  // no hook outside this call, also when backward throws
+            const GradientReadyHook*& hook;
+            ~Clear() { hook = nullptr; }
+        } clear{ready_};
+        ready_ = &ready;
+        ready_offset_ = first_index;
+        return Layer<Scalar>::backward(dy, ctx, d_final, d_initial);
     }
 
     /// The kind and sizes of every child, e.g. "Sequential(GRU 5 -> 9, Linear 9 -> 3)": the
@@ -143,6 +171,8 @@ protected:
             if (i + 1 < layers_.size()) recycle_matrix(std::move(d.data));
             d = std::move(d_in);
             if (child_initial && child_initial->empty()) *child_initial = layers_[i]->initial_state(dy.batch);
+            if (ready_ && ready_bounds_[i] < ready_bounds_[i + 1])  // child i's gradients are final
+                (*ready_)(ready_offset_ + ready_bounds_[i], ready_offset_ + ready_bounds_[i + 1]);
         }
         return d;
     }
@@ -153,6 +183,10 @@ private:
     }
 
     std::vector<std::unique_ptr<Layer<Scalar>>> layers_;
+    // Set only during a backward with a GradientReadyHook.
+    const GradientReadyHook* ready_ = nullptr;
+    std::size_t ready_offset_ = 0;
+    std::vector<std::size_t> ready_bounds_;
 };
 
 }  // namespace seqnn
