@@ -912,6 +912,12 @@ def distributed_tables(root):
              f"{r['gradient_mb']:.2f} MB", f"{r['train_loss']:.4f} / {r['val_loss']:.4f}"] for r in rows]
     out += _md_table(["ranks x threads", "tokens/s", "vs 1 rank", "s per step", "in MPI (rank 0)",
                       "gradients a step", "train / val loss at the end"], body) + [""]
+    if "overlap" in data:
+        ov = data["overlap"]
+        out += [f"{ov['caption']}.", ""]
+        out += _md_table(["ranks x threads", "overlap", "tokens/s, each run", "in MPI (rank 0), each run"],
+                         [[f"{r['ranks']} x {r['threads']}", r["overlap"], ", ".join(f"{v:.0f}" for v in r["tokens_per_s"]),
+                           ", ".join(f"{v:.1f}%" for v in r["mpi_pct"])] for r in ov["rows"]]) + [""]
     # The model: step(N) = t1 / N + 2 (N - 1) / N * bytes / bandwidth (a ring all-reduce).
     t1, mb = base["train_s"] / base["steps"], base["gradient_mb"]
     links = [10, 100]
