@@ -80,7 +80,8 @@ struct Case {
     }
 };
 
-// Every cell at odd sizes: one input feature, a few, stacked, without bias, and the LSTM's
+// Every cell at odd sizes: one input feature, a few, stacked (small stacks run time step by
+// time step in process_block, larger ones layer by layer), without bias, and the LSTM's
 // projection.
 std::vector<Case> all_cases() {
     std::vector<Case> cases;
@@ -94,6 +95,12 @@ std::vector<Case> all_cases() {
     }
     cases.push_back({Cell::LSTM, 3, 13, 1, true, 5});
     cases.push_back({Cell::LSTM, 1, 7, 2, false, 3});
+    // Wide layers: process_block projects a piece as one product (layer 1 here, both layers
+    // of the projected LSTM), and steps a stack layer by layer.
+    cases.push_back({Cell::GRU, 3, 64, 2, true, 0});
+    cases.push_back({Cell::LSTM, 17, 64, 1, false, 0});
+    cases.push_back({Cell::RNNReLU, 16, 65, 2, true, 0});
+    cases.push_back({Cell::LSTM, 16, 64, 2, true, 20});
     return cases;
 }
 

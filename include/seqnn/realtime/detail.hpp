@@ -1,14 +1,17 @@
 /// @file
-/// What the real-time twins share: weights packed column-major in whole SIMD packets,
-/// the small products of one sample (a sequence of multiply-adds over the input columns,
-/// no horizontal sums) and the gate activations on one packet.
+/// What the real-time twins share: weights packed in whole SIMD packets, the small products
+/// of one sample (sequences of multiply-adds over the input columns, no horizontal sums),
+/// the gate activations on one packet, and detail::Stack, the state and loops of the GRU,
+/// LSTM and RNN twins.
 ///
-/// Layout. A PyTorch weight (G*H, K) of G gates of H units becomes a column-major
-/// (G*Hp, K) array: column k holds gate 0's H rows, zeros up to Hp (H rounded up to
-/// whole packets), then gate 1's, and so on. Every gate segment starts on a packet
-/// boundary of an aligned buffer, so the products load whole aligned packets, and
-/// unit packet u of every gate sits at the same offset u of its segment. The padding
-/// rows are zero: the padded units compute finite values that nothing reads.
+/// Layouts. A PyTorch weight (G*H, K) of G gates of H units becomes
+///  - column-major (pack_columns): a (G*Hp, K) array whose column k holds gate 0's H rows,
+///    zeros up to Hp (H rounded up to whole packets), then gate 1's, and so on: every gate
+///    segment starts on a packet boundary of an aligned buffer;
+///  - in panels (pack_panels, the recurrent twins' W_ih and W_hh): the same, cut by groups of
+///    units (two packets, or one for the last), each group's columns contiguous, so that the
+///    product of one group reads its weights in order at offsets known at compile time.
+/// The padding rows are zero: the padded units compute finite values that nothing reads.
 ///
 /// Nothing here allocates, throws or opens a parallel region once the weights are packed.
 #pragma once
@@ -16,6 +19,7 @@
 #include "seqnn/core/aligned.hpp"
 #include "seqnn/core/errors.hpp"
 #include "seqnn/core/types.hpp"
+#include "seqnn/kernels/recurrent.hpp"
 #include "seqnn/layers/recurrent.hpp"
 
 #include <Eigen/Core>
@@ -68,6 +72,33 @@ AlignedVector<S> pack_segments(const Matrix<S>& v, Index gates, Index H, Index H
     return out;
 }
 
+/// Units per group of the hidden products: two packets (for_unit_packets), the last group
+/// one packet when their number is odd.
+template <typename S>
+constexpr Index group_width(Index Hp, Index u) {
+    return Hp - u >= 2 * kPacket<S> ? 2 * kPacket<S> : kPacket<S>;
+}
+
+/// w (G*H, K) packed for the hidden product in panels, one per group of units [u, u + W)
+/// (W = group_width): the panel is column-major (G*W, K), column k holding gate 0's W units,
+/// then gate 1's, and so on, zero past H; the panels follow each other, so the panel of the
+/// group at u starts at u*G*K. The product then reads its weights in order, at offsets known
+/// at compile time.
+template <typename S>
+AlignedVector<S> pack_panels(const Matrix<S>& w, Index gates, Index H, Index Hp) {
+    const Index K = w.cols();
+    AlignedVector<S> out = zeros<S>(gates * Hp * K);
+    std::size_t at = 0;
+    for (Index u = 0; u < Hp; u += group_width<S>(Hp, u)) {
+        const Index width = group_width<S>(Hp, u);
+        for (Index k = 0; k < K; ++k)
+            for (Index g = 0; g < gates; ++g)
+                for (Index j = u; j < u + width; ++j, ++at)
+                    if (j < H) out[at] = w(g * H + j, k);
+    }
+    return out;
+}
+
 /// out[0:R] = b[0:R] + sum_i x[i] w[i*R : (i+1)*R] for a column-major (R, I) w, R a multiple
 /// of the packet size; w, b and out aligned. The input projection of one sample: multiply-adds
 /// over the input columns, one accumulator per packet of rows, the input of one column
@@ -95,41 +126,93 @@ void project_rows(const S* x, Index T, Index I, const S* w, const S* b, Index R,
     for (Index t = 0; t < T; ++t) project(x + t * I, I, w, b, R, out + t * R);
 }
 
-/// acc[g] += sum_{k < K} h[k] w[k*ld + g*gate_stride] for G gates: the hidden product of one
-/// packet of units (w points at the packet's offset in column 0). Split over N interleaved
-/// sums of the columns so that the chains of dependent multiply-adds are K/N long, then
-/// added up in a fixed order (deterministic, independent of the data).
-template <typename S, int G, int N = (G == 1 ? 4 : 2)>
+/// Accumulators that the hidden products keep in registers at once, leaving the other vector
+/// registers to the broadcast column values and the loads.
+inline constexpr int kAccumulators = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 16 : 12;
+
+/// How many interleaved sums of the columns the hidden product of U packets of G gates
+/// runs: as many as the registers hold (at most 4), so that its chains of dependent
+/// multiply-adds are as short as they can be.
+constexpr int column_splits(int gates, int units) {
+    return gates * units * 4 <= kAccumulators ? 4 : gates * units * 2 <= kAccumulators ? 2 : 1;
+}
+
+/// acc[v][g] += sum_{k < K} h[k] w[k*ld + g*gate_stride + v*P] for U consecutive packets of
+/// units (v) of G gates (g): the hidden product of those units, w pointing at their offset
+/// in column 0 of a column-major packed weight. The columns are split over N interleaved
+/// sums (k mod N, the last K mod N columns in the first), added up at the end in a fixed
+/// order: every result is the same whatever the data.
+template <typename S, int G, int U, int N = column_splits(G, U)>
 EIGEN_STRONG_INLINE void accumulate_columns(const S* h, Index K, const S* w, Index ld, Index gate_stride,
-                                            Packet<S> (&acc)[G]) noexcept {
+                                            Packet<S> (&acc)[U][G]) noexcept {
     namespace ei = Eigen::internal;
     using Pk = Packet<S>;
-    Pk part[N][G];
-    for (int g = 0; g < G; ++g) {
-        part[0][g] = acc[g];
-        for (int s = 1; s < N; ++s) part[s][g] = ei::pset1<Pk>(S(0));
-    }
-    Index k = 0;
-    for (; k + N <= K; k += N)
-        for (int s = 0; s < N; ++s) {
-            const Pk hk = ei::pset1<Pk>(h[k + s]);
-            const S* col = w + (k + s) * ld;
-            for (int g = 0; g < G; ++g) part[s][g] = ei::pmadd(hk, ei::pload<Pk>(col + g * gate_stride), part[s][g]);
+    constexpr Index P = kPacket<S>;
+    Pk part[N][U][G];
+    for (int v = 0; v < U; ++v)
+        for (int g = 0; g < G; ++g) {
+            part[0][v][g] = acc[v][g];
+            for (int s = 1; s < N; ++s) part[s][v][g] = ei::pset1<Pk>(S(0));
         }
-    for (int s = 0; k < K; ++k, ++s) {
+    const auto add_column = [&](Pk(&sum)[U][G], Index k) {
         const Pk hk = ei::pset1<Pk>(h[k]);
         const S* col = w + k * ld;
-        for (int g = 0; g < G; ++g) part[s][g] = ei::pmadd(hk, ei::pload<Pk>(col + g * gate_stride), part[s][g]);
-    }
-    for (int g = 0; g < G; ++g) {
-        if constexpr (N == 4) {
-            acc[g] = ei::padd(ei::padd(part[0][g], part[1][g]), ei::padd(part[2][g], part[3][g]));
-        } else {
-            Pk sum = part[0][g];
-            for (int s = 1; s < N; ++s) sum = ei::padd(sum, part[s][g]);
-            acc[g] = sum;
+        for (int v = 0; v < U; ++v)
+            for (int g = 0; g < G; ++g)
+                sum[v][g] = ei::pmadd(hk, ei::pload<Pk>(col + g * gate_stride + v * P), sum[v][g]);
+    };
+    Index k = 0;
+    for (; k + N <= K; k += N)
+        for (int s = 0; s < N; ++s) add_column(part[s], k + s);
+    for (; k < K; ++k) add_column(part[0], k);
+    for (int v = 0; v < U; ++v)
+        for (int g = 0; g < G; ++g) {
+            if constexpr (N == 4)
+                acc[v][g] = ei::padd(ei::padd(part[0][v][g], part[1][v][g]), ei::padd(part[2][v][g], part[3][v][g]));
+            else if constexpr (N == 2)
+                acc[v][g] = ei::padd(part[0][v][g], part[1][v][g]);
+            else
+                acc[v][g] = part[0][v][g];
         }
-    }
+}
+
+/// acc[v][g] += sum_{k < K} h[k] panel[k*G*U*P + (g*U + v)*P + lane]: the hidden product of
+/// the group of U packets of units whose panel (pack_panels) starts at `panel`, as
+/// accumulate_columns with the panel's strides, which are known at compile time.
+template <typename S, int G, int U, int N = column_splits(G, U)>
+EIGEN_STRONG_INLINE void accumulate_panel(const S* h, Index K, const S* panel, Packet<S> (&acc)[U][G]) noexcept {
+    accumulate_columns<S, G, U, N>(h, K, panel, G * U * kPacket<S>, U * kPacket<S>, acc);
+}
+
+/// accumulate_columns for one packet of units: acc[g] += sum_{k < K} h[k] w[k*ld + g*gate_stride].
+template <typename S, int G>
+EIGEN_STRONG_INLINE void accumulate_columns(const S* h, Index K, const S* w, Index ld, Index gate_stride,
+                                            Packet<S> (&acc)[G]) noexcept {
+    Packet<S> one[1][G];
+    for (int g = 0; g < G; ++g) one[0][g] = acc[g];
+    accumulate_columns<S, G, 1>(h, K, w, ld, gate_stride, one);
+    for (int g = 0; g < G; ++g) acc[g] = one[0][g];
+}
+
+/// Runs body.template operator()<U>(u) over the packets of units u = 0, P, .., Hp - P: two
+/// packets at a time (the hidden product then broadcasts each column value once for both),
+/// the last one alone when their number is odd.
+template <typename S, typename Body>
+EIGEN_STRONG_INLINE void for_unit_packets(Index Hp, const Body& body) noexcept {
+    constexpr Index P = kPacket<S>;
+    Index u = 0;
+    for (; u + 2 * P <= Hp; u += 2 * P) body.template operator()<2>(u);
+    if (u < Hp) body.template operator()<1>(u);
+}
+
+/// y[0:n] = from[0:n], from aligned: whole packets, then the last few scalars.
+template <typename S>
+EIGEN_STRONG_INLINE void copy_out(const S* from, Index n, S* y) noexcept {
+    namespace ei = Eigen::internal;
+    constexpr Index P = kPacket<S>;
+    Index i = 0;
+    for (; i + P <= n; i += P) ei::pstoreu(y + i, ei::pload<Packet<S>>(from + i));
+    for (; i < n; ++i) y[i] = from[i];
 }
 
 /// The functor `Op` on one packet as Eigen's array expressions apply it: its vectorised form
@@ -182,38 +265,60 @@ void check_block(const char* twin, ConstMatrixRef<S> x, MatrixRef<S> y, Index in
                                                        shape_string(x.rows(), out) + " for x " + shape_string(x));
 }
 
+/// Whether a twin's process_block computes the input projections of a piece of samples as one
+/// product before the recurrence (batched) rather than inside each step (fused), for a layer
+/// of I_k inputs and H units per gate. Fused, the projection's multiply-adds run in the idle
+/// slots of the recurrence's chain of dependent operations (a step of a small layer is
+/// latency-bound: the activations wait on the products, the products on the last h), so a
+/// product of its own would only add time. Batched pays once a step is bound by reading the
+/// weights: a register-blocked product reads W_ih once for several samples instead of once
+/// per sample (stacked layers, wide inputs).
+inline bool batched_projection(Index inputs, Index units) { return units >= 64 && inputs >= 16; }
+
+/// Whether process_block runs a stack of layers time step by time step (every layer at step t,
+/// then step t + 1, as process_sample does) rather than layer by layer over a piece, given the
+/// packet multiply-adds a time step of the whole stack costs. A small stack's step is bound by
+/// its chains of dependent operations: stepping all layers together lets layer k + 1 at step t
+/// overlap layer k at step t + 1. A larger one is bound by arithmetic and by reading weights,
+/// where one layer's weights staying in cache over a whole piece pays more.
+inline bool time_major_stack(Index layers, Index packet_madds) { return layers > 1 && packet_madds <= 160; }
+
 /// What the GRU, LSTM and RNN twins share: a stack of L unidirectional layers of one cell
 /// kind, its weights packed for one stream, its state and the loops of process_sample and
 /// process_block. The twin supplies the cell (its `Step`):
-///   step(layer, pre, h, h_next, c, m)
-/// runs one step of one layer: pre (G*Hp) is the input's pre-activation with the folded
-/// biases, h (Hrp) the layer's h_{t-1}, h_next (Hrp) receives h_t; c (Hp) is the layer's cell
-/// state (LSTM, else null), m (Hp) scratch (the LSTM's o * tanh(c) before a projection).
+///   step.template operator()<Fused>(layer, in, h, h_next, c, m)
+/// runs one step of one layer. Fused: `in` is the layer's input x_t (I_k), whose projection
+/// the step adds to its accumulators itself (W_ih in panels, biases folded); otherwise `in`
+/// is the input's pre-activation (G*Hp) with the folded biases, computed beforehand. h (Hrp)
+/// is the layer's h_{t-1}, h_next (Hrp) receives h_t; c (Hp) is the layer's cell state
+/// (LSTM, else null), m (Hp) scratch (the LSTM's o * tanh(c) before a projection).
 ///
 /// Per layer k the buffers are: h twice (h_{t-1} and h_t, swapped after each step), c once
-/// (a unit's c is read and written by that unit only). Per block piece the input projection
-/// of every sample is one pass, (T, I_k) x (I_k, G*Hp), into `pre`, then the recurrence; a
-/// layer below the top writes its outputs into `between`, which the next layer projects
-/// before it writes its own there.
+/// (a unit's c is read and written by that unit only). process_block runs in pieces of at
+/// most max_block samples, each layer over the whole piece before the next: a layer below
+/// the top writes its outputs into `between`, which the next layer reads (and, batched,
+/// projects into `pre` as one product) before it writes its own there.
 template <typename S>
 class Stack {
 public:
     /// One layer's weights, packed.
     struct Layer {
-        Index input = 0;          ///< I_k: I for k = 0, H_r above
-        Index H = 0;              ///< units per gate
-        Index Hr = 0;             ///< the width of h: H, or the LSTM's proj_size
-        Index Hp = 0;             ///< H rounded up to whole packets: the gate segments' stride
-        Index Hrp = 0;            ///< H_r rounded up to whole packets
-        AlignedVector<S> w_ih;    ///< (G*Hp, I_k) column-major
-        AlignedVector<S> w_hh;    ///< (G*Hp, H_r) column-major
-        AlignedVector<S> bias;    ///< (G*Hp): b_ih + b_hh (GRU's n gate: b_in only)
-        AlignedVector<S> bias_hn; ///< (Hp): the GRU's b_hn, which r multiplies; empty otherwise
-        AlignedVector<S> w_hr;    ///< (Hrp, H) column-major: the LSTM's projection; empty without
+        Index input = 0;           ///< I_k: I for k = 0, H_r above
+        Index H = 0;               ///< units per gate
+        Index Hr = 0;              ///< the width of h: H, or the LSTM's proj_size
+        Index Hp = 0;              ///< H rounded up to whole packets: the gate segments' stride
+        Index Hrp = 0;             ///< H_r rounded up to whole packets
+        AlignedVector<S> w_ih;     ///< (G*Hp, I_k) in panels (pack_panels), for the fused projection
+        AlignedVector<S> w_hh;     ///< (G*Hp, H_r) in panels
+        AlignedVector<S> bias;     ///< (G*Hp): b_ih + b_hh (GRU's n gate: b_in only)
+        AlignedVector<S> bias_hn;  ///< (Hp): the GRU's b_hn, which r multiplies; empty otherwise
+        AlignedVector<S> w_hr;     ///< (Hrp, H) in panels: the LSTM's projection; empty without
+        bool batched = false;      ///< process_block projects a piece at once (batched_projection)
+        recurrent_detail::PackedPanels<S> w_ih_rows;  ///< W_ih^T (I_k, G*Hp) for that product
     };
 
     /// Packs `layer` (cell `cell`) for one stream; `twin` names the twin in errors.
-    Stack(const std::string& twin, const RecurrentStack<S>& layer, CellKind cell, Index max_block)
+    Stack(const char* twin, const RecurrentStack<S>& layer, CellKind cell, Index max_block)
         : twin_(twin), cell_(cell), G_(gate_count(cell)), I_(layer.input_size()), H_(layer.hidden_size()),
           Hr_(layer.real_hidden_size()), L_(layer.num_layers()), Hp_(padded<S>(H_)), Hrp_(padded<S>(Hr_)),
           max_block_(max_block) {
@@ -221,9 +326,11 @@ public:
         if (layer.directions() != 1)
             fail(twin, "a bidirectional " + layer.kind() + " (" + layer.signature() +
                            ") cannot stream: its reverse direction needs the whole sequence");
-        if (Hr_ != H_ && cell != CellKind::LSTM)
-            fail(twin, "only the LSTM has a projection; got " + layer.signature());
         const Index R = G_ * Hp_;
+        // Packet multiply-adds of one time step of the whole stack: (G*Hp/P) x (I_k + H_r) a layer.
+        const Index madds = R / kPacket<S> * (I_ + Hr_ + (L_ - 1) * 2 * Hr_);
+        time_major_ = time_major_stack(L_, madds);
+        bool any_batched = false;
         for (Index k = 0; k < L_; ++k) {
             const auto& w = layer.weights(k);
             const Index input = k == 0 ? I_ : Hr_;
@@ -246,8 +353,8 @@ public:
             p.Hr = Hr_;
             p.Hp = Hp_;
             p.Hrp = Hrp_;
-            p.w_ih = pack_columns<S>(w.weight_ih.value, G_, H_, Hp_);
-            p.w_hh = pack_columns<S>(w.weight_hh.value, G_, H_, Hp_);
+            p.w_ih = pack_panels<S>(w.weight_ih.value, G_, H_, Hp_);
+            p.w_hh = pack_panels<S>(w.weight_hh.value, G_, H_, Hp_);
             p.bias = zeros<S>(R);
             if (bias) {
                 const AlignedVector<S> b_ih = pack_segments<S>(w.bias_ih.value, G_, H_, Hp_);
@@ -261,15 +368,24 @@ public:
                 if (cell == CellKind::GRU) p.bias_hn.assign(b_hh.begin() + 2 * Hp_, b_hh.end());
             }
             if (cell == CellKind::GRU && p.bias_hn.empty()) p.bias_hn = zeros<S>(Hp_);
-            if (Hr_ != H_) p.w_hr = pack_columns<S>(w.weight_hr.value, 1, Hr_, Hrp_);
+            if (Hr_ != H_) p.w_hr = pack_panels<S>(w.weight_hr.value, 1, Hr_, Hrp_);
+            p.batched = !time_major_ && batched_projection(input, H_);
+            if (p.batched) {
+                const Matrix<S>& w_ih = w.weight_ih.value;
+                p.w_ih_rows.pack(input, R, [&](Index i, Index j) {  // (I_k, G*Hp): W_ih^T, zero padded
+                    const Index g = j / Hp_, u = j % Hp_;
+                    return u < H_ ? w_ih(g * H_ + u, i) : S(0);
+                });
+                any_batched = true;
+            }
             layers_.push_back(std::move(p));
         }
         hidden_ = zeros<S>(2 * L_ * Hrp_);
         current_.assign(static_cast<std::size_t>(L_), 0);
         if (cell == CellKind::LSTM) cells_ = zeros<S>(L_ * Hp_);
         scratch_ = zeros<S>(Hp_);
-        pre_ = zeros<S>(checked_mul(twin, max_block, R));
-        if (L_ > 1) between_ = zeros<S>(checked_mul(twin, max_block, Hr_));
+        if (any_batched) pre_ = zeros<S>(checked_mul(twin, max_block, R));
+        if (L_ > 1 && !time_major_) between_ = zeros<S>(checked_mul(twin, max_block, Hr_));
     }
 
     /// I.
@@ -309,7 +425,7 @@ public:
     /// with B = 1); an empty state is the zero state. Throws on other shapes.
     void set_state(const State<S>& state) {
         if (state.empty()) return reset();
-        const std::string where = twin_ + ".set_state";
+        const std::string where = std::string(twin_) + ".set_state";
         if (state.batch > 1)
             fail(where, "the state was made for B=" + std::to_string(state.batch) + " streams; a twin runs one");
         if (!state.children.empty())
@@ -325,49 +441,75 @@ public:
                                 ", expected " + shape_string(L_, widths[i]) + " (L, " + (i == 0 ? "H_r" : "H") +
                                 ") for one stream");
         reset();
-        for (Index k = 0; k < L_; ++k)
-            std::copy_n(state.tensors[0].row(k).data(), Hr_, h(k));
+        for (Index k = 0; k < L_; ++k) std::copy_n(state.tensors[0].row(k).data(), Hr_, h(k));
         if (count == 2)
             for (Index k = 0; k < L_; ++k) std::copy_n(state.tensors[1].row(k).data(), H_, cells_.data() + k * Hp_);
         position_ = state.position;
     }
 
-    /// One sample through every layer; y receives the top layer's h_t. x is read before y
-    /// is written.
+    /// One sample through every layer, each step with its projection fused; y receives the
+    /// top layer's h_t. x is read before y is written.
     template <typename Step>
-    EIGEN_STRONG_INLINE void sample(const S* x, S* y, const Step& step) noexcept {
+    EIGEN_ALWAYS_INLINE void sample(const S* x, S* y, const Step& step) noexcept {
         const S* input = x;
         for (Index k = 0; k < L_; ++k) {
-            const Layer& w = layers_[static_cast<std::size_t>(k)];
-            project(input, w.input, w.w_ih.data(), w.bias.data(), G_ * Hp_, pre_.data());  // (I_k) -> (G*Hp)
             S* h_next = h_other(k);
-            step(w, pre_.data(), h(k), h_next, cell(k), scratch_.data());
+            step.template operator()<true>(layers_[static_cast<std::size_t>(k)], input, h(k), h_next, cell(k),
+                                           scratch_.data());
             current_[static_cast<std::size_t>(k)] ^= 1;
             input = h_next;
         }
-        std::copy_n(input, Hr_, y);
+        copy_out(input, Hr_, y);
         ++position_;
     }
 
-    /// `steps` samples, in pieces of at most max_block: per piece and layer, the input
-    /// projection of the piece, then the recurrence.
+    /// `steps` samples, in pieces of at most max_block, each layer over the piece before the
+    /// next: its projections fused into the steps, or batched, (T, I_k) x (I_k, G*Hp) into
+    /// `pre`, then the recurrence.
     template <typename Step>
     void block(const S* x, Index steps, S* y, const Step& step) noexcept {
+        if (time_major_) {  // as process_sample, sample by sample; layer k's h_{t-1} alternates with t
+            for (Index t = 0; t < steps; ++t) {
+                const S* input = x + t * I_;
+                const unsigned char odd = static_cast<unsigned char>(t & 1);
+                for (Index k = 0; k < L_; ++k) {
+                    const unsigned char now = current_[static_cast<std::size_t>(k)] ^ odd;
+                    S* h_prev = hidden_.data() + (2 * k + now) * Hrp_;
+                    S* h_next = hidden_.data() + (2 * k + (now ^ 1)) * Hrp_;
+                    step.template operator()<true>(layers_[static_cast<std::size_t>(k)], input, h_prev, h_next,
+                                                   cell(k), scratch_.data());
+                    input = h_next;
+                }
+                copy_out(input, Hr_, y + t * Hr_);
+            }
+            for (unsigned char& c : current_) c ^= static_cast<unsigned char>(steps & 1);
+            position_ += steps;
+            return;
+        }
         const Index R = G_ * Hp_;
         for (Index t0 = 0; t0 < steps; t0 += max_block_) {
             const Index T = std::min(max_block_, steps - t0);
-            const S* input = x + t0 * I_;
+            const S* input = x + t0 * I_;  // (T, I_k)
             for (Index k = 0; k < L_; ++k) {
                 const Layer& w = layers_[static_cast<std::size_t>(k)];
-                project_rows(input, T, w.input, w.w_ih.data(), w.bias.data(), R, pre_.data());  // (T, I_k) -> (T, G*Hp)
                 S* out = k + 1 == L_ ? y + t0 * Hr_ : between_.data();  // (T, H_r)
                 S* h_prev = h(k);
                 S* h_next = h_other(k);
                 S* c = cell(k);
-                for (Index t = 0; t < T; ++t) {
-                    step(w, pre_.data() + t * R, h_prev, h_next, c, scratch_.data());
-                    std::copy_n(h_next, Hr_, out + t * Hr_);
-                    std::swap(h_prev, h_next);
+                if (w.batched) {
+                    recurrent_detail::gemm_packed<S>(input, w.input, T, w.w_ih_rows, pre_.data(), R, w.bias.data(),
+                                                     false);  // (T, I_k) x (I_k, G*Hp) + b
+                    for (Index t = 0; t < T; ++t) {
+                        step.template operator()<false>(w, pre_.data() + t * R, h_prev, h_next, c, scratch_.data());
+                        copy_out(h_next, Hr_, out + t * Hr_);
+                        std::swap(h_prev, h_next);
+                    }
+                } else {
+                    for (Index t = 0; t < T; ++t) {
+                        step.template operator()<true>(w, input + t * w.input, h_prev, h_next, c, scratch_.data());
+                        copy_out(h_next, Hr_, out + t * Hr_);
+                        std::swap(h_prev, h_next);
+                    }
                 }
                 current_[static_cast<std::size_t>(k)] ^= static_cast<unsigned char>(T & 1);
                 input = between_.data();
@@ -380,7 +522,7 @@ public:
     /// sample by sample on strided ones (the same arithmetic).
     template <typename Step>
     void block(ConstMatrixRef<S> x, MatrixRef<S> y, const Step& step) {
-        check_block<S>(twin_.c_str(), x, y, I_, Hr_);
+        check_block<S>(twin_, x, y, I_, Hr_);
         if ((x.rows() <= 1 || x.outerStride() == I_) && (y.rows() <= 1 || y.outerStride() == Hr_))
             return block(x.data(), x.rows(), y.data(), step);
         for (Index t = 0; t < x.rows(); ++t) sample(x.row(t).data(), y.row(t).data(), step);
@@ -391,20 +533,23 @@ private:
     const S* h(Index k) const noexcept {
         return hidden_.data() + (2 * k + current_[static_cast<std::size_t>(k)]) * Hrp_;
     }
-    S* h_other(Index k) noexcept { return hidden_.data() + (2 * k + (current_[static_cast<std::size_t>(k)] ^ 1)) * Hrp_; }
+    S* h_other(Index k) noexcept {
+        return hidden_.data() + (2 * k + (current_[static_cast<std::size_t>(k)] ^ 1)) * Hrp_;
+    }
     S* cell(Index k) noexcept { return cells_.empty() ? nullptr : cells_.data() + k * Hp_; }
 
-    std::string twin_;
+    const char* twin_;
     CellKind cell_;
     Index G_, I_, H_, Hr_, L_, Hp_, Hrp_, max_block_;
     Index position_ = 0;
+    bool time_major_ = false;  // process_block steps all layers per sample (time_major_stack)
     std::vector<Layer> layers_;
-    AlignedVector<S> hidden_;               // (L, 2, Hrp): h_{t-1} and h_t per layer
-    std::vector<unsigned char> current_;    // per layer: which of its two h buffers holds h_{t-1}
-    AlignedVector<S> cells_;                // (L, Hp): the LSTM's c
-    AlignedVector<S> scratch_;              // (Hp): the LSTM's o * tanh(c) before its projection
-    AlignedVector<S> pre_;                  // (max_block, G*Hp): input projections of a piece
-    AlignedVector<S> between_;              // (max_block, H_r): a lower layer's outputs (L > 1)
+    AlignedVector<S> hidden_;             // (L, 2, Hrp): h_{t-1} and h_t per layer
+    std::vector<unsigned char> current_;  // per layer: which of its two h buffers holds h_{t-1}
+    AlignedVector<S> cells_;              // (L, Hp): the LSTM's c
+    AlignedVector<S> scratch_;            // (Hp): the LSTM's o * tanh(c) before its projection
+    AlignedVector<S> pre_;                // (max_block, G*Hp): a piece's projections (batched layers)
+    AlignedVector<S> between_;            // (max_block, H_r): a lower layer's outputs (L > 1)
 };
 
 }  // namespace seqnn::realtime::detail

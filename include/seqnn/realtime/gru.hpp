@@ -52,24 +52,40 @@ public:
 private:
     using Stack = detail::Stack<Scalar>;
 
-    /// One step of one layer (see detail::Stack).
+    /// One step of one layer (see detail::Stack): `in` is x_t when Fused, else its projection.
     struct Step {
-        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* pre, const Scalar* h,
+        template <bool Fused>
+        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* in, const Scalar* h,
                                             Scalar* h_next, Scalar*, Scalar*) const noexcept {
             namespace ei = Eigen::internal;
             using Pk = detail::Packet<Scalar>;
             constexpr Index P = detail::kPacket<Scalar>;
             const Index Hp = w.Hp;
-            const Pk one = ei::pset1<Pk>(Scalar(1));
-            for (Index u = 0; u < Hp; u += P) {
-                // r, z: pre + W_h h;  hn: W_hn h + b_hn.  (3Hp, H) x (H) for this packet's units
-                Pk acc[3] = {ei::pload<Pk>(pre + u), ei::pload<Pk>(pre + Hp + u), ei::pload<Pk>(w.bias_hn.data() + u)};
-                detail::accumulate_columns<Scalar, 3>(h, w.H, w.w_hh.data() + u, 3 * Hp, Hp, acc);
-                const Pk r = detail::logistic<Scalar>(acc[0]), z = detail::logistic<Scalar>(acc[1]);
-                const Pk n = detail::tanh<Scalar>(ei::pmadd(r, acc[2], ei::pload<Pk>(pre + 2 * Hp + u)));
-                // h_t = (1 - z) n + z h_{t-1}
-                ei::pstore(h_next + u, ei::pmadd(z, ei::pload<Pk>(h + u), ei::pmul(ei::psub(one, z), n)));
-            }
+            detail::for_unit_packets<Scalar>(Hp, [&]<int U>(Index u) {
+                // The input's part, W_i x_t + b: [r, z] with b_h folded in, [n] with b_in only.
+                Pk x_part[U][3];
+                for (int v = 0; v < U; ++v)
+                    for (int g = 0; g < 3; ++g)
+                        x_part[v][g] = ei::pload<Pk>((Fused ? w.bias.data() : in) + g * Hp + u + v * P);
+                if constexpr (Fused)  // (3Hp, I) x (I) for these units, off the recurrence's chain
+                    detail::accumulate_panel<Scalar, 3, U, 1>(in, w.input, w.w_ih.data() + u * 3 * w.input, x_part);
+                // The hidden part: [r, z] += W_h h_{t-1};  [n] = W_hn h_{t-1} + b_hn.  (3Hp, H) x (H)
+                Pk acc[U][3];
+                for (int v = 0; v < U; ++v) {
+                    acc[v][0] = x_part[v][0];
+                    acc[v][1] = x_part[v][1];
+                    acc[v][2] = ei::pload<Pk>(w.bias_hn.data() + u + v * P);
+                }
+                detail::accumulate_panel<Scalar, 3, U>(h, w.H, w.w_hh.data() + u * 3 * w.H, acc);
+                const Pk one = ei::pset1<Pk>(Scalar(1));
+                for (int v = 0; v < U; ++v) {
+                    const Index at = u + v * P;
+                    const Pk r = detail::logistic<Scalar>(acc[v][0]), z = detail::logistic<Scalar>(acc[v][1]);
+                    const Pk n = detail::tanh<Scalar>(ei::pmadd(r, acc[v][2], x_part[v][2]));
+                    // h_t = (1 - z) n + z h_{t-1}: one multiply-add after n
+                    ei::pstore(h_next + at, ei::pmadd(ei::psub(one, z), n, ei::pmul(z, ei::pload<Pk>(h + at))));
+                }
+            });
         }
     };
 

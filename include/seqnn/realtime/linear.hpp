@@ -104,11 +104,11 @@ public:
         } else {
             const Index Op = static_cast<Index>(y_.size());
             for (Index r = 0; r < Op; r += P) {
-                Pk acc[1] = {ei::pload<Pk>(bias_.data() + r)};
-                detail::accumulate_columns<Scalar, 1>(x, in_, weight_.data() + r, Op, 0, acc);  // (Op, in) x (in)
-                ei::pstore(y_.data() + r, acc[0]);
+                Pk acc[1][1] = {{ei::pload<Pk>(bias_.data() + r)}};
+                detail::accumulate_columns<Scalar, 1, 1>(x, in_, weight_.data() + r, Op, 0, acc);  // (Op, in) x (in)
+                ei::pstore(y_.data() + r, acc[0][0]);
             }
-            std::copy_n(y_.data(), out_, y);
+            detail::copy_out(y_.data(), out_, y);
         }
     }
 

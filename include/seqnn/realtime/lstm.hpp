@@ -54,9 +54,10 @@ public:
 private:
     using Stack = detail::Stack<Scalar>;
 
-    /// One step of one layer (see detail::Stack).
+    /// One step of one layer (see detail::Stack): `in` is x_t when Fused, else its projection.
     struct Step {
-        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* pre, const Scalar* h,
+        template <bool Fused>
+        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* in, const Scalar* h,
                                             Scalar* h_next, Scalar* c, Scalar* m) const noexcept {
             namespace ei = Eigen::internal;
             using Pk = detail::Packet<Scalar>;
@@ -64,24 +65,31 @@ private:
             const Index Hp = w.Hp;
             const bool projected = !w.w_hr.empty();
             Scalar* out = projected ? m : h_next;  // o * tanh(c_t)
-            for (Index u = 0; u < Hp; u += P) {
-                // pre + W_hh h_{t-1}: (4Hp, H_r) x (H_r) for this packet's units
-                Pk acc[4] = {ei::pload<Pk>(pre + u), ei::pload<Pk>(pre + Hp + u), ei::pload<Pk>(pre + 2 * Hp + u),
-                             ei::pload<Pk>(pre + 3 * Hp + u)};
-                detail::accumulate_columns<Scalar, 4>(h, w.Hr, w.w_hh.data() + u, 4 * Hp, Hp, acc);
-                const Pk i = detail::logistic<Scalar>(acc[0]), f = detail::logistic<Scalar>(acc[1]);
-                const Pk g = detail::tanh<Scalar>(acc[2]), o = detail::logistic<Scalar>(acc[3]);
-                const Pk c_t = ei::pmadd(f, ei::pload<Pk>(c + u), ei::pmul(i, g));  // f c_{t-1} + i g
-                ei::pstore(c + u, c_t);
-                ei::pstore(out + u, ei::pmul(o, detail::tanh<Scalar>(c_t)));
-            }
-            if (projected) {
-                const Index Hrp = w.Hrp;
-                for (Index r = 0; r < Hrp; r += P) {  // h_t = W_hr m: (Hrp, H) x (H)
-                    Pk acc[1] = {ei::pset1<Pk>(Scalar(0))};
-                    detail::accumulate_columns<Scalar, 1>(m, w.H, w.w_hr.data() + r, Hrp, 0, acc);
-                    ei::pstore(h_next + r, acc[0]);
+            detail::for_unit_packets<Scalar>(Hp, [&]<int U>(Index u) {
+                // W_ih x_t + b_ih + b_hh, then + W_hh h_{t-1}: (4Hp, I) x (I) and (4Hp, H_r) x (H_r)
+                Pk acc[U][4];
+                for (int v = 0; v < U; ++v)
+                    for (int g = 0; g < 4; ++g)
+                        acc[v][g] = ei::pload<Pk>((Fused ? w.bias.data() : in) + g * Hp + u + v * P);
+                if constexpr (Fused)
+                    detail::accumulate_panel<Scalar, 4, U, 1>(in, w.input, w.w_ih.data() + u * 4 * w.input, acc);
+                detail::accumulate_panel<Scalar, 4, U>(h, w.Hr, w.w_hh.data() + u * 4 * w.Hr, acc);
+                for (int v = 0; v < U; ++v) {
+                    const Index at = u + v * P;
+                    const Pk i = detail::logistic<Scalar>(acc[v][0]), f = detail::logistic<Scalar>(acc[v][1]);
+                    const Pk g = detail::tanh<Scalar>(acc[v][2]), o = detail::logistic<Scalar>(acc[v][3]);
+                    const Pk c_t = ei::pmadd(i, g, ei::pmul(f, ei::pload<Pk>(c + at)));  // f c_{t-1} + i g
+                    ei::pstore(c + at, c_t);
+                    ei::pstore(out + at, ei::pmul(o, detail::tanh<Scalar>(c_t)));
                 }
+            });
+            if (projected) {
+                detail::for_unit_packets<Scalar>(w.Hrp, [&]<int U>(Index r) {  // h_t = W_hr m: (Hrp, H) x (H)
+                    Pk acc[U][1];
+                    for (int v = 0; v < U; ++v) acc[v][0] = ei::pset1<Pk>(Scalar(0));
+                    detail::accumulate_panel<Scalar, 1, U>(m, w.H, w.w_hr.data() + r * w.H, acc);
+                    for (int v = 0; v < U; ++v) ei::pstore(h_next + r + v * P, acc[v][0]);
+                });
             }
         }
     };

@@ -67,19 +67,26 @@ public:
 private:
     using Stack = detail::Stack<Scalar>;
 
-    /// One step of one layer (see detail::Stack), relu or tanh.
+    /// One step of one layer (see detail::Stack), relu or tanh: `in` is x_t when Fused, else
+    /// its projection.
     template <bool Relu>
     struct Step {
-        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* pre, const Scalar* h,
+        template <bool Fused>
+        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* in, const Scalar* h,
                                             Scalar* h_next, Scalar*, Scalar*) const noexcept {
             namespace ei = Eigen::internal;
             using Pk = detail::Packet<Scalar>;
             constexpr Index P = detail::kPacket<Scalar>;
-            for (Index u = 0; u < w.Hp; u += P) {
-                Pk acc[1] = {ei::pload<Pk>(pre + u)};
-                detail::accumulate_columns<Scalar, 1>(h, w.H, w.w_hh.data() + u, w.Hp, 0, acc);  // (Hp, H) x (H)
-                ei::pstore(h_next + u, Relu ? detail::relu<Scalar>(acc[0]) : detail::tanh<Scalar>(acc[0]));
-            }
+            detail::for_unit_packets<Scalar>(w.Hp, [&]<int U>(Index u) {
+                Pk acc[U][1];  // W_ih x_t + b_ih + b_hh + W_hh h_{t-1}: (Hp, I) x (I), (Hp, H) x (H)
+                for (int v = 0; v < U; ++v) acc[v][0] = ei::pload<Pk>((Fused ? w.bias.data() : in) + u + v * P);
+                if constexpr (Fused)
+                    detail::accumulate_panel<Scalar, 1, U, 1>(in, w.input, w.w_ih.data() + u * w.input, acc);
+                detail::accumulate_panel<Scalar, 1, U>(h, w.H, w.w_hh.data() + u * w.H, acc);
+                for (int v = 0; v < U; ++v)
+                    ei::pstore(h_next + u + v * P,
+                               Relu ? detail::relu<Scalar>(acc[v][0]) : detail::tanh<Scalar>(acc[v][0]));
+            });
         }
     };
 
