@@ -341,7 +341,7 @@ TEST(RealtimeRecurrent, InputAndOutputMayShareMemory) {
 
 TEST(RealtimeLinear, MatchesForwardInBothProductForms) {
     // Few inputs (columns form), few outputs (rows form), square, odd sizes, with and without bias.
-    const Index shapes[][2] = {{1, 7}, {3, 20}, {13, 1}, {29, 2}, {16, 16}, {7, 13}, {40, 3}};
+    const Index shapes[][2] = {{1, 7}, {3, 20}, {13, 1}, {29, 2}, {16, 16}, {7, 13}, {40, 3}, {37, 1}, {64, 2}};
     for (const auto& shape : shapes)
         for (bool bias : {true, false}) {
             SCOPED_TRACE("in=" + std::to_string(shape[0]) + " out=" + std::to_string(shape[1]) +

@@ -38,8 +38,10 @@ public:
             fail("realtime::Linear", "bias has " + std::to_string(layer.bias.size()) + " values for weight " +
                                          shape_string(layer.weight.value));
         constexpr Index P = kPacket<Scalar>;
+        // Operations a sample costs in each form: packet multiply-adds, and in the rows form
+        // the scalar ones past the last whole packet of inputs and the horizontal sum.
         const Index column_ops = in_ * (padded<Scalar>(out_) / P);
-        const Index row_ops = out_ * (padded<Scalar>(in_) / P + 4);  // + the horizontal sum
+        const Index row_ops = out_ * (in_ / P + in_ % P + 4);
         rows_form_ = row_ops < column_ops;
         const Matrix<Scalar>& w = layer.weight.value;  // (out, in)
         if (rows_form_) {
@@ -48,7 +50,6 @@ public:
             for (Index o = 0; o < out_; ++o)
                 for (Index i = 0; i < in_; ++i) weight_[static_cast<std::size_t>(o * Ip + i)] = w(o, i);
             bias_ = zeros<Scalar>(out_);
-            x_ = zeros<Scalar>(Ip);
         } else {
             const Index Op = padded<Scalar>(out_);
             weight_ = pack_columns<Scalar>(w, 1, out_, Op);
@@ -88,18 +89,21 @@ public:
         using Pk = detail::Packet<Scalar>;
         constexpr Index P = detail::kPacket<Scalar>;
         if (rows_form_) {
-            const Index Ip = static_cast<Index>(x_.size());
-            std::copy_n(x, in_, x_.data());  // aligned, zero padded
-            for (Index o = 0; o < out_; ++o) {
+            // x is read where it is, whole packets then scalars, as a twin before it wrote it,
+            // so that each load is served by the store that wrote it.
+            const Index Ip = detail::padded<Scalar>(in_), whole = in_ / P * P;
+            for (Index o = 0; o < out_; ++o) {  // y_o = W[o, :] . x + b_o
                 const Scalar* row = weight_.data() + o * Ip;
-                Pk acc0 = ei::pmul(ei::pload<Pk>(x_.data()), ei::pload<Pk>(row)), acc1 = ei::pset1<Pk>(Scalar(0));
-                Index k = P;
-                for (; k + 2 * P <= Ip; k += 2 * P) {  // two chains
-                    acc1 = ei::pmadd(ei::pload<Pk>(x_.data() + k), ei::pload<Pk>(row + k), acc1);
-                    acc0 = ei::pmadd(ei::pload<Pk>(x_.data() + k + P), ei::pload<Pk>(row + k + P), acc0);
+                Pk acc0 = ei::pset1<Pk>(Scalar(0)), acc1 = acc0;
+                Index k = 0;
+                for (; k + 2 * P <= whole; k += 2 * P) {  // two chains
+                    acc0 = ei::pmadd(ei::ploadu<Pk>(x + k), ei::pload<Pk>(row + k), acc0);
+                    acc1 = ei::pmadd(ei::ploadu<Pk>(x + k + P), ei::pload<Pk>(row + k + P), acc1);
                 }
-                if (k < Ip) acc1 = ei::pmadd(ei::pload<Pk>(x_.data() + k), ei::pload<Pk>(row + k), acc1);
-                y[o] = ei::predux(ei::padd(acc0, acc1)) + bias_[static_cast<std::size_t>(o)];
+                if (k < whole) acc0 = ei::pmadd(ei::ploadu<Pk>(x + k), ei::pload<Pk>(row + k), acc0);
+                Scalar sum = ei::predux(ei::padd(acc0, acc1)) + bias_[static_cast<std::size_t>(o)];
+                for (k = whole; k < in_; ++k) sum += x[k] * row[k];
+                y[o] = sum;
             }
         } else {
             const Index Op = static_cast<Index>(y_.size());
@@ -131,7 +135,6 @@ private:
     bool rows_form_ = false;
     AlignedVector<Scalar> weight_;  // rows form: (out, Ip) row-major; columns form: (Op, in) column-major
     AlignedVector<Scalar> bias_;    // (out), or (Op) zero padded
-    AlignedVector<Scalar> x_;       // rows form: the sample, aligned and zero padded (Ip)
     AlignedVector<Scalar> y_;       // columns form: the padded result (Op)
 };
 
