@@ -281,7 +281,7 @@ inline bool batched_projection(Index inputs, Index units) { return units >= 64 &
 /// its chains of dependent operations: stepping all layers together lets layer k + 1 at step t
 /// overlap layer k at step t + 1. A larger one is bound by arithmetic and by reading weights,
 /// where one layer's weights staying in cache over a whole piece pays more.
-inline bool time_major_stack(Index layers, Index packet_madds) { return layers > 1 && packet_madds <= 160; }
+inline bool time_major_stack(Index layers, Index packet_madds) { return layers > 1 && packet_madds <= 256; }
 
 /// What the GRU, LSTM and RNN twins share: a stack of L unidirectional layers of one cell
 /// kind, its weights packed for one stream, its state and the loops of process_sample and
@@ -468,24 +468,7 @@ public:
     /// `pre`, then the recurrence.
     template <typename Step>
     void block(const S* x, Index steps, S* y, const Step& step) noexcept {
-        if (time_major_) {  // as process_sample, sample by sample; layer k's h_{t-1} alternates with t
-            for (Index t = 0; t < steps; ++t) {
-                const S* input = x + t * I_;
-                const unsigned char odd = static_cast<unsigned char>(t & 1);
-                for (Index k = 0; k < L_; ++k) {
-                    const unsigned char now = current_[static_cast<std::size_t>(k)] ^ odd;
-                    S* h_prev = hidden_.data() + (2 * k + now) * Hrp_;
-                    S* h_next = hidden_.data() + (2 * k + (now ^ 1)) * Hrp_;
-                    step.template operator()<true>(layers_[static_cast<std::size_t>(k)], input, h_prev, h_next,
-                                                   cell(k), scratch_.data());
-                    input = h_next;
-                }
-                copy_out(input, Hr_, y + t * Hr_);
-            }
-            for (unsigned char& c : current_) c ^= static_cast<unsigned char>(steps & 1);
-            position_ += steps;
-            return;
-        }
+        if (time_major_) return time_major(x, steps, y, step);
         const Index R = G_ * Hp_;
         for (Index t0 = 0; t0 < steps; t0 += max_block_) {
             const Index T = std::min(max_block_, steps - t0);
@@ -493,29 +476,56 @@ public:
             for (Index k = 0; k < L_; ++k) {
                 const Layer& w = layers_[static_cast<std::size_t>(k)];
                 S* out = k + 1 == L_ ? y + t0 * Hr_ : between_.data();  // (T, H_r)
-                S* h_prev = h(k);
-                S* h_next = h_other(k);
-                S* c = cell(k);
                 if (w.batched) {
                     recurrent_detail::gemm_packed<S>(input, w.input, T, w.w_ih_rows, pre_.data(), R, w.bias.data(),
                                                      false);  // (T, I_k) x (I_k, G*Hp) + b
-                    for (Index t = 0; t < T; ++t) {
-                        step.template operator()<false>(w, pre_.data() + t * R, h_prev, h_next, c, scratch_.data());
-                        copy_out(h_next, Hr_, out + t * Hr_);
-                        std::swap(h_prev, h_next);
-                    }
+                    recurrence<false>(k, pre_.data(), R, T, out, step);
                 } else {
-                    for (Index t = 0; t < T; ++t) {
-                        step.template operator()<true>(w, input + t * w.input, h_prev, h_next, c, scratch_.data());
-                        copy_out(h_next, Hr_, out + t * Hr_);
-                        std::swap(h_prev, h_next);
-                    }
+                    recurrence<true>(k, input, w.input, T, out, step);
                 }
-                current_[static_cast<std::size_t>(k)] ^= static_cast<unsigned char>(T & 1);
                 input = between_.data();
             }
             position_ += T;
         }
+    }
+
+    /// process_block of a small stack (time_major_stack): as process_sample, sample by sample;
+    /// layer k's h_{t-1} alternates between its two buffers with t. A function of its own, as
+    /// recurrence().
+    template <typename Step>
+    EIGEN_DONT_INLINE void time_major(const S* x, Index steps, S* y, const Step& step) noexcept {
+        for (Index t = 0; t < steps; ++t) {
+            const S* input = x + t * I_;
+            const unsigned char odd = static_cast<unsigned char>(t & 1);
+            for (Index k = 0; k < L_; ++k) {
+                const unsigned char now = current_[static_cast<std::size_t>(k)] ^ odd;
+                S* h_prev = hidden_.data() + (2 * k + now) * Hrp_;
+                S* h_next = hidden_.data() + (2 * k + (now ^ 1)) * Hrp_;
+                step.template operator()<true>(layers_[static_cast<std::size_t>(k)], input, h_prev, h_next,
+                                               cell(k), scratch_.data());
+                input = h_next;
+            }
+            copy_out(input, Hr_, y + t * Hr_);
+        }
+        for (unsigned char& c : current_) c ^= static_cast<unsigned char>(steps & 1);
+        position_ += steps;
+    }
+
+    /// T steps of layer k, writing h_t to out (T, H_r): row t of in (stride ld) is x_t (Fused)
+    /// or its projection. A function of its own, so that the compiler allocates the step's
+    /// registers for this loop alone.
+    template <bool Fused, typename Step>
+    EIGEN_ALWAYS_INLINE void recurrence(Index k, const S* in, Index ld, Index T, S* out, const Step& step) noexcept {
+        const Layer& w = layers_[static_cast<std::size_t>(k)];
+        S* h_prev = h(k);
+        S* h_next = h_other(k);
+        S* c = cell(k);
+        for (Index t = 0; t < T; ++t) {
+            step.template operator()<Fused>(w, in + t * ld, h_prev, h_next, c, scratch_.data());
+            copy_out(h_next, Hr_, out + t * Hr_);
+            std::swap(h_prev, h_next);
+        }
+        current_[static_cast<std::size_t>(k)] ^= static_cast<unsigned char>(T & 1);
     }
 
     /// The Eigen overload's loop: checks the shapes, then process_block on contiguous rows, or
