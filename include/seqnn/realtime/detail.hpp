@@ -294,10 +294,12 @@ inline bool time_major_stack(Index layers, Index packet_madds) { return layers >
 /// (LSTM, else null), m (Hp) scratch (the LSTM's o * tanh(c) before a projection).
 ///
 /// Per layer k the buffers are: h twice (h_{t-1} and h_t, swapped after each step), c once
-/// (a unit's c is read and written by that unit only). process_block runs in pieces of at
-/// most max_block samples, each layer over the whole piece before the next: a layer below
-/// the top writes its outputs into `between`, which the next layer reads (and, batched,
-/// projects into `pre` as one product) before it writes its own there.
+/// (a unit's c is read and written by that unit only). process_sample steps every layer
+/// with its projection fused. process_block steps a small stack the same way, sample by
+/// sample (time_major_stack); otherwise it runs in pieces of at most max_block samples, each
+/// layer over the whole piece before the next: a layer below the top writes its outputs into
+/// `between`, which the next layer reads (and, batched, projects into `pre` as one product)
+/// before it writes its own there.
 template <typename S>
 class Stack {
 public:
@@ -463,9 +465,9 @@ public:
         ++position_;
     }
 
-    /// `steps` samples, in pieces of at most max_block, each layer over the piece before the
-    /// next: its projections fused into the steps, or batched, (T, I_k) x (I_k, G*Hp) into
-    /// `pre`, then the recurrence.
+    /// `steps` samples: a small stack sample by sample (time_major), a larger one in pieces
+    /// of at most max_block, each layer over the piece before the next, its projections fused
+    /// into the steps or batched, (T, I_k) x (I_k, G*Hp) into `pre`, then the recurrence.
     template <typename Step>
     void block(const S* x, Index steps, S* y, const Step& step) noexcept {
         if (time_major_) return time_major(x, steps, y, step);
@@ -489,9 +491,20 @@ public:
         }
     }
 
+    /// The Eigen overload's loop: checks the shapes, then process_block on contiguous rows, or
+    /// sample by sample on strided ones (the same arithmetic).
+    template <typename Step>
+    void block(ConstMatrixRef<S> x, MatrixRef<S> y, const Step& step) {
+        check_block<S>(twin_, x, y, I_, Hr_);
+        if ((x.rows() <= 1 || x.outerStride() == I_) && (y.rows() <= 1 || y.outerStride() == Hr_))
+            return block(x.data(), x.rows(), y.data(), step);
+        for (Index t = 0; t < x.rows(); ++t) sample(x.row(t).data(), y.row(t).data(), step);
+    }
+
+private:
     /// process_block of a small stack (time_major_stack): as process_sample, sample by sample;
-    /// layer k's h_{t-1} alternates between its two buffers with t. A function of its own, as
-    /// recurrence().
+    /// layer k's h_{t-1} alternates between its two buffers with t. Kept out of line: inlined
+    /// into block(), its steps ran several percent slower than process_sample's.
     template <typename Step>
     EIGEN_DONT_INLINE void time_major(const S* x, Index steps, S* y, const Step& step) noexcept {
         for (Index t = 0; t < steps; ++t) {
@@ -512,8 +525,7 @@ public:
     }
 
     /// T steps of layer k, writing h_t to out (T, H_r): row t of in (stride ld) is x_t (Fused)
-    /// or its projection. A function of its own, so that the compiler allocates the step's
-    /// registers for this loop alone.
+    /// or its projection.
     template <bool Fused, typename Step>
     EIGEN_ALWAYS_INLINE void recurrence(Index k, const S* in, Index ld, Index T, S* out, const Step& step) noexcept {
         const Layer& w = layers_[static_cast<std::size_t>(k)];
@@ -528,17 +540,6 @@ public:
         current_[static_cast<std::size_t>(k)] ^= static_cast<unsigned char>(T & 1);
     }
 
-    /// The Eigen overload's loop: checks the shapes, then process_block on contiguous rows, or
-    /// sample by sample on strided ones (the same arithmetic).
-    template <typename Step>
-    void block(ConstMatrixRef<S> x, MatrixRef<S> y, const Step& step) {
-        check_block<S>(twin_, x, y, I_, Hr_);
-        if ((x.rows() <= 1 || x.outerStride() == I_) && (y.rows() <= 1 || y.outerStride() == Hr_))
-            return block(x.data(), x.rows(), y.data(), step);
-        for (Index t = 0; t < x.rows(); ++t) sample(x.row(t).data(), y.row(t).data(), step);
-    }
-
-private:
     S* h(Index k) noexcept { return hidden_.data() + (2 * k + current_[static_cast<std::size_t>(k)]) * Hrp_; }
     const S* h(Index k) const noexcept {
         return hidden_.data() + (2 * k + current_[static_cast<std::size_t>(k)]) * Hrp_;
