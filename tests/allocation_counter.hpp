@@ -47,3 +47,22 @@ void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+#ifdef EIGEN_RUNTIME_NO_MALLOC  // eigen_malloc_counter.hpp was included first
+namespace {
+// Counts from here: operator new, and Eigen's allocations through its runtime check.
+void start_counting() {
+    g_allocations = 0;
+    seqnn_test::eigen_failed_checks = 0;
+    Eigen::internal::set_is_malloc_allowed(false);
+    g_counting = true;
+}
+
+// The allocations through operator new plus Eigen's heap allocations since start_counting.
+long stop_counting() {
+    g_counting = false;
+    Eigen::internal::set_is_malloc_allowed(true);
+    return g_allocations.load() + seqnn_test::eigen_failed_checks.load();
+}
+}  // namespace
+#endif

@@ -5,15 +5,7 @@
 //
 // This file counts heap allocations: operator new (allocation_counter.hpp) and Eigen's own
 // malloc, whose runtime check is switched on and its failed assertions counted.
-#define EIGEN_RUNTIME_NO_MALLOC
-#include <atomic>
-namespace seqnn_test {
-inline std::atomic<long> eigen_failed_checks{0};
-}
-#define eigen_assert(x)                                                 \
-    do {                                                                \
-        if (!(x)) seqnn_test::eigen_failed_checks.fetch_add(1);         \
-    } while (false)
+#include "eigen_malloc_counter.hpp"
 
 #include "testing.hpp"
 
@@ -36,20 +28,6 @@ using seqnn::testing::random_matrix;
 using seqnn::testing::relative_error;
 
 namespace {
-
-void start_counting() {
-    g_allocations = 0;
-    seqnn_test::eigen_failed_checks = 0;
-    Eigen::internal::set_is_malloc_allowed(false);
-    g_counting = true;
-}
-
-// Allocations through operator new plus Eigen's heap allocations since start_counting.
-long stop_counting() {
-    g_counting = false;
-    Eigen::internal::set_is_malloc_allowed(true);
-    return g_allocations.load() + seqnn_test::eigen_failed_checks.load();
-}
 
 enum class Cell { GRU, LSTM, RNNTanh, RNNReLU };
 

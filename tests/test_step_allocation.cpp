@@ -2,15 +2,7 @@
 // This file counts both kinds of heap allocation: operator new (replaced below)
 // and Eigen's own, which go through malloc. For the latter Eigen's runtime check
 // is switched on and its failed assertions are counted instead of aborting.
-#define EIGEN_RUNTIME_NO_MALLOC
-#include <atomic>
-namespace seqnn_test {
-inline std::atomic<long> eigen_failed_checks{0};
-}
-#define eigen_assert(x)                                                 \
-    do {                                                                \
-        if (!(x)) seqnn_test::eigen_failed_checks.fetch_add(1);         \
-    } while (false)
+#include "eigen_malloc_counter.hpp"
 
 #include "testing.hpp"
 
@@ -30,20 +22,6 @@ inline std::atomic<long> eigen_failed_checks{0};
 using namespace seqnn;
 
 namespace {
-
-void start_counting() {
-    g_allocations = 0;
-    seqnn_test::eigen_failed_checks = 0;
-    Eigen::internal::set_is_malloc_allowed(false);
-    g_counting = true;
-}
-
-// Allocations through operator new plus Eigen's heap allocations.
-long stop_counting() {
-    g_counting = false;
-    Eigen::internal::set_is_malloc_allowed(true);
-    return g_allocations.load() + seqnn_test::eigen_failed_checks.load();
-}
 
 // Counts the heap allocations made by `steps` calls of layer.step after the state exists.
 template <typename Scalar>

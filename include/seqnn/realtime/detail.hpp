@@ -205,14 +205,12 @@ EIGEN_STRONG_INLINE void for_unit_packets(Index Hp, const Body& body) noexcept {
     if (u < Hp) body.template operator()<1>(u);
 }
 
-/// y[0:n] = from[0:n], from aligned: whole packets, then the last few scalars.
+/// y[0:n] = from[0:n]. A plain copy, which the compiler vectorises: with packet stores of
+/// its own into a y of fewer than a packet of scalars, g++ warns that a store it never
+/// reaches would overrun y.
 template <typename S>
 EIGEN_STRONG_INLINE void copy_out(const S* from, Index n, S* y) noexcept {
-    namespace ei = Eigen::internal;
-    constexpr Index P = kPacket<S>;
-    Index i = 0;
-    for (; i + P <= n; i += P) ei::pstoreu(y + i, ei::pload<Packet<S>>(from + i));
-    for (; i < n; ++i) y[i] = from[i];
+    std::copy_n(from, n, y);
 }
 
 /// The functor `Op` on one packet as Eigen's array expressions apply it: its vectorised form
