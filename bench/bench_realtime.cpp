@@ -20,6 +20,7 @@
 // sets seqnn's thread count to 1 for the general API's step as well. bench_rtneural_peer.cpp
 // times RTNeural at the BM_{GRU,LSTM}_Sample shapes; scripts/bench_realtime.sh runs both.
 #include "bench_common.hpp"
+#include "test_signal.hpp"
 
 #include <seqnn/realtime.hpp>
 
@@ -31,28 +32,9 @@
 namespace {
 
 using namespace seqnn;
-
-constexpr double kSampleRate = 48000.0;  // Hz, for the real-time factor
-constexpr Index kSignalLength = 1 << 14;  // the input signal cycles through this many samples
-
-// A guitar-like test signal in [-1, 1]: two decaying partials and a little noise, so that
-// the state keeps moving (a constant input would let it settle).
-const std::vector<float>& test_signal() {
-    static const std::vector<float> signal = [] {
-        std::vector<float> x(static_cast<std::size_t>(kSignalLength));
-        Rng rng(3);
-        std::uniform_real_distribution<float> noise(-0.05f, 0.05f);
-        for (Index t = 0; t < kSignalLength; ++t) {
-            const double s = static_cast<double>(t) / kSampleRate;
-            const double envelope = std::exp(-3.0 * static_cast<double>(t % 4096) / 4096.0);
-            x[static_cast<std::size_t>(t)] = static_cast<float>(
-                envelope * (0.6 * std::sin(2 * std::numbers::pi * 110.0 * s) + 0.3 * std::sin(2 * std::numbers::pi * 330.0 * s)) +
-                noise(rng));
-        }
-        return x;
-    }();
-    return signal;
-}
+using seqnn::bench::kSampleRate;
+using seqnn::bench::kSignalLength;
+using seqnn::bench::test_signal;
 
 void one_thread() { set_num_threads(1); }
 

@@ -30,6 +30,7 @@
 #endif
 
 #include "bench_common.hpp"
+#include "test_signal.hpp"
 
 // In RTNeural.h's order: config.h and common.h first (the layers use RTNEURAL_NAMESPACE and
 // RTNeuralEigenAlignment without including them all).
@@ -52,29 +53,12 @@
 namespace {
 
 using namespace seqnn;
+using seqnn::bench::kSampleRate;
+using seqnn::bench::kSignalLength;
+using seqnn::bench::test_signal;
 
-constexpr double kSampleRate = 48000.0;
-constexpr Index kSignalLength = 1 << 14;
 constexpr Index kCheckSteps = 2048;  // samples compared with seqnn before timing
 constexpr double kTolerance = 1e-5;
-
-// The same test signal as bench_realtime.cpp's.
-const std::vector<float>& test_signal() {
-    static const std::vector<float> signal = [] {
-        std::vector<float> x(static_cast<std::size_t>(kSignalLength));
-        Rng rng(3);
-        std::uniform_real_distribution<float> noise(-0.05f, 0.05f);
-        for (Index t = 0; t < kSignalLength; ++t) {
-            const double s = static_cast<double>(t) / kSampleRate;
-            const double envelope = std::exp(-3.0 * static_cast<double>(t % 4096) / 4096.0);
-            x[static_cast<std::size_t>(t)] = static_cast<float>(
-                envelope * (0.6 * std::sin(2 * std::numbers::pi * 110.0 * s) + 0.3 * std::sin(2 * std::numbers::pi * 330.0 * s)) +
-                noise(rng));
-        }
-        return x;
-    }();
-    return signal;
-}
 
 // PyTorch's (seqnn's) GRU gates are r, z, n; RTNeural's (Keras's) z, r, n. Row k of RTNeural's
 // gate vector is this row of seqnn's.
