@@ -120,6 +120,7 @@ void step_shapes(benchmark::internal::Benchmark* b) {
     RegisterBenchmark("BM_MinGRU_ForwardBidirectional", BM_ForwardBidirectional<MinGRU<float>, 2>)->Apply(padded_shape);
     RegisterBenchmark("BM_MinLSTM_Forward", BM_Forward<MinLSTM<float>, 3>, MinRNNMode::Parallel)->Apply(sequence_shapes);
     RegisterBenchmark("BM_MinLSTM_Train", BM_Train<MinLSTM<float>, 3>, MinRNNMode::Parallel)->Apply(sequence_shapes);
+    RegisterBenchmark("BM_MinLSTM_ForwardLengths", BM_ForwardLengths<MinLSTM<float>, 3>)->Apply(padded_shape);
     // The same layers with the serial scan and with the paper's log-space scan, for comparison.
     RegisterBenchmark("BM_MinGRU_ForwardSequential", BM_Forward<MinGRU<float>, 2>, MinRNNMode::Sequential)
         ->Apply(sequence_shapes);

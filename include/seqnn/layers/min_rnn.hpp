@@ -55,10 +55,12 @@
 #include "seqnn/core/scratch.hpp"
 #include "seqnn/kernels/elementwise.hpp"
 #include "seqnn/kernels/log_scan.hpp"
+#include "seqnn/kernels/matmul.hpp"
 #include "seqnn/kernels/scan.hpp"
 #include "seqnn/nn/linear.hpp"
 
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -441,6 +443,25 @@ protected:
     HiddenActivation activation() const { return options_.activation; }
 
 private:
+    // Rows [first, first + count) of a (B*T, ...) matrix: part of one sequence's real steps.
+    struct RowBlock {
+        Index first = 0, count = 0;
+    };
+
+    // The rows of each sequence's real steps, [s*T, s*T + length_s), cut into blocks of
+    // whole 16-row panels (kMatmulRowAlign), at least kMinRowsPerThread rows long and about
+    // a quarter of a thread's share, so that threads taking blocks in turn end together.
+    static std::vector<RowBlock> real_row_blocks(const std::vector<Index>& lengths, Index T) {
+        const Index real = std::accumulate(lengths.begin(), lengths.end(), Index(0));
+        const Index share = (real + 4 * num_threads() - 1) / (4 * num_threads());
+        const Index size = std::max(kMinRowsPerThread, (share + kMatmulRowAlign - 1) / kMatmulRowAlign * kMatmulRowAlign);
+        std::vector<RowBlock> blocks;
+        for (std::size_t s = 0; s < lengths.size(); ++s)
+            for (Index t = 0; t < lengths[s]; t += size)
+                blocks.push_back({static_cast<Index>(s) * T + t, std::min(size, lengths[s] - t)});
+        return blocks;
+    }
+
     // One direction of the forward (d = 0 forward, 1 reverse): pre = x W_d^T, the
     // coefficients a, b, and the scan from h0 (B, E) into h (B*T, E), each sequence's last
     // state into h_final (B, E). The reverse direction scans each sequence from its own last
@@ -454,13 +475,25 @@ private:
         // Training mode keeps the pre-activations for backward in the context's own buffer
         // and writes the gates to scratch; otherwise the gates overwrite them in scratch.
         Eigen::Map<Matrix<Scalar>> coeffs = scratch_matrix<Scalar>(ScratchSlot::A, N, GE);  // [b | a | ...]
-        if (saved_pre) {
-            Matrix<Scalar>& pre = resized(*saved_pre, N, GE);
+        MatrixRef<Scalar> pre = saved_pre ? MatrixRef<Scalar>(resized(*saved_pre, N, GE)) : MatrixRef<Scalar>(coeffs);
+        if (!x.padded()) {
             in_proj.forward(x.data, pre);  // (B*T, D) x (D, G*E): every gate of every step, one GEMM
             compute_coefficients(pre, coeffs);
         } else {
-            in_proj.forward(x.data, coeffs);  // (B*T, D) x (D, G*E), then the gates in place
-            compute_coefficients(coeffs, coeffs);
+            // A padded batch: only the rows of real steps, which are all the scan reads, in
+            // blocks of one sequence's rows, a thread taking the next block as it finishes one.
+            const std::vector<RowBlock> blocks = real_row_blocks(x.lengths, T);
+            Index rows = 0;
+            for (const RowBlock& r : blocks) rows += r.count;
+            const double flops = 2.0 * double(rows) * double(input_size()) * double(GE);
+            parallel_items(threads_for(flops, static_cast<Index>(blocks.size())), static_cast<Index>(blocks.size()),
+                           [&](Index i, int) {
+                               const RowBlock& r = blocks[static_cast<std::size_t>(i)];
+                               auto block_pre = pre.middleRows(r.first, r.count);
+                               in_proj.forward(x.data.middleRows(r.first, r.count), block_pre);  // (n, D) x (D, G*E)
+                               compute_coefficients(block_pre, coeffs.middleRows(r.first, r.count));
+                           });
+            if (saved_pre) zero_padding<Scalar>(pre, T, x.lengths);  // backward reads every row of it
         }
         const auto b = coeffs.leftCols(E);       // (B*T, E), row stride G*E
         const auto a = coeffs.middleCols(E, E);  // (B*T, E)
