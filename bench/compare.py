@@ -84,9 +84,19 @@ def normalise_peer(data, source=""):
     } for p in data]
 
 
+def _median_row(rows):
+    """Of several measurements of one benchmark (rounds of a run, one per file): the median
+    one by time, the lower of the two middle ones for an even count, marked with the count."""
+    if len(rows) == 1:
+        return rows[0]
+    pick = dict(sorted(rows, key=lambda r: r["time_ms"])[(len(rows) - 1) // 2])
+    pick["stat"] = f"median of {len(rows)} files"
+    return pick
+
+
 def load(paths):
     """Reads files of any of the three kinds; returns (seqnn rows, pytorch rows, metadata).
-    Later files win on the same (name, threads)."""
+    A (name, threads) found in several files (rounds of one run) keeps its median."""
     ours, peer, meta = {}, {}, {}
     for path in paths:
         data = _load_json(path)
@@ -105,10 +115,10 @@ def load(paths):
             if "context" in data:
                 meta.setdefault("contexts", {})[source] = data["context"]
         for r in rows_ours:
-            ours[(r["name"], r["threads"])] = r
+            ours.setdefault((r["name"], r["threads"]), []).append(r)
         for r in rows_peer:
-            peer[(r["name"], r["threads"])] = r
-    return list(ours.values()), list(peer.values()), meta
+            peer.setdefault((r["name"], r["threads"]), []).append(r)
+    return [_median_row(v) for v in ours.values()], [_median_row(v) for v in peer.values()], meta
 
 
 def ratio_rows(ours, peer, name_filter=""):

@@ -766,6 +766,7 @@ def table_realtime(run):
         return []
     blocks = sorted({int(k[5:]) for d in rows.values() for k in d if k.startswith("block")})
     has_peer = any("rtneural" in d for d in rows.values())
+    has_step = any("generalstep" in d for d in rows.values())
 
     def ns(v):
         return f"{v:.1f}" if v is not None else ""
@@ -777,18 +778,19 @@ def table_realtime(run):
     body = []
     for (cell, H), d in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         line = [KIND_LABEL[cell], str(H), ns(d.get("sample")), *[ns(d.get(f"block{T}")) for T in blocks],
-                ns(d.get("generalstep")), ratio(d.get("sample"), d.get("block256"))]
+                *([ns(d.get("generalstep"))] if has_step else []), ratio(d.get("sample"), d.get("block256"))]
         if has_peer:
             line += [ns(d.get("rtneural")), ratio(d.get("rtneural"), d.get("sample"))]
         body.append(line)
-    header = ["cell", "H", "per sample", *[f"block of {T}" for T in blocks], "general `step`", "sample / block of 256"]
+    header = ["cell", "H", "per sample", *[f"block of {T}" for T in blocks], *(["general `step`"] if has_step else []),
+              "sample / block of 256"]
     if has_peer:
         header += ["RTNeural", "RTNeural / seqnn sample"]
     out = ["### Real-time inference, one stream, one thread", "",
            "ns per sample: the cell of hidden size H and a Linear(H -> 1) after it, input 1 "
            "(`bench_realtime`; RTNeural's compile-time Eigen models with the same weights in "
-           "`bench_rtneural_peer`). \"general `step`\" is the Layer interface's step for B = 1. "
-           "Ratios above 1x: the second is faster.", ""]
+           "`bench_rtneural_peer`). " + ("\"general `step`\" is the Layer interface's step for B = 1. " if has_step else "")
+           + "Ratios above 1x: the second is faster.", ""]
     out += _md_table(header, body) + [""]
     amp = [(n, r) for (n, th), r in run.res.ours.items() if n.startswith("BM_AmpModel_RealTimeFactor") and th == 1]
     for n, r in sorted(amp):
