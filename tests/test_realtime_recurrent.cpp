@@ -70,6 +70,7 @@ std::vector<Case> all_cases() {
         cases.push_back({cell, 1, 13, 3, false, 0});
         cases.push_back({cell, 5, 20, 2, true, 0});
         cases.push_back({cell, 13, 5, 2, true, 0});
+        cases.push_back({cell, 2, 4, 1, true, 0});  // one half packet of doubles with AVX-512 (SizedStack)
     }
     cases.push_back({Cell::LSTM, 3, 13, 1, true, 5});
     cases.push_back({Cell::LSTM, 1, 7, 2, false, 3});

@@ -25,8 +25,25 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
+
+// Packet types (SIMD vectors with GCC attributes) are template arguments here, as in Eigen,
+// which silences the same warning in its own headers: GCC notes that the attributes do not
+// take part in the template's identity, which is harmless for these types.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+
+/// A function of its own with every call inside it inlined (GCC and Clang), for the twins'
+/// per-sample and per-block loops.
+#if defined(__GNUC__)
+#define SEQNN_REALTIME_FLATTEN __attribute__((noinline, flatten))
+#else
+#define SEQNN_REALTIME_FLATTEN
+#endif
 
 namespace seqnn::realtime::detail {
 
@@ -38,10 +55,19 @@ using Packet = typename Eigen::internal::packet_traits<S>::type;
 template <typename S>
 inline constexpr Index kPacket = Eigen::internal::unpacket_traits<Packet<S>>::size;
 
-/// n rounded up to whole packets.
+/// Scalars in one packet of type Pk.
+template <typename Pk>
+inline constexpr Index kLanes = Eigen::internal::unpacket_traits<Pk>::size;
+
+/// Eigen's packet of half the width of Packet<S> (8 floats where Packet<S> holds 16), or
+/// Packet<S> itself where there is none.
 template <typename S>
+using HalfPacket = typename Eigen::internal::unpacket_traits<Packet<S>>::half;
+
+/// n rounded up to whole packets (of type Pk).
+template <typename S, typename Pk = Packet<S>>
 constexpr Index padded(Index n) {
-    return (n + kPacket<S> - 1) / kPacket<S> * kPacket<S>;
+    return (n + kLanes<Pk> - 1) / kLanes<Pk> * kLanes<Pk>;
 }
 
 /// A zeroed aligned buffer of n scalars.
@@ -74,9 +100,9 @@ AlignedVector<S> pack_segments(const Matrix<S>& v, Index gates, Index H, Index H
 
 /// Units per group of the hidden products: two packets (for_unit_packets), the last group
 /// one packet when their number is odd.
-template <typename S>
+template <typename S, typename Pk = Packet<S>>
 constexpr Index group_width(Index Hp, Index u) {
-    return Hp - u >= 2 * kPacket<S> ? 2 * kPacket<S> : kPacket<S>;
+    return Hp - u >= 2 * kLanes<Pk> ? 2 * kLanes<Pk> : kLanes<Pk>;
 }
 
 /// w (G*H, K) packed for the hidden product in panels, one per group of units [u, u + W)
@@ -84,13 +110,13 @@ constexpr Index group_width(Index Hp, Index u) {
 /// then gate 1's, and so on, zero past H; the panels follow each other, so the panel of the
 /// group at u starts at u*G*K. The product then reads its weights in order, at offsets known
 /// at compile time.
-template <typename S>
+template <typename S, typename Pk = Packet<S>>
 AlignedVector<S> pack_panels(const Matrix<S>& w, Index gates, Index H, Index Hp) {
     const Index K = w.cols();
     AlignedVector<S> out = zeros<S>(gates * Hp * K);
     std::size_t at = 0;
-    for (Index u = 0; u < Hp; u += group_width<S>(Hp, u)) {
-        const Index width = group_width<S>(Hp, u);
+    for (Index u = 0; u < Hp; u += group_width<S, Pk>(Hp, u)) {
+        const Index width = group_width<S, Pk>(Hp, u);
         for (Index k = 0; k < K; ++k)
             for (Index g = 0; g < gates; ++g)
                 for (Index j = u; j < u + width; ++j, ++at)
@@ -142,12 +168,11 @@ constexpr int column_splits(int gates, int units) {
 /// in column 0 of a column-major packed weight. The columns are split over N interleaved
 /// sums (k mod N, the last K mod N columns in the first), added up at the end in a fixed
 /// order: every result is the same whatever the data.
-template <typename S, int G, int U, int N = column_splits(G, U)>
+template <typename S, int G, int U, int N = column_splits(G, U), typename Pk>
 EIGEN_STRONG_INLINE void accumulate_columns(const S* h, Index K, const S* w, Index ld, Index gate_stride,
-                                            Packet<S> (&acc)[U][G]) noexcept {
+                                            Pk (&acc)[U][G]) noexcept {
     namespace ei = Eigen::internal;
-    using Pk = Packet<S>;
-    constexpr Index P = kPacket<S>;
+    constexpr Index P = kLanes<Pk>;
     Pk part[N][U][G];
     for (int v = 0; v < U; ++v)
         for (int g = 0; g < G; ++g) {
@@ -179,16 +204,16 @@ EIGEN_STRONG_INLINE void accumulate_columns(const S* h, Index K, const S* w, Ind
 /// acc[v][g] += sum_{k < K} h[k] panel[k*G*U*P + (g*U + v)*P + lane]: the hidden product of
 /// the group of U packets of units whose panel (pack_panels) starts at `panel`, as
 /// accumulate_columns with the panel's strides, which are known at compile time.
-template <typename S, int G, int U, int N = column_splits(G, U)>
-EIGEN_STRONG_INLINE void accumulate_panel(const S* h, Index K, const S* panel, Packet<S> (&acc)[U][G]) noexcept {
-    accumulate_columns<S, G, U, N>(h, K, panel, G * U * kPacket<S>, U * kPacket<S>, acc);
+template <typename S, int G, int U, int N = column_splits(G, U), typename Pk>
+EIGEN_STRONG_INLINE void accumulate_panel(const S* h, Index K, const S* panel, Pk (&acc)[U][G]) noexcept {
+    accumulate_columns<S, G, U, N>(h, K, panel, G * U * kLanes<Pk>, U * kLanes<Pk>, acc);
 }
 
 /// accumulate_columns for one packet of units: acc[g] += sum_{k < K} h[k] w[k*ld + g*gate_stride].
-template <typename S, int G>
+template <typename S, int G, typename Pk>
 EIGEN_STRONG_INLINE void accumulate_columns(const S* h, Index K, const S* w, Index ld, Index gate_stride,
-                                            Packet<S> (&acc)[G]) noexcept {
-    Packet<S> one[1][G];
+                                            Pk (&acc)[G]) noexcept {
+    Pk one[1][G];
     for (int g = 0; g < G; ++g) one[0][g] = acc[g];
     accumulate_columns<S, G, 1>(h, K, w, ld, gate_stride, one);
     for (int g = 0; g < G; ++g) acc[g] = one[0][g];
@@ -197,9 +222,9 @@ EIGEN_STRONG_INLINE void accumulate_columns(const S* h, Index K, const S* w, Ind
 /// Runs body.template operator()<U>(u) over the packets of units u = 0, P, .., Hp - P: two
 /// packets at a time (the hidden product then broadcasts each column value once for both),
 /// the last one alone when their number is odd.
-template <typename S, typename Body>
+template <typename S, typename Pk = Packet<S>, typename Body>
 EIGEN_STRONG_INLINE void for_unit_packets(Index Hp, const Body& body) noexcept {
-    constexpr Index P = kPacket<S>;
+    constexpr Index P = kLanes<Pk>;
     Index u = 0;
     for (; u + 2 * P <= Hp; u += 2 * P) body.template operator()<2>(u);
     if (u < Hp) body.template operator()<1>(u);
@@ -215,35 +240,35 @@ EIGEN_STRONG_INLINE void copy_out(const S* from, Index n, S* y) noexcept {
 
 /// The functor `Op` on one packet as Eigen's array expressions apply it: its vectorised form
 /// where Eigen has one for S, the scalar function lane by lane otherwise.
-template <typename S, typename Op>
-EIGEN_STRONG_INLINE Packet<S> apply(const Packet<S>& x) noexcept {
+template <typename S, typename Op, typename Pk = Packet<S>>
+EIGEN_STRONG_INLINE Pk apply(const Pk& x) noexcept {
     if constexpr (Eigen::internal::functor_traits<Op>::PacketAccess) {
         return Op().packetOp(x);
     } else {
-        constexpr Index P = kPacket<S>;
-        alignas(Packet<S>) S lanes[P];
+        constexpr Index P = kLanes<Pk>;
+        alignas(Pk) S lanes[P];
         Eigen::internal::pstore(lanes, x);
         for (Index i = 0; i < P; ++i) lanes[i] = Op()(lanes[i]);
-        return Eigen::internal::pload<Packet<S>>(lanes);
+        return Eigen::internal::pload<Pk>(lanes);
     }
 }
 
 /// 1 / (1 + exp(-x)) on one packet, as Eigen's Array::logistic().
-template <typename S>
-EIGEN_STRONG_INLINE Packet<S> logistic(const Packet<S>& x) noexcept {
+template <typename S, typename Pk = Packet<S>>
+EIGEN_STRONG_INLINE Pk logistic(const Pk& x) noexcept {
     return apply<S, Eigen::internal::scalar_logistic_op<S>>(x);
 }
 
 /// tanh on one packet, as Eigen's Array::tanh().
-template <typename S>
-EIGEN_STRONG_INLINE Packet<S> tanh(const Packet<S>& x) noexcept {
+template <typename S, typename Pk = Packet<S>>
+EIGEN_STRONG_INLINE Pk tanh(const Pk& x) noexcept {
     return apply<S, Eigen::internal::scalar_tanh_op<S>>(x);
 }
 
 /// max(x, 0) on one packet.
-template <typename S>
-EIGEN_STRONG_INLINE Packet<S> relu(const Packet<S>& x) noexcept {
-    return Eigen::internal::pmax(x, Eigen::internal::pset1<Packet<S>>(S(0)));
+template <typename S, typename Pk = Packet<S>>
+EIGEN_STRONG_INLINE Pk relu(const Pk& x) noexcept {
+    return Eigen::internal::pmax(x, Eigen::internal::pset1<Pk>(S(0)));
 }
 
 /// Throws unless max_block > 0 (a twin's set-up).
@@ -298,11 +323,12 @@ inline bool time_major_stack(Index layers, Index packet_madds) { return layers >
 /// layer over the whole piece before the next: a layer below the top writes its outputs into
 /// `between`, which the next layer reads (and, batched, projects into `pre` as one product)
 /// before it writes its own there.
-template <typename S>
+template <typename S, typename Pk = Packet<S>>
 class Stack {
 public:
-    /// One layer's weights, packed.
+    /// One layer's weights, packed in packets of type Pk.
     struct Layer {
+        using Packet = Pk;         ///< the SIMD packet the cell steps over
         Index input = 0;           ///< I_k: I for k = 0, H_r above
         Index H = 0;               ///< units per gate
         Index Hr = 0;              ///< the width of h: H, or the LSTM's proj_size
@@ -320,7 +346,7 @@ public:
     /// Packs `layer` (cell `cell`) for one stream; `twin` names the twin in errors.
     Stack(const char* twin, const RecurrentStack<S>& layer, CellKind cell, Index max_block)
         : twin_(twin), cell_(cell), G_(gate_count(cell)), I_(layer.input_size()), H_(layer.hidden_size()),
-          Hr_(layer.real_hidden_size()), L_(layer.num_layers()), Hp_(padded<S>(H_)), Hrp_(padded<S>(Hr_)),
+          Hr_(layer.real_hidden_size()), L_(layer.num_layers()), Hp_(padded<S, Pk>(H_)), Hrp_(padded<S, Pk>(Hr_)),
           max_block_(max_block) {
         check_max_block(twin, max_block);
         if (layer.directions() != 1)
@@ -328,7 +354,7 @@ public:
                            ") cannot stream: its reverse direction needs the whole sequence");
         const Index R = G_ * Hp_;
         // Packet multiply-adds of one time step of the whole stack: (G*Hp/P) x (I_k + H_r) a layer.
-        const Index madds = R / kPacket<S> * (I_ + Hr_ + (L_ - 1) * 2 * Hr_);
+        const Index madds = R / kLanes<Pk> * (I_ + Hr_ + (L_ - 1) * 2 * Hr_);
         time_major_ = time_major_stack(L_, madds);
         bool any_batched = false;
         for (Index k = 0; k < L_; ++k) {
@@ -353,8 +379,8 @@ public:
             p.Hr = Hr_;
             p.Hp = Hp_;
             p.Hrp = Hrp_;
-            p.w_ih = pack_panels<S>(w.weight_ih.value, G_, H_, Hp_);
-            p.w_hh = pack_panels<S>(w.weight_hh.value, G_, H_, Hp_);
+            p.w_ih = pack_panels<S, Pk>(w.weight_ih.value, G_, H_, Hp_);
+            p.w_hh = pack_panels<S, Pk>(w.weight_hh.value, G_, H_, Hp_);
             p.bias = zeros<S>(R);
             if (bias) {
                 const AlignedVector<S> b_ih = pack_segments<S>(w.bias_ih.value, G_, H_, Hp_);
@@ -368,8 +394,9 @@ public:
                 if (cell == CellKind::GRU) p.bias_hn.assign(b_hh.begin() + 2 * Hp_, b_hh.end());
             }
             if (cell == CellKind::GRU && p.bias_hn.empty()) p.bias_hn = zeros<S>(Hp_);
-            if (Hr_ != H_) p.w_hr = pack_panels<S>(w.weight_hr.value, 1, Hr_, Hrp_);
-            p.batched = !time_major_ && batched_projection(input, H_);
+            if (Hr_ != H_) p.w_hr = pack_panels<S, Pk>(w.weight_hr.value, 1, Hr_, Hrp_);
+            // The batched product writes whole packets of Packet<S>: only at that width.
+            p.batched = !time_major_ && kLanes<Pk> == kPacket<S> && batched_projection(input, H_);
             if (p.batched) {
                 const Matrix<S>& w_ih = w.weight_ih.value;
                 p.w_ih_rows.pack(input, R, [&](Index i, Index j) {  // (I_k, G*Hp): W_ih^T, zero padded
@@ -561,4 +588,86 @@ private:
     AlignedVector<S> between_;            // (max_block, H_r): a lower layer's outputs (L > 1)
 };
 
+/// A Stack at the SIMD width its sizes run fastest at. A step of a small layer is one chain of
+/// dependent operations (the hidden product, then the sigmoids and tanh, each a polynomial
+/// and a division), and on a wider packet that chain takes longer without doing more useful
+/// work once the units fit in a narrower one. So where Eigen's packet has a half of at least
+/// 256 bits (with AVX-512: 8 floats, 4 doubles), a stack whose H and H_r fit in one half
+/// packet runs on half packets; every other stack on whole ones (two half packets, a hidden
+/// size of 16 floats, measured slower than one whole packet: bench_realtime). Its calls are the Stack's,
+/// passed to the one that was built (one predictable branch a call).
+template <typename S>
+class SizedStack {
+public:
+    /// Builds the Stack of the width that narrow() picks.
+    SizedStack(const char* twin, const RecurrentStack<S>& layer, CellKind cell, Index max_block) {
+        if (narrow(layer.hidden_size(), layer.real_hidden_size()))
+            narrow_.emplace(twin, layer, cell, max_block);
+        else
+            wide_.emplace(twin, layer, cell, max_block);
+    }
+
+    /// Whether a stack of H units per gate and an h of width H_r runs on HalfPacket<S>.
+    static constexpr bool narrow(Index H, Index Hr) noexcept {
+        constexpr Index half = kLanes<HalfPacket<S>>;
+        return half < kPacket<S> && sizeof(HalfPacket<S>) >= 32 && std::max(H, Hr) <= half;
+    }
+
+    // Stack's calls, on the Stack that was built.
+    Index input_size() const noexcept { return visit([](const auto& s) { return s.input_size(); }); }
+    Index output_size() const noexcept { return visit([](const auto& s) { return s.output_size(); }); }
+    Index max_block() const noexcept { return visit([](const auto& s) { return s.max_block(); }); }
+    void reset() noexcept { visit([](auto& s) { s.reset(); }); }
+    State<S> state() const { return visit([](const auto& s) { return s.state(); }); }
+    void set_state(const State<S>& state) { visit([&](auto& s) { s.set_state(state); }); }
+    template <typename Step>
+    EIGEN_ALWAYS_INLINE void sample(const S* x, S* y, const Step& step) noexcept {
+        if (narrow_)
+            sample_on(*narrow_, x, y, step);
+        else
+            wide_->sample(x, y, step);
+    }
+    template <typename Step>
+    void block(const S* x, Index steps, S* y, const Step& step) noexcept {
+        if (narrow_)
+            block_on(*narrow_, x, steps, y, step);
+        else
+            wide_->block(x, steps, y, step);
+    }
+    template <typename Step>
+    void block(ConstMatrixRef<S> x, MatrixRef<S> y, const Step& step) {
+        visit([&](auto& s) { s.block(x, y, step); });
+    }
+
+private:
+    // The narrow Stack's loops in a function of their own with everything inlined into it;
+    // the wide one's inline where the twin is called, as before there were two widths. With
+    // both inlined into one caller, g++ ran out of inlining budget and called activations
+    // out of line (per sample at hidden 16 to 32, 1.2x to 1.4x slower: bench_realtime).
+    template <typename Stack, typename Step>
+    SEQNN_REALTIME_FLATTEN static void sample_on(Stack& s, const S* x, S* y, const Step& step) noexcept {
+        s.sample(x, y, step);
+    }
+    template <typename Stack, typename Step>
+    SEQNN_REALTIME_FLATTEN static void block_on(Stack& s, const S* x, Index steps, S* y, const Step& step) noexcept {
+        s.block(x, steps, y, step);
+    }
+
+    template <typename F>
+    EIGEN_ALWAYS_INLINE decltype(auto) visit(F&& f) {
+        return narrow_ ? f(*narrow_) : f(*wide_);
+    }
+    template <typename F>
+    EIGEN_ALWAYS_INLINE decltype(auto) visit(F&& f) const {
+        return narrow_ ? f(*narrow_) : f(*wide_);
+    }
+
+    std::optional<Stack<S, HalfPacket<S>>> narrow_;
+    std::optional<Stack<S>> wide_;
+};
+
 }  // namespace seqnn::realtime::detail
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

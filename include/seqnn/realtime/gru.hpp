@@ -50,18 +50,16 @@ public:
     void process_block(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) { stack_.block(x, y, Step{}); }
 
 private:
-    using Stack = detail::Stack<Scalar>;
-
     /// One step of one layer (see detail::Stack): `in` is x_t when Fused, else its projection.
     struct Step {
-        template <bool Fused>
-        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* in, const Scalar* h,
+        template <bool Fused, typename Layer>
+        EIGEN_STRONG_INLINE void operator()(const Layer& w, const Scalar* in, const Scalar* h,
                                             Scalar* h_next, Scalar*, Scalar*) const noexcept {
             namespace ei = Eigen::internal;
-            using Pk = detail::Packet<Scalar>;
-            constexpr Index P = detail::kPacket<Scalar>;
+            using Pk = typename Layer::Packet;
+            constexpr Index P = detail::kLanes<Pk>;
             const Index Hp = w.Hp;
-            detail::for_unit_packets<Scalar>(Hp, [&]<int U>(Index u) {
+            detail::for_unit_packets<Scalar, Pk>(Hp, [&]<int U>(Index u) {
                 // The input's part, W_i x_t + b: [r, z] with b_h folded in, [n] with b_in only.
                 Pk x_part[U][3];
                 for (int v = 0; v < U; ++v)
@@ -89,7 +87,7 @@ private:
         }
     };
 
-    Stack stack_;
+    detail::SizedStack<Scalar> stack_;
 };
 
 }  // namespace seqnn::realtime

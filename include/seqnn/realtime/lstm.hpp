@@ -52,20 +52,18 @@ public:
     void process_block(ConstMatrixRef<Scalar> x, MatrixRef<Scalar> y) { stack_.block(x, y, Step{}); }
 
 private:
-    using Stack = detail::Stack<Scalar>;
-
     /// One step of one layer (see detail::Stack): `in` is x_t when Fused, else its projection.
     struct Step {
-        template <bool Fused>
-        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* in, const Scalar* h,
+        template <bool Fused, typename Layer>
+        EIGEN_STRONG_INLINE void operator()(const Layer& w, const Scalar* in, const Scalar* h,
                                             Scalar* h_next, Scalar* c, Scalar* m) const noexcept {
             namespace ei = Eigen::internal;
-            using Pk = detail::Packet<Scalar>;
-            constexpr Index P = detail::kPacket<Scalar>;
+            using Pk = typename Layer::Packet;
+            constexpr Index P = detail::kLanes<Pk>;
             const Index Hp = w.Hp;
             const bool projected = !w.w_hr.empty();
             Scalar* out = projected ? m : h_next;  // o * tanh(c_t)
-            detail::for_unit_packets<Scalar>(Hp, [&]<int U>(Index u) {
+            detail::for_unit_packets<Scalar, Pk>(Hp, [&]<int U>(Index u) {
                 // W_ih x_t + b_ih + b_hh, then + W_hh h_{t-1}: (4Hp, I) x (I) and (4Hp, H_r) x (H_r)
                 Pk acc[U][4];
                 for (int v = 0; v < U; ++v)
@@ -84,7 +82,7 @@ private:
                 }
             });
             if (projected) {
-                detail::for_unit_packets<Scalar>(w.Hrp, [&]<int U>(Index r) {  // h_t = W_hr m: (Hrp, H) x (H)
+                detail::for_unit_packets<Scalar, Pk>(w.Hrp, [&]<int U>(Index r) {  // h_t = W_hr m: (Hrp, H) x (H)
                     Pk acc[U][1];
                     for (int v = 0; v < U; ++v) acc[v][0] = ei::pset1<Pk>(Scalar(0));
                     detail::accumulate_panel<Scalar, 1, U>(m, w.H, w.w_hr.data() + r * w.H, acc);
@@ -94,7 +92,7 @@ private:
         }
     };
 
-    Stack stack_;
+    detail::SizedStack<Scalar> stack_;
 };
 
 }  // namespace seqnn::realtime

@@ -65,19 +65,17 @@ public:
     }
 
 private:
-    using Stack = detail::Stack<Scalar>;
-
     /// One step of one layer (see detail::Stack), relu or tanh: `in` is x_t when Fused, else
     /// its projection.
     template <bool Relu>
     struct Step {
-        template <bool Fused>
-        EIGEN_STRONG_INLINE void operator()(const typename Stack::Layer& w, const Scalar* in, const Scalar* h,
+        template <bool Fused, typename Layer>
+        EIGEN_STRONG_INLINE void operator()(const Layer& w, const Scalar* in, const Scalar* h,
                                             Scalar* h_next, Scalar*, Scalar*) const noexcept {
             namespace ei = Eigen::internal;
-            using Pk = detail::Packet<Scalar>;
-            constexpr Index P = detail::kPacket<Scalar>;
-            detail::for_unit_packets<Scalar>(w.Hp, [&]<int U>(Index u) {
+            using Pk = typename Layer::Packet;
+            constexpr Index P = detail::kLanes<Pk>;
+            detail::for_unit_packets<Scalar, Pk>(w.Hp, [&]<int U>(Index u) {
                 Pk acc[U][1];  // W_ih x_t + b_ih + b_hh + W_hh h_{t-1}: (Hp, I) x (I), (Hp, H) x (H)
                 for (int v = 0; v < U; ++v) acc[v][0] = ei::pload<Pk>((Fused ? w.bias.data() : in) + u + v * P);
                 if constexpr (Fused)
@@ -90,7 +88,7 @@ private:
         }
     };
 
-    Stack stack_;
+    detail::SizedStack<Scalar> stack_;
     bool relu_;
 };
 
