@@ -874,8 +874,18 @@ TEST(MatmulRows, GivesTheBitsOfOneThreadOnAnyThreadCount) {
         });
     };
     const Matrix<float> serial = product(1);
-    for (int threads : {2, 3, std::max(num_threads(), 4)})
+    for (int threads : {2, 3, std::max(num_threads(), 4)}) {
+#ifdef SEQNN_USE_BLIS
+        // At kBlisMinFlops and above the product is one BLIS gemm, whose bits depend on
+        // the thread count: there they must agree to a float's rounding over K = 300 terms.
+        if (2.0 * 2111 * 300 * 77 >= kBlisMinFlops) {
+            EXPECT_LT(relative_error(product(threads), serial), float_tolerance(300))
+                << threads << " threads";
+            continue;
+        }
+#endif
         EXPECT_EQ(relative_error(product(threads), serial), 0.0) << threads << " threads";
+    }
 }
 
 TEST(Linear, BiasGradientIsBitwiseTheSameForAnyThreadCount) {

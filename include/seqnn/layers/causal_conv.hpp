@@ -178,7 +178,7 @@ protected:
         Matrix<Scalar> du;
         if (options_.pointwise) {
             const Matrix<Scalar>& u = saved.u;
-            pointwise_weight.grad.noalias() += dy.data.transpose() * u;  // (D, B*T) x (B*T, D)
+            add_transposed_product<Scalar>(dy.data, u, pointwise_weight.grad);  // (D, B*T) x (B*T, D)
             if (options_.bias) add_column_sums(dy.data, pointwise_bias.grad);
             du.resize(dy.data.rows(), pointwise_weight.value.cols());
             matmul_rows<Scalar>(dy.data, pointwise_weight.value, du);  // (B*T, D) x (D, D)

@@ -586,13 +586,13 @@ private:
         if (cell_ == CellKind::GRU) {  // dW_hh reads its own gate gradients (r scales W_hn h)
             auto h_prev = scratch_matrix<Scalar>(ScratchSlot::C, B * T, Hr);
             previous_steps(output, h0, B, T, h_prev);
-            w.weight_hh.grad.noalias() += dgh.transpose() * h_prev;  // (G*H, B*T) x (B*T, H_r)
+            add_transposed_product<Scalar>(dgh, h_prev, w.weight_hh.grad);  // (G*H, B*T) x (B*T, H_r)
             if (reverse) {
                 auto reversed = scratch_matrix<Scalar>(ScratchSlot::C, B * T, I);
                 reverse_steps(input, reversed, B, T, lengths);
-                w.weight_ih.grad.noalias() += dg.transpose() * reversed;  // (G*H, B*T) x (B*T, I_k)
+                add_transposed_product<Scalar>(dg, reversed, w.weight_ih.grad);  // (G*H, B*T) x (B*T, I_k)
             } else {
-                w.weight_ih.grad.noalias() += dg.transpose() * input;  // (G*H, B*T) x (B*T, I_k)
+                add_transposed_product<Scalar>(dg, input, w.weight_ih.grad);  // (G*H, B*T) x (B*T, I_k)
             }
         } else {  // one GEMM for both: [dW_ih | dW_hh] = dgates^T [input | h_prev]
             auto both = scratch_matrix<Scalar>(ScratchSlot::C, B * T, I + Hr);
@@ -603,7 +603,8 @@ private:
                     both.block(r0, 0, r1 - r0, I) = input.middleRows(r0, r1 - r0);
                 });
             previous_steps(output, h0, B, T, both.rightCols(Hr));
-            const Matrix<Scalar> d_weights = dg.transpose() * both;  // (G*H, B*T) x (B*T, I_k + H_r)
+            Matrix<Scalar> d_weights = Matrix<Scalar>::Zero(dg.cols(), I + Hr);
+            add_transposed_product<Scalar>(dg, both, d_weights);  // (G*H, B*T) x (B*T, I_k + H_r)
             w.weight_ih.grad += d_weights.leftCols(I);
             w.weight_hh.grad += d_weights.rightCols(Hr);
         }

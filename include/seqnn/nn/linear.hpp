@@ -70,7 +70,7 @@ public:
             fail("Linear.backward", "dy has shape " + shape_string(dy) + ", expected " +
                                         shape_string(x.rows(), out_features()));
         check_matrix("Linear.backward", "dx", dx, x.rows(), in_features());
-        weight.grad.noalias() += dy.transpose() * x;  // (out, N) x (N, in)
+        add_transposed_product<Scalar>(dy, x, weight.grad);  // (out, N) x (N, in)
         if (has_bias()) add_column_sums(dy, bias.grad);  // (1, out)
         matmul_rows<Scalar>(dy, weight.value, dx);  // (N, out) x (out, in)
     }
