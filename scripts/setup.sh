@@ -2,7 +2,8 @@
 # Installs what seqnn needs on Debian 12, and only what is missing.
 #   ./scripts/setup.sh        compiler, CMake, Eigen, GoogleTest, Google Benchmark, nlohmann-json,
 #                             libsndfile (for the amp_model example only)
-#   ./scripts/setup.sh --ci   the same plus clang, libomp, libFuzzer and doxygen (the CI's later stages)
+#   ./scripts/setup.sh --ci   the same plus clang, libomp, libFuzzer, doxygen and BLIS (libblis-dev, for
+#                             SEQNN_USE_BLIS) (the CI's later stages)
 #   ./scripts/setup.sh --deps DIR
 #                             the same as without flags, then copies the headers and libraries that
 #                             seqnn's programs need (Eigen, nlohmann-json, Google Benchmark) into DIR,
@@ -17,9 +18,9 @@ packages=(cmake g++ make libeigen3-dev libgtest-dev libgmock-dev libbenchmark-de
 deps=""
 while (($#)); do
     case "$1" in
-        --ci) packages+=(clang libomp-14-dev libclang-rt-14-dev doxygen) ;;
+        --ci) packages+=(clang libomp-14-dev libclang-rt-14-dev doxygen libblis-dev) ;;
         --deps) deps="${2:?setup.sh: --deps needs a folder}"; shift ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
