@@ -594,8 +594,8 @@ private:
 /// work once the units fit in a narrower one. So where Eigen's packet has a half of at least
 /// 256 bits (with AVX-512: 8 floats, 4 doubles), a stack whose H and H_r fit in one half
 /// packet runs on half packets; every other stack on whole ones (two half packets, a hidden
-/// size of 16 floats, measured slower than one whole packet: bench_realtime). Its calls are the Stack's,
-/// passed to the one that was built (one predictable branch a call).
+/// size of 16 floats, measured slower than one whole packet in bench_realtime). Its calls
+/// are the Stack's, passed to the one that was built (one predictable branch a call).
 template <typename S>
 class SizedStack {
 public:
@@ -641,9 +641,9 @@ public:
 
 private:
     // The narrow Stack's loops in a function of their own with everything inlined into it;
-    // the wide one's inline where the twin is called, as before there were two widths. With
-    // both inlined into one caller, g++ ran out of inlining budget and called activations
-    // out of line (per sample at hidden 16 to 32, 1.2x to 1.4x slower: bench_realtime).
+    // the wide one's inline where the twin is called. With both inlined into one caller, g++
+    // runs out of inlining budget and calls the activations out of line (per sample at
+    // hidden 16 to 32, 1.2x to 1.4x slower in bench_realtime).
     template <typename Stack, typename Step>
     SEQNN_REALTIME_FLATTEN static void sample_on(Stack& s, const S* x, S* y, const Step& step) noexcept {
         s.sample(x, y, step);
