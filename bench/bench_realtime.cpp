@@ -34,6 +34,7 @@ namespace {
 using namespace seqnn;
 using seqnn::bench::kSampleRate;
 using seqnn::bench::kSignalLength;
+using seqnn::bench::set_sample_counters;
 using seqnn::bench::test_signal;
 
 void one_thread() { set_num_threads(1); }
@@ -136,26 +137,12 @@ private:
     std::vector<float> hidden_;
 };
 
-void set_sample_counters(benchmark::State& state, double samples_per_iteration, double flops, double bytes) {
-    bench::set_counters(state, samples_per_iteration, samples_per_iteration * flops, samples_per_iteration * bytes);
-    // Seconds per sample: the time / (iterations * samples per iteration).
-    state.counters["time_per_sample"] = benchmark::Counter(samples_per_iteration * static_cast<double>(state.iterations()),
-                                                           benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
-}
-
 template <typename Cell>
 void BM_Sample(benchmark::State& state) {
     one_thread();
     const Index H = state.range(0);
     TwinChain<Cell> chain(H);
-    const std::vector<float>& x = test_signal();
-    Index t = 0;
-    float y = 0;
-    for (auto _ : state) {
-        chain.process_sample(&x[static_cast<std::size_t>(t)], &y);
-        benchmark::DoNotOptimize(y);
-        t = (t + 1) & (kSignalLength - 1);
-    }
+    bench::feed_samples(state, chain);
     set_sample_counters(state, 1, sample_flops<Cell>(1, H), sample_bytes<Cell>(1, H));
 }
 
@@ -164,15 +151,7 @@ void BM_Block(benchmark::State& state) {
     one_thread();
     const Index H = state.range(0), T = state.range(1);
     TwinChain<Cell> chain(H);
-    const std::vector<float>& x = test_signal();
-    std::vector<float> y(static_cast<std::size_t>(T));
-    Index t = 0;
-    for (auto _ : state) {
-        chain.process_block(&x[static_cast<std::size_t>(t)], T, y.data());
-        benchmark::DoNotOptimize(y.data());
-        benchmark::ClobberMemory();
-        t = (t + T) % (kSignalLength - T + 1);
-    }
+    bench::feed_blocks(state, chain, T);
     set_sample_counters(state, static_cast<double>(T), sample_flops<Cell>(1, H), sample_bytes<Cell>(1, H));
 }
 

@@ -39,7 +39,7 @@
 namespace {
 
 using namespace seqnn;
-using seqnn::bench::kSignalLength;
+using seqnn::bench::set_sample_counters;
 using seqnn::bench::test_signal;
 
 namespace ei = Eigen::internal;
@@ -437,39 +437,17 @@ double sample_bytes(Index H) {
     return 4.0 * (G * h * (1.0 + h + 2.0) + h + 1.0);
 }
 
-void set_sample_counters(benchmark::State& state, double samples_per_iteration, double flops, double bytes) {
-    bench::set_counters(state, samples_per_iteration, samples_per_iteration * flops, samples_per_iteration * bytes);
-    state.counters["time_per_sample"] = benchmark::Counter(samples_per_iteration * static_cast<double>(state.iterations()),
-                                                           benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
-}
-
-// The timed loops, one harness for both variants.
+// The timed loops (test_signal.hpp), one harness for both variants.
 template <typename Cell, typename Model>
 void time_samples(benchmark::State& state, Model& model) {
-    const Index H = state.range(0);
-    const std::vector<float>& x = test_signal();
-    Index t = 0;
-    float y = 0;
-    for (auto _ : state) {
-        model.process_sample(&x[static_cast<std::size_t>(t)], &y);
-        benchmark::DoNotOptimize(y);
-        t = (t + 1) & (kSignalLength - 1);
-    }
-    set_sample_counters(state, 1, sample_flops<Cell>(H), sample_bytes<Cell>(H));
+    bench::feed_samples(state, model);
+    set_sample_counters(state, 1, sample_flops<Cell>(state.range(0)), sample_bytes<Cell>(state.range(0)));
 }
 
 template <typename Cell, typename Model>
 void time_blocks(benchmark::State& state, Model& model) {
     const Index H = state.range(0), T = state.range(1);
-    const std::vector<float>& x = test_signal();
-    std::vector<float> y(static_cast<std::size_t>(T));
-    Index t = 0;
-    for (auto _ : state) {
-        model.process_block(&x[static_cast<std::size_t>(t)], T, y.data());
-        benchmark::DoNotOptimize(y.data());
-        benchmark::ClobberMemory();
-        t = (t + T) % (kSignalLength - T + 1);
-    }
+    bench::feed_blocks(state, model, T);
     set_sample_counters(state, static_cast<double>(T), sample_flops<Cell>(H), sample_bytes<Cell>(H));
 }
 

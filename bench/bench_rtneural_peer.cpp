@@ -189,9 +189,7 @@ void BM_RTNeural_Sample(benchmark::State& state) {
         t = (t + 1) & (kSignalLength - 1);
     }
     const double flops = 2.0 * Gates * H * (1.0 + H) + 2.0 * H, bytes = 4.0 * (Gates * H * (1.0 + H + 2.0) + H + 1.0);
-    bench::set_counters(state, 1, flops, bytes);
-    state.counters["time_per_sample"] = benchmark::Counter(static_cast<double>(state.iterations()),
-                                                           benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+    bench::set_sample_counters(state, 1, flops, bytes);
     state.counters["max_abs_diff"] = difference;
 }
 

@@ -1,7 +1,12 @@
-// The input of the real-time benchmarks (bench_realtime.cpp and its RTNeural peer,
-// bench_rtneural_peer.cpp), one signal for both so that they time the same work.
+// The input of the real-time benchmarks (bench_realtime.cpp, bench_realtime_fixed.cpp and
+// the RTNeural peer, bench_rtneural_peer.cpp), one signal for all so that they time the same
+// work, the loops that feed it to a model sample by sample or block by block, and their
+// per-sample counters.
 #pragma once
 
+#include "bench_common.hpp"
+
+#include <benchmark/benchmark.h>
 #include <seqnn/core/types.hpp>
 
 #include <cmath>
@@ -32,6 +37,43 @@ inline const std::vector<float>& test_signal() {
         return x;
     }();
     return signal;
+}
+
+// bench_common's counters for samples_per_iteration samples of `flops` and `bytes` each, plus
+// time_per_sample: the seconds of one iteration over its samples.
+inline void set_sample_counters(benchmark::State& state, double samples_per_iteration, double flops, double bytes) {
+    set_counters(state, samples_per_iteration, samples_per_iteration * flops, samples_per_iteration * bytes);
+    state.counters["time_per_sample"] = benchmark::Counter(samples_per_iteration * static_cast<double>(state.iterations()),
+                                                           benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+// The timed loop of one sample an iteration: model.process_sample(x_t, &y), t cycling through
+// the signal.
+template <typename Model>
+void feed_samples(benchmark::State& state, Model& model) {
+    const std::vector<float>& x = test_signal();
+    seqnn::Index t = 0;
+    float y = 0;
+    for (auto _ : state) {
+        model.process_sample(&x[static_cast<std::size_t>(t)], &y);
+        benchmark::DoNotOptimize(y);
+        t = (t + 1) & (kSignalLength - 1);
+    }
+}
+
+// The timed loop of one block of T samples an iteration: model.process_block(x, T, y) on
+// consecutive blocks of the signal.
+template <typename Model>
+void feed_blocks(benchmark::State& state, Model& model, seqnn::Index T) {
+    const std::vector<float>& x = test_signal();
+    std::vector<float> y(static_cast<std::size_t>(T));
+    seqnn::Index t = 0;
+    for (auto _ : state) {
+        model.process_block(&x[static_cast<std::size_t>(t)], T, y.data());
+        benchmark::DoNotOptimize(y.data());
+        benchmark::ClobberMemory();
+        t = (t + T) % (kSignalLength - T + 1);
+    }
 }
 
 }  // namespace seqnn::bench

@@ -17,20 +17,11 @@
 using namespace seqnn;
 using seqnn::testing::float_tolerance;
 using seqnn::testing::random_matrix;
+using seqnn::testing::reference_product;
 using seqnn::testing::relative_error;
 using seqnn::testing::ThreadGuard;
 
 namespace {
-
-// Plain triple loops in double: a (M, K) times b (K, N).
-template <typename A, typename B>
-Matrix<double> reference_product(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
-    Matrix<double> c = Matrix<double>::Zero(a.rows(), b.cols());
-    for (Index i = 0; i < a.rows(); ++i)
-        for (Index j = 0; j < b.cols(); ++j)
-            for (Index k = 0; k < a.cols(); ++k) c(i, j) += double(a(i, k)) * double(b(k, j));
-    return c;
-}
 
 struct Shape {
     Index m, k, n;  // (m, k) x (k, n) for matmul_rows; (m, k)^T x (m, n) for add_transposed_product

@@ -21,6 +21,7 @@ using seqnn::testing::expect_shape_error;
 using seqnn::testing::float_tolerance;
 using seqnn::testing::GradientReport;
 using seqnn::testing::random_matrix;
+using seqnn::testing::reference_product;
 using seqnn::testing::relative_error;
 
 namespace {
@@ -818,15 +819,6 @@ TEST(ParallelCopy, ResizesTheDestinationAndCopiesEveryEntry) {
     parallel_copy<double>(dst, src);
     EXPECT_EQ(relative_error(dst, src), 0.0);
     EXPECT_EQ(relative_error(parallel_copy_of<double>(src.topRows(5)), src.topRows(5)), 0.0);
-}
-
-// Plain triple loops: a (M, K) times b (K, N).
-Matrix<double> reference_product(const Matrix<double>& a, const Matrix<double>& b) {
-    Matrix<double> c = Matrix<double>::Zero(a.rows(), b.cols());
-    for (Index i = 0; i < a.rows(); ++i)
-        for (Index j = 0; j < b.cols(); ++j)
-            for (Index k = 0; k < a.cols(); ++k) c(i, j) += a(i, k) * b(k, j);
-    return c;
 }
 
 TEST(MatmulRows, MatchesPlainLoopsInDoubleSplitOrNot) {

@@ -49,6 +49,16 @@ State<Scalar> random_state(const Layer<Scalar>& layer, Index batch, Rng& rng, do
     return s;
 }
 
+// Plain triple loops in double: a (M, K) times b (K, N), the reference of the products.
+template <typename A, typename B>
+Matrix<double> reference_product(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+    Matrix<double> c = Matrix<double>::Zero(a.rows(), b.cols());
+    for (Index i = 0; i < a.rows(); ++i)
+        for (Index j = 0; j < b.cols(); ++j)
+            for (Index k = 0; k < a.cols(); ++k) c(i, j) += double(a(i, k)) * double(b(k, j));
+    return c;
+}
+
 // max |a - b| / max(1, max |b|): relative to the reference's magnitude, absolute near zero.
 template <typename A, typename B>
 double relative_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {

@@ -448,11 +448,11 @@ private:
         Index first = 0, count = 0;
     };
 
-    // The rows of each sequence's real steps, [s*T, s*T + length_s), cut into blocks of
-    // whole 16-row panels (kMatmulRowAlign), at least kMinRowsPerThread rows long and about
-    // a quarter of a thread's share, so that threads taking blocks in turn end together.
-    static std::vector<RowBlock> real_row_blocks(const std::vector<Index>& lengths, Index T) {
-        const Index real = std::accumulate(lengths.begin(), lengths.end(), Index(0));
+    // The rows of each sequence's real steps, [s*T, s*T + length_s), `real` rows in all, cut
+    // into blocks of whole 16-row panels (kMatmulRowAlign), at least kMinRowsPerThread rows
+    // long and about a quarter of a thread's share, so that threads taking blocks in turn
+    // end together.
+    static std::vector<RowBlock> real_row_blocks(const std::vector<Index>& lengths, Index T, Index real) {
         const Index share = (real + 4 * num_threads() - 1) / (4 * num_threads());
         const Index size = std::max(kMinRowsPerThread, (share + kMatmulRowAlign - 1) / kMatmulRowAlign * kMatmulRowAlign);
         std::vector<RowBlock> blocks;
@@ -482,10 +482,9 @@ private:
         } else {
             // A padded batch: only the rows of real steps, which are all the scan reads, in
             // blocks of one sequence's rows, a thread taking the next block as it finishes one.
-            const std::vector<RowBlock> blocks = real_row_blocks(x.lengths, T);
-            Index rows = 0;
-            for (const RowBlock& r : blocks) rows += r.count;
-            const double flops = 2.0 * double(rows) * double(input_size()) * double(GE);
+            const Index real = std::accumulate(x.lengths.begin(), x.lengths.end(), Index(0));
+            const std::vector<RowBlock> blocks = real_row_blocks(x.lengths, T, real);
+            const double flops = 2.0 * double(real) * double(input_size()) * double(GE);
             parallel_items(threads_for(flops, static_cast<Index>(blocks.size())), static_cast<Index>(blocks.size()),
                            [&](Index i, int) {
                                const RowBlock& r = blocks[static_cast<std::size_t>(i)];
