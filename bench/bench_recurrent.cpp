@@ -1,7 +1,8 @@
 // The sequential cells: RNN, LSTM and GRU forward, training (forward + backward)
 // and one streaming step, at the shapes of the scan issue so that serial and
 // parallel cost sit side by side; a bidirectional forward, a padded batch's forward, and
-// the two directions' loops side by side against one after the other.
+// the two directions' loops side by side against one after the other, and one layer's time
+// loops alone with the batch cut into groups of sequences.
 #include "bench_common.hpp"
 
 #include <memory>
@@ -110,6 +111,60 @@ void BM_GRU_Directions(benchmark::State& state) {
     bench::set_counters(state, double(B * T), 2 * recurrent_flops(B, T, H, H, G), 2 * recurrent_bytes(B, T, H, H, G));
 }
 
+// One layer's time loops alone (kernels/recurrent.hpp), on buffers allocated once: the
+// forward of inference (backward 0) or backward through time from a training forward's
+// tensors (backward 1), the batch cut into `groups` groups of sequences with a team of
+// threads each (0: the kernel's own choice, recurrent_loop_teams). What the choice rests on.
+template <CellKind Cell>
+void BM_Loop(benchmark::State& state) {
+    const Index B = state.range(0), T = state.range(1), H = state.range(2);
+    const int groups = static_cast<int>(state.range(3));
+    const bool backward = state.range(4) != 0;
+    const Index G = gate_count(Cell);
+    const Matrix<float> x = bench::random_matrix(B * T, H), w_ih = bench::random_matrix(G * H, H, 2, 0.06f);
+    const Matrix<float> w_hh = bench::random_matrix(G * H, H, 3, 0.06f), b = bench::random_matrix(1, G * H, 4);
+    const Matrix<float> h0 = Matrix<float>::Zero(B, H), d_out = bench::random_matrix(B * T, H, 5);
+    Matrix<float> h = h0, c = h0, y(B * T, H), gates(B * T, G * H), cells(B * T, H), hidden_n(B * T, H);
+    Matrix<float> dh(B, H), dc(B, H), d_gates(B * T, G * H), d_gates_hidden(B * T, G * H);
+    RecurrentForward<float> f;
+    f.cell = Cell;
+    f.input_size = H;
+    f.x = x.data();
+    f.w_ih = w_ih.data();
+    f.w_hh = w_hh.data();
+    f.b_ih = f.b_hh = b.data();
+    f.h = h.data();
+    f.c = Cell == CellKind::LSTM ? c.data() : nullptr;
+    f.y = y.data();
+    if (backward) {
+        f.gates = gates.data();
+        if (Cell == CellKind::LSTM) f.cells = cells.data();
+        if (Cell == CellKind::GRU) f.hidden_n = hidden_n.data();
+        recurrent_forward<float>(f, B, T, H);
+    }
+    RecurrentSaved<float> saved{gates.data(), y.data(), h0.data(), h0.data(), cells.data(), hidden_n.data()};
+    RecurrentBackward<float> grads;
+    grads.d_out = d_out.data();
+    grads.dh = dh.data();
+    grads.dc = Cell == CellKind::LSTM ? dc.data() : nullptr;
+    grads.d_gates = d_gates.data();
+    grads.d_gates_hidden = d_gates_hidden.data();
+    const int threads = groups > 0 ? num_threads() : 0;
+    for (auto _ : state) {
+        if (backward) {
+            dh.setZero();
+            dc.setZero();
+            recurrent_backward<float>(Cell, w_hh.data(), saved, grads, B, T, H, threads, groups);
+        } else {
+            recurrent_forward<float>(f, B, T, H, threads, groups);
+        }
+        benchmark::DoNotOptimize(backward ? d_gates.data() : y.data());
+    }
+    // Backward through time is the hidden map's half of the forward's multiply-adds.
+    const double flops = backward ? recurrent_flops(B, T, 0, H, G) : recurrent_flops(B, T, H, H, G);
+    bench::set_counters(state, double(B * T), flops, recurrent_bytes(B, T, H, H, G));
+}
+
 template <typename Cell, int Gates>
 void BM_Train(benchmark::State& state) {
     const Index B = state.range(0), T = state.range(1), D = state.range(2);
@@ -198,6 +253,15 @@ void directions_shapes(benchmark::internal::Benchmark* b) {
     b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+void loop_shapes(benchmark::internal::Benchmark* b) {
+    b->ArgNames({"B", "T", "H", "groups", "backward"});
+    for (int backward : {0, 1}) {
+        for (int groups : {0, 1, 2, 4}) b->Args({16, 1024, 256, groups, backward});
+        for (int groups : {0, 1, 2, 4, 8}) b->Args({64, 256, 256, groups, backward});
+    }
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 void step_shapes(benchmark::internal::Benchmark* b) {
     b->ArgNames({"B", "D"});
     for (int D : {64, 256, 1024}) b->Args({1, D});
@@ -216,6 +280,8 @@ BENCHMARK_TEMPLATE(BM_ForwardBidirectional, LSTM<float>, 4)->Name("BM_LSTM_Forwa
 BENCHMARK_TEMPLATE(BM_ForwardLengths, GRU<float>, 3)->Name("BM_GRU_ForwardLengths")->Apply(one_shape);
 BENCHMARK_TEMPLATE(BM_ForwardLengths, LSTM<float>, 4)->Name("BM_LSTM_ForwardLengths")->Apply(one_shape);
 BENCHMARK(BM_GRU_Directions)->Apply(directions_shapes);
+BENCHMARK_TEMPLATE(BM_Loop, CellKind::GRU)->Name("BM_GRU_Loop")->Apply(loop_shapes);
+BENCHMARK_TEMPLATE(BM_Loop, CellKind::LSTM)->Name("BM_LSTM_Loop")->Apply(loop_shapes);
 BENCHMARK_TEMPLATE(BM_Forward, RNN<float>, 1)->Name("BM_RNN_Forward")->Apply(sequence_shapes);
 BENCHMARK_TEMPLATE(BM_Train, RNN<float>, 1)->Name("BM_RNN_Train")->Apply(sequence_shapes);
 BENCHMARK(BM_StepProductEigen)->Apply(step_product_shapes);

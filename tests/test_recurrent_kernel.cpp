@@ -211,21 +211,24 @@ void finish(const Problem& p, KernelRun& r) {
     if (p.cell != CellKind::GRU) r.hidden_n.setZero();
 }
 
-// The forward and backward of problem p on a team of `threads`.
-KernelRun run_kernel(const Problem& p, int threads) {
+// The forward and backward of problem p on `threads` threads, the batch cut into `groups`
+// groups of sequences with a team each.
+KernelRun run_kernel(const Problem& p, int threads, int groups = 1) {
     KernelRun r(p);
-    recurrent_forward<double>(forward_args(p, r), p.B, p.T, p.H, threads);
-    recurrent_backward<double>(p.cell, p.w_hh.data(), saved_args(p, r), backward_args(p, r), p.B, p.T, p.H, threads);
+    recurrent_forward<double>(forward_args(p, r), p.B, p.T, p.H, threads, groups);
+    recurrent_backward<double>(p.cell, p.w_hh.data(), saved_args(p, r), backward_args(p, r), p.B, p.T, p.H, threads,
+                               groups);
     finish(p, r);
     return r;
 }
 
-// Problems p and q (the same cell and sizes) side by side, each on `threads_each`.
-std::pair<KernelRun, KernelRun> run_pair(const Problem& p, const Problem& q, int threads_each) {
+// Problems p and q (the same cell and sizes) side by side, each on `threads_each` (cut
+// into `groups` groups of sequences when > 0).
+std::pair<KernelRun, KernelRun> run_pair(const Problem& p, const Problem& q, int threads_each, int groups = 0) {
     KernelRun rp(p), rq(q);
-    recurrent_forward_pair<double>(forward_args(p, rp), forward_args(q, rq), p.B, p.T, p.H, threads_each);
+    recurrent_forward_pair<double>(forward_args(p, rp), forward_args(q, rq), p.B, p.T, p.H, threads_each, groups);
     recurrent_backward_pair<double>(p.cell, p.w_hh.data(), saved_args(p, rp), backward_args(p, rp), q.w_hh.data(),
-                                    saved_args(q, rq), backward_args(q, rq), p.B, p.T, p.H, threads_each);
+                                    saved_args(q, rq), backward_args(q, rq), p.B, p.T, p.H, threads_each, groups);
     finish(p, rp);
     finish(q, rq);
     return {rp, rq};
@@ -287,6 +290,18 @@ TEST_P(RecurrentKernel, GivesTheSameBitsOnEveryTeamSize) {
     const Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
     const KernelRun one = run_kernel(p, 1);
     for (int threads : {2, 3, 7}) expect_same_bits(run_kernel(p, threads), one, std::to_string(threads) + " threads");
+}
+
+// Cutting the batch into groups of sequences, each run by a team of its own side by side,
+// gives the same bits as one team over the whole batch (more groups than sequences: one
+// sequence a group).
+TEST_P(RecurrentKernel, GivesTheSameBitsWithTheBatchCutIntoGroups) {
+    const Case& c = GetParam();
+    const Problem p(c.cell, c.B, c.T, c.I, c.H, c.bias);
+    const KernelRun one = run_kernel(p, 1);
+    for (const auto& [threads, groups] : {std::pair{2, 2}, {4, 2}, {6, 3}, {3, 7}})
+        expect_same_bits(run_kernel(p, threads, groups), one,
+                         std::to_string(groups) + " groups on " + std::to_string(threads) + " threads");
 }
 
 // One streaming step of a two-layer stack equals two plain one-step layers on every team
@@ -369,6 +384,9 @@ TEST_P(RecurrentKernelPadded, MatchesPlainLoopsStoppingAtEachEndOnEveryTeamSize)
         EXPECT_TRUE(one.d_hidden.middleRows(b * p.T + n, padding).isZero(0)) << "d_hidden past the end of " << b;
     }
     for (int threads : {2, 3, 7}) expect_same_bits(run_kernel(p, threads), one, std::to_string(threads) + " threads");
+    for (const auto& [threads, groups] : {std::pair{2, 2}, {6, 3}})
+        expect_same_bits(run_kernel(p, threads, groups), one,
+                         std::to_string(groups) + " groups on " + std::to_string(threads) + " threads");
 }
 
 // Each sequence of a padded batch gives the bits it gives run alone (B = 1, its own T):
@@ -436,6 +454,9 @@ TEST_P(RecurrentKernelPadded, TwoLoopsSideBySideGiveEachLoopsBits) {
         expect_same_bits(got_p, want_p, "first of the pair, " + std::to_string(threads_each) + " threads each");
         expect_same_bits(got_q, want_q, "second of the pair, " + std::to_string(threads_each) + " threads each");
     }
+    const auto [got_p, got_q] = run_pair(p, q, 2, 2);
+    expect_same_bits(got_p, want_p, "first of the pair, 2 groups of 1 thread each");
+    expect_same_bits(got_q, want_q, "second of the pair, 2 groups of 1 thread each");
 }
 
 INSTANTIATE_TEST_SUITE_P(
