@@ -475,21 +475,25 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The per-step product on packed weights equals the plain product, whatever the rows and columns.
 TEST(RecurrentKernelProduct, PackedProductMatchesPlainProduct) {
+    constexpr Index P = recurrent_detail::kPacket<double>;
     Rng rng(5);
-    for (Index M : {1, 3, 9, 17}) {
+    // No rows; tiles of 1 to 8 rows and a short last one; panels of every width from one packet to
+    // kPanelPackets, and a short last panel.
+    for (Index M : {0, 1, 3, 4, 6, 9, 17}) {
         for (Index K : {1, 7, 40}) {
-            const Index N = 3 * recurrent_detail::kPacket<double>;  // two panels: 2 packets and 1
-            const Matrix<double> a = random_matrix<double>(M, K, rng), w = random_matrix<double>(K, N, rng);
-            const Matrix<double> bias = random_matrix<double>(1, N, rng);
-            recurrent_detail::PackedPanels<double> packed;
-            packed.pack(K, N, [&](Index k, Index j) { return w(k, j); });
-            Matrix<double> c(M, N);
-            recurrent_detail::gemm_packed<double>(a.data(), K, M, packed, c.data(), N, bias.data(), false);
-            Matrix<double> want = a * w;
-            want.rowwise() += bias.row(0);
-            EXPECT_LT(relative_error(c, want), 1e-14) << M << "x" << K;
-            recurrent_detail::gemm_packed<double>(a.data(), K, M, packed, c.data(), N, nullptr, true);  // c += a w
-            EXPECT_LT(relative_error(c, Matrix<double>(want + a * w)), 1e-14) << M << "x" << K;
+            for (Index N = P; N < 2 * recurrent_detail::kPanelPackets * P; N += P) {
+                const Matrix<double> a = random_matrix<double>(M, K, rng), w = random_matrix<double>(K, N, rng);
+                const Matrix<double> bias = random_matrix<double>(1, N, rng);
+                recurrent_detail::PackedPanels<double> packed;
+                packed.pack(K, N, [&](Index k, Index j) { return w(k, j); });
+                Matrix<double> c(M, N);
+                recurrent_detail::gemm_packed<double>(a.data(), K, M, packed, c.data(), N, bias.data(), false);
+                Matrix<double> want = a * w;
+                want.rowwise() += bias.row(0);
+                EXPECT_LT(relative_error(c, want), 1e-14) << M << "x" << K << "x" << N;
+                recurrent_detail::gemm_packed<double>(a.data(), K, M, packed, c.data(), N, nullptr, true);  // c += a w
+                EXPECT_LT(relative_error(c, Matrix<double>(want + a * w)), 1e-14) << M << "x" << K << "x" << N;
+            }
         }
     }
 }

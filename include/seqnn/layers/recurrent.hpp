@@ -608,9 +608,14 @@ private:
             w.weight_ih.grad += d_weights.leftCols(I);
             w.weight_hh.grad += d_weights.rightCols(Hr);
         }
-        if (options_.bias) {
+        if (options_.bias && cell_ == CellKind::GRU) {
             add_column_sums(dgh, w.bias_hh.grad);
             add_column_sums(dg, w.bias_ih.grad);
+        } else if (options_.bias) {  // dgh is dg: one pass over it for both biases
+            Matrix<Scalar> sums = Matrix<Scalar>::Zero(1, dg.cols());
+            add_column_sums(dg, sums);
+            w.bias_ih.grad += sums;
+            w.bias_hh.grad += sums;
         }
     }
 
