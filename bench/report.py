@@ -848,32 +848,57 @@ def _anchor(title):
     return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
-def readme_table(runs):
-    """The README's table: seqnn vs PyTorch at the headline shapes, from the run that has most of them."""
-    def pairs(run):
-        return {(n, t): (s, p, x) for n, t, s, p, x in
-                compare.ratio_rows(list(run.res.ours.values()), list(run.res.peer.values()))
-                if n in dict(HEADLINE)}
-    best = max(runs, key=lambda r: (len(pairs(r)), r.date))
-    by = pairs(best)
-    if not by:
-        return ["No run in docs/report/ has seqnn and PyTorch results at the headline shapes."]
+def _headline_pairs(run, names):
+    """(name, threads) -> (seqnn ms, PyTorch ms, ratio) of `run` for the benchmarks in `names`."""
+    return {(n, t): (s, p, x) for n, t, s, p, x in
+            compare.ratio_rows(list(run.res.ours.values()), list(run.res.peer.values())) if n in names}
+
+
+def _headline_table(run, by, items):
+    """The README's table of `items` (name, label) from `run`'s pairs `by`, at its fewest and most threads."""
     threads = sorted({t for _, t in by})
     threads = sorted({threads[0], threads[-1]})
     header = ["benchmark (B:16, D:256, T:1024 unless noted)"]
     for t in threads:
         header += [f"seqnn ms, {_thr(t)}", f"PyTorch / seqnn, {_thr(t)}"]
     rows = []
-    for name, label in HEADLINE:
+    for name, label in items:
         if any((name, t) in by for t in threads):
             row = [label]
             for t in threads:
                 s, _, x = by.get((name, t), (None, None, None))
                 row += [compare._ms(s), _x(x)] if s is not None else ["", ""]
             rows.append(row)
-    command = f"`{best.invocation}`" if best.invocation else "see docs/results.md"
-    return ([f"Machine: {best.machine}. Date: {best.date}. Command: {command}. "
-             f"Data: `docs/report/{best.label}`.", ""] + _md_table(header, rows))
+    command = f"`{run.invocation}`" if run.invocation else "see docs/results.md"
+    return ([f"Machine: {run.machine}. Date: {run.date}. Command: {command}. "
+             f"Data: `docs/report/{run.label}`.", ""] + _md_table(header, rows))
+
+
+def readme_table(runs):
+    """The README's table: seqnn vs PyTorch at the headline shapes, from the run that has most of them."""
+    names = dict(HEADLINE)
+    best = max(runs, key=lambda r: (len(_headline_pairs(r, names)), r.date))
+    by = _headline_pairs(best, names)
+    if not by:
+        return ["No run in docs/report/ has seqnn and PyTorch results at the headline shapes."]
+    return _headline_table(best, by, HEADLINE)
+
+
+README_CELLS_BEGIN = "<!-- sequential cells table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
+README_CELLS_END = "<!-- end of sequential cells table -->"
+CELLS = [(n, label) for n, label in HEADLINE if n.startswith(("BM_GRU_", "BM_LSTM_"))]
+
+
+def readme_cells_table(runs):
+    """The README's second table: GRU and LSTM against PyTorch from the newest run that has all
+    four rows at 1 and N threads (a run of the sequential cells alone may be newer than the whole
+    suite's run that the first table comes from)."""
+    names = dict(CELLS)
+    complete = [r for r in runs if len(_headline_pairs(r, names)) >= 2 * len(names)]
+    if not complete:
+        return ["No run in docs/report/ has seqnn and PyTorch results for the sequential cells."]
+    newest = max(complete, key=lambda r: r.date)  # runs come newest first: the first of a date
+    return _headline_table(newest, _headline_pairs(newest, names), CELLS)
 
 
 REALTIME_BEGIN = "<!-- realtime table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
@@ -958,6 +983,8 @@ def cmd_tables(args):
     if args.readme:
         with open(args.readme) as f:
             readme_text = readme_with_table(f.read(), readme_table(newest_first), args.readme)
+        readme_text = with_section(readme_text, readme_cells_table(newest_first), args.readme, README_CELLS_BEGIN,
+                                   README_CELLS_END)
     realtime_text = None
     if args.realtime_doc:
         with open(args.realtime_doc) as f:
