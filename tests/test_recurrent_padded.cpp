@@ -309,6 +309,47 @@ TEST(Bidirectional, DirectionsSideBySideGiveTheBitsOfOneAfterTheOther) {
     }
 }
 
+// On many threads the time loops cut the batch into groups of sequences, each run by a
+// team of its own (kernels/recurrent.hpp's LoopTeams): the forward gives the bits of one
+// thread, the backward the same to rounding (Eigen's threaded weight-gradient GEMMs sum in
+// another order).
+TEST(Teams, BatchCutIntoTeamsGivesTheBitsOfOneThread) {
+    if (!openmp_enabled()) GTEST_SKIP() << "built without OpenMP: one thread, one team";
+    seqnn::testing::ThreadGuard guard;
+    Rng rng(43);
+    for (const bool lstm : {false, true}) {
+        const RecurrentOptions o{.input_size = 24, .hidden_size = 64, .num_layers = 2};
+        std::unique_ptr<RecurrentStack<double>> layer;
+        if (lstm)
+            layer = std::make_unique<LSTM<double>>(o, rng);
+        else
+            layer = std::make_unique<GRU<double>>(o, rng);
+        Sequence<double> x = random_sequence<double>(16, 12, 24, rng);
+        x.lengths = uneven_lengths(16, 12, rng);
+        const Matrix<double> dy = random_matrix<double>(16 * 12, 64, rng);
+        const auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, State<double>& state) {
+            set_num_threads(threads);
+            layer->zero_grad();
+            Context<double> ctx;
+            state = State<double>{};
+            y = layer->forward(x, &state, &ctx).data;
+            dx = layer->backward(Sequence<double>(dy, 16, 12), ctx).data;
+        };
+        Matrix<double> y1, dx1, y, dx;
+        State<double> s1, s;
+        run(1, y1, dx1, s1);
+        for (int threads : {8, 16}) {
+            set_num_threads(threads);
+            ASSERT_GT(recurrent_loop_teams<double>(lstm ? CellKind::LSTM : CellKind::GRU, 16, 24, 64).groups, 1)
+                << threads << " threads: the loop should run as several teams";
+            run(threads, y, dx, s);
+            EXPECT_TRUE(y == y1) << threads << " threads, lstm " << lstm;
+            EXPECT_TRUE(s.tensors == s1.tensors) << threads << " threads, lstm " << lstm;
+            EXPECT_LT(relative_error(dx, dx1), 1e-13) << threads << " threads, lstm " << lstm;
+        }
+    }
+}
+
 // A bidirectional layer cannot stream; the message names the layer and the reason.
 TEST(Bidirectional, StepIsRefused) {
     Rng rng(42);
