@@ -496,10 +496,11 @@ struct LoopTeams {
 namespace recurrent_detail {
 
 /// Sequences a group must have for a team of its own, and threads a team must have before
-/// the batch is cut further. On 16 cores (bench_recurrent's BM_*_Loop, B = 16 and 64,
-/// H = 256) teams of 4 threads over 4 or more sequences each ran the LSTM and GRU
-/// backward 1.6-1.9x and the GRU forward 1.3x faster than one team of 16, the LSTM
-/// forward 1.1x; teams of 2 gained nothing more.
+/// the batch is cut further. On 16 cores (bench_recurrent's BM_*_Loop, B = 16, H = 256;
+/// docs/report/sequential_cells/loop_t16.json) four teams of 4 threads ran the forward 1.3x
+/// (GRU) and 1.7x (LSTM) and the backward 2.1x faster than one team of 16, and 1.1-1.2x
+/// faster than two teams of 8; at B = 64, eight teams of 2 ran the forward slower than four
+/// teams of 4 (1.03x and 1.3x the time) and the backward at most 1.13x faster.
 inline constexpr Index kGroupRows = 4;
 inline constexpr int kMinTeam = 4;
 
@@ -528,7 +529,8 @@ LoopTeams recurrent_loop_teams(CellKind cell, Index B, Index I, Index H) {
     return loop_teams<Scalar>(threads_for(flops, packets * max_groups, kMinWorkPerBarrier), B, H);
 }
 
-/// The teams for a caller's `threads` (> 0) and `groups` (0: one group).
+/// The teams for a caller's `threads` (> 0) and `groups` (0: one group): at most one group
+/// per sequence and one thread per packet of units in a team.
 template <typename Scalar>
 LoopTeams forced_loop_teams(Index B, Index H, int threads, int groups) {
     const Index packets = (H + recurrent_detail::kPacket<Scalar> - 1) / recurrent_detail::kPacket<Scalar>;
