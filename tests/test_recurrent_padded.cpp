@@ -9,6 +9,7 @@
 #include <seqnn/seqnn.hpp>
 #include "layer_instances.hpp"
 
+#include <initializer_list>
 #include <limits>
 #include <memory>
 
@@ -273,81 +274,65 @@ TEST(Bidirectional, TheReverseDirectionRunsEachSequenceBackFromItsOwnEnd) {
     }
 }
 
-// The two directions side by side (each on its share of the threads) give the bits they
-// give one after the other on one thread: the forward exactly, the backward to rounding
-// (Eigen's threaded weight-gradient GEMMs sum in another order).
-TEST(Bidirectional, DirectionsSideBySideGiveTheBitsOfOneAfterTheOther) {
-    seqnn::testing::ThreadGuard guard;
-    Rng rng(41);
+// A GRU or LSTM stack with options o, on a padded batch of B sequences of T steps: the
+// forward (output and final state) and backward on 1 thread and on each of `threads`
+// give the same bits forward, and the same to rounding backward (Eigen's threaded
+// weight-gradient GEMMs sum in another order). `before(threads, lstm)` runs with the
+// thread count set, before each multi-threaded run.
+template <typename Before>
+void expect_thread_counts_agree(const RecurrentOptions& o, Index B, Index T, std::initializer_list<int> threads,
+                                std::uint64_t seed, const Before& before) {
+    Rng rng(seed);
     for (const bool lstm : {false, true}) {
-        const RecurrentOptions o{.input_size = 64, .hidden_size = 64, .num_layers = 2, .bidirectional = true};
         std::unique_ptr<RecurrentStack<double>> layer;
         if (lstm)
             layer = std::make_unique<LSTM<double>>(o, rng);
         else
             layer = std::make_unique<GRU<double>>(o, rng);
-        Sequence<double> x = random_sequence<double>(8, 40, 64, rng);
-        x.lengths = uneven_lengths(8, 40, rng);
-        const Matrix<double> dy = random_matrix<double>(8 * 40, 128, rng);
-        const auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, State<double>& state) {
-            set_num_threads(threads);
+        Sequence<double> x = random_sequence<double>(B, T, o.input_size, rng);
+        x.lengths = uneven_lengths(B, T, rng);
+        const Matrix<double> dy = random_matrix<double>(B * T, layer->output_size(), rng);
+        const auto run = [&](Matrix<double>& y, Matrix<double>& dx, State<double>& state) {
             layer->zero_grad();
             Context<double> ctx;
             state = State<double>{};
             y = layer->forward(x, &state, &ctx).data;
-            dx = layer->backward(Sequence<double>(dy, 8, 40), ctx).data;
+            dx = layer->backward(Sequence<double>(dy, B, T), ctx).data;
         };
         Matrix<double> y1, dx1, y, dx;
         State<double> s1, s;
-        run(1, y1, dx1, s1);
-        for (int threads : {2, 4}) {
-            run(threads, y, dx, s);
-            EXPECT_TRUE(y == y1) << threads << " threads, lstm " << lstm;
-            EXPECT_TRUE(s.tensors == s1.tensors) << threads << " threads, lstm " << lstm;
-            EXPECT_LT(relative_error(dx, dx1), 1e-13) << threads << " threads, lstm " << lstm;
+        set_num_threads(1);
+        run(y1, dx1, s1);
+        for (int n : threads) {
+            set_num_threads(n);
+            before(n, lstm);
+            run(y, dx, s);
+            EXPECT_TRUE(y == y1) << n << " threads, lstm " << lstm;
+            EXPECT_TRUE(s.tensors == s1.tensors) << n << " threads, lstm " << lstm;
+            EXPECT_LT(relative_error(dx, dx1), 1e-13) << n << " threads, lstm " << lstm;
         }
     }
 }
 
+// The two directions side by side (each on its share of the threads) give the bits they
+// give one after the other on one thread.
+TEST(Bidirectional, DirectionsSideBySideGiveTheBitsOfOneAfterTheOther) {
+    seqnn::testing::ThreadGuard guard;
+    expect_thread_counts_agree({.input_size = 64, .hidden_size = 64, .num_layers = 2, .bidirectional = true}, 8, 40,
+                               {2, 4}, 41, [](int, bool) {});
+}
+
 // On many threads the time loops cut the batch into groups of sequences, each run by a
-// team of its own (kernels/recurrent.hpp's LoopTeams): the forward gives the bits of one
-// thread, the backward the same to rounding (Eigen's threaded weight-gradient GEMMs sum in
-// another order).
+// team of its own (kernels/recurrent.hpp's LoopTeams), with the bits of one thread.
 TEST(Teams, BatchCutIntoTeamsGivesTheBitsOfOneThread) {
     if (!openmp_enabled()) GTEST_SKIP() << "built without OpenMP: one thread, one team";
     seqnn::testing::ThreadGuard guard;
-    Rng rng(43);
-    for (const bool lstm : {false, true}) {
-        const RecurrentOptions o{.input_size = 24, .hidden_size = 64, .num_layers = 2};
-        std::unique_ptr<RecurrentStack<double>> layer;
-        if (lstm)
-            layer = std::make_unique<LSTM<double>>(o, rng);
-        else
-            layer = std::make_unique<GRU<double>>(o, rng);
-        Sequence<double> x = random_sequence<double>(16, 12, 24, rng);
-        x.lengths = uneven_lengths(16, 12, rng);
-        const Matrix<double> dy = random_matrix<double>(16 * 12, 64, rng);
-        const auto run = [&](int threads, Matrix<double>& y, Matrix<double>& dx, State<double>& state) {
-            set_num_threads(threads);
-            layer->zero_grad();
-            Context<double> ctx;
-            state = State<double>{};
-            y = layer->forward(x, &state, &ctx).data;
-            dx = layer->backward(Sequence<double>(dy, 16, 12), ctx).data;
-        };
-        Matrix<double> y1, dx1, y, dx;
-        State<double> s1, s;
-        run(1, y1, dx1, s1);
-        for (int threads : {8, 16}) {
-            set_num_threads(threads);
-            ASSERT_GT(recurrent_loop_teams<double>(lstm ? CellKind::LSTM : CellKind::GRU, 16, 24, 64).groups, 1)
-                << threads << " threads: the loop should run as several teams";
-            run(threads, y, dx, s);
-            EXPECT_TRUE(y == y1) << threads << " threads, lstm " << lstm;
-            EXPECT_TRUE(s.tensors == s1.tensors) << threads << " threads, lstm " << lstm;
-            EXPECT_LT(relative_error(dx, dx1), 1e-13) << threads << " threads, lstm " << lstm;
-        }
-    }
+    expect_thread_counts_agree({.input_size = 24, .hidden_size = 64, .num_layers = 2}, 16, 12, {8, 16}, 43,
+                               [](int threads, bool lstm) {
+                                   const CellKind cell = lstm ? CellKind::LSTM : CellKind::GRU;
+                                   EXPECT_GT(recurrent_loop_teams<double>(cell, 16, 24, 64).groups, 1)
+                                       << threads << " threads: the loop should run as several teams";
+                               });
 }
 
 // A bidirectional layer cannot stream; the message names the layer and the reason.
