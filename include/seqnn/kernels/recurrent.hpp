@@ -490,7 +490,7 @@ struct RecurrentBackward {
 struct LoopTeams {
     int groups = 1;  ///< groups of sequences, one team each
     int slots = 1;   ///< threads in each team
-    int threads() const { return groups * slots; }
+    int threads() const { return groups * slots; }  ///< threads in all the teams
 };
 
 namespace recurrent_detail {
