@@ -86,9 +86,7 @@ void BM_Transformer_Forward(benchmark::State& state) {
     const Index B = state.range(0), T = state.range(1), D = state.range(2);
     const TransformerBlock<float> block = make_block(D, 1);
     const Sequence<float> x = bench::random_sequence(B, T, D);
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    benchmark::DoNotOptimize(block.forward(x).data.data());
+    bench::untimed_first_call([&] { benchmark::DoNotOptimize(block.forward(x).data.data()); });
     for (auto _ : state) benchmark::DoNotOptimize(block.forward(x).data.data());
     bench::set_counters(state, double(B * T), block_flops(B, T, D), block_bytes(B, T, D));
 }
@@ -103,9 +101,7 @@ void BM_Transformer_Train(benchmark::State& state) {
         benchmark::DoNotOptimize(block.forward(x, nullptr, &ctx).data.data());
         benchmark::DoNotOptimize(block.backward(dy, ctx).data.data());
     };
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    train_step();
+    bench::untimed_first_call(train_step);
     for (auto _ : state) train_step();
     bench::set_counters(state, double(B * T), block_train_flops(B, T, D), 3.0 * block_bytes(B, T, D));
 }

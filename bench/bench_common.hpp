@@ -31,4 +31,11 @@ inline void set_counters(benchmark::State& state, double items, double flops, do
     state.counters["threads"] = static_cast<double>(num_threads());
 }
 
+// One untimed call before the timed loop (as bench/pytorch_peer.py makes): the timed calls
+// then run as the calls of a long run do, on buffers and pages already there.
+template <typename Call>
+void untimed_first_call(const Call& call) {
+    call();
+}
+
 }  // namespace seqnn::bench

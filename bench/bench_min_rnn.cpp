@@ -32,9 +32,7 @@ void BM_Forward(benchmark::State& state, MinRNNMode mode) {
     const Index B = state.range(0), T = state.range(1), D = state.range(2);
     const Cell cell = make_cell<Cell>(D, mode);
     const Sequence<float> x = bench::random_sequence(B, T, D);
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    benchmark::DoNotOptimize(cell.forward(x).data.data());
+    bench::untimed_first_call([&] { benchmark::DoNotOptimize(cell.forward(x).data.data()); });
     for (auto _ : state) benchmark::DoNotOptimize(cell.forward(x).data.data());
     bench::set_counters(state, double(B * T), min_rnn_flops(B, T, D, Gates), min_rnn_bytes(B, T, D, Gates));
 }
@@ -49,9 +47,7 @@ void BM_ForwardLengths(benchmark::State& state) {
     Rng rng(11);
     std::uniform_int_distribution<Index> length(T / 2, T);
     for (Index b = 0; b < B; ++b) x.lengths.push_back(length(rng));
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    benchmark::DoNotOptimize(cell.forward(x).data.data());
+    bench::untimed_first_call([&] { benchmark::DoNotOptimize(cell.forward(x).data.data()); });
     for (auto _ : state) benchmark::DoNotOptimize(cell.forward(x).data.data());
     bench::set_counters(state, double(B * T), min_rnn_flops(B, T, D, Gates), min_rnn_bytes(B, T, D, Gates));
 }
@@ -63,9 +59,7 @@ void BM_ForwardBidirectional(benchmark::State& state) {
     const Index B = state.range(0), T = state.range(1), D = state.range(2);
     const Cell cell = make_cell<Cell>(D, MinRNNMode::Parallel, true);
     const Sequence<float> x = bench::random_sequence(B, T, D);
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    benchmark::DoNotOptimize(cell.forward(x).data.data());
+    bench::untimed_first_call([&] { benchmark::DoNotOptimize(cell.forward(x).data.data()); });
     for (auto _ : state) benchmark::DoNotOptimize(cell.forward(x).data.data());
     bench::set_counters(state, double(B * T), 2 * min_rnn_flops(B, T, D, Gates), 2 * min_rnn_bytes(B, T, D, Gates));
 }
@@ -81,9 +75,7 @@ void BM_Train(benchmark::State& state, MinRNNMode mode) {
         benchmark::DoNotOptimize(cell.forward(x, nullptr, &ctx).data.data());
         benchmark::DoNotOptimize(cell.backward(dy, ctx).data.data());
     };
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    train_step();
+    bench::untimed_first_call(train_step);
     for (auto _ : state) train_step();
     bench::set_counters(state, double(B * T), 3 * min_rnn_flops(B, T, D, Gates), 3 * min_rnn_bytes(B, T, D, Gates));
 }

@@ -46,9 +46,7 @@ void BM_Forward(benchmark::State& state) {
     const Index B = state.range(0), T = state.range(1), D = state.range(2);
     auto cell = make_cell<Cell>(D);
     const Sequence<float> x = bench::random_sequence(B, T, D);
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    benchmark::DoNotOptimize(cell->forward(x).data.data());
+    bench::untimed_first_call([&] { benchmark::DoNotOptimize(cell->forward(x).data.data()); });
     for (auto _ : state) benchmark::DoNotOptimize(cell->forward(x).data.data());
     bench::set_counters(state, double(B * T), recurrent_flops(B, T, D, D, Gates), recurrent_bytes(B, T, D, D, Gates));
 }
@@ -59,9 +57,7 @@ void BM_ForwardBidirectional(benchmark::State& state) {
     const Index B = state.range(0), T = state.range(1), D = state.range(2);
     auto cell = make_cell<Cell>(D, true);
     const Sequence<float> x = bench::random_sequence(B, T, D);
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    benchmark::DoNotOptimize(cell->forward(x).data.data());
+    bench::untimed_first_call([&] { benchmark::DoNotOptimize(cell->forward(x).data.data()); });
     for (auto _ : state) benchmark::DoNotOptimize(cell->forward(x).data.data());
     bench::set_counters(state, double(B * T), 2 * recurrent_flops(B, T, D, D, Gates),
                         2 * recurrent_bytes(B, T, D, D, Gates));
@@ -77,9 +73,7 @@ void BM_ForwardLengths(benchmark::State& state) {
     Sequence<float> x = bench::random_sequence(B, T, D);
     x.lengths = random_lengths(B, T);
     const Index steps = std::accumulate(x.lengths.begin(), x.lengths.end(), Index(0));
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    benchmark::DoNotOptimize(cell->forward(x).data.data());
+    bench::untimed_first_call([&] { benchmark::DoNotOptimize(cell->forward(x).data.data()); });
     for (auto _ : state) benchmark::DoNotOptimize(cell->forward(x).data.data());
     bench::set_counters(state, double(steps), recurrent_flops(1, steps, D, D, Gates),
                         recurrent_bytes(1, steps, D, D, Gates));
@@ -185,9 +179,7 @@ void BM_Train(benchmark::State& state) {
         benchmark::DoNotOptimize(cell->forward(x, nullptr, &ctx).data.data());
         benchmark::DoNotOptimize(cell->backward(dy, ctx).data.data());
     };
-    // One untimed call first (as bench/pytorch_peer.py makes): the timed calls run as the
-    // calls of a long run do, on buffers and pages already there.
-    train_step();
+    bench::untimed_first_call(train_step);
     for (auto _ : state) train_step();
     // Backward costs about twice the forward's multiply-adds (data and weight gradients).
     bench::set_counters(state, double(B * T), 3 * recurrent_flops(B, T, D, D, Gates),

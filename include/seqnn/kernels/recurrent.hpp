@@ -249,6 +249,12 @@ void dot_rows(const S* x, Index ldx, Index B, Index K, const S* w, Index ldw, In
     for (; j < rows; ++j) dot_rows_tile<S, 1>(x, ldx, B, K, w + j * ldw, ldw, out + j, ldo, bias ? bias + j : nullptr);
 }
 
+/// Packets of units in a layer of H units (the last may be short).
+template <typename S>
+constexpr Index unit_packets(Index H) {
+    return (H + kPacket<S> - 1) / kPacket<S>;
+}
+
 /// Units [begin, end) of slot `slot` of `slots`: whole packets, as even as they go.
 struct UnitBlock {
     Index begin = 0, end = 0;
@@ -256,7 +262,7 @@ struct UnitBlock {
 };
 template <typename S>
 UnitBlock unit_block(Index H, int slots, int slot) {
-    const Index P = kPacket<S>, chunks = (H + P - 1) / P;
+    const Index P = kPacket<S>, chunks = unit_packets<S>(H);
     return {std::min(H, chunks * slot / slots * P), std::min(H, chunks * (slot + 1) / slots * P)};
 }
 
@@ -271,7 +277,7 @@ inline int team_size(double flops, double min_work, Index H, Index packet) {
 /// A team of `threads` (as a test asks for), at most one per packet of units.
 template <typename S>
 int forced_slots(int threads, Index H) {
-    return static_cast<int>(std::min<Index>(threads, (H + kPacket<S> - 1) / kPacket<S>));
+    return static_cast<int>(std::min<Index>(threads, unit_packets<S>(H)));
 }
 
 /// Rows of the input product a slot computes at once in the forward time loop.
@@ -504,15 +510,20 @@ namespace recurrent_detail {
 inline constexpr Index kGroupRows = 4;
 inline constexpr int kMinTeam = 4;
 
+/// `groups` teams sharing `threads` threads over B sequences of H units: at most one group
+/// per sequence and one thread per packet of units in a team.
+template <typename S>
+LoopTeams teams_of(Index groups, int threads, Index B, Index H) {
+    LoopTeams teams;
+    teams.groups = static_cast<int>(std::clamp<Index>(groups, 1, std::max<Index>(B, 1)));
+    teams.slots = static_cast<int>(std::clamp<Index>(threads / teams.groups, 1, unit_packets<S>(H)));
+    return teams;
+}
+
 /// The teams for `threads` threads (at most) over B sequences of H units.
 template <typename S>
 LoopTeams loop_teams(int threads, Index B, Index H) {
-    const Index packets = (H + kPacket<S> - 1) / kPacket<S>;
-    LoopTeams teams;
-    teams.groups = static_cast<int>(
-        std::clamp<Index>(std::min<Index>(B / kGroupRows, threads / kMinTeam), 1, std::max<Index>(B, 1)));
-    teams.slots = static_cast<int>(std::clamp<Index>(threads / teams.groups, 1, packets));
-    return teams;
+    return teams_of<S>(std::min<Index>(B / kGroupRows, threads / kMinTeam), threads, B, H);
 }
 
 }  // namespace recurrent_detail
@@ -524,20 +535,15 @@ template <typename Scalar>
 LoopTeams recurrent_loop_teams(CellKind cell, Index B, Index I, Index H) {
     using namespace recurrent_detail;
     const double flops = 2.0 * double(B) * double(I + H) * double(gate_count(cell) * H);
-    const Index packets = (H + kPacket<Scalar> - 1) / kPacket<Scalar>;
     const Index max_groups = std::max<Index>(1, B / kGroupRows);
-    return loop_teams<Scalar>(threads_for(flops, packets * max_groups, kMinWorkPerBarrier), B, H);
+    return loop_teams<Scalar>(threads_for(flops, unit_packets<Scalar>(H) * max_groups, kMinWorkPerBarrier), B, H);
 }
 
 /// The teams for a caller's `threads` (> 0) and `groups` (0: one group): at most one group
 /// per sequence and one thread per packet of units in a team.
 template <typename Scalar>
 LoopTeams forced_loop_teams(Index B, Index H, int threads, int groups) {
-    const Index packets = (H + recurrent_detail::kPacket<Scalar> - 1) / recurrent_detail::kPacket<Scalar>;
-    LoopTeams teams;
-    teams.groups = static_cast<int>(std::clamp<Index>(groups, 1, std::max<Index>(B, 1)));
-    teams.slots = static_cast<int>(std::clamp<Index>(threads / teams.groups, 1, packets));
-    return teams;
+    return recurrent_detail::teams_of<Scalar>(groups, threads, B, H);
 }
 
 namespace recurrent_detail {
