@@ -7,6 +7,11 @@
 //                                time per iteration is one block, time_per_sample divides it
 //   BM_<Cell>_GeneralStep/H:     the GRU's and LSTM's sample through the general API instead,
 //                                Layer::step (B = 1) and Linear::forward: what the twins replace
+//   BM_<Cell>_WeightRead/H:      the ceiling of a sample bound by reading its weights: one
+//                                pass of packet loads over as many bytes as BM_<Cell>_Sample's
+//                                weights (bytes_per_sample), summed and nothing else. At H >= 64
+//                                the weights outgrow the L1 cache, and a sample cannot take
+//                                less time than this pass from wherever they sit
 //   BM_AmpModel_RealTimeFactor/<GRU|LSTM>/H:40/T:256
 //                                the amp model, Linear(1 -> H) -> cell -> Linear(H -> 1) plus
 //                                the dry signal, in blocks of T; rtf is the real-time factor at
@@ -178,6 +183,31 @@ void BM_GeneralStep(benchmark::State& state) {
     set_sample_counters(state, 1, sample_flops<Cell>(1, H), sample_bytes<Cell>(1, H));
 }
 
+// One pass of packet loads over sample_bytes of weights, into eight independent sums so that
+// the loads, not the additions, set the pace: the time a sample bound by reading its weights
+// cannot beat. The buffer is read over and over, so it sits in the nearest cache that holds it,
+// as the twins' weights do.
+template <typename Cell>
+void BM_WeightRead(benchmark::State& state) {
+    namespace ei = Eigen::internal;
+    using Pk = ei::packet_traits<float>::type;
+    constexpr Index P = ei::unpacket_traits<Pk>::size, kSums = 8;
+    const Index H = state.range(0);
+    const double bytes = sample_bytes<Cell>(1, H);
+    const Index n = (static_cast<Index>(bytes) / 4 + kSums * P - 1) / (kSums * P) * (kSums * P);
+    AlignedVector<float> weights(static_cast<std::size_t>(n), 1e-3f);
+    for (auto _ : state) {
+        Pk sum[kSums];
+        for (Index s = 0; s < kSums; ++s) sum[s] = ei::pset1<Pk>(0.0f);
+        for (Index i = 0; i < n; i += kSums * P)
+            for (Index s = 0; s < kSums; ++s) sum[s] = ei::padd(sum[s], ei::pload<Pk>(weights.data() + i + s * P));
+        for (Index s = 1; s < kSums; ++s) sum[0] = ei::padd(sum[0], sum[s]);
+        float total = ei::predux(sum[0]);
+        benchmark::DoNotOptimize(total);
+    }
+    set_sample_counters(state, 1, 0.0, static_cast<double>(n) * 4.0);
+}
+
 // The amp model: y = x + Linear(H -> 1)(cell(H)(Linear(1 -> H)(x))), blocks of T.
 template <typename Cell>
 void BM_AmpModel(benchmark::State& state) {
@@ -236,6 +266,8 @@ BENCHMARK_TEMPLATE(BM_Block, GRUCell)->Name("BM_GRU_Block")->Apply(block_shapes)
 BENCHMARK_TEMPLATE(BM_Block, LSTMCell)->Name("BM_LSTM_Block")->Apply(block_shapes);
 BENCHMARK_TEMPLATE(BM_Block, MinGRUCell)->Name("BM_MinGRU_Block")->Apply(block_shapes);
 BENCHMARK_TEMPLATE(BM_Block, MinLSTMCell)->Name("BM_MinLSTM_Block")->Apply(block_shapes);
+BENCHMARK_TEMPLATE(BM_WeightRead, GRUCell)->Name("BM_GRU_WeightRead")->Apply(sample_shapes);
+BENCHMARK_TEMPLATE(BM_WeightRead, LSTMCell)->Name("BM_LSTM_WeightRead")->Apply(sample_shapes);
 BENCHMARK_TEMPLATE(BM_GeneralStep, GRUCell)->Name("BM_GRU_GeneralStep")->Apply(sample_shapes);
 BENCHMARK_TEMPLATE(BM_GeneralStep, LSTMCell)->Name("BM_LSTM_GeneralStep")->Apply(sample_shapes);
 BENCHMARK_TEMPLATE(BM_AmpModel, GRUCell)->Name("BM_AmpModel_RealTimeFactor/GRU")->Apply(amp_shape);

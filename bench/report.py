@@ -756,7 +756,8 @@ def table_realtime(run):
     sample and per block, against the general API's step and RTNeural's compile-time models."""
     rows = {}
     for (name, th), r in run.res.ours.items():
-        m = re.match(r"BM_(RTNeural_)?(GRU|LSTM|MinGRU|MinLSTM)_(Sample|Block|GeneralStep)/H:(\d+)(?:/T:(\d+))?$", name)
+        m = re.match(r"BM_(RTNeural_)?(GRU|LSTM|MinGRU|MinLSTM)_(Sample|Block|GeneralStep|WeightRead)/H:(\d+)(?:/T:(\d+))?$",
+                     name)
         if not m or th != 1:
             continue
         peer, cell, what, H, T = m.group(1), m.group(2), m.group(3), int(m.group(4)), m.group(5)
@@ -767,6 +768,7 @@ def table_realtime(run):
     blocks = sorted({int(k[5:]) for d in rows.values() for k in d if k.startswith("block")})
     has_peer = any("rtneural" in d for d in rows.values())
     has_step = any("generalstep" in d for d in rows.values())
+    has_read = any("weightread" in d for d in rows.values())
 
     def ns(v):
         return f"{v:.1f}" if v is not None else ""
@@ -779,17 +781,24 @@ def table_realtime(run):
     for (cell, H), d in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         line = [KIND_LABEL[cell], str(H), ns(d.get("sample")), *[ns(d.get(f"block{T}")) for T in blocks],
                 *([ns(d.get("generalstep"))] if has_step else []), ratio(d.get("sample"), d.get("block256"))]
+        if has_read:
+            line += [ns(d.get("weightread")), ratio(d.get("weightread"), d.get("sample"))]
         if has_peer:
             line += [ns(d.get("rtneural")), ratio(d.get("rtneural"), d.get("sample"))]
         body.append(line)
     header = ["cell", "H", "per sample", *[f"block of {T}" for T in blocks], *(["general `step`"] if has_step else []),
               "sample / block of 256"]
+    if has_read:
+        header += ["weights read", "read / sample"]
     if has_peer:
         header += ["RTNeural", "RTNeural / seqnn sample"]
     out = ["### Real-time inference, one stream, one thread", "",
            "ns per sample: the cell of hidden size H and a Linear(H -> 1) after it, input 1 "
            "(`bench_realtime`; RTNeural's compile-time Eigen models with the same weights in "
            "`bench_rtneural_peer`). " + ("\"general `step`\" is the Layer interface's step for B = 1. " if has_step else "")
+           + ("\"weights read\" is one pass of loads over as many bytes as the sample's weights "
+              "(`BM_<cell>_WeightRead`), the floor of a sample bound by reading them; \"read / sample\" is the "
+              "share of that floor the sample reaches. " if has_read else "")
            + "Ratios above 1x: the second is faster.", ""]
     out += _md_table(header, body) + [""]
     amp = [(n, r) for (n, th), r in run.res.ours.items() if n.startswith("BM_AmpModel_RealTimeFactor") and th == 1]
