@@ -190,8 +190,8 @@ void BM_GeneralStep(benchmark::State& state) {
 template <typename Cell>
 void BM_WeightRead(benchmark::State& state) {
     namespace ei = Eigen::internal;
-    using Pk = ei::packet_traits<float>::type;
-    constexpr Index P = ei::unpacket_traits<Pk>::size, kSums = 8;
+    using Pk = realtime::detail::Packet<float>;
+    constexpr Index P = realtime::detail::kPacket<float>, kSums = 8;
     const Index H = state.range(0);
     const double bytes = sample_bytes<Cell>(1, H);
     const Index n = (static_cast<Index>(bytes) / 4 + kSums * P - 1) / (kSums * P) * (kSums * P);

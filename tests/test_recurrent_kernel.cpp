@@ -477,9 +477,10 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(RecurrentKernelProduct, PackedProductMatchesPlainProduct) {
     constexpr Index P = recurrent_detail::kPacket<double>;
     Rng rng(5);
-    // No rows; tiles of 1 to 8 rows and a short last one; panels of every width from one packet to
-    // kPanelPackets, and a short last panel.
-    for (Index M : {0, 1, 3, 4, 6, 9, 17}) {
+    // No rows; one tile of 1 to 6 rows, several tiles of uneven sizes (AVX-512: 7 = 3 + 4,
+    // 13 = 4 + 4 + 5, 16 = 5 + 5 + 6; AVX2: a short last tile of 4); panels of every width from
+    // one packet to kPanelPackets, and a short last panel.
+    for (Index M : {0, 1, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17}) {
         for (Index K : {1, 7, 40}) {
             for (Index N = P; N < 2 * recurrent_detail::kPanelPackets * P; N += P) {
                 const Matrix<double> a = random_matrix<double>(M, K, rng), w = random_matrix<double>(K, N, rng);

@@ -84,8 +84,13 @@ using Packet = typename Eigen::internal::packet_traits<S>::type;
 template <typename S>
 constexpr Index kPacket = Eigen::internal::unpacket_traits<Packet<S>>::size;
 
-/// Rows of the left operand per micro-tile: as many accumulators as the registers hold.
-constexpr int kTileRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;
+/// Whether a micro-tile takes a whole panel (kPanelPackets packets) at once: with 32 vector
+/// registers (AVX-512), 6 rows x 4 packets of accumulators, the 4 weight packets and a
+/// broadcast fit; with 16, a tile takes two packets of a panel.
+constexpr bool kWholePanelTiles = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32;
+
+/// Rows of the left operand per micro-tile (at most): as many accumulators as the registers hold.
+constexpr int kTileRows = kWholePanelTiles ? 6 : 4;
 
 /// Packets of columns in one panel of a packed operand.
 constexpr Index kPanelPackets = 4;
@@ -158,10 +163,12 @@ void micro_tile_rows(int rows, const S* const* a_rows, Index K, const S* panel, 
 /// C (M, N) = init + A (M, K) * W, with W packed and row r of A at a_row(r). init is
 /// col_init (N values, or zeros when null) on every row, or C itself when `accumulate`.
 ///
-/// With 32 registers, up to 4 rows take a whole panel at once (up to 16 accumulators, each
-/// weight loaded once for the 4 rows: on one core 1.1x the rate of two packets at a time at
-/// K = 256). Otherwise a panel goes two packets at a time, each pair of packets through all
-/// M rows in tiles of kTileRows before the next, so that its K x 2 packets stay in L1.
+/// With 32 registers, the rows go in tiles of at most kTileRows (6), as even as they go
+/// (16 rows: 5, 5, 6), and each tile takes a whole panel at once: up to 24 accumulators, each
+/// weight packet loaded once for the tile's rows and each row value broadcast once for the
+/// panel's 4 packets (10 loads per 24 multiply-adds). The tile's rows stay in L1; the
+/// panel streams from L2, once per tile. With 16 registers, a panel goes two packets at a
+/// time, each pair through all M rows in tiles of kTileRows (4) before the next.
 template <typename S, typename RowOf>
 void gemm_packed_rows(const RowOf& a_row, Index M, const PackedPanels<S>& w, S* c, Index ldc, const S* col_init,
                       bool accumulate) {
@@ -171,18 +178,23 @@ void gemm_packed_rows(const RowOf& a_row, Index M, const PackedPanels<S>& w, S* 
     const S* a_rows[kTileRows];
     for (Index j0 = 0; j0 < w.N; j0 += kPanelPackets * P) {
         const Index packets = std::min(kPanelPackets * P, w.N - j0) / P, ldp = packets * P;
-        if (kTileRows == 8 && M <= 4) {
-            const int rows = static_cast<int>(M);
-            for (int r = 0; r < rows; ++r) a_rows[r] = a_row(r);
+        if constexpr (kWholePanelTiles) {
             const S* init = col_init ? col_init + j0 : nullptr;
-            const auto tile = [&](auto np) {
-                micro_tile_rows<S, decltype(np)::value, 4>(rows, a_rows, w.K, panel, ldp, c + j0, ldc, init, accumulate);
-            };
-            switch (packets) {
-                case 1: tile(std::integral_constant<int, 1>{}); break;
-                case 2: tile(std::integral_constant<int, 2>{}); break;
-                case 3: tile(std::integral_constant<int, 3>{}); break;
-                default: tile(std::integral_constant<int, 4>{}); break;
+            const Index tiles = (M + kTileRows - 1) / kTileRows;
+            for (Index i = 0; i < tiles; ++i) {
+                const Index r0 = M * i / tiles;
+                const int rows = static_cast<int>(M * (i + 1) / tiles - r0);
+                for (int r = 0; r < rows; ++r) a_rows[r] = a_row(r0 + r);
+                const auto tile = [&](auto np) {
+                    micro_tile_rows<S, decltype(np)::value, kTileRows>(rows, a_rows, w.K, panel, ldp, c + r0 * ldc + j0,
+                                                                       ldc, init, accumulate);
+                };
+                switch (packets) {
+                    case 1: tile(std::integral_constant<int, 1>{}); break;
+                    case 2: tile(std::integral_constant<int, 2>{}); break;
+                    case 3: tile(std::integral_constant<int, 3>{}); break;
+                    default: tile(std::integral_constant<int, 4>{}); break;
+                }
             }
         } else {
             for (Index q = 0; q < packets; q += 2) {
