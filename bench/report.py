@@ -898,15 +898,22 @@ README_CELLS_END = "<!-- end of sequential cells table -->"
 CELLS = [(n, label) for n, label in HEADLINE if n.startswith(("BM_GRU_", "BM_LSTM_"))]
 
 
+def _rounds(run, names):
+    """The fewest files (rounds) any of `names`' seqnn rows in `run` is the median of."""
+    counts = [int(m.group(1)) if (m := re.match(r"median of (\d+) files", r.get("stat", ""))) else 1
+              for (n, _), r in run.res.ours.items() if n in names]
+    return min(counts, default=0)
+
+
 def readme_cells_table(runs):
     """The README's second table: GRU and LSTM against PyTorch from the newest run that has all
     four rows at 1 and N threads (a run of the sequential cells alone may be newer than the whole
-    suite's run that the first table comes from)."""
+    suite's run that the first table comes from); of runs of the same date, the one of most rounds."""
     names = dict(CELLS)
     complete = [r for r in runs if len(_headline_pairs(r, names)) >= 2 * len(names)]
     if not complete:
         return ["No run in docs/report/ has seqnn and PyTorch results for the sequential cells."]
-    newest = max(complete, key=lambda r: r.date)  # runs come newest first: the first of a date
+    newest = max(complete, key=lambda r: (r.date, _rounds(r, names)))  # ties: the first, newest first
     return _headline_table(newest, _headline_pairs(newest, names), CELLS)
 
 

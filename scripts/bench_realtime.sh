@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-INVOCATION="scripts/bench_realtime.sh $*"
+INVOCATION="scripts/bench_realtime.sh${*:+ $(printf "%q " "$@")}"; INVOCATION=${INVOCATION% }
 RTNEURAL=""
 DEPS=""
 OUT=""

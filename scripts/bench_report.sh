@@ -24,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-INVOCATION="scripts/bench_report.sh $*"
+INVOCATION="scripts/bench_report.sh${*:+ $(printf "%q " "$@")}"; INVOCATION=${INVOCATION% }
 OUT_DIR=docs/report
 RAW=""
 FROM=""
