@@ -7,7 +7,7 @@
 //                                time per iteration is one block, time_per_sample divides it
 //   BM_<Cell>_GeneralStep/H:     the GRU's and LSTM's sample through the general API instead,
 //                                Layer::step (B = 1) and Linear::forward: what the twins replace
-//   BM_<Cell>_WeightRead/H:      the ceiling of a sample bound by reading its weights: one
+//   BM_<Cell>_WeightRead/H:      the floor of a sample bound by reading its weights: one
 //                                pass of packet loads over as many bytes as BM_<Cell>_Sample's
 //                                weights (bytes_per_sample), summed and nothing else. At H >= 64
 //                                the weights outgrow the L1 cache, and a sample cannot take

@@ -922,14 +922,17 @@ REALTIME_END = "<!-- end of realtime table -->"
 
 
 def realtime_table(runs):
-    """The newest run's real-time table, with its machine and command, for docs/realtime.md."""
+    """Every run's real-time table, newest first, each with its machine and command, for
+    docs/realtime.md: the same benchmarks on different machines."""
+    out = []
     for run in runs:
         lines = table_realtime(run)
         if lines:
             command = f"`{run.invocation}`" if run.invocation else "see docs/results.md"
-            return [f"Machine: {run.machine}. Date: {run.date}. Command: {command}. "
+            out += [f"#### {run.machine}", "",
+                    f"Machine: {run.machine}. Date: {run.date}. Command: {command}. "
                     f"Data: `docs/report/{run.label}`.", ""] + lines[2:]
-    return ["No real-time measurements in docs/report/ yet."]
+    return out or ["No real-time measurements in docs/report/ yet."]
 
 
 DISTRIBUTED_BEGIN = "<!-- distributed tables: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
