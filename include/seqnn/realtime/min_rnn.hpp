@@ -113,13 +113,14 @@ public:
     }
 
     /// One block: x (steps, input_size()) row-major and contiguous -> y (steps,
-    /// output_size()); any steps >= 0, in pieces of max_block(). Gives what as many
-    /// process_sample calls give. x and y may be the same pointer when output_size() <=
-    /// input_size(); otherwise they must not overlap.
+    /// output_size()); any steps >= 0, in pieces of at most max_block() samples (fewer where
+    /// a piece's scratch would outgrow the L1 cache). Gives what as many process_sample calls
+    /// give. x and y may be the same pointer when output_size() <= input_size(); otherwise
+    /// they must not overlap.
     void process_block(const Scalar* x, Index steps, Scalar* y) noexcept {
         const Index R = G_ * Ep_, out = output_size();
-        for (Index t0 = 0; t0 < steps; t0 += max_block_) {
-            const Index T = std::min(max_block_, steps - t0);
+        for (Index t0 = 0; t0 < steps; t0 += piece_) {
+            const Index T = std::min(piece_, steps - t0);
             detail::project_rows(x + t0 * D_, T, D_, w_in_.data(), b_in_.data(), R, pre_.data());  // (T, D) x (D, G*Ep)
             scan(pre_.data(), T, h_.data(), hidden_.data(), Ep_);  // (T, Ep)
             std::copy_n(hidden_.data() + (T - 1) * Ep_, Ep_, h_.data());
@@ -186,6 +187,9 @@ protected:
         h_ = detail::zeros<Scalar>(Ep_);
         pre_ = detail::zeros<Scalar>(checked_mul(twin, max_block, G_ * Ep_));
         hidden_ = detail::zeros<Scalar>(checked_mul(twin, max_block, Ep_));
+        // A piece's projections and h, (G + 1) * Ep scalars a sample, stay within kPieceBytes
+        // so that the scan and to_out read them back from L1.
+        piece_ = std::clamp<Index>(kPieceBytes / ((G_ + 1) * Ep_ * Index(sizeof(Scalar))), 1, max_block);
         reset();
     }
 
@@ -316,7 +320,11 @@ private:
     }
 
     const char* name_;  // the twin's name in messages
+    /// Bytes of scratch a piece of a block may fill: a third of a 48 KiB L1 data cache.
+    static constexpr Index kPieceBytes = 16 * 1024;
+
     Index G_, D_, E_, Ep_, max_block_;
+    Index piece_ = 1;  // samples per piece of a block: max_block, or fewer to stay in L1
     bool projects_, identity_, learns_initial_state_;
     bool out_columns_ = false;    // to_out in the columns form (see emit)
     bool learned_start_ = false;  // h is still the learned start (state() marks it)
