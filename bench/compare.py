@@ -91,6 +91,7 @@ def _median_row(rows):
         return rows[0]
     pick = dict(sorted(rows, key=lambda r: r["time_ms"])[(len(rows) - 1) // 2])
     pick["stat"] = f"median of {len(rows)} files"
+    pick["files"] = len(rows)
     return pick
 
 

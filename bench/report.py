@@ -900,9 +900,7 @@ CELLS = [(n, label) for n, label in HEADLINE if n.startswith(("BM_GRU_", "BM_LST
 
 def _rounds(run, names):
     """The fewest files (rounds) any of `names`' seqnn rows in `run` is the median of."""
-    counts = [int(m.group(1)) if (m := re.match(r"median of (\d+) files", r.get("stat", ""))) else 1
-              for (n, _), r in run.res.ours.items() if n in names]
-    return min(counts, default=0)
+    return min((r.get("files", 1) for (n, _), r in run.res.ours.items() if n in names), default=0)
 
 
 def readme_cells_table(runs):

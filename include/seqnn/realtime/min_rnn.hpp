@@ -185,11 +185,11 @@ protected:
             std::copy_n(h0.data(), E_, h0_.data());
         }
         h_ = detail::zeros<Scalar>(Ep_);
-        pre_ = detail::zeros<Scalar>(checked_mul(twin, max_block, G_ * Ep_));
-        hidden_ = detail::zeros<Scalar>(checked_mul(twin, max_block, Ep_));
         // A piece's projections and h, (G + 1) * Ep scalars a sample, stay within kPieceBytes
         // so that the scan and to_out read them back from L1.
         piece_ = std::clamp<Index>(kPieceBytes / ((G_ + 1) * Ep_ * Index(sizeof(Scalar))), 1, max_block);
+        pre_ = detail::zeros<Scalar>(checked_mul(twin, piece_, G_ * Ep_));
+        hidden_ = detail::zeros<Scalar>(checked_mul(twin, piece_, Ep_));
         reset();
     }
 
@@ -338,8 +338,8 @@ private:
     AlignedVector<Scalar> out_;     // (Dp): one row of to_out in the columns form
     AlignedVector<Scalar> h0_;      // (Ep): zeros or g(init_hidden_state)
     AlignedVector<Scalar> h_;       // (Ep): the carried state
-    AlignedVector<Scalar> pre_;     // (max_block, G*Ep): a piece's input projections
-    AlignedVector<Scalar> hidden_;  // (max_block, Ep): a piece's h
+    AlignedVector<Scalar> pre_;     // (piece, G*Ep): a piece's input projections
+    AlignedVector<Scalar> hidden_;  // (piece, Ep): a piece's h
 };
 
 /// A real-time twin of seqnn::MinGRU: the layer's weights (input projection with or without
