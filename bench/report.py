@@ -809,12 +809,19 @@ def table_realtime(run):
     return out + ([""] if amp else [])
 
 
+def _time(ms):
+    """A time given in ms, in the unit that keeps it readable: 38.1 ns, 2.35 us, 12.3 ms."""
+    for scale, unit in ((1.0, "ms"), (1e-3, "us"), (1e-6, "ns")):
+        if ms >= scale or unit == "ns":
+            return f"{compare._ms(ms / scale)} {unit}"
+
+
 def table_all(run, rows, title, note):
     if not rows:
         return []
     threads = sorted({t for (_, t) in rows})
     names = sorted({n for (n, _) in rows}, key=compare._natural)
-    body = [[f"`{n}`", *[compare._ms(rows[(n, t)]["time_ms"]) if (n, t) in rows else "" for t in threads]] for n in names]
+    body = [[f"`{n}`", *[_time(rows[(n, t)]["time_ms"]) if (n, t) in rows else "" for t in threads]] for n in names]
     return [f"### {title}", "", note, ""] + _md_table(["benchmark", *[_thr(t) for t in threads]], body) + [""]
 
 
@@ -832,8 +839,8 @@ def run_section(run):
     for part in (table_serial_vs_parallel(run), table_ratios(run), table_scaling(run), table_ceilings(run),
                  table_accuracy(run), table_backends(run), table_realtime(run),
                  table_all(run, run.res.ours, "Every seqnn result",
-                           "ms per call (median of the repetitions), by thread count."),
-                 table_all(run, run.res.peer, "Every PyTorch result", "ms per call, by thread count.")):
+                           "Time per call (median of the repetitions), by thread count."),
+                 table_all(run, run.res.peer, "Every PyTorch result", "Time per call, by thread count.")):
         out += part
     return out
 
