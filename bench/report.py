@@ -540,6 +540,10 @@ class Run:
             if m and not self.date:
                 self.date = m.group(0)
         self.date = self.date or "unknown date"
+        # The full time of the run's latest file, to order runs of the same date.
+        stamps = [str(ctx.get("date", "")) for ctx in meta.get("contexts", {}).values()]
+        m = re.search(r"\bdate (\S+)", details)
+        self.stamp = max(stamps + ([m.group(1)] if m else []), default="")
         self.details = [" ".join(line.split()) for line in details.splitlines()[1:] if line.strip()]
         self.commands = dict(meta.get("commands", {}))
         self.invocation = self.commands.pop("_invocation", None)
@@ -910,16 +914,53 @@ def _rounds(run, names):
     return min((r.get("files", 1) for (n, _), r in run.res.ours.items() if n in names), default=0)
 
 
-def readme_cells_table(runs):
-    """The README's second table: GRU and LSTM against PyTorch from the newest run that has all
-    four rows at 1 and N threads (a run of the sequential cells alone may be newer than the whole
-    suite's run that the first table comes from); of runs of the same date, the one of most rounds."""
-    names = dict(CELLS)
-    complete = [r for r in runs if len(_headline_pairs(r, names)) >= 2 * len(names)]
+def _cells_source(runs, names, one_thread):
+    """The run whose GRU and LSTM rows against PyTorch fill the README's 1-thread columns
+    (one_thread) or its many-thread ones (at the run's most threads above 1): of the runs that
+    have every row there, the newest by date, then the one of most rounds, then the later one.
+    Returns (run, its pairs at that thread count), or (None, {})."""
+    def pairs(run):
+        by = _headline_pairs(run, names)
+        counts = sorted({t for _, t in by if (t == 1) == one_thread})
+        if not counts:
+            return {}
+        at = {key: v for key, v in by.items() if key[1] == counts[-1]}
+        return at if len(at) == len(names) else {}
+
+    complete = [r for r in runs if pairs(r)]
     if not complete:
+        return None, {}
+    best = max(complete, key=lambda r: (r.date, _rounds(r, names), r.stamp))
+    return best, pairs(best)
+
+
+def readme_cells_table(runs):
+    """The README's second table: GRU and LSTM against PyTorch, its 1-thread and its
+    many-thread columns each from its own run (see _cells_source), so that a run of the cells
+    alone, pinned at 1 thread or with both sides bound to cores at many, can fill each."""
+    names = dict(CELLS)
+    sources = [_cells_source(runs, names, one) for one in (True, False)]
+    sources = [(run, by) for run, by in sources if run is not None]
+    if not sources:
         return ["No run in docs/report/ has seqnn and PyTorch results for the sequential cells."]
-    newest = max(complete, key=lambda r: (r.date, _rounds(r, names)))  # ties: the first, newest first
-    return _headline_table(newest, _headline_pairs(newest, names), CELLS)
+    threads = [next(iter(by))[1] for _, by in sources]
+    header = ["benchmark (B:16, D:256, T:1024)"]
+    for t in threads:
+        header += [f"seqnn ms, {_thr(t)}", f"PyTorch / seqnn, {_thr(t)}"]
+    rows = []
+    for name, label in CELLS:
+        row = [label]
+        for (_, by), t in zip(sources, threads):
+            s, _, x = by[(name, t)]
+            row += [compare._ms(s), _x(x)]
+        rows.append(row)
+    out = []
+    for (run, _), t in zip(sources, threads):
+        command = f"`{run.invocation}`" if run.invocation else "see docs/results.md"
+        out.append(f"{_thr(t).capitalize()}: machine {run.machine}. Date: {run.date}. Command: {command}. "
+                   f"Data: `docs/report/{run.label}`.")
+        out.append("")
+    return out + _md_table(header, rows)
 
 
 REALTIME_BEGIN = "<!-- realtime table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"

@@ -42,6 +42,8 @@ Eigen::Map<Matrix<Scalar>> scratch_matrix(ScratchSlot slot, Index rows, Index co
     const auto needed = static_cast<std::size_t>(rows * cols);
     if (buffer.size() < needed) {
         buffer = {};  // free the old block before taking the larger one
+        buffer.reserve(needed);
+        advise_huge_pages(buffer.data(), needed * sizeof(Scalar));  // before resize writes it
         buffer.resize(needed);
     }
     return Eigen::Map<Matrix<Scalar>>(buffer.data(), rows, cols);
@@ -79,7 +81,7 @@ Matrix<Scalar> reused_matrix(Index rows, Index cols) {
             m.resize(rows, cols);  // the same number of elements: no allocation
             return m;
         }
-    return Matrix<Scalar>(rows, cols);
+    return uninitialised_matrix<Scalar>(rows, cols);
 }
 
 /// Gives a matrix that is no longer needed to this thread's recycled ones, for reused_matrix;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "seqnn/core/checked.hpp"
+#include "seqnn/core/huge_pages.hpp"
 #include "seqnn/core/parallel.hpp"
 
 #include <Eigen/Core>
@@ -204,10 +205,22 @@ struct Context {
 };
 
 /// `m` shaped (rows, cols), returned for filling in place: a saved buffer that a reused
-/// Context already has at this shape is not allocated again.
+/// Context already has at this shape is not allocated again; a newly allocated large one
+/// asks for huge pages (core/huge_pages.hpp).
 template <typename Scalar>
 Matrix<Scalar>& resized(Matrix<Scalar>& m, Index rows, Index cols) {
-    m.resize(rows, cols);  // a no-op when the shape is unchanged
+    const Scalar* before = m.data();
+    m.resize(rows, cols);  // a no-op when the number of elements is unchanged
+    if (m.data() != before) advise_huge_pages(m.data(), static_cast<std::size_t>(m.size()) * sizeof(Scalar));
+    return m;
+}
+
+/// A new (rows, cols) matrix, uninitialised; a large one asks for huge pages
+/// (core/huge_pages.hpp) before anything is written to it.
+template <typename Scalar>
+Matrix<Scalar> uninitialised_matrix(Index rows, Index cols) {
+    Matrix<Scalar> m(rows, cols);
+    advise_huge_pages(m.data(), static_cast<std::size_t>(m.size()) * sizeof(Scalar));
     return m;
 }
 

@@ -318,7 +318,7 @@ protected:
         if (ctx) ctx->make_children(static_cast<std::size_t>(L - 1));  // the dropouts'
         const Index* lengths = x.padded() ? x.lengths.data() : nullptr;
 
-        Sequence<Scalar> y(Matrix<Scalar>(B * T, O), B, T);
+        Sequence<Scalar> y(uninitialised_matrix<Scalar>(B * T, O), B, T);
         const Scalar* input = x.data.data();  // (B*T, I_k): the input of layer k
         for (Index k = 0; k < L; ++k) {
             const Index I = k == 0 ? input_size() : O;
@@ -483,10 +483,10 @@ protected:
                 add_weight_gradients(w, input, d == 1, ctx.lengths, *output[d], entry(saved, k, d).h0, dg, dgh, B, T);
                 // dL/d(input) = dL/d(gates) W_ih, the reverse direction's back in the input's order.
                 if (d == 0) {
-                    d_input.resize(B * T, I);
+                    resized(d_input, B * T, I);
                     matmul_rows<Scalar>(dg, w.weight_ih.value, d_input);  // (B*T, G*H) x (G*H, I_k)
                 } else {
-                    d_input_reverse.resize(B * T, I);
+                    resized(d_input_reverse, B * T, I);
                     matmul_rows<Scalar>(dg, w.weight_ih.value, d_input_reverse);  // (B*T, G*H) x (G*H, I_k)
                     reverse_steps(d_input_reverse, d_input, B, T, ctx.lengths, /*accumulate=*/true);
                 }
