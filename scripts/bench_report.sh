@@ -19,8 +19,9 @@
 # Environment: REPS (repetitions, 3), MIN_TIME (s per benchmark, 0.1), PEER_MIN_TIME (0.2),
 #   PYTHON (for the PyTorch peers; default: the first of python3, /usr/bin/python3 that has torch),
 #   BUILD_DIR (build-report). Threads are set per run with OMP_NUM_THREADS and
-#   OMP_PROC_BIND=close OMP_PLACES=cores. Drawing needs matplotlib: Debian's python3-matplotlib is
-#   installed with apt-get when missing.
+#   OMP_PROC_BIND=close OMP_PLACES=cores; 1-thread runs, PyTorch's too, are pinned to the last
+#   core (taskset). Drawing needs matplotlib: Debian's python3-matplotlib is installed with
+#   apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +53,7 @@ while (($#)); do
     --collect-only) COLLECT_ONLY=1 ;;
     --quick) QUICK=1 ;;
     --no-peer) PEER=0 ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_report.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -124,13 +125,22 @@ mkdir -p "$RAW"
 rm -f "$RAW"/*.json "$RAW/commands.tsv"
 printf '%s\t%s\n' "_invocation" "$INVOCATION" >"$RAW/commands.tsv"
 export OMP_PROC_BIND=close OMP_PLACES=cores
+# One-thread runs, seqnn's and PyTorch's alike, are pinned to the last core: the first one
+# is where a machine tends to take its interrupts.
+PIN_1=()
+command -v taskset >/dev/null && PIN_1=(taskset -c $((NPROC - 1)))
+pin() {  # pin THREADS: the command prefix of a run on THREADS threads
+  if [[ $1 == 1 ]]; then echo "${PIN_1[*]}"; fi
+}
 
 run() {  # run BIN FILTER THREADS NAME: one Google Benchmark program into $RAW/NAME.json
   [[ -x $BIN/$1 ]] || return 0
-  local cmd="OMP_NUM_THREADS=$3 $BIN/$1 --benchmark_filter='$2' --benchmark_repetitions=$REPS --benchmark_min_time=$MIN_TIME --benchmark_report_aggregates_only=true --benchmark_out_format=json --benchmark_out=$4.json"
+  local prefix
+  prefix=$(pin "$3")
+  local cmd="OMP_NUM_THREADS=$3 ${prefix:+$prefix }$BIN/$1 --benchmark_filter='$2' --benchmark_repetitions=$REPS --benchmark_min_time=$MIN_TIME --benchmark_report_aggregates_only=true --benchmark_out_format=json --benchmark_out=$4.json"
   echo "== $cmd"
   printf '%s\t%s\n' "$4.json" "$cmd" >>"$RAW/commands.tsv"
-  OMP_NUM_THREADS=$3 "$BIN/$1" --benchmark_filter="$2" --benchmark_repetitions="$REPS" --benchmark_min_time="$MIN_TIME" \
+  OMP_NUM_THREADS=$3 $prefix "$BIN/$1" --benchmark_filter="$2" --benchmark_repetitions="$REPS" --benchmark_min_time="$MIN_TIME" \
     --benchmark_report_aggregates_only=true --benchmark_out_format=json --benchmark_out="$RAW/$4.json" \
     | grep -E "^BM_.*(_median|/real_time) " || true
 }
@@ -146,10 +156,12 @@ peer() {  # peer THREADS
   local py cmd
   py=$(peer_python)
   if [[ -z $py ]]; then echo "bench_report.sh: no python3 with torch here: PyTorch peers skipped" >&2; return; fi
-  cmd="$py bench/pytorch_peer.py --quick --threads $1 --min-time $PEER_MIN_TIME --filter '$F_PEER' --out peer_t$1.json"
+  local prefix
+  prefix=$(pin "$1")
+  cmd="${prefix:+$prefix }$py bench/pytorch_peer.py --quick --threads $1 --min-time $PEER_MIN_TIME --filter '$F_PEER' --out peer_t$1.json"
   echo "== $cmd"
   printf '%s\t%s\n' "peer_t$1.json" "$cmd" >>"$RAW/commands.tsv"
-  PYTHONUNBUFFERED=1 $py bench/pytorch_peer.py --quick --threads "$1" --min-time "$PEER_MIN_TIME" --filter "$F_PEER" \
+  PYTHONUNBUFFERED=1 $prefix $py bench/pytorch_peer.py --quick --threads "$1" --min-time "$PEER_MIN_TIME" --filter "$F_PEER" \
     --out "$RAW/peer_t$1.json" || echo "bench_report.sh: the PyTorch peers failed at $1 threads" >&2
 }
 
