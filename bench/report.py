@@ -874,24 +874,27 @@ def _headline_pairs(run, names):
             compare.ratio_rows(list(run.res.ours.values()), list(run.res.peer.values())) if n in names}
 
 
-def _headline_table(run, by, items):
-    """The README's table of `items` (name, label) from `run`'s pairs `by`, at its fewest and most threads."""
-    threads = sorted({t for _, t in by})
-    threads = sorted({threads[0], threads[-1]})
+def _headline_table(columns, items):
+    """A README table of `items` (name, label): for each column (run, pairs, threads), seqnn's
+    ms and PyTorch / seqnn at that thread count, with the machine and command of each run."""
     header = ["benchmark (B:16, D:256, T:1024 unless noted)"]
-    for t in threads:
+    for _, _, t in columns:
         header += [f"seqnn ms, {_thr(t)}", f"PyTorch / seqnn, {_thr(t)}"]
     rows = []
     for name, label in items:
-        if any((name, t) in by for t in threads):
+        if any((name, t) in by for _, by, t in columns):
             row = [label]
-            for t in threads:
+            for _, by, t in columns:
                 s, _, x = by.get((name, t), (None, None, None))
                 row += [compare._ms(s), _x(x)] if s is not None else ["", ""]
             rows.append(row)
-    command = f"`{run.invocation}`" if run.invocation else "see docs/results.md"
-    return ([f"Machine: {run.machine}. Date: {run.date}. Command: {command}. "
-             f"Data: `docs/report/{run.label}`.", ""] + _md_table(header, rows))
+    runs = list(dict.fromkeys(run for run, _, _ in columns))
+    caption = []
+    for run in runs:
+        lead = "Machine:" if len(runs) == 1 else f"{_thr(next(t for r, _, t in columns if r is run)).capitalize()}: machine"
+        command = f"`{run.invocation}`" if run.invocation else "see docs/results.md"
+        caption += [f"{lead} {run.machine}. Date: {run.date}. Command: {command}. Data: `docs/report/{run.label}`.", ""]
+    return caption + _md_table(header, rows)
 
 
 def readme_table(runs):
@@ -901,7 +904,8 @@ def readme_table(runs):
     by = _headline_pairs(best, names)
     if not by:
         return ["No run in docs/report/ has seqnn and PyTorch results at the headline shapes."]
-    return _headline_table(best, by, HEADLINE)
+    threads = sorted({t for _, t in by})
+    return _headline_table([(best, by, t) for t in sorted({threads[0], threads[-1]})], HEADLINE)
 
 
 README_CELLS_BEGIN = "<!-- sequential cells table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"
@@ -914,53 +918,32 @@ def _rounds(run, names):
     return min((r.get("files", 1) for (n, _), r in run.res.ours.items() if n in names), default=0)
 
 
-def _cells_source(runs, names, one_thread):
-    """The run whose GRU and LSTM rows against PyTorch fill the README's 1-thread columns
-    (one_thread) or its many-thread ones (at the run's most threads above 1): of the runs that
-    have every row there, the newest by date, then the one of most rounds, then the later one.
-    Returns (run, its pairs at that thread count), or (None, {})."""
-    def pairs(run):
+def _cells_column(runs, names, one_thread):
+    """The README's 1-thread column (one_thread) or many-thread column (at a run's most threads
+    above 1) of the GRU and LSTM against PyTorch, as (run, pairs, threads): of the runs that have
+    every row there, the newest by date, then the one of most rounds, then the later one; None
+    when no run has them."""
+    def at_threads(run):
         by = _headline_pairs(run, names)
         counts = sorted({t for _, t in by if (t == 1) == one_thread})
         if not counts:
-            return {}
+            return None
         at = {key: v for key, v in by.items() if key[1] == counts[-1]}
-        return at if len(at) == len(names) else {}
+        return (run, at, counts[-1]) if len(at) == len(names) else None
 
-    complete = [r for r in runs if pairs(r)]
-    if not complete:
-        return None, {}
-    best = max(complete, key=lambda r: (r.date, _rounds(r, names), r.stamp))
-    return best, pairs(best)
+    complete = [c for c in map(at_threads, runs) if c]
+    return max(complete, key=lambda c: (c[0].date, _rounds(c[0], names), c[0].stamp), default=None)
 
 
 def readme_cells_table(runs):
     """The README's second table: GRU and LSTM against PyTorch, its 1-thread and its
-    many-thread columns each from its own run (see _cells_source), so that a run of the cells
+    many-thread columns each from its own run (see _cells_column), so that a run of the cells
     alone, pinned at 1 thread or with both sides bound to cores at many, can fill each."""
     names = dict(CELLS)
-    sources = [_cells_source(runs, names, one) for one in (True, False)]
-    sources = [(run, by) for run, by in sources if run is not None]
-    if not sources:
+    columns = [c for c in (_cells_column(runs, names, one) for one in (True, False)) if c]
+    if not columns:
         return ["No run in docs/report/ has seqnn and PyTorch results for the sequential cells."]
-    threads = [next(iter(by))[1] for _, by in sources]
-    header = ["benchmark (B:16, D:256, T:1024)"]
-    for t in threads:
-        header += [f"seqnn ms, {_thr(t)}", f"PyTorch / seqnn, {_thr(t)}"]
-    rows = []
-    for name, label in CELLS:
-        row = [label]
-        for (_, by), t in zip(sources, threads):
-            s, _, x = by[(name, t)]
-            row += [compare._ms(s), _x(x)]
-        rows.append(row)
-    out = []
-    for (run, _), t in zip(sources, threads):
-        command = f"`{run.invocation}`" if run.invocation else "see docs/results.md"
-        out.append(f"{_thr(t).capitalize()}: machine {run.machine}. Date: {run.date}. Command: {command}. "
-                   f"Data: `docs/report/{run.label}`.")
-        out.append("")
-    return out + _md_table(header, rows)
+    return _headline_table(columns, CELLS)
 
 
 REALTIME_BEGIN = "<!-- realtime table: written by `python3 bench/report.py tables` from docs/report/; do not edit -->"

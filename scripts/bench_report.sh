@@ -127,10 +127,10 @@ printf '%s\t%s\n' "_invocation" "$INVOCATION" >"$RAW/commands.tsv"
 export OMP_PROC_BIND=close OMP_PLACES=cores
 # One-thread runs, seqnn's and PyTorch's alike, are pinned to the last core: the first one
 # is where a machine tends to take its interrupts.
-PIN_1=()
-command -v taskset >/dev/null && PIN_1=(taskset -c $((NPROC - 1)))
+PIN_1=""
+if command -v taskset >/dev/null; then PIN_1="taskset -c $((NPROC - 1))"; fi
 pin() {  # pin THREADS: the command prefix of a run on THREADS threads
-  if [[ $1 == 1 ]]; then echo "${PIN_1[*]}"; fi
+  if [[ $1 == 1 ]]; then echo "$PIN_1"; fi
 }
 
 run() {  # run BIN FILTER THREADS NAME: one Google Benchmark program into $RAW/NAME.json

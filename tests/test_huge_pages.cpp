@@ -19,6 +19,7 @@ namespace {
 using seqnn::Index;
 using seqnn::Matrix;
 
+// Off Linux, or on a kernel built without THP, the file is not there.
 bool kernel_has_thp() { return std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled").good(); }
 
 // The VmFlags of the mapping that holds `address`, from /proc/self/smaps ("" if none does).
@@ -56,19 +57,13 @@ constexpr Index kRows = 4096, kCols = 1024;  // 16 MiB of floats
 constexpr std::size_t kBytes = std::size_t{kRows * kCols} * sizeof(float);
 
 TEST(HugePages, ANewLargeMatrixAsksForThemBeforeItIsWritten) {
-#if !defined(__linux__)
-    GTEST_SKIP() << "transparent huge pages are a Linux feature";
-#endif
-    if (!kernel_has_thp()) GTEST_SKIP() << "this kernel has no transparent huge pages";
+    if (!kernel_has_thp()) GTEST_SKIP() << "no transparent huge pages here (a Linux kernel's THP)";
     const Matrix<float> m = seqnn::uninitialised_matrix<float>(kRows, kCols);
     EXPECT_TRUE(asked_for_huge_pages(m.data(), kBytes)) << mapping_flags(m.data());
 }
 
 TEST(HugePages, SavedTensorsScratchAndRecycledMatricesAskForThem) {
-#if !defined(__linux__)
-    GTEST_SKIP() << "transparent huge pages are a Linux feature";
-#endif
-    if (!kernel_has_thp()) GTEST_SKIP() << "this kernel has no transparent huge pages";
+    if (!kernel_has_thp()) GTEST_SKIP() << "no transparent huge pages here (a Linux kernel's THP)";
     Matrix<float> saved;
     seqnn::resized(saved, kRows, kCols);
     EXPECT_TRUE(asked_for_huge_pages(saved.data(), kBytes));
@@ -81,10 +76,7 @@ TEST(HugePages, SavedTensorsScratchAndRecycledMatricesAskForThem) {
 }
 
 TEST(HugePages, ARecurrentLayersOutputAsksForThem) {
-#if !defined(__linux__)
-    GTEST_SKIP() << "transparent huge pages are a Linux feature";
-#endif
-    if (!kernel_has_thp()) GTEST_SKIP() << "this kernel has no transparent huge pages";
+    if (!kernel_has_thp()) GTEST_SKIP() << "no transparent huge pages here (a Linux kernel's THP)";
     seqnn::Rng rng(3);
     const seqnn::RNN<float> rnn(seqnn::RecurrentOptions{.input_size = 8, .hidden_size = 64}, rng);
     const seqnn::Sequence<float> x(Matrix<float>::Random(4 * 6144, 8), 4, 6144);
